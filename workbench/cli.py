@@ -1,0 +1,178 @@
+"""The command line: a thin layer over the ladder, the report and the experiments."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from workbench.config import RunConfig
+from workbench.errors import UsageError
+
+# The lab's setting where a GPU can afford it; CIFAR's native size on a CPU, where 224 px runs at
+# ~7 images/s and a ladder would take hours.
+GPU_DEFAULTS = {"image_size": 224, "batch_size": 32}
+CPU_DEFAULTS = {"image_size": 32, "batch_size": 32}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> None:
+        print(f"workbench: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _option(field: dataclasses.Field) -> tuple[str, dict]:
+    name = "--" + field.name.replace("_", "-")
+    help_text = field.metadata.get("help", "")
+    if field.type in ("bool", bool):
+        return name, {"action": argparse.BooleanOptionalAction, "default": None, "help": help_text}
+    kind = {"int": int, "float": float}.get(str(field.type), str)
+    return name, {"type": kind, "default": None, "help": f"{help_text} (default: {field.default!r})"}
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run configuration (every RunConfig field)")
+    for field in dataclasses.fields(RunConfig):
+        name, kwargs = _option(field)
+        group.add_argument(name, dest=f"cfg_{field.name}", **kwargs)
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    return {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_") and value is not None}
+
+
+def machine_defaults(device: str) -> tuple[dict, str]:
+    from workbench.device import resolve_device_type
+
+    device_type = resolve_device_type(device)
+    chosen = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
+    label = ", ".join(f"{k}={v}" for k, v in chosen.items())
+    return chosen, f"defaults for {device_type}: {label} (override with --image-size/--batch-size)"
+
+
+def config_from(args: argparse.Namespace, base: dict | None = None) -> RunConfig:
+    """RunConfig from machine defaults, then a resumed run's settings, then the command line."""
+    given = overrides_from(args)
+    defaults, line = machine_defaults(given.get("device", "auto"))
+    print(line, file=sys.stderr)
+    return RunConfig(**{**defaults, **(base or {}), **given})
+
+
+def cmd_stages(args: argparse.Namespace) -> int:
+    from workbench.stages import STAGES
+
+    width = max(len(s.name) for s in STAGES)
+    for stage in STAGES:
+        print(f"{stage.name:<{width}}  [{stage.kind}]  {stage.summary}")
+    return 0
+
+
+def _resumed_config(args: argparse.Namespace) -> dict | None:
+    if not args.resume:
+        return None
+    from workbench.results import RUN_FILE, read_json
+
+    reports = overrides_from(args).get("reports_dir", "reports")
+    run_file = Path(reports) / args.resume / RUN_FILE
+    if not run_file.exists():
+        raise UsageError(f"--resume {args.resume!r}: no run found at {run_file.parent}; "
+                         f"allowed: a folder name under {reports}/ holding {RUN_FILE}")
+    return {**read_json(run_file)["config"], "run_name": args.resume}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from workbench import ladder, session as sessions
+    from workbench.stages import select
+
+    cfg = config_from(args, _resumed_config(args))
+    stages = select(args.stages)
+    needs_sweep = any(s.name == "dataloader" for s in stages)
+    session = sessions.start(cfg, "ablation" if args.ablation else "ladder", resume=bool(args.resume),
+                             sweep_workers=needs_sweep, stages=[s.name for s in stages])
+    try:
+        finished = ladder.run_ladder(session, args.stages)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every finished stage is saved in {session.run_dir}/stages; "
+              f"continue with: workbench run --resume {session.run_dir.name}", file=sys.stderr)
+        return 130
+    _print_summary(finished, session.run_dir)
+    return 0
+
+
+def _print_summary(finished: list[dict], run_dir: Path) -> None:
+    from workbench.summary import final_summary
+
+    print(final_summary(finished))
+    print(f"results: {run_dir}/stages/   report: workbench report {run_dir.name}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from workbench.report import build_report
+
+    run_dir = _run_dir(args.run, args.reports_dir)
+    for path in build_report(run_dir):
+        print(path)
+    return 0
+
+
+def _run_dir(run: str | None, reports_dir: str) -> Path:
+    root = Path(reports_dir)
+    if run is None:
+        runs = sorted((p for p in root.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
+        if not runs:
+            raise UsageError(f"no runs in {reports_dir}/; run `workbench run` (or make ladder) first")
+        return runs[-1].parent
+    path = Path(run) if Path(run).is_dir() else root / run
+    if not (path / "run.json").exists():
+        raise UsageError(f"run {run!r} not found (looked for {path}/run.json); allowed: a run folder under {reports_dir}/")
+    return path
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from workbench.compare import compare_runs, format_table
+
+    rows, regressed = compare_runs(_run_dir(args.run_a, args.reports_dir), _run_dir(args.run_b, args.reports_dir),
+                                   metric=args.metric, threshold=args.threshold)
+    print(format_table(rows))
+    if regressed:
+        print(f"REGRESSION: {args.metric} got worse by more than {args.threshold:.0%}", file=sys.stderr)
+    return 1 if regressed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="workbench", description="Profiling-driven optimization workbench for PyTorch training loops.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    run = commands.add_parser("run", help="run the optimization ladder (or --ablation), one JSON per stage")
+    run.add_argument("--stages", help="comma-separated stages to run (the baseline always runs first)")
+    run.add_argument("--ablation", action="store_true", help="apply each stage alone to the baseline")
+    run.add_argument("--resume", metavar="RUN", help="continue an interrupted run, keeping its finished stages")
+    add_config_options(run)
+    run.set_defaults(handler=cmd_run)
+    commands.add_parser("stages", help="list the stages").set_defaults(handler=cmd_stages)
+    report = commands.add_parser("report", help="CSV, plots and optimization_report.md for a run")
+    report.add_argument("run", nargs="?", help="run name or folder (default: the newest run)")
+    report.add_argument("--reports-dir", default="reports")
+    report.set_defaults(handler=cmd_report)
+    compare = commands.add_parser("compare", help="per-stage deltas between two runs; exit 1 on regression")
+    compare.add_argument("run_a")
+    compare.add_argument("run_b")
+    compare.add_argument("--metric", default="throughput", choices=("throughput", "step_time", "peak_memory", "mfu"))
+    compare.add_argument("--threshold", type=float, default=0.05, help="relative change counted as a regression")
+    compare.add_argument("--reports-dir", default="reports")
+    compare.set_defaults(handler=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"workbench: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

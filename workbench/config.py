@@ -1,0 +1,144 @@
+"""RunConfig: every knob of a measured training run, in one frozen, validated dataclass.
+
+Each field carries its documentation in ``metadata["help"]``; the command line is generated from
+these fields, so a new knob is one new field here. Validation runs on construction, so an invalid
+configuration cannot exist; every error names the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from workbench.errors import UsageError
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+MEMORY_FORMATS = ("contiguous", "channels_last")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+CHECKPOINT_MODES = ("none", "blocks")
+
+
+def _doc(text: str, **extra: Any) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = field(default="resnet18", metadata=_doc(
+        "torchvision classification model name (resnet18, resnet50, mobilenet_v3_large, vit_b_16, ...) "
+        "or 'module:function' returning an nn.Module; the class count comes from the data"))
+    image_size: int = field(default=32, metadata=_doc(
+        "side of the square training crop in pixels (the lab uses 224; 32 is CIFAR's native size)"))
+    batch_size: int = field(default=32, metadata=_doc("samples per optimizer step (the effective batch)"))
+    micro_batch_size: int = field(default=0, metadata=_doc(
+        "samples per forward/backward pass; 0 means the whole batch. batch_size / micro_batch_size "
+        "micro-batches are accumulated before each optimizer step"))
+    optimizer: str = field(default="adam", metadata=_doc("optimizer: adam, adamw or sgd"))
+    lr: float = field(default=1e-4, metadata=_doc("learning rate"))
+    num_workers: int = field(default=0, metadata=_doc("DataLoader worker processes (0 loads in the main process)"))
+    pin_memory: bool = field(default=False, metadata=_doc(
+        "page-locked host batches and non_blocking host-to-device copies (CUDA only)"))
+    persistent_workers: bool = field(default=False, metadata=_doc(
+        "keep DataLoader workers alive between epochs (needs num_workers > 0)"))
+    prefetch_factor: int = field(default=2, metadata=_doc("batches each worker loads ahead (num_workers > 0)"))
+    precision: str = field(default="fp32", metadata=_doc(
+        "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)"))
+    tf32: bool = field(default=False, metadata=_doc("allow TF32 matmuls and convolutions (CUDA, Ampere and newer)"))
+    memory_format: str = field(default="contiguous", metadata=_doc("contiguous (NCHW) or channels_last (NHWC)"))
+    checkpointing: str = field(default="none", metadata=_doc(
+        "activation checkpointing: none, or blocks (recompute each natural block of the model in backward)"))
+    compile: str = field(default="none", metadata=_doc(
+        "torch.compile mode: none, default, reduce-overhead or max-autotune"))
+    warmup_steps: int = field(default=5, metadata=_doc("optimizer steps run before timing (absorbs compile)"))
+    timed_steps: int = field(default=20, metadata=_doc("optimizer steps timed in each repeat"))
+    repeats: int = field(default=3, metadata=_doc("timed repeats; statistics are taken over them"))
+    seed: int = field(default=0, metadata=_doc("seed for data, weights and order"))
+    device: str = field(default="auto", metadata=_doc("auto, cpu, cuda or mps (auto picks cuda, then mps, then cpu)"))
+    threads: int = field(default=0, metadata=_doc("intra-op CPU threads; 0 picks the cores left after DataLoader workers"))
+    data: str = field(default="auto", metadata=_doc(
+        "auto (CIFAR-10 if present or downloadable, else synthetic), cifar10, synthetic, or imagefolder:PATH"))
+    data_dir: str = field(default="data", metadata=_doc("where CIFAR-10 (or the synthetic CIFAR-format data) lives"))
+    synthetic_per_batch: int = field(default=10000, metadata=_doc(
+        "images per data_batch file when writing synthetic CIFAR-format data (the real files hold 10000)"))
+    run_name: str = field(default="", metadata=_doc("name of the run folder under reports/ and profiles/; empty picks a timestamp"))
+    reports_dir: str = field(default="reports", metadata=_doc("where results and reports go"))
+    profiles_dir: str = field(default="profiles", metadata=_doc("where traces go"))
+    trace: bool = field(default=True, metadata=_doc("capture a torch.profiler trace of every stage (a separate, untimed pass)"))
+    trace_with_stack: bool = field(default=False, metadata=_doc("record Python stacks in traces (bigger files)"))
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.batch_size // self.effective_micro_batch
+
+    @property
+    def effective_micro_batch(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, **changes: Any) -> "RunConfig":
+        unknown = sorted(set(changes) - set(field_names()))
+        if unknown:
+            raise UsageError(f"unknown setting {unknown[0]!r}; allowed: {', '.join(field_names())}")
+        return replace(self, **changes)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(RunConfig)]
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _check_positive(name: str, value: int | float, minimum: int = 1) -> None:
+    if value < minimum:
+        raise UsageError(f"{name}={value} is too small; it must be at least {minimum}")
+
+
+def validate(cfg: RunConfig) -> None:
+    for name in ("image_size", "batch_size", "timed_steps", "repeats", "prefetch_factor", "synthetic_per_batch"):
+        _check_positive(name, getattr(cfg, name))
+    for name in ("micro_batch_size", "num_workers", "warmup_steps", "threads", "seed"):
+        _check_positive(name, getattr(cfg, name), minimum=0)
+    if not cfg.lr > 0:
+        raise UsageError(f"lr={cfg.lr} must be a positive number")
+    _check_choice("precision", cfg.precision, PRECISIONS)
+    _check_choice("memory_format", cfg.memory_format, MEMORY_FORMATS)
+    _check_choice("compile", cfg.compile, COMPILE_MODES)
+    _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
+    _check_choice("device", cfg.device, DEVICES)
+    _check_choice("checkpointing", cfg.checkpointing, CHECKPOINT_MODES)
+    _validate_batches(cfg)
+    _validate_data(cfg.data)
+    if cfg.persistent_workers and cfg.num_workers == 0:
+        raise UsageError("persistent_workers=True needs num_workers > 0 (got num_workers=0)")
+
+
+def _validate_batches(cfg: RunConfig) -> None:
+    micro = cfg.micro_batch_size
+    if micro and micro > cfg.batch_size:
+        raise UsageError(f"micro_batch_size={micro} is larger than batch_size={cfg.batch_size}")
+    if micro and cfg.batch_size % micro:
+        raise UsageError(
+            f"batch_size={cfg.batch_size} is not divisible by micro_batch_size={micro}; "
+            f"allowed micro-batch sizes: {', '.join(str(d) for d in divisors(cfg.batch_size))}")
+
+
+def _validate_data(data: str) -> None:
+    if data.startswith("imagefolder:"):
+        if not data.split(":", 1)[1]:
+            raise UsageError("data='imagefolder:' needs a path, e.g. imagefolder:/data/my_images")
+        return
+    _check_choice("data", data, ("auto", "cifar10", "synthetic", "imagefolder:PATH"))
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]

@@ -1,0 +1,181 @@
+"""Measure one configuration: build, warm up, time the repeats, then trace in a separate pass.
+
+This is the in-process core; the ladder normally runs it in a fresh process per stage (worker.py) so
+each stage starts from a clean allocator and its host peak memory is its own.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from workbench import measure, stats
+from workbench.config import RunConfig
+from workbench.data import DataSpec, build_loader, load_data
+from workbench.device import probe, resolve_device_type, threads_for
+from workbench.errors import UsageError
+from workbench.model import apply_all, build_model, build_optimizer
+from workbench.progress import Progress
+from workbench.trace import capture
+from workbench.train import BatchStream, StepSettings, TrainStep
+
+
+@dataclass
+class Built:
+    """Everything a measured loop needs, built from one RunConfig."""
+
+    cfg: RunConfig
+    device: torch.device
+    model: torch.nn.Module
+    eager_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: TrainStep
+    stream: BatchStream
+    data_description: str
+    dataset_size: int
+    notes: dict
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def user_data_spec(dataset) -> DataSpec:
+    """A dataset handed in from Python: the class count comes from its `classes` attribute."""
+    classes = getattr(dataset, "classes", None)
+    if not classes:
+        raise UsageError("the dataset has no 'classes' attribute; give it one (a list of class names)")
+    return DataSpec(dataset, len(classes), f"user dataset {type(dataset).__name__} ({len(dataset)} samples)")
+
+
+def check_device_support(cfg: RunConfig, device_type: str) -> None:
+    if cfg.precision == "fp16" and device_type == "cpu":
+        raise UsageError("precision='fp16' is not supported on a CPU; allowed there: fp32, bf16")
+
+
+def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, log=print) -> Built:
+    device_type = resolve_device_type(cfg.device)
+    check_device_support(cfg, device_type)
+    device = torch.device(device_type)
+    torch.set_num_threads(threads_for(cfg.num_workers, cfg.threads, probe("cpu").cpu_cores))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.benchmark = device_type == "cuda"  # fixed shapes: let cuDNN pick kernels once
+    seed_everything(cfg.seed)
+    spec = user_data_spec(dataset) if dataset is not None else load_data(
+        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=log)
+    data = spec.dataset
+    loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
+                          cfg.persistent_workers, cfg.prefetch_factor, cfg.seed)
+    eager = model_factory(spec.num_classes) if model_factory else build_model(cfg.model, spec.num_classes)
+    rss_before_model = measure.current_rss_mb()
+    flops = count_flops(eager.to(device), cfg, device)
+    model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device)
+    notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model)
+    optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr)
+    settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
+                            cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda")
+    return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings),
+                 BatchStream(loader), spec.description, len(data), notes)
+
+
+def _run_steps(built: Built, count: int, progress: Progress, phase: str, clock=None) -> list[torch.Tensor]:
+    losses = []
+    for i in range(count):
+        images, labels = built.stream.next()
+        losses.append(built.step(images, labels))
+        if clock is not None:
+            clock.mark()
+        progress.update(phase, i + 1, count)
+    return losses
+
+
+def warm_up(built: Built, progress: Progress) -> float:
+    """Run the warm-up steps (compile happens here) and return their wall time."""
+    start = time.perf_counter()
+    _run_steps(built, built.cfg.warmup_steps, progress, "warm-up" + (" + compile" if built.cfg.compile != "none" else ""))
+    measure.synchronize(built.device)
+    return time.perf_counter() - start
+
+
+def timed_repeats(built: Built, progress: Progress) -> tuple[list[list[float]], list[float]]:
+    """Step times of each repeat (seconds) and the losses of the last repeat."""
+    all_times, losses = [], []
+    for repeat in range(built.cfg.repeats):
+        clock = measure.StepClock(built.device)
+        clock.mark()
+        losses = _run_steps(built, built.cfg.timed_steps, progress, f"repeat {repeat + 1}/{built.cfg.repeats}", clock)
+        all_times.append(clock.step_times())
+    return all_times, [float(loss) for loss in losses]
+
+
+def count_flops(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> float:
+    """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute)."""
+    images = torch.randn(cfg.effective_micro_batch, 3, cfg.image_size, cfg.image_size, device=device)
+    labels = torch.zeros(cfg.effective_micro_batch, dtype=torch.long, device=device)
+    return measure.training_flops(model, images, labels) * cfg.accumulation_steps
+
+
+def _memory(built: Built, sampler: measure.RssSampler, rss_before_mb: float) -> dict:
+    parts = measure.memory_parts_mb(built.eager_model, built.optimizer)
+    if built.device.type == "cuda":
+        peaks = measure.cuda_peaks(built.device)
+        headline, kind = peaks["allocated_mb"], "cuda max_memory_allocated"
+    else:
+        peaks = {"rss_peak_mb": sampler.peak / 2**20, "rss_before_model_mb": rss_before_mb}
+        headline = peaks["rss_peak_mb"] - rss_before_mb
+        kind = "host peak RSS growth from model build through the timed steps (sampled, fresh process)"
+    activations = max(0.0, headline - sum(parts.values()))
+    return {"peak_memory_mb": headline, "peak_memory_kind": kind, "peak_memory": peaks,
+            "memory_breakdown_mb": {**parts, "activations_and_other": activations}}
+
+
+def _flops_metrics(flops: float, mean_step_s: float, peak: float | None, peak_source: str) -> dict:
+    achieved = flops / mean_step_s
+    return {"flops_per_step": flops, "achieved_flops_per_s": achieved,
+            "mfu": achieved / peak if peak else None, "peak_flops_per_s": peak, "peak_flops_source": peak_source}
+
+
+def _trace_pass(built: Built, trace_dir: Path, progress: Progress) -> dict:
+    """Profile a few more steps with named regions; the timed numbers never include this."""
+    built.step.annotate = True
+
+    def one_step(i: int) -> None:
+        images, labels = built.stream.next(annotate=True)
+        built.step(images, labels)
+        progress.update("trace", i + 1, None)
+
+    try:
+        return capture(one_step, trace_dir, built.device.type, built.cfg.trace_with_stack)
+    finally:
+        built.step.annotate = False
+
+
+def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | None, peak_source: str,
+                   rss_before_mb: float, progress: Progress) -> dict:
+    """Warm-up, timed repeats, memory, FLOPs and (optionally) the trace of a built configuration."""
+    cfg = built.cfg
+    warmup_s = warm_up(built, progress)
+    measure.reset_cuda_peaks(built.device)
+    with measure.RssSampler() as sampler:
+        step_times, losses = timed_repeats(built, progress)
+    spread = stats.spread(step_times)
+    throughput = stats.throughput(step_times, cfg.batch_size, cfg.seed)
+    metrics = {"samples_per_step": cfg.batch_size, "step_times_s": step_times, "step_time_s": spread,
+               "throughput": throughput, "repeat_throughputs": stats.repeat_throughputs(step_times, cfg.batch_size),
+               "warmup_s": warmup_s, "compile_s": warmup_s if cfg.compile != "none" else None,
+               "epoch_time_s": built.dataset_size / throughput["median"],
+               "first_loss": losses[0], "final_loss": float(np.mean(losses[-3:])),
+               "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
+               **_memory(built, sampler, rss_before_mb),
+               **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source)}
+    trace = _trace_pass(built, trace_dir, progress) if trace_dir is not None else None
+    metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
+    return {"metrics": metrics, "trace_file": trace["file"] if trace else None,
+            "trace_size_mb": trace["size_mb"] if trace else None}

@@ -1,0 +1,114 @@
+"""Judging a measured stage: speedups with intervals, kept or rejected, and what the trace says."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench import stats
+from workbench.results import stage_stem
+from workbench.stages import MEMORY, REFERENCE
+
+
+def _ratio(result: dict, other: dict | None) -> dict | None:
+    if not other or not other.get("metrics") or not result.get("metrics"):
+        return None
+    new, old = result["metrics"], other["metrics"]
+    return stats.speedup(new["step_times_s"], new["samples_per_step"], old["step_times_s"], old["samples_per_step"])
+
+
+def _fmt(ratio: dict) -> str:
+    return f"{ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}]"
+
+
+def _speed_verdict(result: dict, previous: dict) -> tuple[str, str]:
+    metrics = result["metrics"]
+    if not metrics["loss_finite"]:
+        return "rejected", "the loss became non-finite: training broke"
+    vs_prev = metrics["speedup_vs_previous"]
+    text = f"{_fmt(vs_prev)} vs {previous['stage']}"
+    if vs_prev["verdict"] == "slower":
+        return "rejected", f"{text}: significantly slower, not carried forward"
+    if vs_prev["verdict"] == "faster":
+        return "kept", f"{text}: faster"
+    if vs_prev["ratio"] >= 1.0:
+        return "kept", f"{text}: no significant change (does not hurt), kept"
+    return "rejected", f"{text}: no significant change and no gain, not carried forward"
+
+
+def _memory_verdict(result: dict, previous: dict) -> tuple[str, str]:
+    metrics, before = result["metrics"], previous["metrics"]
+    change = metrics["peak_memory_mb"] / before["peak_memory_mb"] - 1 if before["peak_memory_mb"] else 0.0
+    return "tradeoff", (f"peak memory {metrics['peak_memory_mb']:.0f} MiB vs {before['peak_memory_mb']:.0f} MiB "
+                        f"({change:+.0%}), speed {_fmt(metrics['speedup_vs_previous'])} vs {previous['stage']}; "
+                        "a memory/speed trade-off, not carried forward")
+
+
+def _status(result: dict, kind: str, previous: dict) -> tuple[str, str]:
+    if kind == REFERENCE:
+        return "baseline", "the reference every stage is compared with"
+    if kind == MEMORY:
+        return _memory_verdict(result, previous)
+    return _speed_verdict(result, previous)
+
+
+def _analyze_trace(result: dict, session) -> None:
+    """Per-step breakdown, summary and findings from the stage's trace (analysis never fails a stage)."""
+    if not result.get("trace_file"):
+        return
+    from workbench import analyze, diagnose
+
+    stem = stage_stem(result["index"], result["stage"])
+    trace_dir = Path(result["trace_file"]).parent
+    csv_path, summary_path = session.run_dir / "stages" / f"{stem}.breakdown.csv", session.run_dir / "stages" / f"{stem}.trace_summary.json"
+    try:
+        summary = analyze.write_analysis(trace_dir, csv_path, summary_path)
+    except Exception as error:  # a malformed trace must not lose the measurement
+        result["trace"] = {"dir": str(trace_dir), "analysis_error": f"{type(error).__name__}: {error}"}
+        return
+    result["trace"] = {"dir": str(trace_dir), "file": result["trace_file"], "size_mb": result.get("trace_size_mb"),
+                       "breakdown_csv": str(csv_path), "summary_json": str(summary_path)}
+    result["findings"] = diagnose.diagnose(summary, _context(result, session))
+
+
+def _context(result: dict, session) -> dict:
+    cfg, metrics = result["config"], result["metrics"]
+    env, caps = session.environment, session.context.capabilities
+    return {"device_type": env["device_type"], "pin_memory": cfg["pin_memory"], "num_workers": cfg["num_workers"],
+            "precision": cfg["precision"], "cpu_native_bf16": caps.native_bf16_cpu, "tensor_cores": caps.tensor_cores,
+            "device_capacity_mb": env.get("device_memory_mb"), "peak_memory_mb": metrics["peak_memory_mb"],
+            "compile": cfg["compile"], "step_time_s": metrics["step_time_s"]["median"]}
+
+
+def _prediction(result: dict, previous: dict | None) -> dict | None:
+    """Did the finding before this stage predict what the stage then did?"""
+    if previous is None or result["stage"] == "baseline" or not result.get("metrics"):
+        return None
+    from workbench import diagnose
+
+    predicted = result["stage"] in diagnose.predicts(previous.get("findings", []))
+    helped = result["metrics"]["speedup_vs_previous"]["verdict"] == "faster"
+    return {"predicted_to_help": predicted, "helped": helped, "agrees": predicted == helped}
+
+
+def judge(result: dict, stage, state, session) -> None:
+    """Fill in speedups, status, reason, trace analysis and the prediction check, in place."""
+    if result["status"] != "measured":
+        result["reason"] = result.get("error") or result["status"]
+        return
+    previous = state.result or result
+    result["metrics"]["speedup_vs_baseline"] = _ratio(result, state.baseline or result)
+    result["metrics"]["speedup_vs_previous"] = _ratio(result, previous) if stage.kind != REFERENCE else None
+    result["status"], result["reason"] = _status(result, stage.kind, previous)
+    _analyze_trace(result, session)
+    result["prediction"] = _prediction(result, state.result)
+
+
+def one_line(result: dict) -> str:
+    """The console line for a finished stage."""
+    metrics = result.get("metrics")
+    if not metrics:
+        return f"-- {result['stage']}: {result['status']}: {result['reason']}"
+    tp = metrics["throughput"]
+    mfu = f", MFU {metrics['mfu']:.1%}" if metrics.get("mfu") else ""
+    return (f"-- {result['stage']}: {result['status']}: {tp['median']:.1f} samples/s "
+            f"[{tp['ci95_low']:.1f}, {tp['ci95_high']:.1f}], step {metrics['step_time_s']['median'] * 1000:.1f} ms, "
+            f"peak {metrics['peak_memory_mb']:.0f} MiB{mfu}, loss {metrics['final_loss']:.3f}; {result['reason']}")

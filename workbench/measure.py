@@ -1,0 +1,140 @@
+"""Measuring a training loop honestly: synchronized clocks, peak memory, FLOPs and MFU."""
+from __future__ import annotations
+
+import threading
+import time
+
+import psutil
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# Dense peak FLOP/s from NVIDIA's datasheets (SXM parts unless named), keyed by a substring of the
+# device name and the compute dtype. fp32 means plain fp32 (no TF32); tf32/bf16/fp16 are tensor-core,
+# dense (no sparsity). Sources: H100/H200 datasheet (2023/2024), A100 datasheet (2021),
+# L4/A10/T4/V100 product briefs.
+GPU_PEAK_FLOPS = {
+    "H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
+    "H100 PCIe": {"fp32": 51.2e12, "tf32": 378e12, "bf16": 756e12, "fp16": 756e12},
+    "H100": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
+    "A100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "fp16": 312e12},
+    "L4": {"fp32": 30.3e12, "tf32": 60e12, "bf16": 121e12, "fp16": 121e12},
+    "A10": {"fp32": 31.2e12, "tf32": 62.5e12, "bf16": 125e12, "fp16": 125e12},
+    "V100": {"fp32": 15.7e12, "fp16": 125e12},
+    "T4": {"fp32": 8.1e12, "fp16": 65e12},
+}
+MATMUL_PROBE_SIZE = 2048
+RSS_SAMPLE_INTERVAL_S = 0.005
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class StepClock:
+    """Step boundaries: CUDA events on the GPU's stream (no per-step sync), perf_counter elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.marks = device, []
+
+    def mark(self) -> None:
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            synchronize(self.device)
+            self.marks.append(time.perf_counter())
+
+    def step_times(self) -> list[float]:
+        """Seconds between consecutive marks (synchronizes once, at the end)."""
+        synchronize(self.device)
+        if self.device.type == "cuda":
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+class RssSampler:
+    """Peak resident memory of this process, sampled on a thread (CPU has no allocator counter)."""
+
+    def __init__(self) -> None:
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(RSS_SAMPLE_INTERVAL_S)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def current_rss_mb() -> float:
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def reset_cuda_peaks(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def cuda_peaks(device: torch.device) -> dict:
+    stats = torch.cuda.memory_stats(device)
+    return {"allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+            "reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20,
+            "alloc_retries": int(stats.get("num_alloc_retries", 0)),
+            "ooms": int(stats.get("num_ooms", 0))}
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def memory_parts_mb(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Weights, gradients and optimizer state measured from the tensors themselves."""
+    params = list(model.parameters())
+    state = [v for s in optimizer.state.values() for v in s.values()]
+    grads = [p.grad for p in params if p.grad is not None]
+    # Gradients are freed by zero_grad(set_to_none=True); during backward they exist at full size.
+    grad_bytes = tensor_bytes(grads) or tensor_bytes(p for p in params if p.requires_grad)
+    return {"weights": tensor_bytes(params) / 2**20, "gradients": grad_bytes / 2**20,
+            "optimizer_state": tensor_bytes(state) / 2**20}
+
+
+def training_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """FLOPs of one forward+backward pass of the eager model (FlopCounterMode)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def measured_matmul_peak(dtype: torch.dtype = torch.float32, repeats: int = 3) -> float:
+    """FLOP/s of a large CPU matmul: the practical peak the MFU of a CPU run is measured against."""
+    a = torch.randn(MATMUL_PROBE_SIZE, MATMUL_PROBE_SIZE, dtype=dtype)
+    b = torch.randn(MATMUL_PROBE_SIZE, MATMUL_PROBE_SIZE, dtype=dtype)
+    a @ b  # first call allocates and picks kernels
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * MATMUL_PROBE_SIZE**3 * repeats / (time.perf_counter() - start)
+
+
+def gpu_peak_flops(device_name: str, dtype_key: str) -> tuple[float | None, str]:
+    """Documented dense peak for a GPU, and the name of the denominator."""
+    for key, table in GPU_PEAK_FLOPS.items():
+        if key in device_name and dtype_key in table:
+            return table[dtype_key], f"{key} datasheet dense {dtype_key} peak"
+    return None, f"no documented peak for {device_name!r} ({dtype_key}); MFU not reported"

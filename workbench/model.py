@@ -1,0 +1,122 @@
+"""The model, its optimizer, and `apply_all`: the one function that fixes the order of model surgery."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchvision import models
+
+from workbench.errors import StageSkipped, UsageError
+
+
+def build_model(name: str, num_classes: int) -> nn.Module:
+    """A torchvision classifier by name (random init: no weights download) or a user factory."""
+    if ":" in name:
+        return _from_factory(name, num_classes)
+    available = models.list_models(module=models)
+    if name not in available:
+        raise UsageError(f"model={name!r} is not a torchvision classification model; allowed: "
+                         f"{', '.join(sorted(available)[:12])}, ... or module:function")
+    return models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def _from_factory(spec: str, num_classes: int) -> nn.Module:
+    module_name, function_name = spec.split(":", 1)
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # let `mymodels:build` find a file in the working folder
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"model={spec!r} cannot be loaded ({error}); allowed: module:function "
+                         "importable from the current folder") from None
+    model = _call_factory(factory, num_classes)
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model={spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _call_factory(factory, num_classes: int):
+    try:
+        return factory(num_classes=num_classes)
+    except TypeError:
+        return factory()  # a factory without a class-count argument
+
+
+def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+    return optimizer_class(params, lr=lr)
+
+
+class Checkpointed(nn.Module):
+    """Recompute `inner`'s activations in backward instead of keeping them (non-reentrant)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args):
+        if not torch.is_grad_enabled():
+            return self.inner(*args)
+        return checkpoint(self.inner, *args, use_reentrant=False)
+
+
+def _wrap_resnet(model: nn.Module) -> list[str]:
+    # The stem runs as four separate calls in ResNet.forward, so it becomes one checkpointed
+    # Sequential in conv1's place and the other three become identities.
+    model.conv1 = Checkpointed(nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool))
+    model.bn1, model.relu, model.maxpool = nn.Identity(), nn.Identity(), nn.Identity()
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        setattr(model, name, Checkpointed(getattr(model, name)))
+    return ["stem", "layer1", "layer2", "layer3", "layer4"]
+
+
+def _wrap_children(container: nn.Module, prefix: str) -> list[str]:
+    names = []
+    for name, child in list(container.named_children()):
+        setattr(container, name, Checkpointed(child))
+        names.append(f"{prefix}{name}")
+    return names
+
+
+def wrap_checkpoints(model: nn.Module) -> list[str]:
+    """Checkpoint the model's natural blocks; return what was wrapped (empty: nothing to wrap)."""
+    if isinstance(model, models.ResNet):
+        return _wrap_resnet(model)
+    if isinstance(model, models.VisionTransformer):
+        return _wrap_children(model.encoder.layers, "encoder.layers.")
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential):
+        return _wrap_children(features, "features.")
+    if isinstance(model, nn.Sequential):
+        return _wrap_children(model, "")
+    return []
+
+
+def apply_all(model: nn.Module, memory_format: str, checkpointing: str, compile_mode: str,
+              device: torch.device) -> tuple[nn.Module, dict]:
+    """Apply every model-side optimization in the one order that works; return model and notes.
+
+    Order matters: the memory format must be set on the real parameters before anything wraps
+    them; checkpoint wrappers go in before compile so dynamo traces through them (compiling first
+    and wrapping after would checkpoint opaque compiled code); compile comes last and sees the
+    final module.
+    """
+    notes: dict = {}
+    model = model.to(device)
+    if memory_format == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    if checkpointing == "blocks":
+        wrapped = wrap_checkpoints(model)
+        if not wrapped:
+            raise StageSkipped(f"checkpointing=blocks: no natural blocks found in {type(model).__name__}; "
+                             "supported: ResNets, ViTs, models with a Sequential 'features', nn.Sequential")
+        notes["checkpointed_blocks"] = wrapped
+    if compile_mode != "none":
+        model = torch.compile(model, mode=compile_mode)
+    return model, notes

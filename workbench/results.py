@@ -1,0 +1,98 @@
+"""Result files: one JSON per stage, written atomically, read back by the report.
+
+Layout of a run (``reports/<run>/``)::
+
+    run.json                     the run: name, mode, environment, stage order
+    stages/<NN>-<stage>.json     one result per stage (schema below)
+    stages/<NN>-<stage>.breakdown.csv     per-step time breakdown from the trace
+    stages/<NN>-<stage>.trace_summary.json  trace summary (analyze.py)
+    experiments/<name>.json      results of `workbench experiment <name>`
+
+Traces live in ``profiles/<run>/<NN>-<stage>/<worker>.<ts>.pt.trace.json.gz``.
+
+A stage result (all times in seconds, memory in MiB, throughput in samples/s)::
+
+    {
+      "schema": 1, "run": str, "stage": str, "index": int, "mode": "ladder" | "ablation",
+      "status": "baseline" | "kept" | "rejected" | "tradeoff" | "failed" | "skipped",
+      "reason": str,                    # why kept/rejected/failed/skipped, one sentence
+      "applied": [str],                 # stages in effect for this measurement
+      "config": {...},                  # RunConfig fields as measured
+      "decisions": {str: str},          # capability decisions (device, amp dtype, workers, ...)
+      "data": str,                      # which data was used, e.g. "synthetic CIFAR-format (offline)"
+      "environment": {...},             # torch, device name, cpu flags, git revision, threads
+      "metrics": {                      # absent when status is failed/skipped
+        "samples_per_step": int,
+        "step_time_s": {"median", "q1", "q3", "iqr", "mean", "n"},
+        "throughput": {"median", "ci95_low", "ci95_high"},
+        "repeat_throughputs": [float],
+        "warmup_s": float, "compile_s": float | null,
+        "epoch_time_s": float,          # dataset size / throughput
+        "peak_memory_mb": float,        # the headline figure, see peak_memory_kind
+        "peak_memory_kind": str,        # e.g. "cuda max_memory_allocated" or "host peak RSS (sampled)"
+        "peak_memory": {...},           # every figure we have (allocated, reserved, rss, ...)
+        "memory_breakdown_mb": {"weights", "gradients", "optimizer_state", "activations_and_other"},
+        "flops_per_step": float, "achieved_flops_per_s": float,
+        "mfu": float | null, "peak_flops_per_s": float | null, "peak_flops_source": str,
+        "first_loss": float, "final_loss": float, "loss_finite": bool,
+        "speedup_vs_baseline": {"ratio", "ci95_low", "ci95_high", "verdict"},
+        "speedup_vs_previous": {"ratio", "ci95_low", "ci95_high", "verdict"} | null,
+        "trace_overhead_s": float
+      },
+      "trace": {"dir": str, "breakdown_csv": str, "summary_json": str} | null,
+      "findings": [{"rule", "severity", "evidence", "value", "threshold", "action"}],
+      "error": str | null
+    }
+
+``verdict`` is "faster", "slower" or "no significant change" (the 95% interval holds 1).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+STAGES_DIR = "stages"
+RUN_FILE = "run.json"
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so a reader never sees half a file: temp file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def stage_stem(index: int, stage: str) -> str:
+    """File stem shared by a stage's result, breakdown and trace folder: '03-amp'."""
+    return f"{index:02d}-{stage}"
+
+
+def stage_result_path(run_dir: Path, index: int, stage: str) -> Path:
+    return Path(run_dir) / STAGES_DIR / f"{stage_stem(index, stage)}.json"
+
+
+def load_stage_results(run_dir: Path) -> list[dict]:
+    """Every finished stage of a run, in ladder order."""
+    stage_dir = Path(run_dir) / STAGES_DIR
+    if not stage_dir.is_dir():
+        return []
+    paths = sorted(p for p in stage_dir.glob("[0-9][0-9]-*.json") if ".trace_summary" not in p.name)
+    return [read_json(p) for p in paths]

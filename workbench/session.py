@@ -1,0 +1,138 @@
+"""A run's shared facts, settled once before any stage: device, capabilities, data, peaks, folders."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from workbench import device as devices
+from workbench import environment, measure, workers
+from workbench.config import RunConfig
+from workbench.data import load_data
+from workbench.errors import UsageError
+from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
+from workbench.stages import StageContext
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Session:
+    base_cfg: RunConfig
+    mode: str
+    run_dir: Path
+    profiles_dir: Path
+    context: StageContext
+    environment: dict
+    data_description: str
+    peaks: dict
+    isolate: bool = True
+    resume: bool = False
+    model_factory: Callable | None = None
+    dataset: object = None
+    log: Callable[[str], None] = _log
+    decisions: dict = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
+
+    def envelope(self, stage: str, index: int, cfg: RunConfig, applied: list[str], raw: dict) -> dict:
+        """A stage result in the schema of workbench/results.py (status and judgement come later)."""
+        return {"schema": SCHEMA_VERSION, "run": self.run_dir.name, "stage": stage, "index": index,
+                "mode": self.mode, "status": raw.get("status", "failed"), "reason": raw.get("error") or "",
+                "applied": applied, "config": cfg.to_dict(), "decisions": {**self.decisions, **raw.get("notes", {})},
+                "data": raw.get("data", self.data_description), "environment": self.environment,
+                "metrics": raw.get("metrics"), "trace": None, "trace_file": raw.get("trace_file"),
+                "trace_size_mb": raw.get("trace_size_mb"), "findings": [], "error": raw.get("error")}
+
+
+def default_run_name() -> str:
+    return dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+def writable_folder(path: Path, name: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise UsageError(f"{name}={str(path)!r} is not writable ({error.strerror}); allowed: a folder you can write to") from None
+    return path
+
+
+def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities) -> dict:
+    """Peak FLOP/s per compute dtype: measured matmuls on a CPU, datasheet numbers on a GPU."""
+    if facts.type == "cuda":
+        peaks = {}
+        for key in ("fp32", "tf32", "bf16", "fp16"):
+            value, source = measure.gpu_peak_flops(facts.name, key)
+            peaks[key] = {"flops_per_s": value, "source": source}
+        return peaks
+    import torch
+
+    peaks = {"fp32": {"flops_per_s": measure.measured_matmul_peak(torch.float32),
+                      "source": f"measured fp32 {measure.MATMUL_PROBE_SIZE}^3 matmul on this CPU"}}
+    if caps.native_bf16_cpu:
+        peaks["bf16"] = {"flops_per_s": measure.measured_matmul_peak(torch.bfloat16),
+                         "source": f"measured bf16 {measure.MATMUL_PROBE_SIZE}^3 matmul on this CPU"}
+    return peaks
+
+
+def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> tuple[int, dict]:
+    if not wanted:
+        return 0, {}
+    timings = workers.sweep(dataset, cfg.batch_size, cores, cfg.seed, log)
+    chosen = workers.best(timings)
+    clamp = f"candidates clamped to {cores} usable cores"
+    return chosen, {"workers_sweep_ms_per_batch": {str(k): round(v * 1000, 2) for k, v in timings.items()},
+                    "workers_choice": f"num_workers={chosen} (fewest within 5% of the fastest loader; {clamp})"}
+
+
+def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,
+          model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
+          stages: list[str] | None = None, log=_log) -> Session:
+    """Settle everything a run shares, print the decisions, and write run.json."""
+    device_type = devices.resolve_device_type(cfg.device)
+    facts = devices.probe(device_type)
+    caps = devices.decide(facts)
+    cfg = cfg.with_overrides(run_name=cfg.run_name or default_run_name())
+    run_dir = writable_folder(Path(cfg.reports_dir) / cfg.run_name, "reports_dir")
+    profiles_dir = writable_folder(Path(cfg.profiles_dir) / cfg.run_name, "profiles_dir")
+    spec = None if dataset is not None else load_data(cfg.data, cfg.data_dir, cfg.image_size,
+                                                      cfg.synthetic_per_batch, cfg.seed, log=log)
+    data = dataset if dataset is not None else spec.dataset
+    description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
+    best_workers, worker_notes = _choose_workers(cfg, data, facts.cpu_cores, sweep_workers, log)
+    threads = devices.threads_for(cfg.num_workers, cfg.threads, facts.cpu_cores)
+    decisions = {"device": f"{facts.type} ({facts.name})", "amp": f"{caps.amp_dtype or 'none'}: {caps.amp_reason}",
+                 "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
+                 "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes}
+    context = StageContext(device_type, caps, best_workers)
+    session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
+                      measure_peaks(facts, caps), isolate, resume, model_factory, dataset, log, decisions,
+                      stages or [])
+    _announce(session)
+    _write_run_file(session)
+    return session
+
+
+def _announce(session: Session) -> None:
+    session.log(f"run {session.run_dir.name}: results in {session.run_dir}, traces in {session.profiles_dir}")
+    session.log(f"data: {session.data_description}")
+    for key, value in session.decisions.items():
+        session.log(f"decision {key}: {value}")
+    cfg = session.base_cfg
+    session.log(f"config: model={cfg.model} image_size={cfg.image_size} batch_size={cfg.batch_size} "
+                f"warmup={cfg.warmup_steps} timed_steps={cfg.timed_steps} repeats={cfg.repeats}")
+
+
+def _write_run_file(session: Session) -> None:
+    write_json_atomic(session.run_dir / RUN_FILE, {
+        "schema": SCHEMA_VERSION, "run": session.run_dir.name, "mode": session.mode,
+        "created": dt.datetime.now().isoformat(timespec="seconds"), "environment": session.environment,
+        "data": session.data_description, "config": session.base_cfg.to_dict(), "decisions": session.decisions,
+        "peaks": session.peaks, "stages": session.stages, "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})

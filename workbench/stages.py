@@ -1,0 +1,112 @@
+"""The optimization stages: each a small pure function RunConfig -> RunConfig.
+
+A stage sees the configuration it builds on and the machine's capability decisions (`StageContext`),
+and returns the configuration to measure, or raises StageSkipped with the reason it does not apply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from workbench.config import RunConfig
+from workbench.device import Capabilities
+from workbench.errors import StageSkipped, UsageError
+
+SPEED, MEMORY, REFERENCE = "speed", "memory", "reference"
+# Emulated bf16 on a CPU runs an order of magnitude slower: measure it briefly, enough to show it.
+PROBE_TIMED_STEPS, PROBE_WARMUP_STEPS = 4, 1
+ACCUMULATION_MICRO_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What stages may consult besides the configuration: the device and measured choices."""
+
+    device_type: str
+    capabilities: Capabilities
+    best_workers: int = 0
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str          # speed stages are kept or rejected; memory stages are trade-offs
+    summary: str
+    apply: Callable[[RunConfig, StageContext], RunConfig]
+
+
+def baseline(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return cfg
+
+
+def dataloader(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    workers = ctx.best_workers
+    return cfg.with_overrides(num_workers=workers, persistent_workers=workers > 0,
+                              pin_memory=ctx.capabilities.pin_memory)
+
+
+def tf32(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if not ctx.capabilities.tf32:
+        raise StageSkipped(f"TF32 needs an Ampere or newer GPU; this device is {ctx.device_type}")
+    return cfg.with_overrides(tf32=True)
+
+
+def amp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    caps = ctx.capabilities
+    if caps.amp_dtype is not None:
+        return cfg.with_overrides(precision=caps.amp_dtype)
+    if ctx.device_type != "cpu":
+        raise StageSkipped(caps.amp_reason)
+    # Measured once, briefly, so the report can show the cost; the verdict then rejects it.
+    return cfg.with_overrides(precision="bf16", repeats=1, warmup_steps=PROBE_WARMUP_STEPS,
+                              timed_steps=min(cfg.timed_steps, PROBE_TIMED_STEPS))
+
+
+def channels_last(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return cfg.with_overrides(memory_format="channels_last")
+
+
+def accumulation(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    micro = cfg.batch_size // ACCUMULATION_MICRO_BATCHES
+    if micro < 1 or cfg.batch_size % ACCUMULATION_MICRO_BATCHES:
+        raise StageSkipped(f"batch_size={cfg.batch_size} cannot be split into {ACCUMULATION_MICRO_BATCHES} micro-batches")
+    return cfg.with_overrides(micro_batch_size=micro)
+
+
+def checkpointing(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return cfg.with_overrides(checkpointing="blocks")
+
+
+def compile_stage(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return cfg.with_overrides(compile="default")
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("baseline", REFERENCE, "num_workers=0, no pinning, fp32, eager, NCHW: the reference", baseline),
+    Stage("dataloader", SPEED, "DataLoader workers chosen by a measured sweep, persistent workers, "
+          "pin_memory + non_blocking copies on CUDA", dataloader),
+    Stage("tf32", SPEED, "TF32 matmuls and convolutions (Ampere+ GPUs only)", tf32),
+    Stage("amp", SPEED, "autocast to bf16 (or fp16 + GradScaler on pre-Ampere GPUs); on a CPU only "
+          "with native bf16", amp),
+    Stage("channels_last", SPEED, "NHWC model weights and inputs (faster convolutions, mostly with AMP)",
+          channels_last),
+    Stage("accumulation", MEMORY, f"same effective batch as {ACCUMULATION_MICRO_BATCHES} accumulated "
+          "micro-batches: lower peak memory, not speed", accumulation),
+    Stage("checkpointing", MEMORY, "recompute each block's activations in backward (non-reentrant): "
+          "lower peak memory at a cost in time", checkpointing),
+    Stage("compile", SPEED, "torch.compile (default mode): kernel fusion, fewer launches; compile time "
+          "reported apart", compile_stage),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
+
+
+def select(names: str | None) -> list[Stage]:
+    """Stages by comma-separated name, in ladder order; the baseline is always first."""
+    if not names:
+        return list(STAGES)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in STAGE_NAMES]
+    if unknown:
+        raise UsageError(f"unknown stage {unknown[0]!r}; allowed: {', '.join(STAGE_NAMES)}")
+    return [s for s in STAGES if s.name == "baseline" or s.name in wanted]

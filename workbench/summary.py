@@ -1,0 +1,28 @@
+"""The closing lines of a run on the terminal: where it started, where it ended, what was kept."""
+from __future__ import annotations
+
+
+def _final_kept(finished: list[dict]) -> dict | None:
+    kept = [r for r in finished if r["status"] in ("baseline", "kept") and r.get("metrics")]
+    return kept[-1] if kept else None
+
+
+def final_summary(finished: list[dict]) -> str:
+    baseline = next((r for r in finished if r["status"] == "baseline"), None)
+    final = _final_kept(finished)
+    if baseline is None or final is None:
+        return "no baseline was measured: nothing to summarize"
+    b, f = baseline["metrics"], final["metrics"]
+    ratio = f["speedup_vs_baseline"]
+    lines = [f"baseline: {b['throughput']['median']:.1f} samples/s, MFU {_pct(b.get('mfu'))}",
+             f"final kept configuration ({' + '.join(final['applied']) or 'baseline'}): "
+             f"{f['throughput']['median']:.1f} samples/s, MFU {_pct(f.get('mfu'))} "
+             f"({f.get('peak_flops_source', '')})",
+             f"speedup vs baseline: {ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}] "
+             f"({ratio['verdict']})"]
+    lines += [f"  {r['stage']:<14} {r['status']:<9} {r['reason']}" for r in finished]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.1%}" if value else "n/a"

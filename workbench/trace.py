@@ -1,0 +1,67 @@
+"""torch.profiler capture of a stage, in its own untimed pass.
+
+Layout: profiles/<run>/<NN>-<stage>/<worker>.<timestamp>.pt.trace.json.gz, which is what
+torch-tb-profiler lists as one run per folder and what chrome://tracing and Perfetto open.
+Traces stay small: a handful of active steps, no Python stacks unless asked, gzip.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile, schedule
+
+WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS = 1, 1, 3
+TRACE_SUFFIX = ".pt.trace.json.gz"
+
+
+def trace_steps() -> int:
+    """Steps the capture runs: the schedule's wait + warm-up + active, plus one to flush it."""
+    return WAIT_STEPS + WARMUP_STEPS + ACTIVE_STEPS + 1
+
+
+def activities(device_type: str) -> list[ProfilerActivity]:
+    found = [ProfilerActivity.CPU]
+    if device_type == "cuda":
+        found.append(ProfilerActivity.CUDA)
+    return found
+
+
+def _write_trace(prof, trace_dir: Path, rank: int, world_size: int) -> Path:
+    """Export Chrome JSON, add distributedInfo (trace analysers read the rank there), gzip it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        trace = json.loads(raw.read_text())
+    trace.setdefault("distributedInfo", {})
+    trace["distributedInfo"].update({"rank": rank, "world_size": world_size, "backend": "none" if world_size == 1 else "ddp"})
+    name = f"{socket.gethostname()}_{os.getpid()}.{int(time.time() * 1000)}{TRACE_SUFFIX}"
+    path = trace_dir / name
+    with gzip.open(path.with_suffix(".tmp"), "wt") as handle:
+        json.dump(trace, handle)
+    path.with_suffix(".tmp").replace(path)
+    return path
+
+
+def capture(step_fn: Callable[[int], None], trace_dir: Path, device_type: str, with_stack: bool = False,
+            rank: int = 0, world_size: int = 1) -> dict:
+    """Run step_fn(i) under the profiler's schedule; return the trace path and the pass's wall time."""
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    on_ready = lambda prof: written.append(_write_trace(prof, trace_dir, rank, world_size))
+    start = time.perf_counter()
+    with profile(activities=activities(device_type), record_shapes=True, profile_memory=True,
+                 with_stack=with_stack, on_trace_ready=on_ready,
+                 schedule=schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=ACTIVE_STEPS, repeat=1)) as prof:
+        for i in range(trace_steps()):
+            step_fn(i)
+            prof.step()
+    return {"file": str(written[-1]) if written else None, "wall_s": time.perf_counter() - start,
+            "size_mb": written[-1].stat().st_size / 2**20 if written else 0.0}

@@ -1,0 +1,67 @@
+"""Measure one stage in this (fresh) process: `python -m workbench.worker SPEC.json`.
+
+The spec names the configuration, where the trace goes and where the raw result goes. Whatever
+happens (out of memory, a compile error, a stage that does not apply) a result file is written, so
+the ladder can record the reason and go on.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from workbench.config import RunConfig
+from workbench.errors import StageSkipped, UsageError
+from workbench.executor import build, measure_config
+from workbench.progress import Progress
+from workbench.results import read_json, write_json_atomic
+
+
+def peak_for(cfg: RunConfig, device_type: str, peaks: dict) -> tuple[float | None, str]:
+    """The peak FLOP/s a configuration's MFU is measured against, and its name."""
+    key = cfg.precision if cfg.precision != "fp32" else ("tf32" if cfg.tf32 else "fp32")
+    entry = peaks.get(key) or peaks.get("fp32") or {}
+    return entry.get("flops_per_s"), entry.get("source", "no peak known")
+
+
+def run_spec(spec: dict, model_factory=None, dataset=None) -> dict:
+    cfg = RunConfig(**spec["config"])
+    progress = Progress(spec["stage"])
+    log = lambda message: print(f"[{spec['stage']}] {message}", file=sys.stderr, flush=True)
+    built = build(cfg, model_factory, dataset, log=log)
+    peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
+    trace_dir = Path(spec["trace_dir"]) if spec.get("trace_dir") else None
+    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress)
+    raw.update(status="measured", data=built.data_description, notes=_jsonable(built.notes))
+    return raw
+
+
+def _jsonable(notes: dict) -> dict:
+    return {key: value for key, value in notes.items() if isinstance(value, (int, float, str, list, bool))}
+
+
+def failure(status: str, error: BaseException) -> dict:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return {"status": status, "error": f"{type(error).__name__}: {message}"[:500]}
+
+
+def main(spec_path: str) -> int:
+    spec = read_json(Path(spec_path))
+    try:
+        raw = run_spec(spec)
+    except StageSkipped as error:
+        raw = {"status": "skipped", "error": str(error)}
+    except torch.OutOfMemoryError as error:
+        raw = failure("failed", error)
+        raw["error"] = "out of memory: " + raw["error"]
+    except (UsageError, Exception) as error:  # any stage failure is recorded; the ladder goes on
+        traceback.print_exc(limit=3, file=sys.stderr)
+        raw = failure("failed", error)
+    write_json_atomic(Path(spec["out"]), raw)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
