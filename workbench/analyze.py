@@ -46,10 +46,11 @@ LAUNCH_NAME = re.compile(r"^cu(da)?(Graph)?Launch")
 DEVICE_TYPE_IDS = {"cpu": 0, "cuda": 1}  # "Device Type" in [memory] events
 BYTES_PER_MB = 1024 * 1024  # MiB, like the rest of the result files
 
-# Kernel kinds by name, first match wins. Triton kernels say what they are in their prefix; norm
-# kernels are checked before conv_matmul because cuDNN batch-norm kernels carry "cudnn" too.
+# Kernel kinds by name, first match wins. Triton kernels say what they are in their prefix; ATen's
+# *elementwise_kernel and cuDNN's layout conversions and batch-norm kernels come before conv_matmul
+# because their template arguments or "cudnn" prefix would otherwise match it.
 KERNEL_KINDS = (
-    ("elementwise", re.compile(r"triton_poi|nchwtonhwc|nhwctonchw")),
+    ("elementwise", re.compile(r"triton_poi|nchwtonhwc|nhwctonchw|elementwise_kernel")),
     ("reduction", re.compile(r"triton_(red|per)|bn_fw|bn_bw|batch_?norm|layer_?norm|group_?norm|softmax")),
     ("conv_matmul", re.compile(
         r"triton_tem|conv|gemm|gemv|matmul|xmma|cutlass|cudnn|cublas|nvjet|wgrad|dgrad|fprop"

@@ -105,6 +105,12 @@ def _print_summary(finished: list[dict], run_dir: Path) -> None:
     from workbench.summary import final_summary
 
     print(final_summary(finished))
+    traces = [r["trace_file"] for r in finished if r.get("trace_file")]
+    for trace in traces:
+        print(f"trace: {trace}")
+    if traces:
+        print("open a trace: drag it into https://ui.perfetto.dev or chrome://tracing (gzip is fine), "
+              "or run `make tensorboard` and open http://localhost:6006 -> PYTORCH_PROFILER")
     print(f"results: {run_dir}/stages/   report: workbench report {run_dir.name}")
 
 

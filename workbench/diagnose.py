@@ -7,7 +7,8 @@ with one named threshold below, so a finding can always say what was measured an
 
 Context keys, all optional: device_type ("cpu"/"cuda"/"mps"), pin_memory, num_workers, precision
 ("fp32"/"bf16"/"fp16"), cpu_native_bf16, tensor_cores, device_capacity_mb, peak_memory_mb,
-compile ("none" when off), step_time_s. No torch import: this runs in the report as well.
+compile ("none" when off), step_time_s. "value" and "threshold" are None for a rule that is a
+condition rather than a measured number against a limit. No torch import: the report runs this too.
 """
 from __future__ import annotations
 
@@ -78,10 +79,11 @@ def rule_data_loading(summary: dict, context: dict) -> dict | None:
         return None
     workers = context.get("num_workers")
     now = f" (num_workers={workers})" if workers is not None else ""
+    more = "more background workers" if workers else "background workers (num_workers > 0)"
     return _finding(
         "data_loading", "high" if share > DATA_LOADING_SHARE_HIGH else "medium",
         f"Waiting for the next batch takes {share:.1%} of the step{now}.", share, DATA_LOADING_SHARE_MAX,
-        "Load batches in background workers (num_workers > 0, persistent_workers=True, prefetch_factor), "
+        f"Load batches in {more} with persistent_workers=True and prefetching, "
         "or make per-sample transforms cheaper.")
 
 
@@ -187,7 +189,7 @@ def rule_cpu_bf16(summary: dict, context: dict) -> dict | None:
     return _finding(
         "cpu_bf16_not_native", "high",
         "bf16 autocast is on, but this CPU has no native bf16 (no avx512_bf16/amx_bf16)." + step,
-        "bf16", "native bf16",
+        None, None,
         "Train in fp32 on this CPU: emulated bf16 is many times slower.")
 
 

@@ -15,6 +15,10 @@ def _ratio(result: dict, other: dict | None) -> dict | None:
     return stats.speedup(new["step_times_s"], new["samples_per_step"], old["step_times_s"], old["samples_per_step"])
 
 
+# The baseline against itself: exactly 1, not a bootstrap of two resamples of the same steps.
+SAME = {"ratio": 1.0, "ci95_low": 1.0, "ci95_high": 1.0, "verdict": "no significant change"}
+
+
 def _fmt(ratio: dict) -> str:
     return f"{ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}]"
 
@@ -95,7 +99,7 @@ def judge(result: dict, stage, state, session) -> None:
         result["reason"] = result.get("error") or result["status"]
         return
     previous = state.result or result
-    result["metrics"]["speedup_vs_baseline"] = _ratio(result, state.baseline or result)
+    result["metrics"]["speedup_vs_baseline"] = _ratio(result, state.baseline) if state.baseline else SAME
     result["metrics"]["speedup_vs_previous"] = _ratio(result, previous) if stage.kind != REFERENCE else None
     result["status"], result["reason"] = _status(result, stage.kind, previous)
     _analyze_trace(result, session)

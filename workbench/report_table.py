@@ -44,14 +44,14 @@ def _fixed(value: float, digits: int) -> str:
 
 
 def _rate(value: float) -> str:
-    # Throughput spans 0.5 img/s (bf16 on a CPU without it) to thousands: keep ~3 significant digits.
-    magnitude = abs(value)
-    return _fixed(value, 1 if magnitude >= 100 else 2 if magnitude >= 1 else 3)
+    # One decimal, as the ladder's console lines print it; below 1 sample/s (bf16 emulated on a
+    # CPU at 224 px) one decimal would hide the number, so two there.
+    return _fixed(value, 1 if abs(value) >= 1 else 2)
 
 
 FORMATTERS = {
     "rate": _rate,
-    "ratio": lambda v: _fixed(v, 2 if abs(v) >= 0.1 else 3),  # 0.077x must not print as 0.08x
+    "ratio": lambda v: _fixed(v, 2),  # as the ladder's own reasons print speedups ("1.19x [1.14, 1.25]")
     "ms": lambda v: _fixed(v, 1),
     "seconds": lambda v: _fixed(v, 1),
     "mb": lambda v: _fixed(v, 0),
@@ -172,9 +172,10 @@ def impact(record: dict) -> str:
     """High/Medium/Low by IMPACT_RULES; empty for the baseline and for unmeasured stages."""
     if record.get("status") not in MEASURED_STATUSES or record.get("status") == "baseline":
         return ""
+    # Judge the printed (rounded) figures, so a reader checking the rule gets the same answer.
     faster = record.get("verdict_vs_previous") == "faster"
-    ratio = record.get("speedup_vs_previous") or 0.0
-    saved = -(record.get("memory_change_vs_previous_percent") or 0.0)
+    ratio = float(fmt("ratio", record.get("speedup_vs_previous")) or 0.0)
+    saved = -float(fmt("signed_pct", record.get("memory_change_vs_previous_percent")) or 0.0)
     for label, min_ratio, min_saved in IMPACT_RULES:
         if (faster and ratio >= min_ratio) or saved >= min_saved:
             return label
