@@ -216,11 +216,11 @@ def device_activity(trace: dict) -> dict | None:
     Times are summed over all profiled steps unless the key says per_step.
     """
     events = _complete_events(trace)
+    if not any(e.get("cat") in GPU_CATEGORIES for e in events):
+        return None
     steps = _profiler_steps(events)
     start, stop = steps[0]["ts"], _end(steps[-1])
     gpu = [e for e in events if e.get("cat") in GPU_CATEGORIES and _end(e) > start]
-    if not gpu:
-        return None
     window_end = max(stop, max(_end(e) for e in gpu))
     busy_us = _union_us((max(e["ts"], start), _end(e)) for e in gpu)
     window_us = window_end - start
@@ -249,6 +249,26 @@ def _is_annotation(name: str) -> bool:
     return name.startswith(STEP_PREFIX) or name in REGIONS
 
 
+def _totals(pairs: Iterable[tuple[str, float]]) -> dict[str, list[float]]:
+    """name -> [calls, microseconds]."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for name, us in pairs:
+        totals[name][0] += 1
+        totals[name][1] += us
+    return totals
+
+
+def _cpu_op_self_us(events: list[dict]) -> Iterable[tuple[str, float]]:
+    by_thread: dict[tuple, list[dict]] = defaultdict(list)
+    for event in events:
+        if event.get("cat") in HOST_CATEGORIES:
+            by_thread[_thread(event)].append(event)
+    for thread_events in by_thread.values():
+        for event, self_us in _self_times_us(thread_events):
+            if event.get("cat") == "cpu_op" and not _is_annotation(event["name"]):
+                yield event["name"], self_us
+
+
 def _top_rows(totals: dict[str, list[float]], n: int, device: str) -> list[dict]:
     grand = sum(us for _, us in totals.values()) or 1.0
     ranked = sorted(totals.items(), key=lambda item: (-item[1][1], item[0]))[:n]
@@ -257,27 +277,14 @@ def _top_rows(totals: dict[str, list[float]], n: int, device: str) -> list[dict]
 
 
 def top_ops(trace: dict, n: int = 10) -> list[dict]:
-    """Top n CPU operators by self time, then top n GPU kernels by device time.
+    """Top n CPU operators by self time, then top n GPU kernels by device time ("device" says which).
 
     A CPU op's self time is its duration minus its direct children on the same thread (annotations
     included as children); share is relative to all CPU op self time, or to all kernel time.
     """
     events = _complete_events(trace)
-    by_thread: dict[tuple, list[dict]] = defaultdict(list)
-    for event in events:
-        if event.get("cat") in HOST_CATEGORIES:
-            by_thread[_thread(event)].append(event)
-    cpu: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for thread_events in by_thread.values():
-        for event, self_us in _self_times_us(thread_events):
-            if event.get("cat") == "cpu_op" and not _is_annotation(event["name"]):
-                cpu[event["name"]][0] += 1
-                cpu[event["name"]][1] += self_us
-    gpu: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    for event in (e for e in events if e.get("cat") == "kernel"):
-        gpu[event["name"]][0] += 1
-        gpu[event["name"]][1] += event.get("dur", 0)
-    return _top_rows(cpu, n, "cpu") + _top_rows(gpu, n, "gpu")
+    kernels = ((e["name"], e.get("dur", 0)) for e in events if e.get("cat") == "kernel")
+    return _top_rows(_totals(_cpu_op_self_us(events)), n, "cpu") + _top_rows(_totals(kernels), n, "gpu")
 
 
 def peak_memory_mb(trace: dict, device: str | None = None) -> float | None:

@@ -147,6 +147,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 1 if regressed else 0
 
 
+def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
+    """The run whose trace folders get the Python-level views: the named one, else the newest."""
+    if args.cfg_run_name:
+        return args.cfg_run_name
+    runs = sorted(Path(cfg_reports).glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    from workbench.session import default_run_name
+
+    return runs[-1].parent.name if runs else default_run_name()
+
+
+def cmd_profile_lines(args: argparse.Namespace) -> int:
+    from workbench import pyprofile
+    from workbench.device import decide, probe, resolve_device_type
+    from workbench.executor import build, warm_up
+    from workbench.progress import Progress
+    from workbench.results import stage_stem
+    from workbench.stages import STAGE_NAMES, StageContext, select
+
+    stage = select(args.stage)[-1]
+    cfg = config_from(args)
+    device_type = resolve_device_type(cfg.device)
+    context = StageContext(device_type, decide(probe(device_type)), cfg.num_workers)
+    cfg = stage.apply(cfg, context)
+    out_dir = Path(cfg.profiles_dir) / _lines_target(args, cfg.reports_dir) / stage_stem(STAGE_NAMES.index(stage.name), stage.name)
+    built = build(cfg)
+    warm_up(built, Progress(stage.name))
+    print(pyprofile.profile_lines(built, out_dir, args.steps).read_text())
+    csv_path, png = pyprofile.profile_memory(built, out_dir, args.steps)
+    print(f"line profile: {out_dir / 'line_profile.txt'}\nhost memory: {csv_path} and {png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="workbench", description="Profiling-driven optimization workbench for PyTorch training loops.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -157,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(run)
     run.set_defaults(handler=cmd_run)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=cmd_stages)
+    lines = commands.add_parser("profile-lines", help="line_profiler and memory_profiler views of a stage")
+    lines.add_argument("--stage", default="baseline", help="the stage to profile, applied alone to the baseline")
+    lines.add_argument("--steps", type=int, default=10, help="training steps to profile")
+    add_config_options(lines)
+    lines.set_defaults(handler=cmd_profile_lines)
     report = commands.add_parser("report", help="CSV, plots and optimization_report.md for a run")
     report.add_argument("run", nargs="?", help="run name or folder (default: the newest run)")
     report.add_argument("--reports-dir", default="reports")

@@ -12,6 +12,7 @@ from typing import Any
 
 from workbench import diagnose
 from workbench.report_table import RunView, fmt
+from workbench.results import STAGES_DIR
 
 CSV_NAME = "optimization_results.csv"
 DASHBOARD_NAME = "optimization_dashboard.png"
@@ -229,9 +230,17 @@ def links_section(view: RunView) -> list[str]:
 def _stage_links(view: RunView, result: dict) -> list[str]:
     stem = f"{int(result.get('index', 0)):02d}-{result.get('stage')}"
     trace = result.get("trace") or {}
-    links = [_link("result", (f"stages/{stem}.json", (view.run_dir / "stages" / f"{stem}.json").exists()))]
+    links = [_link("result", _local(view, f"{stem}.json"))]
     if not trace:
         return links + ["no trace was recorded for this stage"]
-    return links + [_link("trace folder", relative_link(view, trace.get("dir"))),
-                    _link("trace summary", relative_link(view, trace.get("summary_json"))),
-                    _link("step breakdown CSV", relative_link(view, trace.get("breakdown_csv")))]
+    return links + [
+        _link("trace folder", relative_link(view, trace.get("dir"))),
+        _link("trace summary", _local(view, f"{stem}.trace_summary.json") or relative_link(view, trace.get("summary_json"))),
+        _link("step breakdown CSV", _local(view, f"{stem}.breakdown.csv") or relative_link(view, trace.get("breakdown_csv"))),
+    ]
+
+
+def _local(view: RunView, name: str) -> tuple[str, bool] | None:
+    """A file in the run's stages/ folder (the documented layout), when it is there."""
+    path = view.run_dir / STAGES_DIR / name
+    return (f"{STAGES_DIR}/{name}", True) if path.exists() else None

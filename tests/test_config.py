@@ -1,0 +1,186 @@
+"""RunConfig validation (every error names the bad value and what is allowed) and the stage functions."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from workbench import stages
+from workbench.config import (COMPILE_MODES, PRECISIONS, RunConfig, divisors, field_names)
+from workbench.device import DeviceFacts, decide
+from workbench.errors import StageSkipped, UsageError
+
+
+# --- RunConfig -------------------------------------------------------------------------------
+
+def test_defaults_are_valid_and_frozen():
+    cfg = RunConfig()
+    assert cfg.accumulation_steps == 1
+    assert cfg.effective_micro_batch == cfg.batch_size
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.batch_size = 64  # type: ignore[misc]
+
+
+def test_every_field_is_documented():
+    for f in dataclasses.fields(RunConfig):
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+
+
+@pytest.mark.parametrize("changes, must_name", [
+    ({"image_size": 0}, ["image_size=0", "at least 1"]),
+    ({"batch_size": -1}, ["batch_size=-1", "at least 1"]),
+    ({"micro_batch_size": -2}, ["micro_batch_size=-2", "at least 0"]),
+    ({"num_workers": -1}, ["num_workers=-1"]),
+    ({"lr": 0.0}, ["lr=0.0"]),
+    ({"precision": "fp8"}, ["'fp8'", *PRECISIONS]),
+    ({"compile": "fast"}, ["'fast'", *COMPILE_MODES]),
+    ({"memory_format": "nhwc"}, ["'nhwc'", "channels_last"]),
+    ({"optimizer": "lion"}, ["'lion'", "adamw", "sgd"]),
+    ({"device": "tpu"}, ["'tpu'", "cuda", "mps"]),
+    ({"checkpointing": "all"}, ["'all'", "blocks"]),
+    ({"data": "s3:bucket"}, ["'s3:bucket'", "synthetic", "cifar10", "imagefolder:PATH"]),
+    ({"data": "imagefolder:"}, ["imagefolder:", "path"]),
+    ({"persistent_workers": True}, ["persistent_workers", "num_workers"]),
+    ({"batch_size": 4, "micro_batch_size": 8}, ["micro_batch_size=8", "batch_size=4"]),
+])
+def test_bad_values_raise_usage_error_naming_value_and_allowed(changes, must_name):
+    with pytest.raises(UsageError) as info:
+        RunConfig(**changes)
+    message = str(info.value)
+    for text in must_name:
+        assert text in message, f"{text!r} missing from {message!r}"
+
+
+def test_indivisible_micro_batch_lists_allowed_divisors():
+    with pytest.raises(UsageError) as info:
+        RunConfig(batch_size=32, micro_batch_size=5)
+    message = str(info.value)
+    assert "micro_batch_size=5" in message and "batch_size=32" in message
+    assert "1, 2, 4, 8, 16, 32" in message
+
+
+def test_divisors():
+    assert divisors(12) == [1, 2, 3, 4, 6, 12]
+    assert divisors(1) == [1]
+
+
+def test_accumulation_steps_from_micro_batch():
+    cfg = RunConfig(batch_size=32, micro_batch_size=8)
+    assert cfg.accumulation_steps == 4 and cfg.effective_micro_batch == 8
+
+
+def test_persistent_workers_valid_with_workers():
+    assert RunConfig(num_workers=2, persistent_workers=True).persistent_workers
+
+
+def test_imagefolder_with_path_is_valid():
+    assert RunConfig(data="imagefolder:/some/where").data == "imagefolder:/some/where"
+
+
+def test_with_overrides_validates_and_rejects_unknown():
+    cfg = RunConfig()
+    assert cfg.with_overrides(batch_size=64).batch_size == 64
+    assert cfg.batch_size == 32  # the original is untouched
+    with pytest.raises(UsageError) as info:
+        cfg.with_overrides(unknown=1)
+    assert "'unknown'" in str(info.value) and "batch_size" in str(info.value)
+    with pytest.raises(UsageError, match="'fp8'"):
+        cfg.with_overrides(precision="fp8")
+
+
+def test_to_dict_round_trips():
+    cfg = RunConfig(batch_size=16, micro_batch_size=4, precision="bf16")
+    assert RunConfig(**cfg.to_dict()) == cfg
+    assert list(cfg.to_dict()) == field_names()
+
+
+# --- stages: each a RunConfig -> RunConfig ------------------------------------------------------
+
+def _ctx(facts: DeviceFacts, best_workers: int = 0) -> stages.StageContext:
+    return stages.StageContext(facts.type, decide(facts), best_workers=best_workers)
+
+
+CPU_NO_BF16 = DeviceFacts("cpu", "test cpu", cpu_flags=("avx2", "fma"), cpu_cores=2)
+CPU_BF16 = DeviceFacts("cpu", "test cpu", cpu_flags=("avx2", "avx512_bf16"), cpu_cores=2)
+A100 = DeviceFacts("cuda", "A100", capability=(8, 0), device_count=1)
+V100 = DeviceFacts("cuda", "V100", capability=(7, 0), device_count=1)
+
+
+def test_stage_order_is_the_ladder():
+    assert stages.STAGE_NAMES == ("baseline", "dataloader", "tf32", "amp", "channels_last",
+                                  "accumulation", "checkpointing", "compile")
+
+
+def test_select_all_and_by_name_keeps_baseline_first_and_ladder_order():
+    assert [s.name for s in stages.select(None)] == list(stages.STAGE_NAMES)
+    assert [s.name for s in stages.select("compile, amp")] == ["baseline", "amp", "compile"]
+
+
+def test_select_unknown_stage_is_usage_error():
+    with pytest.raises(UsageError) as info:
+        stages.select("amp,turbo")
+    assert "'turbo'" in str(info.value) and "channels_last" in str(info.value)
+
+
+def test_every_stage_is_a_pure_function_of_the_config():
+    cfg = RunConfig(batch_size=8)
+    ctx = _ctx(A100, best_workers=2)
+    for stage in stages.STAGES:
+        out = stage.apply(cfg, ctx)
+        assert isinstance(out, RunConfig)
+        assert cfg == RunConfig(batch_size=8)  # input untouched
+
+
+def test_baseline_is_identity():
+    cfg = RunConfig()
+    assert stages.baseline(cfg, _ctx(CPU_NO_BF16)) is cfg
+
+
+def test_dataloader_uses_best_workers_and_pins_only_where_decided():
+    out = stages.dataloader(RunConfig(), _ctx(CPU_NO_BF16, best_workers=3))
+    assert (out.num_workers, out.persistent_workers, out.pin_memory) == (3, True, False)
+    out = stages.dataloader(RunConfig(), _ctx(A100, best_workers=0))
+    assert (out.num_workers, out.persistent_workers, out.pin_memory) == (0, False, True)
+
+
+def test_amp_uses_decided_dtype():
+    assert stages.amp(RunConfig(), _ctx(A100)).precision == "bf16"
+    assert stages.amp(RunConfig(), _ctx(V100)).precision == "fp16"
+    native = stages.amp(RunConfig(), _ctx(CPU_BF16))
+    assert native.precision == "bf16" and native.timed_steps == RunConfig().timed_steps
+
+
+def test_amp_on_cpu_without_native_bf16_is_a_short_probe():
+    cfg = RunConfig(timed_steps=20, repeats=3, warmup_steps=5)
+    out = stages.amp(cfg, _ctx(CPU_NO_BF16))
+    assert out.precision == "bf16"
+    assert out.repeats == 1
+    assert out.warmup_steps == stages.PROBE_WARMUP_STEPS
+    assert out.timed_steps == stages.PROBE_TIMED_STEPS
+
+
+def test_tf32_skipped_without_capability():
+    with pytest.raises(StageSkipped, match="cpu"):
+        stages.tf32(RunConfig(), _ctx(CPU_BF16))
+    with pytest.raises(StageSkipped):
+        stages.tf32(RunConfig(), _ctx(V100))
+    assert stages.tf32(RunConfig(), _ctx(A100)).tf32 is True
+
+
+def test_model_side_stages_set_their_field():
+    ctx = _ctx(CPU_NO_BF16)
+    assert stages.channels_last(RunConfig(), ctx).memory_format == "channels_last"
+    assert stages.checkpointing(RunConfig(), ctx).checkpointing == "blocks"
+    assert stages.compile_stage(RunConfig(), ctx).compile == "default"
+
+
+def test_accumulation_keeps_effective_batch():
+    out = stages.accumulation(RunConfig(batch_size=32), _ctx(CPU_NO_BF16))
+    assert out.batch_size == 32
+    assert out.micro_batch_size == 32 // stages.ACCUMULATION_MICRO_BATCHES
+    assert out.accumulation_steps == stages.ACCUMULATION_MICRO_BATCHES
+
+
+def test_accumulation_skipped_for_odd_batch():
+    with pytest.raises(StageSkipped, match="batch_size=7"):
+        stages.accumulation(RunConfig(batch_size=7), _ctx(CPU_NO_BF16))
