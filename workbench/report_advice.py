@@ -20,7 +20,7 @@ def recommendations_section(view: RunView) -> list[str]:
         return lines + ["No recommendation can be made: the baseline was not measured, so nothing "
                         "can be compared with it.", ""]
     lines += [_headline(view, base, final)] + [_keep(r) for r in view.with_status("kept")]
-    lines += [_reject(r) for r in view.with_status("rejected")]
+    lines += [_reject(view, r) for r in view.with_status("rejected")]
     lines += [_tradeoff(r) for r in view.with_status("tradeoff")]
     lines += [f"- Fix `{r['stage']}` before relying on it: it failed with `{r.get('error') or r.get('reason')}`."
               for r in view.with_status("failed")]
@@ -48,10 +48,11 @@ def _keep(record: dict) -> str:
     return f"- Keep `{record['stage']}`: {speedup_text(record, 'speedup_vs_previous')} over `{record.get('previous_stage')}`."
 
 
-def _reject(record: dict) -> str:
-    return (f"- Leave `{record['stage']}` off on this hardware: "
-            f"{speedup_text(record, 'speedup_vs_previous')} against `{record.get('previous_stage')}` "
-            f"({record.get('reason')}).")
+def _reject(view: RunView, record: dict) -> str:
+    """The measured reason, plus what the stage's own trace said about why (its serious findings)."""
+    findings = (view.result(record["stage"]) or {}).get("findings") or []
+    why = " ".join(f.get("evidence", "") for f in findings if f.get("severity") in ("high", "medium"))
+    return f"- Leave `{record['stage']}` off on this hardware: {record.get('reason')}." + (f" Its trace: {why}" if why else "")
 
 
 def _tradeoff(record: dict) -> str:
@@ -74,8 +75,8 @@ def lessons_section(view: RunView) -> list[str]:
     lines = ["## Lessons Learned", ""]
     steps = [r for r in view.records if r.get("speedup_vs_previous") is not None]
     if not steps:
-        return lines + ["Only the baseline was measured, so there is nothing to compare yet; "
-                        + _noise(view.records), ""]
+        return lines + ["- Only the baseline was measured, so no stage can be compared yet.",
+                        "- " + _noise(view.records), ""]
     lessons = [_largest_gain(steps), _largest_loss(steps), _largest_saving(steps), _compounding(view),
                _no_change(steps), _predictions(view), "- " + _noise(view.records)]
     return lines + [lesson for lesson in lessons if lesson] + [""]
@@ -96,7 +97,7 @@ def _largest_loss(steps: list[dict]) -> str | None:
         return None
     worst = min(slower, key=lambda r: r["speedup_vs_previous"])
     return (f"- Largest loss: `{worst['stage']}` at {speedup_text(worst, 'speedup_vs_previous')}; "
-            f"status {worst['status']}. A stage that helps on one machine can hurt on another.")
+            f"status {worst['status']}.")
 
 
 def _largest_saving(steps: list[dict]) -> str | None:

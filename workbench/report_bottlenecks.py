@@ -29,10 +29,10 @@ def bottlenecks(view: RunView) -> list[str]:
     return lines + findings_block(result, summary is not None)
 
 
-def _no_trace(result: dict) -> str:
+def _no_trace(result: dict, unknown: str) -> str:
     error = (result.get("trace") or {}).get("analysis_error")
     why = f"its analysis failed: {error}" if error else "trace capture was off or did not finish"
-    return f"No trace summary was recorded for the baseline ({why}), so this share is unknown."
+    return bullet("Trace", f"no trace summary was recorded for the baseline ({why}), so {unknown} is unknown.")
 
 
 def _share_ms(summary: dict, key: str) -> str:
@@ -48,7 +48,7 @@ def _percent(fraction: float | None) -> float | None:
 def data_loading_block(summary: dict | None, result: dict) -> list[str]:
     lines = ["### Data loading", ""]
     if not summary:
-        return lines + [_no_trace(result), ""]
+        return lines + [_no_trace(result, "the time spent waiting for data"), ""]
     share = (summary.get("breakdown_share") or {}).get("data_loading", 0.0)
     limit = diagnose.DATA_LOADING_SHARE_MAX
     workers = (result.get("config") or {}).get("num_workers")
@@ -70,7 +70,7 @@ def compute_block(base: dict, summary: dict | None, result: dict, view: RunView)
         lines.append(bullet("Device utilization", _device_line(summary, view)))
         lines.append(bullet(f"Top {TOP_OPS_SHOWN} operators by self time", _top_ops(summary)))
     else:
-        lines.append(_no_trace(result))
+        lines.append(_no_trace(result, "the split between forward, backward and optimizer"))
     metrics = result.get("metrics") or {}
     lines.append(bullet("Model FLOPs utilization", f"{show('pct', base.get('mfu_percent'), '%')} of "
                         f"{plain(metrics.get('peak_flops_source') or 'an unrecorded peak')}."))
@@ -119,8 +119,8 @@ def _top_ops(summary: dict) -> str:
 def memory_block(base: dict, result: dict, view: RunView) -> list[str]:
     metrics = result.get("metrics") or {}
     lines = ["### Memory", "",
-             bullet("Peak memory", f"{show('mb', base.get('peak_memory_mb'), ' MiB')} "
-                    f"({plain(base.get('peak_memory_kind') or 'kind not recorded')}).")]
+             bullet("Peak memory", f"{show('mb', base.get('peak_memory_mb'), ' MiB')}, measured as "
+                    f"{plain(base.get('peak_memory_kind') or 'an unrecorded kind')}.")]
     parts = metrics.get("memory_breakdown_mb") or {}
     total = sum(v for v in parts.values() if v) or None
     if total:
@@ -129,7 +129,7 @@ def memory_block(base: dict, result: dict, view: RunView) -> list[str]:
             for k, v in parts.items()) + "."))
         lines.append(_activation_reading(parts.get("activations_and_other", 0.0) / total))
     else:
-        lines.append("No memory breakdown was recorded for the baseline.")
+        lines.append(bullet("Where it goes", "no memory breakdown was recorded for the baseline."))
     capacity = (view.run.get("environment") or {}).get("device_memory_mb")
     if capacity and base.get("peak_memory_mb") is not None:
         lines.append(bullet("Headroom", f"{show('pct', base['peak_memory_mb'] / capacity * 100, '%')} "
@@ -139,9 +139,9 @@ def memory_block(base: dict, result: dict, view: RunView) -> list[str]:
 
 def _activation_reading(share: float) -> str:
     if share > 0.5:
-        return ("Activations (and other transient buffers) are the largest part, which is what "
+        return bullet("Reading", "Activations (and other transient buffers) are the largest part, which is what "
                 "accumulation, checkpointing and AMP reduce.")
-    return ("Weights, gradients and optimizer state are the larger part, so activation-side stages "
+    return bullet("Reading", "Weights, gradients and optimizer state are the larger part, so activation-side stages "
             "(accumulation, checkpointing) can save little.")
 
 

@@ -66,6 +66,10 @@ def throughput_text(record: dict) -> str:
     return f"{show('rate', record.get('throughput_samples_per_s'), ' samples/s')}{interval}"
 
 
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def bullet(label: str, text: str) -> str:
     return f"- **{label}:** {text}"
 
@@ -104,6 +108,8 @@ def _epoch_line(base: dict, final: dict) -> str:
     before, after = base.get("epoch_time_s"), final.get("epoch_time_s")
     if before is None or after is None:
         return "no epoch time was recorded, so the time saved per epoch is unknown"
+    if final is base:
+        return f"{show('seconds', before, ' s')} per epoch; no kept stage, so no time is saved yet"
     saved = float(fmt("seconds", before)) - float(fmt("seconds", after))
     share = saved / float(fmt("seconds", before)) * 100 if before else 0.0
     word = "saved" if saved >= 0 else "lost"
@@ -127,7 +133,7 @@ def executive_summary(view: RunView) -> list[str]:
     run = view.run
     lines = ["## Executive Summary", "",
              f"Run `{run.get('run', view.run_dir.name)}` ({run.get('mode', 'ladder')} mode, created "
-             f"{run.get('created', 'at an unrecorded time')}) tested {len(view.records)} configurations "
+             f"{run.get('created', 'at an unrecorded time')}) has results for {count(len(view.records), 'stage')} "
              f"on {device_name(view)} with {data_used(view)}.", ""]
     base, final = view.baseline, view.final
     if base is None or base.get("throughput_samples_per_s") is None:

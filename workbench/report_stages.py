@@ -29,7 +29,8 @@ def impact_rule_text() -> str:
     return (f"Impact rule: **{high}** when the stage is faster than the configuration it builds on by at "
             f"least {show('ratio', high_x, 'x')} (95% interval above 1) or cuts peak memory by at least "
             f"{show('pct', high_mem, '%')}; **{medium}** from {show('ratio', medium_x, 'x')} or "
-            f"{show('pct', medium_mem, '%')}; otherwise **Low**.")
+            f"{show('pct', medium_mem, '%')}; otherwise **Low**. Memory saved by a measurably slower "
+            "stage counts only when the ladder offers it as a memory trade-off.")
 
 
 def optimizations_section(view: RunView) -> list[str]:
@@ -45,8 +46,10 @@ def optimizations_section(view: RunView) -> list[str]:
 def stage_section(view: RunView, record: dict) -> list[str]:
     result = view.result(record["stage"]) or {}
     lines = [f"### {record['stage']} ({record['status']})", "",
-             bullet("Verdict", f"{record['status']}: {record.get('reason') or 'no reason recorded'}"),
-             bullet("Configuration", configuration_text(view, result, record))]
+             bullet("Verdict", f"{record['status']}: {record.get('reason') or 'no reason recorded'}")]
+    if record["status"] == "skipped":
+        return lines + [""]
+    lines.append(bullet("Configuration", configuration_text(view, result, record)))
     if record.get("throughput_samples_per_s") is None:
         why = record.get("error") or "no measurement was recorded"
         return lines + [bullet("Measurement", f"none ({why})."), ""]
@@ -56,11 +59,13 @@ def stage_section(view: RunView, record: dict) -> list[str]:
 
 def measured_lines(view: RunView, record: dict, result: dict) -> list[str]:
     previous = record.get("previous_stage") or "the previous configuration"
-    lines = [
-        bullet("Throughput", f"{throughput_text(record)}; step {show('ms', record.get('step_time_median_ms'), ' ms')}"
-               f" median (IQR {show('ms', record.get('step_time_iqr_ms'), ' ms')})"),
-        bullet(f"Speedup over `{previous}`", speedup_text(record, "speedup_vs_previous")),
-        bullet("Speedup over the baseline", speedup_text(record, "speedup_vs_baseline")),
+    step = f"step {show('ms', record.get('step_time_median_ms'), ' ms')} median " \
+           f"(IQR {show('ms', record.get('step_time_iqr_ms'), ' ms')})"
+    lines = [bullet("Throughput", f"{throughput_text(record)}; {step}"),
+             bullet(f"Speedup over `{previous}`", speedup_text(record, "speedup_vs_previous"))]
+    if previous != (view.baseline or {}).get("stage"):
+        lines.append(bullet("Speedup over the baseline", speedup_text(record, "speedup_vs_baseline")))
+    lines += [
         bullet("Peak memory", _memory_text(record, previous)),
         bullet("Impact", record.get("impact") or "n/a"),
         bullet("Prediction", prediction_text(view, record)),
@@ -112,7 +117,8 @@ def prediction_text(view: RunView, record: dict) -> str:
     if against:
         return (f"predicted not to help by {_rules(against)} on the `{before}` trace; {outcome}: "
                 f"{'not confirmed' if helped else 'confirmed'}.")
-    reason = "no finding on its trace pointed at it" if findings else "its trace had no findings"
+    trace = f"the `{before}` trace" if before else "the previous trace"
+    reason = f"no finding on {trace} pointed at it" if findings else f"{trace} had no findings"
     return f"not predicted (the stage is on the ladder; {reason}); {outcome}."
 
 

@@ -176,6 +176,8 @@ def impact(record: dict) -> str:
     faster = record.get("verdict_vs_previous") == "faster"
     ratio = float(fmt("ratio", record.get("speedup_vs_previous")) or 0.0)
     saved = -float(fmt("signed_pct", record.get("memory_change_vs_previous_percent")) or 0.0)
+    if record.get("verdict_vs_previous") == "slower" and record.get("status") != "tradeoff":
+        saved = 0.0  # memory bought with a slowdown counts only when offered as a trade-off
     for label, min_ratio, min_saved in IMPACT_RULES:
         if (faster and ratio >= min_ratio) or saved >= min_saved:
             return label

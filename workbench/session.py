@@ -12,6 +12,7 @@ from workbench import device as devices
 from workbench import environment, measure, workers
 from workbench.config import RunConfig
 from workbench.data import load_data
+from workbench.executor import check_device_support
 from workbench.errors import UsageError
 from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
 from workbench.stages import StageContext
@@ -97,6 +98,7 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
           stages: list[str] | None = None, log=_log) -> Session:
     """Settle everything a run shares, print the decisions, and write run.json."""
     device_type = devices.resolve_device_type(cfg.device)
+    check_device_support(cfg, device_type)
     facts = devices.probe(device_type)
     caps = devices.decide(facts)
     cfg = cfg.with_overrides(run_name=cfg.run_name or default_run_name())
