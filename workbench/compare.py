@@ -103,7 +103,8 @@ def _line(cells: list[str], widths: list[int]) -> str:
 
 def _value(row: dict, side: str) -> str:
     text = fmt(METRICS[row["metric"]].kind, row[side])
-    return f"{text} {row['unit']}" if text else "-"
+    space = "" if row["unit"] == "%" else " "
+    return f"{text}{space}{row['unit']}" if text else "-"
 
 
 def _change(row: dict) -> str:

@@ -8,20 +8,21 @@ MIN_INTERVAL_S = 2.0
 
 
 class Progress:
-    """Prints at most one line per MIN_INTERVAL_S (always the first and forced ones) to stderr."""
+    """Prints a line when a phase starts and then at most one per MIN_INTERVAL_S, to stderr."""
 
     def __init__(self, stage: str, stream=None) -> None:
         self.stage, self.stream = stage, stream or sys.stderr
         self.start = self.last = time.perf_counter()
-        self.printed_once = False
+        self.printed_once, self.phase = False, None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     def update(self, phase: str, step: int | None = None, total: int | None = None, force: bool = False) -> None:
         now = time.perf_counter()
-        if not force and self.printed_once and now - self.last < MIN_INTERVAL_S:
+        new_phase = phase != self.phase
+        if not (force or new_phase) and now - self.last < MIN_INTERVAL_S:
             return
         counter = f" step {step}/{total}" if step is not None else ""
         print(f"[{self.stage}] {phase}{counter}  elapsed {self.elapsed():6.1f}s", file=self.stream, flush=True)
-        self.last, self.printed_once = now, True
+        self.last, self.printed_once, self.phase = now, True, phase

@@ -75,7 +75,7 @@ def lessons_section(view: RunView) -> list[str]:
     lines = ["## Lessons Learned", ""]
     steps = [r for r in view.records if r.get("speedup_vs_previous") is not None]
     if not steps:
-        return lines + ["- Only the baseline was measured, so no stage can be compared yet.",
+        return lines + ["- No stage has a speedup over a previous configuration, so there is nothing to compare yet.",
                         "- " + _noise(view.records), ""]
     lessons = [_largest_gain(steps), _largest_loss(steps), _largest_saving(steps), _compounding(view),
                _no_change(steps), _predictions(view), "- " + _noise(view.records)]
@@ -142,7 +142,7 @@ def _noise(records: list[dict]) -> str:
                / r["throughput_samples_per_s"] * 100) for r in records
               if r.get("throughput_ci95_low") is not None and r.get("throughput_samples_per_s")]
     if not widths:
-        return "no throughput intervals were recorded, so the noise level is unknown."
+        return "No throughput intervals were recorded, so the noise level is unknown."
     stage, widest = max(widths, key=lambda item: item[1])
     iqr = [r["step_time_iqr_ms"] / r["step_time_median_ms"] * 100 for r in records
            if r.get("step_time_iqr_ms") is not None and r.get("step_time_median_ms")]

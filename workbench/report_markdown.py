@@ -137,7 +137,8 @@ def executive_summary(view: RunView) -> list[str]:
              f"on {device_name(view)} with {data_used(view)}.", ""]
     base, final = view.baseline, view.final
     if base is None or base.get("throughput_samples_per_s") is None:
-        reason = (base or {}).get("error") or "no baseline result file was written"
+        attempt = base or view.record("baseline") or {}
+        reason = attempt.get("error") or attempt.get("reason") or "no baseline result file was written"
         return lines + [f"The baseline was not measured ({reason}), so no speedup can be computed.", ""]
     lines += [bullet("Baseline throughput", f"{throughput_text(base)}, "
                      f"{show('ms', base.get('step_time_median_ms'), ' ms')} per step (median)")]

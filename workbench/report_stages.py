@@ -35,7 +35,7 @@ def impact_rule_text() -> str:
 
 def optimizations_section(view: RunView) -> list[str]:
     lines = ["## Optimizations Applied", "", impact_rule_text(), ""]
-    stages = [r for r in view.records if r["status"] != "baseline"]
+    stages = [r for r in view.records if r["status"] != "baseline" and r["stage"] != "baseline"]
     if not stages:
         return lines + ["Only the baseline has a result, so no optimization was measured in this run.", ""]
     for record in stages:

@@ -1,0 +1,172 @@
+"""What every experiment shares: the device facts, the budget, measuring rounds, and the JSON file.
+
+An experiment is a list of Variants (a label and the RunConfig to measure). `Lab.measure` runs them
+in interleaved rounds (A B C, A B C: drift on a shared machine then hits every configuration alike),
+each in a fresh process by default, and rewrites experiments/<name>.json atomically after every
+measurement, so an interrupted experiment keeps what it finished.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from workbench import device as devices
+from workbench import environment, session
+from workbench.config import RunConfig
+from workbench.data import load_data
+from workbench.experiments import child, rows
+from workbench.results import SCHEMA_VERSION, write_json_atomic
+
+EXPERIMENTS_DIR = "experiments"
+DEFAULT_TIMEOUT_S = 600.0
+# The fields an experiment may set for its own time budget, when the user left them at their defaults.
+BUDGET_FIELDS = ("warmup_steps", "timed_steps", "repeats")
+
+
+def stderr_log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class Variant:
+    """One configuration of an experiment."""
+
+    label: str
+    cfg: RunConfig
+    overrides: dict = field(default_factory=dict)
+    skip: str = ""                  # a reason not to measure it (recorded as status "skipped")
+    kind: str = "measure"           # which measuring function the child runs (child.KINDS)
+    extra: dict = field(default_factory=dict)   # passed to that function in the spec
+    rounds: int | None = None       # cap on rounds (slow or expensive configurations)
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    env: dict = field(default_factory=dict)     # environment of the fresh process
+
+
+def _defaults() -> dict:
+    return {f.name: f.default for f in fields(RunConfig)}
+
+
+def budgeted(cfg: RunConfig, **budget: int) -> RunConfig:
+    """Apply an experiment's step budget to the fields the user left at RunConfig's defaults.
+
+    Experiments only time (a trace would be a second, untimed pass nobody reads here), so trace is off.
+    """
+    defaults = _defaults()
+    chosen = {k: v for k, v in budget.items() if getattr(cfg, k) == defaults[k]}
+    return cfg.with_overrides(trace=False, **chosen)
+
+
+@functools.lru_cache(maxsize=4)
+def _device(device: str) -> tuple[devices.DeviceFacts, devices.Capabilities, dict]:
+    """Facts, capability decisions and peak FLOP/s, settled once per process (`all` reuses them)."""
+    facts = devices.probe(devices.resolve_device_type(device))
+    caps = devices.decide(facts)
+    return facts, caps, session.measure_peaks(facts, caps)
+
+
+class Lab:
+    def __init__(self, name: str, cfg: RunConfig, out_dir: Path, log: Callable[[str], None] = stderr_log,
+                 isolate: bool = True, title: str = "", question: str = "") -> None:
+        self.name, self.cfg, self.out_dir, self.isolate = name, cfg, Path(out_dir), isolate
+        self.log = lambda message: log(f"[experiment {name}] {message}")
+        self.started = time.perf_counter()
+        self.facts, self.caps, self.peaks = _device(cfg.device)
+        data = load_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=self.log)
+        self.data, self.dataset_size = data, len(data.dataset)
+        self.variants: list[Variant] = []
+        self.raws: dict[str, list[dict]] = {}
+        self.reference = ""
+        self.extra: Callable | None = None
+        self.doc = {"schema": SCHEMA_VERSION, "experiment": name, "title": title, "question": question,
+                    "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
+                    "device": self.device_type, "data": data.description, "base_config": cfg.to_dict(),
+                    "environment": environment.describe(self.facts, devices.threads_for(0, cfg.threads, self.facts.cpu_cores)),
+                    "decisions": {"amp": f"{self.caps.amp_dtype or 'none'}: {self.caps.amp_reason}"},
+                    "settings": {"isolated": isolate, **{k: getattr(cfg, k) for k in BUDGET_FIELDS}},
+                    "reference": "", "notes": [], "rows": [], "summary": {}, "plots": [], "elapsed_s": 0.0}
+
+    @property
+    def device_type(self) -> str:
+        return self.facts.type
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / EXPERIMENTS_DIR / f"{self.name}.json"
+
+    def note(self, text: str) -> None:
+        self.doc["notes"].append(text)
+
+    def variant(self, label: str, skip: str = "", **kwargs) -> Variant:
+        """A configuration: the base cfg with RunConfig overrides (other kwargs go to Variant)."""
+        names = {f.name for f in fields(Variant)}
+        overrides = {k: v for k, v in kwargs.items() if k not in names}
+        options = {k: v for k, v in kwargs.items() if k in names}
+        return Variant(label, self.cfg.with_overrides(**overrides), overrides, skip, **options)
+
+    def measure(self, variants: list[Variant], reference: str, rounds: int = 1,
+                extra: Callable[[Variant, list[dict]], dict] | None = None) -> list[dict]:
+        """Measure every variant in interleaved rounds, saving after each; return the rows.
+
+        extra(variant, measured_rounds) adds experiment-specific figures to a row.
+        """
+        self.variants, self.reference, self.extra = variants, reference, extra
+        self.raws = {v.label: [] for v in variants}
+        self.doc["reference"], self.doc["settings"]["rounds"] = reference, rounds
+        self.save()
+        try:
+            for round_index in range(rounds):
+                for position, variant in enumerate(variants):
+                    if self._wanted(variant, round_index):
+                        self._measure_one(variant, round_index, rounds, position)
+        except KeyboardInterrupt:
+            self.save("interrupted")
+            raise
+        return self.doc["rows"]
+
+    def _wanted(self, variant: Variant, round_index: int) -> bool:
+        failed = any(raw.get("status") != "measured" for raw in self.raws[variant.label])
+        return not variant.skip and not failed and round_index < (variant.rounds or round_index + 1)
+
+    def _measure_one(self, variant: Variant, round_index: int, rounds: int, position: int) -> None:
+        self.log(f"round {round_index + 1}/{rounds} configuration {position + 1}/{len(self.variants)} "
+                 f"'{variant.label}'  elapsed {time.perf_counter() - self.started:6.1f}s")
+        spec = {"kind": variant.kind, "config": variant.cfg.to_dict(), "stage": f"{self.name}/{variant.label}",
+                "peaks": self.peaks, "trace_dir": None, "extra": variant.extra}
+        raw = (child.run_isolated(spec, variant.timeout_s, variant.env) if self.isolate else child.run_here(spec))
+        self.raws[variant.label].append(raw)
+        if raw.get("status") != "measured":
+            self.log(f"'{variant.label}' {raw.get('status')}: {raw.get('error')}")
+        self.save()
+
+    def rows(self) -> list[dict]:
+        reference = self.raws.get(self.reference)
+        built = []
+        for v in self.variants:
+            good = [r for r in self.raws[v.label] if r.get("status") == "measured" and r.get("metrics")]
+            extra = self.extra(v, good) if good and self.extra else {}
+            built.append(rows.build_row(v.label, v.overrides, v.skip, self.raws[v.label], reference,
+                                        v.label == self.reference, extra))
+        return built
+
+    def save(self, status: str | None = None) -> None:
+        self.doc["rows"] = self.rows()
+        self.doc["elapsed_s"] = time.perf_counter() - self.started
+        if status:
+            self.doc["status"] = status
+        write_json_atomic(self.path, self.doc)
+
+    def row(self, label: str) -> dict | None:
+        return next((r for r in self.doc["rows"] if r["label"] == label), None)
+
+    def finish(self, summary: dict, plots: list[Path]) -> dict:
+        """Record the summary and plots, mark the experiment complete, and return the document."""
+        self.doc["summary"] = summary
+        self.doc["plots"] = [p.name for p in plots]
+        self.save("complete")
+        self.log(f"done in {self.doc['elapsed_s']:.1f}s: {self.path}" + "".join(f", {p}" for p in plots))
+        return self.doc
