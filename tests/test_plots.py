@@ -34,10 +34,12 @@ def test_bar_chart_with_intervals_reference_and_missing_values(tmp_path):
 
 def test_stacked_bars_and_line_chart(tmp_path):
     fig, (left, right) = plots.new_figure(1, 2, size=(12, 5))
-    plots.stacked_bars(left, ["STD", "MP", "GA256-64"], {"weights": [40, 40, 40], "activations": [500, 260, 130]},
-                       ylabel="MiB", title="Memory breakdown", totals=["540 MiB", "300 MiB", None])
-    plots.line_chart(right, ["baseline", "dataloader", "compile"], [1.0, 1.2, 1.5], errors=[None, (1.1, 1.3), None],
-                     ylabel="speedup (x)", title="Cumulative", reference=1.0, reference_label="1x")
+    parts = {"weights": [40, 40, 40], "activations": [500, 260, 130]}
+    plots.stacked_bars(left, ["STD", "MP", "GA256-64"], parts, ylabel="MiB", title="Memory breakdown",
+                       totals=["540 MiB", "300 MiB", None])
+    plots.line_chart(right, ["baseline", "dataloader", "compile"], [1.0, 1.2, 1.5],
+                     errors=[None, (1.1, 1.3), None], ylabel="speedup (x)", title="Cumulative",
+                     reference=1.0, reference_label="1x")
     assert len(left.patches) == 6
     assert_nontrivial_png(plots.save(fig, tmp_path / "stacked.png"))
 

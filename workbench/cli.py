@@ -90,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = select(args.stages)
     needs_sweep = any(s.name == "dataloader" for s in stages)
     session = sessions.start(cfg, "ablation" if args.ablation else "ladder", resume=bool(args.resume),
-                             sweep_workers=needs_sweep, stages=[s.name for s in stages])
+                             sweep_workers=needs_sweep, stages=[s.name for s in stages], nproc=args.nproc)
     try:
         finished = ladder.run_ladder(session, args.stages)
     except KeyboardInterrupt:
@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help="comma-separated stages to run (the baseline always runs first)")
     run.add_argument("--ablation", action="store_true", help="apply each stage alone to the baseline")
     run.add_argument("--resume", metavar="RUN", help="continue an interrupted run, keeping its finished stages")
+    run.add_argument("--nproc", type=int, default=1, help="processes per stage under torchrun with DDP "
+                     "(gloo on CPU, NCCL on GPU); adds scaling efficiency and communication share")
     add_config_options(run)
     run.set_defaults(handler=cmd_run)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=cmd_stages)

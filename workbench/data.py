@@ -186,11 +186,16 @@ def load_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: i
 
 
 def build_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool,
-                 persistent_workers: bool, prefetch_factor: int, seed: int) -> torch.utils.data.DataLoader:
-    """A shuffling loader with full batches only, so every step has the same shape."""
+                 persistent_workers: bool, prefetch_factor: int, seed: int,
+                 sampler=None) -> torch.utils.data.DataLoader:
+    """A shuffling loader with full batches only, so every step has the same shape.
+
+    With a sampler (one shard per process under DDP) the sampler does the shuffling.
+    """
     if len(dataset) < batch_size:
         raise UsageError(f"batch_size={batch_size} is larger than the dataset ({len(dataset)} samples)")
     extra = {"persistent_workers": persistent_workers, "prefetch_factor": prefetch_factor} if num_workers else {}
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=num_workers,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed), **extra)
+    order = {"sampler": sampler} if sampler is not None else {
+        "shuffle": True, "generator": torch.Generator().manual_seed(seed)}
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
+                                       pin_memory=pin_memory, **order, **extra)

@@ -14,9 +14,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from workbench import measure, stats
+from workbench import distributed, measure, stats
 from workbench.config import RunConfig
 from workbench.data import DataSpec, build_loader, load_data
+from workbench.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
 from workbench.errors import UsageError
 from workbench.model import apply_all, build_model, build_optimizer
@@ -39,6 +40,12 @@ class Built:
     data_description: str
     dataset_size: int
     notes: dict
+    dist: DistInfo = DistInfo()
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one optimizer step consumes across all processes."""
+        return self.cfg.batch_size * self.dist.world_size
 
 
 def seed_everything(seed: int) -> None:
@@ -60,11 +67,13 @@ def check_device_support(cfg: RunConfig, device_type: str) -> None:
         raise UsageError("precision='fp16' is not supported on a CPU; allowed there: fp32, bf16")
 
 
-def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, log=print) -> Built:
+def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, log=print,
+          dist: DistInfo = DistInfo()) -> Built:
     device_type = resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
-    device = torch.device(device_type)
-    torch.set_num_threads(threads_for(cfg.num_workers, cfg.threads, probe("cpu").cpu_cores))
+    device = distributed.device_for(device_type, dist)
+    # Processes on one machine share its cores: each gets its part.
+    torch.set_num_threads(threads_for(cfg.num_workers, cfg.threads, max(1, probe("cpu").cpu_cores // dist.world_size)))
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.backends.cudnn.benchmark = device_type == "cuda"  # fixed shapes: let cuDNN pick kernels once
     seed_everything(cfg.seed)
@@ -72,17 +81,18 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
         cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=log)
     data = spec.dataset
     loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
-                          cfg.persistent_workers, cfg.prefetch_factor, cfg.seed)
+                          cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed))
     eager = model_factory(spec.num_classes) if model_factory else build_model(cfg.model, spec.num_classes)
     rss_before_model = measure.current_rss_mb()
     flops = count_flops(eager.to(device), cfg, device)
-    model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device)
+    model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
+                             distribute=lambda m: distributed.wrap(m, device, dist))
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model)
     optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda")
     return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings),
-                 BatchStream(loader), spec.description, len(data), notes)
+                 BatchStream(loader), spec.description, len(data), notes, dist)
 
 
 def _run_steps(built: Built, count: int, progress: Progress, phase: str, clock=None) -> list[torch.Tensor]:
@@ -152,7 +162,8 @@ def _trace_pass(built: Built, trace_dir: Path, progress: Progress) -> dict:
         progress.update("trace", i + 1, None)
 
     try:
-        return capture(one_step, trace_dir, built.device.type, built.cfg.trace_with_stack)
+        return capture(one_step, trace_dir, built.device.type, built.cfg.trace_with_stack,
+                       built.dist.rank, built.dist.world_size)
     finally:
         built.step.annotate = False
 
@@ -166,9 +177,11 @@ def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | Non
     with measure.RssSampler() as sampler:
         step_times, losses = timed_repeats(built, progress)
     spread = stats.spread(step_times)
-    throughput = stats.throughput(step_times, cfg.batch_size, cfg.seed)
-    metrics = {"samples_per_step": cfg.batch_size, "step_times_s": step_times, "step_time_s": spread,
-               "throughput": throughput, "repeat_throughputs": stats.repeat_throughputs(step_times, cfg.batch_size),
+    samples = built.samples_per_step
+    throughput = stats.throughput(step_times, samples, cfg.seed)
+    metrics = {"samples_per_step": samples, "world_size": built.dist.world_size, "step_times_s": step_times,
+               "step_time_s": spread, "throughput": throughput,
+               "repeat_throughputs": stats.repeat_throughputs(step_times, samples),
                "warmup_s": warmup_s, "compile_s": warmup_s if cfg.compile != "none" else None,
                "epoch_time_s": built.dataset_size / throughput["median"],
                "first_loss": losses[0], "final_loss": float(np.mean(losses[-3:])),

@@ -64,7 +64,7 @@ def _analyze_trace(result: dict, session) -> None:
     trace_dir = Path(result["trace_file"]).parent
     csv_path, summary_path = session.run_dir / "stages" / f"{stem}.breakdown.csv", session.run_dir / "stages" / f"{stem}.trace_summary.json"
     try:
-        summary = analyze.write_analysis(trace_dir, csv_path, summary_path)
+        summary = analyze.write_analysis(result["trace_file"], csv_path, summary_path)  # rank 0 under DDP
     except Exception as error:  # a malformed trace must not lose the measurement
         result["trace"] = {"dir": str(trace_dir), "analysis_error": f"{type(error).__name__}: {error}"}
         return
@@ -103,7 +103,28 @@ def judge(result: dict, stage, state, session) -> None:
     result["metrics"]["speedup_vs_previous"] = _ratio(result, previous) if stage.kind != REFERENCE else None
     result["status"], result["reason"] = _status(result, stage.kind, previous)
     _analyze_trace(result, session)
+    _add_scaling(result, session)
     result["prediction"] = _prediction(result, state.result)
+
+
+def _add_scaling(result: dict, session) -> None:
+    """Multi-process runs: efficiency against the one-process baseline, and time in collectives."""
+    single = session.single_process
+    if session.nproc == 1 or not single or not single.get("throughput"):
+        return
+    metrics = result["metrics"]
+    one = single["throughput"]["median"]
+    scaling = {"world_size": session.nproc, "one_process_baseline_throughput": one,
+               "efficiency": metrics["throughput"]["median"] / (session.nproc * one),
+               "speedup_vs_one_process_baseline": stats.speedup(
+                   metrics["step_times_s"], metrics["samples_per_step"], single["step_times_s"], single["samples_per_step"])}
+    if result.get("trace_file"):
+        from workbench import comm
+
+        ranks = comm.per_rank(Path(result["trace_file"]).parent)
+        scaling["communication_per_rank"] = ranks
+        scaling["communication_share"] = max((r["share"] for r in ranks), default=None)
+    metrics["scaling"] = scaling
 
 
 def one_line(result: dict) -> str:

@@ -7,16 +7,15 @@ written atomically the moment it is judged, so an interrupted run keeps what it 
 from __future__ import annotations
 
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench import judge, results
+from workbench import distributed, judge, results
 from workbench.config import RunConfig
 from workbench.results import stage_result_path, stage_stem, write_json_atomic
-from workbench.session import Session
+from workbench.session import Session, write_run_file
 from workbench.stages import REFERENCE, STAGE_NAMES, Stage, select
 from workbench.errors import StageSkipped
 
@@ -34,7 +33,7 @@ class LadderState:
 def _spec(session: Session, cfg: RunConfig, stage: str, index: int, out: Path) -> dict:
     trace_dir = session.profiles_dir / stage_stem(index, stage) if cfg.trace else None
     return {"config": cfg.to_dict(), "stage": stage, "out": str(out), "peaks": session.peaks,
-            "trace_dir": str(trace_dir) if trace_dir else None}
+            "trace_dir": str(trace_dir) if trace_dir else None, "nproc": session.nproc}
 
 
 def _run_isolated(spec: dict) -> dict:
@@ -42,7 +41,9 @@ def _run_isolated(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.json"
         write_json_atomic(spec_path, spec)
-        proc = subprocess.run([sys.executable, "-m", "workbench.worker", str(spec_path)])
+        nproc = spec.get("nproc", 1)
+        proc = subprocess.run([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
+                              env=distributed.launch_environment(nproc))
         if proc.returncode < 0 and -proc.returncode == 2:  # SIGINT: the user stopped the run
             raise KeyboardInterrupt
         out = Path(spec["out"])
@@ -112,8 +113,23 @@ def _previous_result(session: Session, stage: Stage) -> dict | None:
     return None
 
 
+def measure_single_process(session: Session) -> None:
+    """The baseline in one process: what a multi-process run's scaling efficiency is measured against."""
+    if session.nproc == 1 or session.single_process:
+        return
+    session.log(f"== one-process baseline (the reference for {session.nproc}-process scaling)")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {**_spec(session, session.base_cfg, "baseline", 0, Path(tmp) / "raw.json"), "nproc": 1, "trace_dir": None}
+        raw = _run_isolated(spec)
+    metrics = raw.get("metrics") or {}
+    session.single_process = {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
+                              "samples_per_step": metrics.get("samples_per_step"), "error": raw.get("error")}
+    write_run_file(session)
+
+
 def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     """Run the selected stages in ladder order; return every stage result."""
+    measure_single_process(session)
     state = LadderState(session.base_cfg)
     finished = []
     for stage in select(stage_names):

@@ -99,7 +99,7 @@ def wrap_checkpoints(model: nn.Module) -> list[str]:
 
 
 def apply_all(model: nn.Module, memory_format: str, checkpointing: str, compile_mode: str,
-              device: torch.device) -> tuple[nn.Module, dict]:
+              device: torch.device, distribute=None) -> tuple[nn.Module, dict]:
     """Apply every model-side optimization in the one order that works; return model and notes.
 
     Order matters: the memory format must be set on the real parameters before anything wraps
@@ -117,6 +117,8 @@ def apply_all(model: nn.Module, memory_format: str, checkpointing: str, compile_
             raise StageSkipped(f"checkpointing=blocks: no natural blocks found in {type(model).__name__}; "
                              "supported: ResNets, ViTs, models with a Sequential 'features', nn.Sequential")
         notes["checkpointed_blocks"] = wrapped
+    if distribute is not None:
+        model = distribute(model)
     if compile_mode != "none":
         model = torch.compile(model, mode=compile_mode)
     return model, notes

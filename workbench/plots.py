@@ -81,14 +81,18 @@ def bar_chart(ax, labels: Sequence[str], values: Sequence[float | None],
                   yerr=_yerr(values, errors), capsize=4, ecolor="#222222", zorder=2)
     for bar, hatch in zip(bars, hatches or []):
         bar.set_hatch(hatch or "")
-    missing = [missing_label] * len(values) if isinstance(missing_label, str) else missing_label
-    texts = [missing[i] if v is None else value_label(v) for i, v in enumerate(values)]
-    ax.bar_label(bars, texts, padding=3, fontsize=8)
+    _label_bars(ax, bars, values, value_label, missing_label)
     if reference is not None:
         reference_line(ax, reference, reference_label)
         ax.legend(loc="best", fontsize=8)
     _decorate(ax, labels, ylabel, title)
     ax.margins(y=0.15)
+
+
+def _label_bars(ax, bars, values, value_label, missing_label) -> None:
+    missing = [missing_label] * len(values) if isinstance(missing_label, str) else missing_label
+    texts = [missing[i] if v is None else value_label(v) for i, v in enumerate(values)]
+    ax.bar_label(bars, texts, padding=3, fontsize=8)
 
 
 def _decorate(ax, labels: Sequence[str], ylabel: str, title: str) -> None:

@@ -31,7 +31,8 @@ def build_report(run_dir: Path) -> list[Path]:
     view = load_view(Path(run_dir))
     written = [
         write_csv(view.records, view.run_dir / CSV_NAME),
-        plots.dashboard(view.records, view.run_dir / DASHBOARD_NAME, f"Optimization dashboard: {run_name(view)}"),
+        plots.dashboard(view.records, view.run_dir / DASHBOARD_NAME,
+                        f"Optimization dashboard: {run_name(view)}"),
         _write_text(view.run_dir / REPORT_NAME, render_markdown(view)),
         _write_text(view.run_dir / SCRIPT_NAME, render_script(view)),
     ]
@@ -72,7 +73,8 @@ def script_settings(view: RunView) -> dict[str, str]:
         "batch_size": batch, "accumulation_steps": max(batch // micro, 1),
         "num_workers": int(cfg.get("num_workers", 0)), "pin_memory": bool(cfg.get("pin_memory", False)),
         "persistent_workers": bool(cfg.get("persistent_workers", False)),
-        "prefetch_factor": int(cfg.get("prefetch_factor") or 2), "precision": str(cfg.get("precision", "fp32")),
+        "prefetch_factor": int(cfg.get("prefetch_factor") or 2),
+        "precision": str(cfg.get("precision", "fp32")),
         "tf32": bool(cfg.get("tf32", False)), "channels_last": cfg.get("memory_format") == "channels_last",
         "checkpointing": cfg.get("checkpointing", "none") != "none",
         "compile_mode": None if compile_mode in (None, "none") else str(compile_mode),

@@ -22,10 +22,10 @@ def recommendations_section(view: RunView) -> list[str]:
     lines += [_headline(view, base, final)] + [_keep(r) for r in view.with_status("kept")]
     lines += [_reject(view, r) for r in view.with_status("rejected")]
     lines += [_tradeoff(r) for r in view.with_status("tradeoff")]
-    lines += [f"- Fix `{r['stage']}` before relying on it: it failed with `{r.get('error') or r.get('reason')}`."
-              for r in view.with_status("failed")]
-    lines += [f"- `{r['stage']}` was skipped here ({r.get('reason')}); measure it on hardware where it applies."
-              for r in view.with_status("skipped")]
+    lines += [f"- Fix `{r['stage']}` before relying on it: it failed with "
+              f"`{r.get('error') or r.get('reason')}`." for r in view.with_status("failed")]
+    lines += [f"- `{r['stage']}` was skipped here ({r.get('reason')}); measure it on hardware where "
+              "it applies." for r in view.with_status("skipped")]
     lines += [f"- `{r['stage']}` produced a non-finite loss: do not use it without loss scaling or a fix."
               for r in view.records if r.get("loss_finite") is False]
     return lines + _next_bottlenecks(view, final) + [""]
@@ -45,14 +45,16 @@ def _keep(record: dict) -> str:
         return (f"- `{record['stage']}` made no measurable difference "
                 f"({speedup_text(record, 'speedup_vs_previous')}): it was kept because it did not hurt; "
                 "drop it if it complicates your setup.")
-    return f"- Keep `{record['stage']}`: {speedup_text(record, 'speedup_vs_previous')} over `{record.get('previous_stage')}`."
+    return (f"- Keep `{record['stage']}`: {speedup_text(record, 'speedup_vs_previous')} over "
+            f"`{record.get('previous_stage')}`.")
 
 
 def _reject(view: RunView, record: dict) -> str:
     """The measured reason, plus what the stage's own trace said about why (its serious findings)."""
     findings = (view.result(record["stage"]) or {}).get("findings") or []
     why = " ".join(f.get("evidence", "") for f in findings if f.get("severity") in ("high", "medium"))
-    return f"- Leave `{record['stage']}` off on this hardware: {record.get('reason')}." + (f" Its trace: {why}" if why else "")
+    text = f"- Leave `{record['stage']}` off on this hardware: {record.get('reason')}."
+    return text + (f" Its trace: {why}" if why else "")
 
 
 def _tradeoff(record: dict) -> str:
@@ -75,7 +77,8 @@ def lessons_section(view: RunView) -> list[str]:
     lines = ["## Lessons Learned", ""]
     steps = [r for r in view.records if r.get("speedup_vs_previous") is not None]
     if not steps:
-        return lines + ["- No stage has a speedup over a previous configuration, so there is nothing to compare yet.",
+        return lines + ["- No stage has a speedup over a previous configuration, so there is "
+                        "nothing to compare yet.",
                         "- " + _noise(view.records), ""]
     lessons = [_largest_gain(steps), _largest_loss(steps), _largest_saving(steps), _compounding(view),
                _no_change(steps), _predictions(view), "- " + _noise(view.records)]
@@ -133,7 +136,8 @@ def _predictions(view: RunView) -> str | None:
         return None
     agreed = [r["stage"] for r in checked if r["prediction"].get("agrees")]
     missed = [r["stage"] for r in checked if not r["prediction"].get("agrees")]
-    text = f"- Profile first: the trace before each stage called {len(agreed)} of {len(checked)} outcomes right"
+    text = (f"- Profile first: the trace before each stage called {len(agreed)} of {len(checked)} "
+            "outcomes right")
     return text + (f"; it did not foresee {', '.join(f'`{s}`' for s in missed)}." if missed else ".")
 
 

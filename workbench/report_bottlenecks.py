@@ -32,7 +32,8 @@ def bottlenecks(view: RunView) -> list[str]:
 def _no_trace(result: dict, unknown: str) -> str:
     error = (result.get("trace") or {}).get("analysis_error")
     why = f"its analysis failed: {error}" if error else "trace capture was off or did not finish"
-    return bullet("Trace", f"no trace summary was recorded for the baseline ({why}), so {unknown} is unknown.")
+    return bullet("Trace", f"no trace summary was recorded for the baseline ({why}), "
+                           f"so {unknown} is unknown.")
 
 
 def _share_ms(summary: dict, key: str) -> str:
@@ -121,15 +122,7 @@ def memory_block(base: dict, result: dict, view: RunView) -> list[str]:
     lines = ["### Memory", "",
              bullet("Peak memory", f"{show('mb', base.get('peak_memory_mb'), ' MiB')}, measured as "
                     f"{plain(base.get('peak_memory_kind') or 'an unrecorded kind')}.")]
-    parts = metrics.get("memory_breakdown_mb") or {}
-    total = sum(v for v in parts.values() if v) or None
-    if total:
-        lines.append(bullet("Where it goes", ", ".join(
-            f"{k.replace('_', ' ')} {show('mb', v, ' MiB')} ({show('pct', v / total * 100, '%')})"
-            for k, v in parts.items()) + "."))
-        lines.append(_activation_reading(parts.get("activations_and_other", 0.0) / total))
-    else:
-        lines.append(bullet("Where it goes", "no memory breakdown was recorded for the baseline."))
+    lines += _breakdown_lines(metrics.get("memory_breakdown_mb") or {})
     capacity = (view.run.get("environment") or {}).get("device_memory_mb")
     if capacity and base.get("peak_memory_mb") is not None:
         lines.append(bullet("Headroom", f"{show('pct', base['peak_memory_mb'] / capacity * 100, '%')} "
@@ -137,11 +130,22 @@ def memory_block(base: dict, result: dict, view: RunView) -> list[str]:
     return lines + [""]
 
 
+def _breakdown_lines(parts: dict) -> list[str]:
+    total = sum(v for v in parts.values() if v)
+    if not total:
+        return [bullet("Where it goes", "no memory breakdown was recorded for the baseline.")]
+    shares = ", ".join(f"{k.replace('_', ' ')} {show('mb', v, ' MiB')} ({show('pct', v / total * 100, '%')})"
+                       for k, v in parts.items())
+    return [bullet("Where it goes", shares + "."),
+            _activation_reading((parts.get("activations_and_other") or 0.0) / total)]
+
+
 def _activation_reading(share: float) -> str:
     if share > 0.5:
-        return bullet("Reading", "Activations (and other transient buffers) are the largest part, which is what "
-                "accumulation, checkpointing and AMP reduce.")
-    return bullet("Reading", "Weights, gradients and optimizer state are the larger part, so activation-side stages "
+        return bullet("Reading", "Activations (and other transient buffers) are the largest part, "
+                      "which is what accumulation, checkpointing and AMP reduce.")
+    return bullet("Reading", "Weights, gradients and optimizer state are the larger part, so "
+                  "activation-side stages "
             "(accumulation, checkpointing) can save little.")
 
 

@@ -122,9 +122,10 @@ def _optimized_lines(view: RunView, base: dict, final: dict) -> list[str]:
         return [bullet("Optimized throughput", "no stage was kept, so the best configuration is the "
                        "baseline itself: " + throughput_text(base))]
     applied = final.get("applied") or final["stage"]
+    which = "best single stage" if view.run.get("mode") == "ablation" else "last kept stage"
     return [
         bullet("Optimized throughput", f"{throughput_text(final)} with `{applied}` "
-               f"(last kept stage: `{final['stage']}`)"),
+               f"({which}: `{final['stage']}`)"),
         bullet("Final speedup", speedup_text(final, "speedup_vs_baseline")),
     ]
 
@@ -133,22 +134,27 @@ def executive_summary(view: RunView) -> list[str]:
     run = view.run
     lines = ["## Executive Summary", "",
              f"Run `{run.get('run', view.run_dir.name)}` ({run.get('mode', 'ladder')} mode, created "
-             f"{run.get('created', 'at an unrecorded time')}) has results for {count(len(view.records), 'stage')} "
-             f"on {device_name(view)} with {data_used(view)}.", ""]
-    base, final = view.baseline, view.final
+             f"{run.get('created', 'at an unrecorded time')}) has results for "
+             f"{count(len(view.records), 'stage')} on {device_name(view)} with {data_used(view)}.", ""]
+    base = view.baseline
     if base is None or base.get("throughput_samples_per_s") is None:
         attempt = base or view.record("baseline") or {}
         reason = attempt.get("error") or attempt.get("reason") or "no baseline result file was written"
         return lines + [f"The baseline was not measured ({reason}), so no speedup can be computed.", ""]
-    lines += [bullet("Baseline throughput", f"{throughput_text(base)}, "
-                     f"{show('ms', base.get('step_time_median_ms'), ' ms')} per step (median)")]
+    lines += _headline_figures(view, base, view.final)
+    return lines + overview_table(view) + ["", f"![Optimization dashboard]({DASHBOARD_NAME})", ""]
+
+
+def _headline_figures(view: RunView, base: dict, final: dict) -> list[str]:
+    lines = [bullet("Baseline throughput", f"{throughput_text(base)}, "
+                    f"{show('ms', base.get('step_time_median_ms'), ' ms')} per step (median)")]
     lines += _optimized_lines(view, base, final)
     lines += [bullet("Epoch time", _epoch_line(base, final)),
               bullet("Outcome", _status_counts(view)), ""]
-    if run.get("mode") == "ablation":
+    if view.run.get("mode") == "ablation":
         lines += ["This is an ablation run: each stage was applied alone to the baseline, so the "
                   "speedups do not compound and the best single stage is reported as optimized.", ""]
-    return lines + overview_table(view) + ["", f"![Optimization dashboard]({DASHBOARD_NAME})", ""]
+    return lines
 
 
 def overview_table(view: RunView) -> list[str]:
@@ -242,8 +248,10 @@ def _stage_links(view: RunView, result: dict) -> list[str]:
         return links + ["no trace was recorded for this stage"]
     return links + [
         _link("trace folder", relative_link(view, trace.get("dir"))),
-        _link("trace summary", _local(view, f"{stem}.trace_summary.json") or relative_link(view, trace.get("summary_json"))),
-        _link("step breakdown CSV", _local(view, f"{stem}.breakdown.csv") or relative_link(view, trace.get("breakdown_csv"))),
+        _link("trace summary", _local(view, f"{stem}.trace_summary.json")
+              or relative_link(view, trace.get("summary_json"))),
+        _link("step breakdown CSV", _local(view, f"{stem}.breakdown.csv")
+              or relative_link(view, trace.get("breakdown_csv"))),
     ]
 
 

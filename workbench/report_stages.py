@@ -81,9 +81,10 @@ def configuration_text(view: RunView, result: dict, record: dict) -> str:
     before = (view.result(record.get("previous_stage")) or {}).get("config") or {}
     after = result.get("config") or {}
     changed = [k for k in after if k not in IGNORED_KEYS and before and after.get(k) != before.get(k)]
-    training = [f"{k} {plain(before.get(k))} → {plain(after[k])}" for k in changed if k not in MEASUREMENT_KEYS]
+    training = [f"{k} {plain(before.get(k))} → {plain(after[k])}"
+                for k in changed if k not in MEASUREMENT_KEYS]
     measuring = [f"{k} {plain(after[k])}" for k in changed if k in MEASUREMENT_KEYS]
-    text = "; ".join(training) if training else "no training setting differs from the configuration it builds on"
+    text = "; ".join(training) or "no training setting differs from the configuration it builds on"
     if record.get("previous_stage"):
         text += f" (against `{record['previous_stage']}`)"
     if measuring:
@@ -99,7 +100,8 @@ def _memory_text(record: dict, previous: str) -> str:
 
 def _loss_text(record: dict) -> str:
     finite = record.get("loss_finite")
-    state = "finite throughout" if finite else "NOT finite: training broke" if finite is False else "finiteness not recorded"
+    state = "finite throughout" if finite else \
+        "NOT finite: training broke" if finite is False else "finiteness not recorded"
     return f"final {show('loss', record.get('final_loss'))} ({state})"
 
 
@@ -107,7 +109,8 @@ def prediction_text(view: RunView, record: dict) -> str:
     """What the findings on the configuration this stage built on said about it, and the outcome."""
     stage, before = record["stage"], record.get("previous_stage")
     findings = (view.result(before) or {}).get("findings") or []
-    outcome = f"measured {show('ratio', record.get('speedup_vs_previous'), 'x')} ({record.get('verdict_vs_previous')})"
+    ratio = show("ratio", record.get("speedup_vs_previous"), "x")
+    outcome = f"measured {ratio} ({record.get('verdict_vs_previous')})"
     helped = record.get("verdict_vs_previous") == "faster"
     for_it = [f for f in findings if stage in diagnose.PREDICTS.get(f.get("rule"), set())]
     against = [f for f in findings if stage in diagnose.RULES_OUT.get(f.get("rule"), set())]
@@ -129,7 +132,8 @@ def _rules(findings: list[dict]) -> str:
 def trace_text(view: RunView, record: dict, result: dict) -> str:
     if record.get("trace_step_time_ms") is None:
         error = (result.get("trace") or {}).get("analysis_error")
-        return f"no trace summary was recorded for this stage{f' (analysis failed: {error})' if error else ''}."
+        failed = f" (analysis failed: {error})" if error else ""
+        return f"no trace summary was recorded for this stage{failed}."
     parts = ", ".join(f"{key.replace('_', ' ')} {show('pct', record.get(f'{key}_percent'), '%')}"
                       for key in BREAKDOWN_KEYS)
     rules = [f.get("rule") for f in result.get("findings") or []]

@@ -243,9 +243,15 @@ class RunView:
 
     @property
     def final(self) -> dict | None:
-        """The optimized configuration: the last measured stage that was carried forward."""
+        """The optimized configuration: the last measured stage that was carried forward.
+
+        In an ablation every stage stands alone on the baseline, so nothing is carried forward:
+        the best single kept stage is the optimized configuration there.
+        """
         carried = [r for r in self.records if r["status"] in CARRIED_STATUSES
                    and r.get("throughput_samples_per_s") is not None]
+        if self.run.get("mode") == "ablation" and carried:
+            return max(carried, key=lambda r: r.get("speedup_vs_baseline") or 0.0)
         return carried[-1] if carried else None
 
     def with_status(self, *statuses: str) -> list[dict]:

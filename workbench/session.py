@@ -39,6 +39,8 @@ class Session:
     log: Callable[[str], None] = _log
     decisions: dict = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)
+    nproc: int = 1
+    single_process: dict | None = None   # the one-process baseline a multi-process run scales against
 
     def envelope(self, stage: str, index: int, cfg: RunConfig, applied: list[str], raw: dict) -> dict:
         """A stage result in the schema of workbench/results.py (status and judgement come later)."""
@@ -63,6 +65,19 @@ def writable_folder(path: Path, name: str) -> Path:
     except OSError as error:
         raise UsageError(f"{name}={str(path)!r} is not writable ({error.strerror}); allowed: a folder you can write to") from None
     return path
+
+
+def check_nproc(nproc: int, device_type: str, can_launch: bool) -> None:
+    import torch
+
+    if nproc < 1:
+        raise UsageError(f"nproc={nproc} is too small; it must be at least 1")
+    if not can_launch:
+        raise UsageError(f"nproc={nproc} needs each stage in fresh processes; a model factory or dataset "
+                         "object from Python cannot be sent there (use nproc=1)")
+    if device_type == "cuda" and nproc > torch.cuda.device_count():
+        raise UsageError(f"nproc={nproc} is more than the {torch.cuda.device_count()} GPUs here; allowed: 1.."
+                         f"{torch.cuda.device_count()}")
 
 
 def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities) -> dict:
@@ -95,10 +110,11 @@ def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> t
 
 def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,
           model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
-          stages: list[str] | None = None, log=_log) -> Session:
+          stages: list[str] | None = None, nproc: int = 1, log=_log) -> Session:
     """Settle everything a run shares, print the decisions, and write run.json."""
     device_type = devices.resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
+    check_nproc(nproc, device_type, isolate or nproc == 1)
     facts = devices.probe(device_type)
     caps = devices.decide(facts)
     cfg = cfg.with_overrides(run_name=cfg.run_name or default_run_name())
@@ -116,9 +132,9 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     context = StageContext(device_type, caps, best_workers)
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
                       measure_peaks(facts, caps), isolate, resume, model_factory, dataset, log, decisions,
-                      stages or [])
+                      stages or [], nproc)
     _announce(session)
-    _write_run_file(session)
+    write_run_file(session)
     return session
 
 
@@ -132,9 +148,10 @@ def _announce(session: Session) -> None:
                 f"warmup={cfg.warmup_steps} timed_steps={cfg.timed_steps} repeats={cfg.repeats}")
 
 
-def _write_run_file(session: Session) -> None:
+def write_run_file(session: Session) -> None:
     write_json_atomic(session.run_dir / RUN_FILE, {
         "schema": SCHEMA_VERSION, "run": session.run_dir.name, "mode": session.mode,
         "created": dt.datetime.now().isoformat(timespec="seconds"), "environment": session.environment,
         "data": session.data_description, "config": session.base_cfg.to_dict(), "decisions": session.decisions,
-        "peaks": session.peaks, "stages": session.stages, "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})
+        "peaks": session.peaks, "stages": session.stages,
+        "nproc": session.nproc, "single_process_baseline": session.single_process, "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})

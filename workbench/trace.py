@@ -42,7 +42,10 @@ def _write_trace(prof, trace_dir: Path, rank: int, world_size: int) -> Path:
         trace = json.loads(raw.read_text())
     trace.setdefault("distributedInfo", {})
     trace["distributedInfo"].update({"rank": rank, "world_size": world_size, "backend": "none" if world_size == 1 else "ddp"})
-    name = f"{socket.gethostname()}_{os.getpid()}.{int(time.time() * 1000)}{TRACE_SUFFIX}"
+    worker = f"{socket.gethostname()}_{os.getpid()}"
+    if world_size > 1:
+        worker = f"rank{rank}_{worker}"  # one trace per rank; TensorBoard shows each as a worker
+    name = f"{worker}.{int(time.time() * 1000)}{TRACE_SUFFIX}"
     path = trace_dir / name
     with gzip.open(path.with_suffix(".tmp"), "wt") as handle:
         json.dump(trace, handle)

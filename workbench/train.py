@@ -92,5 +92,7 @@ class BatchStream:
                 return next(self.iterator)
             except StopIteration:
                 self.epochs += 1
+                if hasattr(self.loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle per epoch
+                    self.loader.sampler.set_epoch(self.epochs)
                 self.iterator = iter(self.loader)
                 return next(self.iterator)

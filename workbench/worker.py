@@ -6,13 +6,17 @@ the ladder can record the reason and go on.
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from pathlib import Path
 
 import torch
 
+from workbench import distributed
 from workbench.config import RunConfig
+from workbench.device import resolve_device_type
+from workbench.distributed import DistInfo
 from workbench.errors import StageSkipped, UsageError
 from workbench.executor import build, measure_config
 from workbench.progress import Progress
@@ -26,11 +30,13 @@ def peak_for(cfg: RunConfig, device_type: str, peaks: dict) -> tuple[float | Non
     return entry.get("flops_per_s"), entry.get("source", "no peak known")
 
 
-def run_spec(spec: dict, model_factory=None, dataset=None) -> dict:
+def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = DistInfo()) -> dict:
     cfg = RunConfig(**spec["config"])
-    progress = Progress(spec["stage"])
-    log = lambda message: print(f"[{spec['stage']}] {message}", file=sys.stderr, flush=True)
-    built = build(cfg, model_factory, dataset, log=log)
+    # Only the first process talks: N copies of every progress line would say nothing more.
+    stream = sys.stderr if dist.is_main else open(os.devnull, "w")
+    progress = Progress(spec["stage"] + (f" x{dist.world_size} processes" if dist.enabled else ""), stream)
+    log = lambda message: print(f"[{spec['stage']}] {message}", file=stream, flush=True)
+    built = build(cfg, model_factory, dataset, log=log, dist=dist)
     peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
     trace_dir = Path(spec["trace_dir"]) if spec.get("trace_dir") else None
     raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress)
@@ -49,8 +55,10 @@ def failure(status: str, error: BaseException) -> dict:
 
 def main(spec_path: str) -> int:
     spec = read_json(Path(spec_path))
+    dist = DistInfo()
     try:
-        raw = run_spec(spec)
+        dist = distributed.setup(resolve_device_type(spec["config"]["device"]))
+        raw = run_spec(spec, dist=dist)
     except StageSkipped as error:
         raw = {"status": "skipped", "error": str(error)}
     except torch.OutOfMemoryError as error:
@@ -59,8 +67,13 @@ def main(spec_path: str) -> int:
     except (UsageError, Exception) as error:  # any stage failure is recorded; the ladder goes on
         traceback.print_exc(limit=3, file=sys.stderr)
         raw = failure("failed", error)
-    write_json_atomic(Path(spec["out"]), raw)
-    return 0
+    if dist.is_main:
+        write_json_atomic(Path(spec["out"]), raw)
+    if raw["status"] == "measured":
+        distributed.teardown(dist)
+        return 0
+    # A failed rank must not wait at a barrier its peers never reach: exit non-zero, torchrun stops the rest.
+    return 1 if dist.enabled else 0
 
 
 if __name__ == "__main__":

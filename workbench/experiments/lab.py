@@ -19,10 +19,9 @@ from workbench import device as devices
 from workbench import environment, session
 from workbench.config import RunConfig
 from workbench.data import load_data
-from workbench.experiments import child, rows
+from workbench.experiments import EXPERIMENTS_DIR, child, rows
 from workbench.results import SCHEMA_VERSION, write_json_atomic
 
-EXPERIMENTS_DIR = "experiments"
 DEFAULT_TIMEOUT_S = 600.0
 # The fields an experiment may set for its own time budget, when the user left them at their defaults.
 BUDGET_FIELDS = ("warmup_steps", "timed_steps", "repeats")

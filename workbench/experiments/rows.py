@@ -71,7 +71,7 @@ def build_row(label: str, overrides: dict, skip: str, raws: list[dict], referenc
     good = _ok(raws)
     row = {"label": label, "overrides": overrides, "status": status, "reason": reason,
            "throughput": None, "step_time_s": None, "epoch_time_s": None, "peak_memory_mb": None,
-           "peak_memory_kind": None, "final_loss": None, "warmup_s": None, "rounds": 0,
+           "peak_memory_kind": None, "memory_breakdown_mb": None, "final_loss": None, "warmup_s": None, "rounds": 0,
            "speedup": speedup_against(good, _ok(reference or []), is_reference) if good else None,
            "extra": extra or {}}
     if good:
