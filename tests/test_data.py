@@ -227,3 +227,9 @@ def test_loader_batch_larger_than_dataset_is_usage_error(cifar_root):
     dataset = WorkbenchCIFAR10(str(cifar_root), train=False)
     with pytest.raises(UsageError, match=f"batch_size={PER_BATCH + 1}"):
         build_loader(dataset, PER_BATCH + 1, 0, False, False, 2, 0)
+
+
+def test_cifar10_on_synthetic_folder_is_usage_error_without_download(fresh_root, no_download):
+    with pytest.raises(UsageError, match="synthetic"):
+        load_data("cifar10", str(fresh_root), image_size=8, per_batch=10, seed=0)
+    assert no_download == []

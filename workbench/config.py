@@ -56,7 +56,7 @@ class RunConfig:
     repeats: int = field(default=3, metadata=_doc("timed repeats; statistics are taken over them"))
     seed: int = field(default=0, metadata=_doc("seed for data, weights and order"))
     device: str = field(default="auto", metadata=_doc("auto, cpu, cuda or mps (auto picks cuda, then mps, then cpu)"))
-    threads: int = field(default=0, metadata=_doc("intra-op CPU threads; 0 picks the cores left after DataLoader workers"))
+    threads: int = field(default=0, metadata=_doc("intra-op CPU threads; 0 uses every usable core (split between processes under --nproc)"))
     data: str = field(default="auto", metadata=_doc(
         "auto (CIFAR-10 if present or downloadable, else synthetic), cifar10, synthetic, or imagefolder:PATH"))
     data_dir: str = field(default="data", metadata=_doc("where CIFAR-10 (or the synthetic CIFAR-format data) lives"))

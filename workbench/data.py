@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,9 +88,17 @@ def _synthetic_images(templates: np.ndarray, labels: np.ndarray, rng: np.random.
 
 
 def write_synthetic_cifar(root: Path, per_batch: int = 10000, seed: int = 0) -> Path:
-    """Write a learnable CIFAR-10 look-alike in the real on-disk format; return its folder."""
-    folder = Path(root) / CIFAR_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write a learnable CIFAR-10 look-alike in the real on-disk format; return its folder.
+
+    Written into a side folder and renamed into place, so an interrupted write never leaves a
+    half dataset that looks like real CIFAR-10.
+    """
+    final = Path(root) / CIFAR_FOLDER
+    if final.exists() and not (final / SYNTHETIC_MARKER).exists():
+        raise UsageError(f"{str(final)!r} holds data that is not the workbench's; refusing to overwrite it")
+    folder = Path(root) / f".{CIFAR_FOLDER}.partial"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     templates = _class_templates(rng)
     for name in (*TRAIN_FILES, "test_batch"):
@@ -101,7 +110,9 @@ def write_synthetic_cifar(root: Path, per_batch: int = 10000, seed: int = 0) -> 
     _pickle_to(folder / "batches.meta", {"label_names": list(CIFAR_CLASSES),
                                          "num_cases_per_batch": per_batch, "num_vis": 3072})
     (folder / SYNTHETIC_MARKER).write_text(json.dumps({"seed": seed, "per_batch": per_batch}) + "\n")
-    return folder
+    shutil.rmtree(final, ignore_errors=True)
+    folder.rename(final)
+    return final
 
 
 def _pickle_to(path: Path, payload: dict) -> None:
@@ -142,6 +153,9 @@ def prepare_cifar(data: str, data_dir: Path, per_batch: int, seed: int, log=prin
         elif state == "present":
             raise UsageError(f"data_dir={str(data_dir)!r} holds real CIFAR-10; use --data cifar10 or another --data-dir")
         return "synthetic"
+    if data == "cifar10" and state == "synthetic":
+        raise UsageError(f"data_dir={str(data_dir)!r} holds synthetic data, not CIFAR-10; "
+                         "use --data synthetic or another --data-dir")
     if state == "present" or _try_download(data_dir):
         return "cifar10"
     if data == "cifar10":

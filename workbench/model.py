@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -54,7 +55,11 @@ def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 
 class Checkpointed(nn.Module):
-    """Recompute `inner`'s activations in backward instead of keeping them (non-reentrant)."""
+    """Recompute `inner`'s activations in backward instead of keeping them (non-reentrant).
+
+    With BatchNorm in train mode the recompute updates the running statistics a second time
+    (pytorch issue 96136): timing and memory are unaffected, the statistics drift slightly.
+    """
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
@@ -77,10 +82,29 @@ def _wrap_resnet(model: nn.Module) -> list[str]:
 
 
 def _wrap_children(container: nn.Module, prefix: str) -> list[str]:
+    """Checkpoint each child: for containers whose children are whole blocks (ViT encoder layers)."""
     names = []
     for name, child in list(container.named_children()):
         setattr(container, name, Checkpointed(child))
         names.append(f"{prefix}{name}")
+    return names
+
+
+def _wrap_segments(sequential: nn.Sequential, prefix: str) -> list[str]:
+    """Checkpoint about sqrt(n) runs of consecutive children, as checkpoint_sequential does.
+
+    One checkpoint per single layer would keep every layer's input and free nothing (more memory,
+    not less); segments keep only the segment boundaries and recompute the inside.
+    """
+    children = list(sequential.named_children())
+    size = max(1, math.ceil(len(children) / math.ceil(math.sqrt(len(children)))))
+    segments = [children[i:i + size] for i in range(0, len(children), size)]
+    for name, _ in children:
+        delattr(sequential, name)
+    names = []
+    for index, segment in enumerate(segments):
+        sequential.add_module(str(index), Checkpointed(nn.Sequential(*(module for _, module in segment))))
+        names.append(f"{prefix}{segment[0][0]}-{segment[-1][0]}" if len(segment) > 1 else f"{prefix}{segment[0][0]}")
     return names
 
 
@@ -92,9 +116,9 @@ def wrap_checkpoints(model: nn.Module) -> list[str]:
         return _wrap_children(model.encoder.layers, "encoder.layers.")
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
-        return _wrap_children(features, "features.")
+        return _wrap_segments(features, "features.")
     if isinstance(model, nn.Sequential):
-        return _wrap_children(model, "")
+        return _wrap_segments(model, "")
     return []
 
 

@@ -7,6 +7,7 @@ backend. Helpers draw on an axis they are given and return nothing worth keeping
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -136,8 +137,9 @@ def line_chart(ax, labels: Sequence[str], values: Sequence[float],
     ax.errorbar(range(len(values)), values, yerr=_yerr(values, errors), marker="o",
                 color=STATUS_COLORS["kept"], capsize=4, linewidth=2, zorder=3)
     for x, value in enumerate(values):
-        ax.annotate(value_label(value), (x, value), textcoords="offset points", xytext=(0, 8),
-                    ha="center", fontsize=8)
+        # Right of the point, so the label never sits on the error bar above it.
+        ax.annotate(value_label(value), (x, value), textcoords="offset points", xytext=(8, -4),
+                    ha="left", va="top", fontsize=8)
     if reference is not None:
         reference_line(ax, reference, reference_label)
         ax.legend(loc="lower right", fontsize=8)
@@ -197,8 +199,11 @@ def memory_panel(ax, records: Sequence[dict]) -> None:
     colors, hatches = _status_style(records)
     kinds = [r.get("peak_memory_kind") for r in records if r.get("peak_memory_kind")]
     kind = max(set(kinds), key=kinds.count) if kinds else "peak memory"
+    # The kind says what was measured (allocator peak on CUDA, sampled RSS on a CPU) and can be
+    # a sentence long: it goes under the title, wrapped, not into the axis label.
+    title = "Peak memory per stage\n" + textwrap.fill(kind, width=70)
     bar_chart(ax, [r["stage"] for r in records], [r.get("peak_memory_mb") for r in records],
-              colors=colors, hatches=hatches, ylabel=f"MiB ({kind})", title="Peak memory per stage",
+              colors=colors, hatches=hatches, ylabel="peak memory (MiB)", title=title,
               value_label=lambda v: fmt("mb", v), missing_label=_unmeasured(records))
 
 

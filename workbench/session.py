@@ -144,7 +144,8 @@ def _announce(session: Session) -> None:
     for key, value in session.decisions.items():
         session.log(f"decision {key}: {value}")
     cfg = session.base_cfg
-    session.log(f"config: model={cfg.model} image_size={cfg.image_size} batch_size={cfg.batch_size} "
+    model = f"{getattr(session.model_factory, '__name__', 'factory')} (from Python)" if session.model_factory else cfg.model
+    session.log(f"config: model={model} image_size={cfg.image_size} batch_size={cfg.batch_size} "
                 f"warmup={cfg.warmup_steps} timed_steps={cfg.timed_steps} repeats={cfg.repeats}")
 
 

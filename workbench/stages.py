@@ -94,7 +94,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("accumulation", MEMORY, f"same effective batch as {ACCUMULATION_MICRO_BATCHES} accumulated "
           "micro-batches: lower peak memory, not speed", accumulation),
     Stage("checkpointing", MEMORY, "recompute each block's activations in backward (non-reentrant): "
-          "lower peak memory at a cost in time", checkpointing),
+          "lower peak memory at a cost in time (BatchNorm statistics update twice: pytorch#96136)", checkpointing),
     Stage("compile", SPEED, "torch.compile (default mode): kernel fusion, fewer launches; compile time "
           "reported apart", compile_stage),
 )
