@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.image
-import numpy as np
 import pytest
 
 from workbench import plots

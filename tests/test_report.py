@@ -178,6 +178,14 @@ def test_latest_points_at_the_newest_report(tmp_path):
     assert (latest / "run.json").exists()
 
 
+def test_reporting_through_the_latest_link_keeps_it_pointing_at_the_run(tmp_path):
+    run_dir = copy_run("baseline-only", tmp_path)
+    report.point_latest(run_dir)
+    report.build_report(tmp_path / "latest")
+    assert os.readlink(tmp_path / "latest") == "baseline-only"
+    assert (tmp_path / "latest" / "optimization_report.md").exists()
+
+
 def test_latest_falls_back_to_a_text_file_without_symlinks(tmp_path, monkeypatch):
     run_dir = copy_run("baseline-only", tmp_path)
 

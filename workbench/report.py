@@ -28,7 +28,8 @@ LATEST_FILE = "LATEST"
 
 def build_report(run_dir: Path) -> list[Path]:
     """Write the CSV, dashboard, markdown report and optimized script; point reports/latest here."""
-    view = load_view(Path(run_dir))
+    # Resolved, so a run reached through reports/latest is written (and linked) as itself.
+    view = load_view(Path(run_dir).resolve())
     written = [
         write_csv(view.records, view.run_dir / CSV_NAME),
         plots.dashboard(view.records, view.run_dir / DASHBOARD_NAME,
@@ -129,7 +130,7 @@ def point_latest(run_dir: Path) -> Path:
     Where symlinks cannot be made (some filesystems, Windows without privileges), write a LATEST
     file holding the run's folder name instead.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # via reports/latest itself, the link must not point at itself
     link = run_dir.parent / LATEST_LINK
     tmp = run_dir.parent / f".{LATEST_LINK}.{os.getpid()}.tmp"
     try:

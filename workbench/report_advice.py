@@ -109,8 +109,8 @@ def _largest_saving(steps: list[dict]) -> str | None:
         return "- No stage lowered peak memory."
     best = min(saving, key=lambda r: r["memory_change_vs_previous_percent"])
     return (f"- Largest memory saving: `{best['stage']}` at "
-            f"{show('signed_pct', best['memory_change_vs_previous_percent'], '%')} peak memory, "
-            f"for {show('ratio', best.get('speedup_vs_previous'), 'x')} speed: memory and speed trade off.")
+            f"{show('signed_pct', best['memory_change_vs_previous_percent'], '%')} peak memory, at "
+            f"{speedup_text(best, 'speedup_vs_previous')} against `{best.get('previous_stage')}`.")
 
 
 def _compounding(view: RunView) -> str | None:

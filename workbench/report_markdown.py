@@ -1,4 +1,4 @@
-"""optimization_report.md, part 1: text helpers, Executive Summary, Bottlenecks, Environment, Links.
+"""optimization_report.md, part 1: text helpers, Executive Summary, Environment, Links.
 
 Every figure is printed through `show`, which uses the CSV's formatter for its column kind, so the
 same number reads the same in the report and in optimization_results.csv. A value that was not
@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench import diagnose
 from workbench.report_table import RunView, fmt
 from workbench.results import STAGES_DIR
 
@@ -18,9 +17,6 @@ CSV_NAME = "optimization_results.csv"
 DASHBOARD_NAME = "optimization_dashboard.png"
 REPORT_NAME = "optimization_report.md"
 SCRIPT_NAME = "optimized_training.py"
-BREAKDOWN_LABELS = {"data_loading": "data loading", "host_to_device": "host-to-device copies",
-                    "forward": "forward", "backward": "backward", "optimizer_step": "optimizer step",
-                    "other": "other (outside the annotated regions)"}
 
 
 # --- text helpers ----------------------------------------------------------------------------
@@ -42,7 +38,7 @@ def plain(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):
-        return f"{value:g}"
+        return f"{value:.3g}"  # findings' raw shares (0.348086) read better at 3 significant digits
     if isinstance(value, dict):
         return ", ".join(f"{k}: {plain(v)}" for k, v in value.items()) or "none"
     if isinstance(value, (list, tuple)):

@@ -36,7 +36,6 @@ COLUMNS = (
     *((f"{key}_percent", "pct") for key in BREAKDOWN_KEYS),
     ("device_busy_percent", "pct"), ("error", "text"),
 )
-COLUMN_KINDS = dict(COLUMNS)
 
 
 def _fixed(value: float, digits: int) -> str:

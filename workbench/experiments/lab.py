@@ -88,6 +88,8 @@ class Lab:
                     "decisions": {"amp": f"{self.caps.amp_dtype or 'none'}: {self.caps.amp_reason}"},
                     "settings": {"isolated": isolate, **{k: getattr(cfg, k) for k in BUDGET_FIELDS}},
                     "reference": "", "notes": [], "rows": [], "summary": {}, "plots": [], "elapsed_s": 0.0}
+        if not isolate:
+            self.note("Measured in one process (isolate=False): peak memory is not per configuration.")
 
     @property
     def device_type(self) -> str:
