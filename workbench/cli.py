@@ -179,6 +179,21 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from workbench.experiments import run_experiment
+
+    cfg = config_from(args)
+    cfg = cfg.with_overrides(run_name=_lines_target(args, cfg.reports_dir))
+    out_dir = Path(cfg.reports_dir) / cfg.run_name
+    print(f"experiment {args.name}: results in {out_dir}/experiments/, plots in {out_dir}/", file=sys.stderr)
+    try:
+        run_experiment(args.name, cfg, out_dir)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished configurations are saved in {out_dir}/experiments/", file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="workbench", description="Profiling-driven optimization workbench for PyTorch training loops.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -196,6 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
     lines.add_argument("--steps", type=int, default=10, help="training steps to profile")
     add_config_options(lines)
     lines.set_defaults(handler=cmd_profile_lines)
+    experiment = commands.add_parser("experiment", help="one of the lab's experiments (or all), into a run folder")
+    experiment.add_argument("name", help="workers, pipeline, precision, memory, matrix, compile, clipping, "
+                            "memory_breakdown or all")
+    add_config_options(experiment)
+    experiment.set_defaults(handler=cmd_experiment)
     report = commands.add_parser("report", help="CSV, plots and optimization_report.md for a run")
     report.add_argument("run", nargs="?", help="run name or folder (default: the newest run)")
     report.add_argument("--reports-dir", default="reports")
