@@ -162,7 +162,7 @@ def test_clipping_records_norms_before_and_after(cfg, tmp_path):
 def test_memory_breakdown_parts_come_from_the_tensors(cfg, tmp_path):
     doc = EXPERIMENTS["memory_breakdown"](cfg, tmp_path, log=quiet, isolate=False)
     parts = doc["summary"]["breakdown_mb"]["baseline"]
-    assert parts["optimizer_state"] == pytest.approx(2 * parts["weights"])  # Adam: two fp32 states
+    assert parts["optimizer_state"] == pytest.approx(2 * parts["weights"], rel=1e-3)  # Adam: two fp32 states (+ step counters)
     assert parts["gradients"] == pytest.approx(parts["weights"])
     assert written(tmp_path, "memory_breakdown")["plots"] == ["memory_breakdown.png"]
 

@@ -126,7 +126,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _run_dir(run: str | None, reports_dir: str) -> Path:
     root = Path(reports_dir)
     if run is None:
-        runs = sorted((p for p in root.glob("*/run.json")), key=lambda p: p.stat().st_mtime)
+        runs = sorted((p for p in root.glob("*/run.json") if not p.parent.is_symlink()), key=lambda p: p.stat().st_mtime)
         if not runs:
             raise UsageError(f"no runs in {reports_dir}/; run `workbench run` (or make ladder) first")
         return runs[-1].parent
@@ -151,7 +151,8 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
     """The run whose trace folders get the Python-level views: the named one, else the newest."""
     if args.cfg_run_name:
         return args.cfg_run_name
-    runs = sorted(Path(cfg_reports).glob("*/run.json"), key=lambda p: p.stat().st_mtime)
+    runs = sorted((p for p in Path(cfg_reports).glob("*/run.json") if not p.parent.is_symlink()),
+                  key=lambda p: p.stat().st_mtime)
     from workbench.session import default_run_name
 
     return runs[-1].parent.name if runs else default_run_name()

@@ -1,6 +1,7 @@
 """What a result was measured on: software versions, device, CPU flags, git revision."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -32,4 +33,5 @@ def describe(facts: DeviceFacts, threads: int) -> dict:
             "cuda_capability": ".".join(map(str, facts.capability)) if facts.capability else None,
             "device_memory_mb": facts.memory_mb, "cpu_cores": facts.cpu_cores, "threads": threads,
             "cpu_flags": [f for f in INTERESTING_CPU_FLAGS if f in facts.cpu_flags],
-            "git_revision": git_revision()}
+            "git_revision": git_revision(),
+            "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

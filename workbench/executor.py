@@ -41,11 +41,15 @@ class Built:
     dataset_size: int
     notes: dict
     dist: DistInfo = DistInfo()
+    eval_data: object = None
 
     @property
     def samples_per_step(self) -> int:
         """Samples one optimizer step consumes across all processes."""
         return self.cfg.batch_size * self.dist.world_size
+
+
+EVAL_IMAGES, EVAL_BATCH = 1000, 250
 
 
 def seed_everything(seed: int) -> None:
@@ -92,7 +96,36 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda")
     return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings),
-                 BatchStream(loader), spec.description, len(data), notes, dist)
+                 BatchStream(loader), spec.description, len(data), notes, dist, _eval_data(cfg, dataset, log))
+
+
+def _eval_data(cfg: RunConfig, dataset, log):
+    """The held-out split (CIFAR's test_batch) for a quick accuracy check; None where there is none."""
+    if dataset is not None or cfg.data.startswith("imagefolder:"):
+        return None
+    return load_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed,
+                     train=False, log=log).dataset
+
+
+@torch.no_grad()
+def evaluate(built: Built, max_images: int = EVAL_IMAGES) -> float | None:
+    """Top-1 accuracy on held-out images after the steps run so far: a check that the stage still
+    learns, not a converged accuracy. Runs the eager module (a compiled one would recompile for eval)."""
+    if built.eval_data is None:
+        return None
+    subset = torch.utils.data.Subset(built.eval_data, range(min(max_images, len(built.eval_data))))
+    loader = torch.utils.data.DataLoader(subset, batch_size=EVAL_BATCH)
+    fmt = torch.channels_last if built.cfg.memory_format == "channels_last" else torch.contiguous_format
+    built.eager_model.eval()
+    correct = 0
+    try:
+        for images, labels in loader:
+            with built.step.autocast():
+                logits = built.eager_model(images.to(built.device, memory_format=fmt))
+            correct += (logits.argmax(1).cpu() == labels).sum().item()
+    finally:
+        built.eager_model.train()
+    return correct / len(subset)
 
 
 def _run_steps(built: Built, count: int, progress: Progress, phase: str, clock=None) -> list[torch.Tensor]:
@@ -188,6 +221,8 @@ def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | Non
                "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
                **_memory(built, sampler, rss_before_mb),
                **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source)}
+    metrics["eval_accuracy"] = evaluate(built)
+    metrics["trained_steps"] = cfg.warmup_steps + cfg.repeats * cfg.timed_steps
     trace = _trace_pass(built, trace_dir, progress) if trace_dir is not None else None
     metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
     return {"metrics": metrics, "trace_file": trace["file"] if trace else None,

@@ -101,6 +101,8 @@ def judge(result: dict, stage, state, session) -> None:
     previous = state.result or result
     result["metrics"]["speedup_vs_baseline"] = _ratio(result, state.baseline) if state.baseline else SAME
     result["metrics"]["speedup_vs_previous"] = _ratio(result, previous) if stage.kind != REFERENCE else None
+    if result["metrics"]["speedup_vs_previous"]:
+        result["metrics"]["speedup_vs_previous"]["against"] = previous["stage"]
     result["status"], result["reason"] = _status(result, stage.kind, previous)
     _analyze_trace(result, session)
     _add_scaling(result, session)
@@ -136,4 +138,10 @@ def one_line(result: dict) -> str:
     mfu = f", MFU {metrics['mfu']:.1%}" if metrics.get("mfu") else ""
     return (f"-- {result['stage']}: {result['status']}: {tp['median']:.1f} samples/s "
             f"[{tp['ci95_low']:.1f}, {tp['ci95_high']:.1f}], step {metrics['step_time_s']['median'] * 1000:.1f} ms, "
-            f"peak {metrics['peak_memory_mb']:.0f} MiB{mfu}, loss {metrics['final_loss']:.3f}; {result['reason']}")
+            f"peak {metrics['peak_memory_mb']:.0f} MiB{mfu}, loss {metrics['final_loss']:.3f}{_accuracy(metrics)}; "
+            f"{result['reason']}")
+
+
+def _accuracy(metrics: dict) -> str:
+    value = metrics.get("eval_accuracy")
+    return f", held-out accuracy {value:.1%}" if value is not None else ""

@@ -36,11 +36,19 @@ A stage result (all times in seconds, memory in MiB, throughput in samples/s)::
         "mfu": float | null, "peak_flops_per_s": float | null, "peak_flops_source": str,
         "first_loss": float, "final_loss": float, "loss_finite": bool,
         "speedup_vs_baseline": {"ratio", "ci95_low", "ci95_high", "verdict"},
-        "speedup_vs_previous": {"ratio", "ci95_low", "ci95_high", "verdict"} | null,
+        "speedup_vs_previous": {"ratio", "ci95_low", "ci95_high", "verdict", "against"} | null,
+        "step_times_s": [[float]],      # raw step times, one list per repeat (speedups are computed from these)
+        "losses": [float],              # losses of the last repeat
+        "eval_accuracy": float | null,  # held-out top-1 after `trained_steps` steps: a sanity check
+        "trained_steps": int, "world_size": int,
+        "scaling": {...} | absent,      # --nproc > 1: efficiency vs the one-process baseline, communication share
         "trace_overhead_s": float
       },
-      "trace": {"dir": str, "breakdown_csv": str, "summary_json": str} | null,
+      "trace": {"dir", "file", "size_mb", "breakdown_csv", "summary_json"} | {"dir", "analysis_error"} | null,
+      "trace_file": str | null, "trace_size_mb": float | null,
       "findings": [{"rule", "severity", "evidence", "value", "threshold", "action"}],
+      "prediction": {"predicted_to_help", "helped", "agrees"} | null,   # did the finding before predict this stage?
+      "wall_s": float,                  # wall time of the whole stage (build, warm-up, timing, trace)
       "error": str | null
     }
 

@@ -18,6 +18,10 @@ from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
 from workbench.stages import StageContext
 
 
+# Above this 1-minute load per core before a run starts, we warn that timings will be off.
+BUSY_LOAD_PER_CORE = 0.5
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -138,7 +142,20 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     return session
 
 
+def busy_warning(cores: int) -> str | None:
+    """Other work on the machine skews every figure (by 2-4x when CPU threads contend): say so."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > BUSY_LOAD_PER_CORE * cores:
+        return (f"warning: the machine is busy (1-minute load {load:.1f} on {cores} cores) before we start; "
+                "timings will be slower and noisier than on a quiet machine")
+    return None
+
+
 def _announce(session: Session) -> None:
+    warning = busy_warning(int(session.environment["cpu_cores"]))
+    if warning:
+        session.log(warning)
+        session.decisions["machine_load"] = warning
     session.log(f"run {session.run_dir.name}: results in {session.run_dir}, traces in {session.profiles_dir}")
     session.log(f"data: {session.data_description}")
     for key, value in session.decisions.items():
