@@ -99,5 +99,5 @@ def test_report_of_missing_run(tmp_path, monkeypatch, capsys):
 def test_stages_lists_every_stage(capsys):
     proc = run_in_process(capsys, "stages")
     assert proc.returncode == 0
-    for name in ("baseline", "dataloader", "amp", "channels_last", "accumulation", "checkpointing", "compile"):
+    for name in ("baseline", "dataloader", "amp", "channels_last", "fused_optimizer", "accumulation", "checkpointing", "compile"):
         assert name in proc.stdout

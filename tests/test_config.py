@@ -108,7 +108,7 @@ V100 = DeviceFacts("cuda", "V100", capability=(7, 0), device_count=1)
 
 def test_stage_order_is_the_ladder():
     assert stages.STAGE_NAMES == ("baseline", "dataloader", "tf32", "amp", "channels_last",
-                                  "accumulation", "checkpointing", "compile")
+                                  "fused_optimizer", "accumulation", "checkpointing", "compile")
 
 
 def test_select_all_and_by_name_keeps_baseline_first_and_ladder_order():

@@ -45,7 +45,7 @@ def test_gpu_fixture_findings_exact():
     assert by_rule["layout_conversions"]["value"] == pytest.approx(0.14 / 3.952)
     assert "61.8%" in by_rule["device_idle"]["evidence"]
     assert all(set(f) == FINDING_KEYS for f in findings)
-    assert diagnose.predicts(findings) == {"dataloader", "compile", "amp", "channels_last"}
+    assert diagnose.predicts(findings) == {"dataloader", "compile", "amp", "channels_last", "fused_optimizer"}
 
 
 def test_cpu_fixture_with_emulated_bf16():

@@ -67,7 +67,7 @@ def test_progress_is_shown(ladder_run):
 def test_trace_layout_and_regions(ladder_run):
     cwd, _, _ = ladder_run
     traces = sorted((cwd / "profiles" / "tiny").glob("*/*.pt.trace.json.gz"))
-    assert [t.parent.name for t in traces] == ["00-baseline", "03-amp", "05-accumulation"]
+    assert [t.parent.name for t in traces] == ["00-baseline", "03-amp", "06-accumulation"]
     trace = json.loads(gzip.open(traces[0]).read())
     names = {event.get("name") for event in trace["traceEvents"]}
     assert {"data_loading", "host_to_device", "forward", "backward", "optimizer_step"} <= names
@@ -102,12 +102,12 @@ def test_resume_keeps_finished_stages(ladder_run):
     cwd, _, _ = ladder_run
     stages = cwd / "reports/tiny/stages"
     baseline_mtime = (stages / "00-baseline.json").stat().st_mtime
-    (stages / "05-accumulation.json").unlink()
+    (stages / "06-accumulation.json").unlink()
     proc = workbench("run", "--resume", "tiny", "--stages", "amp,accumulation", cwd=cwd)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert (stages / "00-baseline.json").stat().st_mtime == baseline_mtime
-    assert json.loads((stages / "05-accumulation.json").read_text())["status"] == "tradeoff"
+    assert json.loads((stages / "06-accumulation.json").read_text())["status"] == "tradeoff"
     assert "kept from the earlier run" in err
 
 

@@ -46,6 +46,8 @@ class RunConfig:
     precision: str = field(default="fp32", metadata=_doc(
         "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)"))
     tf32: bool = field(default=False, metadata=_doc("allow TF32 matmuls and convolutions (CUDA, Ampere and newer)"))
+    fused_optimizer: bool = field(default=False, metadata=_doc(
+        "fused optimizer step: one multi-tensor kernel for all parameters instead of a loop (CPU and CUDA)"))
     memory_format: str = field(default="contiguous", metadata=_doc("contiguous (NCHW) or channels_last (NHWC)"))
     checkpointing: str = field(default="none", metadata=_doc(
         "activation checkpointing: none, or blocks (recompute each natural block of the model in backward)"))

@@ -34,6 +34,7 @@ MEMORY_PRESSURE_SHARE = 0.85
 COMPUTE_BOUND_SHARE = 0.90
 # The optimizer step above this share: a fused/foreach implementation pays off.
 OPTIMIZER_SHARE_MAX = 0.15
+OPTIMIZER_SHARE_HIGH = 0.25  # above this the optimizer is a main cost, not a detail
 # Time outside every annotated region (Python overhead, logging, .item() syncs).
 OTHER_SHARE_MAX = 0.15
 
@@ -48,6 +49,7 @@ PREDICTS = {
     "fp32_tensor_core_eligible": {"amp"},
     "layout_conversions": {"channels_last"},
     "memory_pressure": {"accumulation", "checkpointing"},
+    "optimizer_step": {"fused_optimizer"},
 }
 RULES_OUT = {
     "compute_bound": {"dataloader"},
@@ -206,12 +208,13 @@ def rule_compute_bound(summary: dict, context: dict) -> dict | None:
 
 def rule_optimizer_step(summary: dict, context: dict) -> dict | None:
     share = _share(summary, "optimizer_step")
-    if share <= OPTIMIZER_SHARE_MAX:
+    if share <= OPTIMIZER_SHARE_MAX or context.get("fused_optimizer"):
         return None
     return _finding(
-        "optimizer_step", "low",
+        "optimizer_step", "medium" if share > OPTIMIZER_SHARE_HIGH else "low",
         f"The optimizer step takes {share:.1%} of the step.", share, OPTIMIZER_SHARE_MAX,
-        "Use the fused or foreach optimizer implementation (e.g. AdamW(fused=True) on CUDA, foreach=True).")
+        "Use the fused optimizer (Adam/AdamW/SGD(fused=True), CPU and CUDA): one multi-tensor kernel "
+        "instead of a loop over parameters.")
 
 
 def rule_unannotated_time(summary: dict, context: dict) -> dict | None:

@@ -79,7 +79,7 @@ def _context(result: dict, session) -> dict:
     return {"device_type": env["device_type"], "pin_memory": cfg["pin_memory"], "num_workers": cfg["num_workers"],
             "precision": cfg["precision"], "cpu_native_bf16": caps.native_bf16_cpu, "tensor_cores": caps.tensor_cores,
             "device_capacity_mb": env.get("device_memory_mb"), "peak_memory_mb": metrics["peak_memory_mb"],
-            "compile": cfg["compile"], "step_time_s": metrics["step_time_s"]["median"]}
+            "compile": cfg["compile"], "fused_optimizer": cfg.get("fused_optimizer", False), "step_time_s": metrics["step_time_s"]["median"]}
 
 
 def _prediction(result: dict, previous: dict | None) -> dict | None:

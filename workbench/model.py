@@ -47,11 +47,13 @@ def _call_factory(factory, num_classes: int):
         return factory()  # a factory without a class-count argument
 
 
-def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
+    # fused=None keeps torch's own default (foreach on CUDA, a per-parameter loop on a CPU).
+    fused_arg = True if fused else None
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, fused=fused_arg)
     optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-    return optimizer_class(params, lr=lr)
+    return optimizer_class(params, lr=lr, fused=fused_arg)
 
 
 class Checkpointed(nn.Module):

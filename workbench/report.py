@@ -80,6 +80,7 @@ def script_settings(view: RunView) -> dict[str, str]:
         "checkpointing": cfg.get("checkpointing", "none") != "none",
         "compile_mode": None if compile_mode in (None, "none") else str(compile_mode),
         "optimizer": str(cfg.get("optimizer", "adam")), "lr": float(cfg.get("lr", 1e-4)),
+        "fused_optimizer": bool(cfg.get("fused_optimizer", False)),
     }
     fields = {key: literal(value) for key, value in values.items()}
     return {**fields, "model_title": values["model_name"], "device_expr": _device_expr(view, cfg)}

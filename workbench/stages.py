@@ -67,6 +67,10 @@ def channels_last(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(memory_format="channels_last")
 
 
+def fused_optimizer(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return cfg.with_overrides(fused_optimizer=True)
+
+
 def accumulation(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     micro = cfg.batch_size // ACCUMULATION_MICRO_BATCHES
     if micro < 1 or cfg.batch_size % ACCUMULATION_MICRO_BATCHES:
@@ -91,6 +95,8 @@ STAGES: tuple[Stage, ...] = (
           "with native bf16", amp),
     Stage("channels_last", SPEED, "NHWC model weights and inputs (faster convolutions, mostly with AMP)",
           channels_last),
+    Stage("fused_optimizer", SPEED, "fused optimizer step: one multi-tensor kernel for every parameter "
+          "instead of a Python loop over them (CPU and CUDA)", fused_optimizer),
     Stage("accumulation", MEMORY, f"same effective batch as {ACCUMULATION_MICRO_BATCHES} accumulated "
           "micro-batches: lower peak memory, not speed", accumulation),
     Stage("checkpointing", MEMORY, "recompute each block's activations in backward (non-reentrant): "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from workbench import stats
 from workbench.config import RunConfig
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
@@ -31,7 +32,7 @@ def _variants(lab: Lab, modes: tuple[str, ...], cache_root: Path) -> list:
 def _extra(variant, good: list[dict]) -> dict:
     """Compile overhead: the first round's warm-up minus what its steps would take once compiled."""
     first = good[0]["metrics"]
-    steady = first["step_time_s"]["median"]
+    steady = stats.spread(first["step_times_s"])["median"]
     overhead = first["warmup_s"] - variant.cfg.warmup_steps * steady
     return {"warmup_s": first["warmup_s"], "compile_overhead_s": max(overhead, 0.0), "mode": variant.cfg.compile}
 
