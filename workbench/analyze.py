@@ -152,7 +152,7 @@ def step_breakdown(trace: dict) -> list[dict]:
     return [_step_row(step, marks) for step in steps]
 
 
-def _union_us(intervals: Iterable[tuple[float, float]]) -> float:
+def union_us(intervals: Iterable[tuple[float, float]]) -> float:
     """Length of the union of intervals: kernels on several streams overlap."""
     total, reach = 0.0, float("-inf")
     for start, end in sorted(intervals):
@@ -222,7 +222,7 @@ def device_activity(trace: dict) -> dict | None:
     start, stop = steps[0]["ts"], _end(steps[-1])
     gpu = [e for e in events if e.get("cat") in GPU_CATEGORIES and _end(e) > start]
     window_end = max(stop, max(_end(e) for e in gpu))
-    busy_us = _union_us((max(e["ts"], start), _end(e)) for e in gpu)
+    busy_us = union_us((max(e["ts"], start), _end(e)) for e in gpu)
     window_us = window_end - start
     activity = {"steps": len(steps), "window_ms": window_us / 1000, "busy_ms": busy_us / 1000,
                 "busy_share": busy_us / window_us, "idle_share": 1 - busy_us / window_us,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from workbench.analyze import STEP_PREFIX, load_trace
+from workbench.analyze import STEP_PREFIX, union_us, load_trace
 
 COLLECTIVE = re.compile(r"all_?reduce|allgather|all_gather|reduce_scatter|broadcast|nccl|gloo|c10d::", re.I)
 
@@ -29,22 +29,13 @@ def _clipped(events: list[dict], windows: list[tuple[float, float]]) -> list[tup
     return spans
 
 
-def _union(spans: list[tuple[float, float]]) -> float:
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(spans):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
-
-
 def communication(trace: dict) -> dict:
     """Share of the profiled steps spent in collectives, and the time per step (ms)."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X"]
     windows = _steps(events)
     step_us = sum(high - low for low, high in windows)
     collectives = [e for e in events if COLLECTIVE.search(str(e.get("name", "")))]
-    comm_us = _union(_clipped(collectives, windows))
+    comm_us = union_us(_clipped(collectives, windows))
     return {"share": comm_us / step_us if step_us else 0.0,
             "ms_per_step": comm_us / 1000 / max(len(windows), 1), "ops": len(collectives),
             "rank": trace.get("distributedInfo", {}).get("rank")}

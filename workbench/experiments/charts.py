@@ -76,7 +76,8 @@ def footnote(fig, text: str) -> None:
     """A sentence under the panels (what the memory figure is, what was skipped and why)."""
     # supxlabel, unlike fig.text, gets its own room in the constrained layout.
     if text:
-        fig.supxlabel(textwrap.fill(text, 160), fontsize=7, ha="center")
+        width = int(fig.get_figwidth() * 16)  # characters of 7-point text per line of this figure
+        fig.supxlabel(textwrap.fill(text, width), fontsize=7, ha="center")
 
 
 def save(fig, out_dir: Path, name: str) -> Path:

@@ -127,7 +127,8 @@ def _grouped_norms(ax, rows: list[dict]) -> None:
         ax.scatter([i + offset for i, m in zip(x, maxima) if m is not None], [m for m in maxima if m is not None],
                    color="#222222", marker="_", s=200, zorder=3, label=f"{label} (max)" if offset < 0 else None)
     plots.fit_labels(ax, charts.labels(rows))
-    ax.set_ylabel("gradient L2 norm")
+    ax.set_yscale("log")  # pre-clip norms can be hundreds of times the thresholds
+    ax.set_ylabel("gradient L2 norm (log scale)")
     ax.set_title("Gradient norm before / after clipping")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3, zorder=0)

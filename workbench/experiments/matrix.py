@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.patches import Patch
 from torch import nn
 
 from workbench import plots
@@ -118,11 +119,17 @@ def _summary(rows: list[dict], std: str) -> dict:
     return {"per_configuration": table, "lowest_peak": lowest["label"] if lowest else None, "conclusion": text}
 
 
+PRECISION_COLORS = {"fp32": "#4C72B0", "mixed": "#55A868"}
+
+
 def _bar_plot(doc: dict, out_dir: Path, path: tuple[str, ...], ylabel: str, title: str, name: str, fmt) -> Path:
+    """One bar per run, coloured by precision (the matrix's other axis, micro-batch, is in the name)."""
     rows = doc["rows"]
+    colors = [PRECISION_COLORS["fp32" if r["overrides"].get("precision") == "fp32" else "mixed"] for r in rows]
     fig, ax = charts.figure(1, 1, title, width=8.0, height=5.0)
-    plots.bar_chart(ax, charts.labels(rows), [value(r, *path) for r in rows], colors=charts.colors(rows, doc["reference"]),
+    plots.bar_chart(ax, charts.labels(rows), [value(r, *path) for r in rows], colors=colors,
                     ylabel=ylabel, value_label=fmt, missing_label=charts.missing(rows))
+    ax.legend(handles=[Patch(facecolor=c, label=k) for k, c in PRECISION_COLORS.items()], fontsize=8)
     charts.footnote(fig, " ".join(doc["notes"]))
     return charts.save(fig, out_dir, name)
 

@@ -101,6 +101,12 @@ def _breakdown_variants(lab: Lab) -> list:
             lab.variant("checkpointing", **{**plain, "checkpointing": "blocks"})]
 
 
+def _peak_below_tensors(row: dict) -> bool:
+    parts = row.get("memory_breakdown_mb") or {}
+    tensors = sum(v for k, v in parts.items() if k != "activations_and_other")
+    return row["peak_memory_mb"] is not None and row["peak_memory_mb"] < tensors
+
+
 def plot_breakdown(doc: dict, out_dir: Path) -> Path:
     rows = doc["rows"]
     series = {name: [value(r, "memory_breakdown_mb", key) for r in rows] for key, name in PARTS}
@@ -119,5 +125,9 @@ def run_breakdown(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool =
              "measured peak minus those (on a CPU it also holds the batch, allocator slack and library buffers).")
     rows = lab.measure(_breakdown_variants(lab), "baseline", rounds=1)
     summary = {r["label"]: r.get("memory_breakdown_mb") for r in rows}
+    under = [r["label"] for r in rows if _peak_below_tensors(r)]
+    if under:
+        lab.note(f"Measured peak below the tensors' own sum for {', '.join(under)}: that figure undercounts "
+                 "(e.g. memory allocated before the measurement started), so 'activations + other' shows 0.")
     return lab.finish({"breakdown_mb": summary, "peak_memory_kind": rows[0]["peak_memory_kind"]},
                       [plot_breakdown(lab.doc, Path(out_dir))])
