@@ -146,11 +146,30 @@ def _headline_figures(view: RunView, base: dict, final: dict) -> list[str]:
                     f"{show('ms', base.get('step_time_median_ms'), ' ms')} per step (median)")]
     lines += _optimized_lines(view, base, final)
     lines += [bullet("Epoch time", _epoch_line(base, final)),
-              bullet("Outcome", _status_counts(view)), ""]
+              bullet("Outcome", _status_counts(view))]
+    lines += _accuracy_line(base, final) + _scaling_lines(base, final) + [""]
     if view.run.get("mode") == "ablation":
         lines += ["This is an ablation run: each stage was applied alone to the baseline, so the "
                   "speedups do not compound and the best single stage is reported as optimized.", ""]
     return lines
+
+
+def _accuracy_line(base: dict, final: dict) -> list[str]:
+    if base.get("eval_accuracy_percent") is None:
+        return []
+    return [bullet("Held-out accuracy", f"{show('pct', base['eval_accuracy_percent'], '%')} (baseline) and "
+                   f"{show('pct', final.get('eval_accuracy_percent'), '%')} (optimized) after "
+                   f"{show('int', final.get('trained_steps'))} training steps: a check that training still "
+                   "works, not a converged accuracy")]
+
+
+def _scaling_lines(base: dict, final: dict) -> list[str]:
+    if base.get("scaling_efficiency_percent") is None:
+        return []
+    return [bullet("Scaling", f"{show('int', base.get('world_size'))} processes: baseline at "
+                   f"{show('pct', base['scaling_efficiency_percent'], '%')} of {show('int', base.get('world_size'))}x "
+                   f"the one-process baseline, optimized at {show('pct', final.get('scaling_efficiency_percent'), '%')}; "
+                   f"collectives take {show('pct', base.get('communication_percent'), '%')} of a baseline step")]
 
 
 def overview_table(view: RunView) -> list[str]:

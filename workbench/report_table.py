@@ -32,6 +32,8 @@ COLUMNS = (
     ("verdict", "text"), ("speedup_vs_previous", "ratio"), ("speedup_vs_previous_ci95_low", "ratio"),
     ("speedup_vs_previous_ci95_high", "ratio"), ("verdict_vs_previous", "text"),
     ("previous_stage", "text"), ("impact", "text"), ("final_loss", "loss"), ("loss_finite", "bool"),
+    ("eval_accuracy_percent", "pct"), ("trained_steps", "int"), ("world_size", "int"),
+    ("scaling_efficiency_percent", "pct"), ("communication_percent", "pct"),
     ("compile_s", "seconds"), ("mfu_percent", "pct"), ("trace_step_time_ms", "ms"),
     *((f"{key}_percent", "pct") for key in BREAKDOWN_KEYS),
     ("device_busy_percent", "pct"), ("error", "text"),
@@ -142,7 +144,17 @@ def _metric_fields(metrics: dict) -> dict:
         "loss_finite": metrics.get("loss_finite"),
         "compile_s": metrics.get("compile_s"),
         "mfu_percent": _times(mfu, 100.0),
+        "eval_accuracy_percent": _times(metrics.get("eval_accuracy"), 100.0),
+        "trained_steps": metrics.get("trained_steps"),
+        "world_size": metrics.get("world_size"),
+        **_scaling_fields(metrics.get("scaling") or {}),
     }
+
+
+def _scaling_fields(scaling: dict) -> dict:
+    """Multi-process runs only: efficiency against N x the one-process baseline, time in collectives."""
+    return {"scaling_efficiency_percent": _times(scaling.get("efficiency"), 100.0),
+            "communication_percent": _times(scaling.get("communication_share"), 100.0)}
 
 
 def _times(value: Any, factor: float) -> float | None:

@@ -24,27 +24,30 @@ def missing(rows: Sequence[dict]) -> list[str]:
     return [r["status"] if r["status"] != "ok" else "n/a" for r in rows]
 
 
-def colors(rows: Sequence[dict], reference: str) -> list[str]:
-    """Reference blue, measurably slower orange, failed red, skipped grey, others green."""
+def colors(rows: Sequence[dict], reference: str, speed: bool = True) -> list[str]:
+    """Reference blue, failed red, skipped grey, others green; with speed, measurably slower orange."""
     chosen = []
     for r in rows:
-        verdict = value(r, "speedup", "verdict")
+        slower = speed and value(r, "speedup", "verdict") == "slower"
         if r["status"] in ("failed", "skipped"):
             chosen.append(plots.STATUS_COLORS[r["status"]])
         elif r["label"] == reference:
             chosen.append(REFERENCE_COLOR)
         else:
-            chosen.append(SLOWER_COLOR if verdict == "slower" else OK_COLOR)
+            chosen.append(SLOWER_COLOR if slower else OK_COLOR)
     return chosen
 
 
 def metric_panel(ax, rows: Sequence[dict], reference: str, path: tuple[str, ...], ylabel: str, title: str,
                  fmt: Callable[[float], str] = "{:.1f}".format, with_interval: bool = False,
-                 line: float | None = None, line_label: str = "") -> None:
-    """Bars of one figure per row (optionally with its 95% interval and a reference line)."""
+                 line: float | None = None, line_label: str = "", speed: bool = True) -> None:
+    """Bars of one figure per row (optionally with its 95% interval and a reference line).
+
+    speed: colour measurably slower rows orange (leave it off for figures that are not about speed).
+    """
     values = [value(r, *path) for r in rows]
     errors = [interval(r, path[0]) for r in rows] if with_interval else None
-    plots.bar_chart(ax, labels(rows), values, errors=errors, colors=colors(rows, reference), ylabel=ylabel,
+    plots.bar_chart(ax, labels(rows), values, errors=errors, colors=colors(rows, reference, speed), ylabel=ylabel,
                     title=title, reference=line, reference_label=line_label, value_label=fmt,
                     missing_label=missing(rows))
 
@@ -63,7 +66,7 @@ def speedup_panel(ax, rows: Sequence[dict], reference: str, title: str = "") -> 
 def memory_panel(ax, rows: Sequence[dict], reference: str, title: str = "Peak memory") -> None:
     kinds = [r["peak_memory_kind"] for r in rows if r.get("peak_memory_kind")]
     unit = "MiB" + (" (host RSS growth)" if kinds and "RSS" in kinds[0] else "")
-    metric_panel(ax, rows, reference, ("peak_memory_mb",), unit, title, fmt="{:.0f}".format)
+    metric_panel(ax, rows, reference, ("peak_memory_mb",), unit, title, fmt="{:.0f}".format, speed=False)
 
 
 def figure(rows: int, cols: int, title: str, width: float = 6.0, height: float = 4.5):

@@ -139,7 +139,7 @@ def plot(doc: dict, out_dir: Path) -> Path:
     fig, (left, middle, right) = charts.figure(1, 3, "Gradient clipping", width=5.0)
     _grouped_norms(left, rows)
     charts.metric_panel(middle, rows, reference, ("extra", "clipped_fraction"), "fraction of steps clipped",
-                        "How often clipping changed the gradients", fmt=lambda v: f"{v:.0%}")
+                        "How often clipping changed the gradients", fmt=lambda v: f"{v:.0%}", speed=False)
     times = [relative_step_time(r) for r in rows]
     plots.bar_chart(right, charts.labels(rows), [t[0] for t in times], errors=[t[1] for t in times],
                            colors=charts.colors(rows, reference), ylabel="step time (x no clipping, 95% CI)",

@@ -61,7 +61,7 @@ def plot(doc: dict, out_dir: Path) -> Path:
     fig, (left, right) = charts.figure(1, 2, "torch.compile modes against eager")
     charts.throughput_panel(left, rows, reference, "Steady-state throughput (after warm-up)")
     charts.metric_panel(right, rows, reference, ("warmup_s",), "seconds (warm-up steps incl. compile)",
-                        "Warm-up time, compile included (cold cache)", fmt="{:.1f}".format)
+                        "Warm-up time, compile included (cold cache)", fmt="{:.1f}".format, speed=False)
     charts.footnote(fig, " ".join(doc["notes"]))
     return charts.save(fig, out_dir, "compile_comparison.png")
 

@@ -7,7 +7,6 @@ from workbench import workers as worker_sweep
 from workbench.config import RunConfig
 from workbench.experiments import charts
 from workbench.experiments.lab import EXPERIMENTS_DIR, Lab, budgeted, stderr_log
-from workbench.experiments.rows import value
 from workbench.results import read_json
 
 LAB_WORKERS = (0, 2, 4, 8)
@@ -35,19 +34,27 @@ def _best(rows: list[dict]) -> dict | None:
     return max(measured, key=lambda r: r["throughput"]["median"], default=None)
 
 
+def _recommended(rows: list[dict], best: dict) -> dict:
+    """The fewest workers whose 95% interval reaches the best median: more only cost cores and memory."""
+    level = best["throughput"]["median"]
+    close = [r for r in rows if r["status"] == "ok" and r["throughput"]["ci95_high"] >= level]
+    return min(close, key=lambda r: r["overrides"]["num_workers"])
+
+
 def _workers_summary(rows: list[dict], cores: int, dropped: list[int]) -> dict:
     best = _best(rows)
     if best is None:
         return {"best": None, "conclusion": "no setting could be measured"}
     rates = [r["throughput"]["median"] for r in rows if r["status"] == "ok"]
-    verdict = value(best, "speedup", "verdict")
+    chosen = _recommended(rows, best)
+    skipped = f"; {', '.join(map(str, dropped))} workers not measured ({cores} usable cores)" if dropped else ""
     return {"best": best["label"], "best_num_workers": best["overrides"]["num_workers"],
             "best_throughput": best["throughput"]["median"], "best_epoch_time_s": best["epoch_time_s"],
+            "recommended": chosen["label"], "recommended_num_workers": chosen["overrides"]["num_workers"],
             "speedup_max_over_min": max(rates) / min(rates), "usable_cores": cores, "dropped": dropped,
-            "conclusion": f"{best['label']} delivered the most samples/s ({best['throughput']['median']:.1f}); "
-                          f"against workers=0: {verdict}"
-                          + (f"; {', '.join(map(str, dropped))} workers not measured ({cores} usable cores)"
-                             if dropped else "")}
+            "conclusion": f"fastest median: {best['label']} ({best['throughput']['median']:.1f} samples/s, "
+                          f"{max(rates) / min(rates):.2f}x the slowest); recommended: {chosen['label']} (fewest "
+                          f"workers whose 95% interval reaches the fastest){skipped}"}
 
 
 def plot_workers(doc: dict, out_dir: Path) -> Path:

@@ -129,7 +129,8 @@ def _bar_plot(doc: dict, out_dir: Path, path: tuple[str, ...], ylabel: str, titl
     fig, ax = charts.figure(1, 1, title, width=8.0, height=5.0)
     plots.bar_chart(ax, charts.labels(rows), [value(r, *path) for r in rows], colors=colors,
                     ylabel=ylabel, value_label=fmt, missing_label=charts.missing(rows))
-    ax.legend(handles=[Patch(facecolor=c, label=k) for k, c in PRECISION_COLORS.items()], fontsize=8)
+    ax.legend(handles=[Patch(facecolor=c, label=k) for k, c in PRECISION_COLORS.items()], fontsize=8,
+              loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     charts.footnote(fig, " ".join(doc["notes"]))
     return charts.save(fig, out_dir, name)
 
@@ -145,6 +146,9 @@ def run(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True, bat
     lab.note(f"Each run trains {steps} optimizer steps at effective batch {batch} "
              f"(about {steps * batch / lab.dataset_size:.2f} epochs), then validates on the full test split."
              + ("" if batch == LAB_BATCH else f" Batch scaled from the lab's {LAB_BATCH} to {batch}."))
+    if "synthetic" in lab.doc["data"]:
+        lab.note("The synthetic stand-in data is easy to learn (one colour template per class): accuracy "
+                 "saturates, so only real CIFAR-10 can show an accuracy difference.")
     if lab.caps.amp_dtype:
         lab.note(f"Mixed precision here is {lab.caps.amp_dtype} autocast (the lab's '16-mixed' is fp16 on a GPU).")
     rows = lab.measure(_variants(lab, batch), "STD", rounds=1, extra=_extra)
