@@ -106,3 +106,13 @@ def test_format_table_is_aligned_and_rounded_like_the_report():
     assert lines[0].split() == ["stage", "metric", "run", "A", "run", "B", "change", "flag"]
     assert any("217.6 samples/s" in line for line in lines)
     assert format_table([]) == "no stage has a figure in either run"
+
+
+def test_cli_exit_status_flags_a_slowed_run(tmp_path, capsys):
+    from workbench.cli import main
+
+    slowed = altered_copy(tmp_path, "07-compile.json", slow_down(1.25))
+    assert main(["compare", str(LADDER), str(slowed)]) == 1
+    assert "REGRESSION" in capsys.readouterr().err
+    assert main(["compare", str(LADDER), str(LADDER)]) == 0
+    assert main(["compare", str(LADDER), str(slowed), "--threshold", "0.5"]) == 0
