@@ -35,7 +35,7 @@ def bare_loop(model, optimizer, loader_iter, steps: int) -> float:
 
 def harness_round(built, steps: int) -> float:
     built.cfg = built.cfg.with_overrides(repeats=1, timed_steps=steps)
-    times, _ = timed_repeats(built, Progress("bench", stream=open("/dev/null", "w")))
+    times, _, _ = timed_repeats(built, Progress("bench", stream=open("/dev/null", "w")))
     return steps * built.cfg.batch_size / sum(times[0])
 
 

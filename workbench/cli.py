@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from workbench.config import RunConfig
-from workbench.errors import UsageError
+from workbench.errors import StageSkipped, UsageError
 
 # The lab's setting where a GPU can afford it; CIFAR's native size on a CPU, where 224 px runs at
 # ~7 images/s and a ladder would take hours.
@@ -74,12 +74,20 @@ def _resumed_config(args: argparse.Namespace) -> dict | None:
         return None
     from workbench.results import RUN_FILE, read_json
 
-    reports = overrides_from(args).get("reports_dir", "reports")
+    given = overrides_from(args)
+    reports = given.pop("reports_dir", "reports")
+    if given:
+        first = next(iter(given))
+        raise UsageError(f"--resume {args.resume!r} measures with the run's own settings; drop "
+                         f"--{first.replace('_', '-')} (or start a new run)")
     run_file = Path(reports) / args.resume / RUN_FILE
     if not run_file.exists():
         raise UsageError(f"--resume {args.resume!r}: no run found at {run_file.parent}; "
                          f"allowed: a folder name under {reports}/ holding {RUN_FILE}")
-    return {**read_json(run_file)["config"], "run_name": args.resume}
+    try:
+        return {**read_json(run_file)["config"], "run_name": args.resume}
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"--resume {args.resume!r}: {run_file} is unreadable ({error}); start a new run") from None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -98,6 +106,10 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"continue with: workbench run --resume {session.run_dir.name}", file=sys.stderr)
         return 130
     _print_summary(finished, session.run_dir)
+    baseline = next((r for r in finished if r["stage"] == "baseline"), None)
+    if baseline is not None and baseline["status"] != "baseline":
+        print(f"workbench: the baseline did not run: {baseline['reason']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -235,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except UsageError as error:
+    except (UsageError, StageSkipped) as error:
         print(f"workbench: error: {error}", file=sys.stderr)
         return 2
 

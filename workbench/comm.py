@@ -43,5 +43,6 @@ def communication(trace: dict) -> dict:
 
 def per_rank(trace_dir: Path) -> list[dict]:
     """Communication of every rank's trace in a stage folder, rank order."""
-    found = [communication(load_trace(path)) for path in sorted(Path(trace_dir).glob("*.pt.trace.json*"))]
+    paths = sorted([*Path(trace_dir).glob("*.pt.trace.json"), *Path(trace_dir).glob("*.pt.trace.json.gz")])
+    found = [communication(load_trace(path)) for path in paths]
     return sorted(found, key=lambda row: row["rank"] if row["rank"] is not None else -1)

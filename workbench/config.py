@@ -108,7 +108,9 @@ def _check_positive(name: str, value: int | float, minimum: int = 1) -> None:
 def validate(cfg: RunConfig) -> None:
     for name in ("image_size", "batch_size", "timed_steps", "repeats", "prefetch_factor", "synthetic_per_batch"):
         _check_positive(name, getattr(cfg, name))
-    for name in ("micro_batch_size", "num_workers", "warmup_steps", "threads", "seed"):
+    # At least one warm-up step: the first step pays for allocation, cuDNN autotuning and compile.
+    _check_positive("warmup_steps", cfg.warmup_steps)
+    for name in ("micro_batch_size", "num_workers", "threads", "seed"):
         _check_positive(name, getattr(cfg, name), minimum=0)
     if not cfg.lr > 0:
         raise UsageError(f"lr={cfg.lr} must be a positive number")

@@ -86,9 +86,12 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     data = spec.dataset
     loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
                           cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed))
-    eager = model_factory(spec.num_classes) if model_factory else build_model(cfg.model, spec.num_classes)
+    eval_data = _eval_data(cfg, dataset, log)  # before the memory baseline: data is not the model's memory
+    make_model = (lambda: model_factory(spec.num_classes)) if model_factory else (
+        lambda: build_model(cfg.model, spec.num_classes))
+    flops = count_flops(make_model, cfg)
     rss_before_model = measure.current_rss_mb()
-    flops = count_flops(eager.to(device), cfg, device)
+    eager = make_model()
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist))
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model)
@@ -96,7 +99,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda")
     return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings),
-                 BatchStream(loader), spec.description, len(data), notes, dist, _eval_data(cfg, dataset, log))
+                 BatchStream(loader), spec.description, len(data), notes, dist, eval_data)
 
 
 def _eval_data(cfg: RunConfig, dataset, log):
@@ -147,36 +150,65 @@ def warm_up(built: Built, progress: Progress) -> float:
     return time.perf_counter() - start
 
 
-def timed_repeats(built: Built, progress: Progress) -> tuple[list[list[float]], list[float]]:
-    """Step times of each repeat (seconds) and the losses of the last repeat."""
-    all_times, losses = [], []
+def timed_repeats(built: Built, progress: Progress) -> tuple[list[list[float]], list[float], float]:
+    """Step times of each repeat (seconds), the losses of the last repeat, and the first timed loss."""
+    all_times, losses, first = [], [], None
     for repeat in range(built.cfg.repeats):
         clock = measure.StepClock(built.device)
         clock.mark()
         losses = _run_steps(built, built.cfg.timed_steps, progress, f"repeat {repeat + 1}/{built.cfg.repeats}", clock)
         all_times.append(clock.step_times())
-    return all_times, [float(loss) for loss in losses]
+        first = float(losses[0]) if first is None else first
+    return all_times, [float(loss) for loss in losses], first
 
 
-def count_flops(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> float:
-    """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute)."""
-    images = torch.randn(cfg.effective_micro_batch, 3, cfg.image_size, cfg.image_size, device=device)
-    labels = torch.zeros(cfg.effective_micro_batch, dtype=torch.long, device=device)
-    return measure.training_flops(model, images, labels) * cfg.accumulation_steps
+def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig) -> float:
+    """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute).
+
+    Counted on the meta device: no memory, no compute, and no fp32 pass that could run out of memory
+    where the optimized stage would fit. A model that cannot live on meta is counted at batch 1 on
+    the CPU and scaled (FLOPs grow linearly with the batch).
+    """
+    try:
+        with torch.device("meta"):
+            return _step_flops(make_model(), cfg.effective_micro_batch, cfg) * cfg.accumulation_steps
+    except Exception:  # a factory doing real work at construction (loading weights, say)
+        return _step_flops(make_model(), 1, cfg) * cfg.effective_micro_batch * cfg.accumulation_steps
 
 
-def _memory(built: Built, sampler: measure.RssSampler, rss_before_mb: float) -> dict:
+def _step_flops(model: torch.nn.Module, batch: int, cfg: RunConfig) -> float:
+    images = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
+    labels = torch.zeros(batch, dtype=torch.long)
+    return measure.training_flops(model, images, labels)
+
+
+def _memory(built: Built, host_peak_mb: float, rss_before_mb: float) -> dict:
     parts = measure.memory_parts_mb(built.eager_model, built.optimizer)
     if built.device.type == "cuda":
         peaks = measure.cuda_peaks(built.device)
         headline, kind = peaks["allocated_mb"], "cuda max_memory_allocated"
     else:
-        peaks = {"rss_peak_mb": sampler.peak / 2**20, "rss_before_model_mb": rss_before_mb}
-        headline = peaks["rss_peak_mb"] - rss_before_mb
-        kind = "host peak RSS growth from model build through the timed steps (sampled, fresh process)"
+        peaks = {"rss_peak_mb": host_peak_mb, "rss_before_model_mb": rss_before_mb}
+        headline = host_peak_mb - rss_before_mb
+        kind = "host peak RSS of the measuring process during the timed steps, minus its RSS before the model was built"
     activations = max(0.0, headline - sum(parts.values()))
     return {"peak_memory_mb": headline, "peak_memory_kind": kind, "peak_memory": peaks,
             "memory_breakdown_mb": {**parts, "activations_and_other": activations}}
+
+
+def _compile_seconds(warmup_s: float, cfg: RunConfig, median_step_s: float) -> float | None:
+    """Compile time: the warm-up's wall time less what its steps would take when compiled."""
+    if cfg.compile == "none":
+        return None
+    return max(0.0, warmup_s - cfg.warmup_steps * median_step_s)
+
+
+def _guarded(action):
+    """(value, None), or (None, 'Type: message') when the action fails."""
+    try:
+        return action(), None
+    except Exception as error:  # recorded beside the measurement, which stands
+        return None, f"{type(error).__name__}: {str(error).strip()[:300]}"
 
 
 def _flops_metrics(flops: float, mean_step_s: float, peak: float | None, peak_source: str) -> dict:
@@ -207,23 +239,24 @@ def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | Non
     cfg = built.cfg
     warmup_s = warm_up(built, progress)
     measure.reset_cuda_peaks(built.device)
-    with measure.RssSampler() as sampler:
-        step_times, losses = timed_repeats(built, progress)
+    with measure.HostPeak() as host_peak:
+        step_times, losses, first_loss = timed_repeats(built, progress)
     spread = stats.spread(step_times)
     samples = built.samples_per_step
     throughput = stats.throughput(step_times, samples, cfg.seed)
     metrics = {"samples_per_step": samples, "world_size": built.dist.world_size, "step_times_s": step_times,
                "step_time_s": spread, "throughput": throughput,
                "repeat_throughputs": stats.repeat_throughputs(step_times, samples),
-               "warmup_s": warmup_s, "compile_s": warmup_s if cfg.compile != "none" else None,
+               "warmup_s": warmup_s, "compile_s": _compile_seconds(warmup_s, cfg, spread["median"]),
                "epoch_time_s": built.dataset_size / throughput["median"],
-               "first_loss": losses[0], "final_loss": float(np.mean(losses[-3:])),
+               "first_loss": first_loss, "final_loss": float(np.mean(losses[-3:])),
                "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
-               **_memory(built, sampler, rss_before_mb),
+               **_memory(built, host_peak.peak_mb, rss_before_mb),
                **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source)}
-    metrics["eval_accuracy"] = evaluate(built)
     metrics["trained_steps"] = cfg.warmup_steps + cfg.repeats * cfg.timed_steps
-    trace = _trace_pass(built, trace_dir, progress) if trace_dir is not None else None
+    # The timed figures exist now: a failing accuracy check or trace must not throw them away.
+    metrics["eval_accuracy"], metrics["eval_error"] = _guarded(lambda: evaluate(built))
+    trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress) if trace_dir else None)
     metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
     return {"metrics": metrics, "trace_file": trace["file"] if trace else None,
             "trace_size_mb": trace["size_mb"] if trace else None}

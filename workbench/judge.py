@@ -65,12 +65,13 @@ def _analyze_trace(result: dict, session) -> None:
     csv_path, summary_path = session.run_dir / "stages" / f"{stem}.breakdown.csv", session.run_dir / "stages" / f"{stem}.trace_summary.json"
     try:
         summary = analyze.write_analysis(result["trace_file"], csv_path, summary_path)  # rank 0 under DDP
+        findings = diagnose.diagnose(summary, _context(result, session))
     except Exception as error:  # a malformed trace must not lose the measurement
         result["trace"] = {"dir": str(trace_dir), "analysis_error": f"{type(error).__name__}: {error}"}
         return
     result["trace"] = {"dir": str(trace_dir), "file": result["trace_file"], "size_mb": result.get("trace_size_mb"),
                        "breakdown_csv": str(csv_path), "summary_json": str(summary_path)}
-    result["findings"] = diagnose.diagnose(summary, _context(result, session))
+    result["findings"] = findings
 
 
 def _context(result: dict, session) -> dict:
@@ -123,9 +124,12 @@ def _add_scaling(result: dict, session) -> None:
     if result.get("trace_file"):
         from workbench import comm
 
-        ranks = comm.per_rank(Path(result["trace_file"]).parent)
-        scaling["communication_per_rank"] = ranks
-        scaling["communication_share"] = max((r["share"] for r in ranks), default=None)
+        try:
+            ranks = comm.per_rank(Path(result["trace_file"]).parent)
+            scaling["communication_per_rank"] = ranks
+            scaling["communication_share"] = max((r["share"] for r in ranks), default=None)
+        except Exception as error:  # the scaling figure stands without the trace's view of it
+            scaling["communication_error"] = f"{type(error).__name__}: {error}"
     metrics["scaling"] = scaling
 
 

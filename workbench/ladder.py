@@ -6,11 +6,15 @@ written atomically the moment it is judged, so an interrupted run keeps what it 
 """
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from workbench import distributed, judge, results
 from workbench.config import RunConfig
@@ -18,6 +22,10 @@ from workbench.results import stage_result_path, stage_stem, write_json_atomic
 from workbench.session import Session, write_run_file
 from workbench.stages import REFERENCE, STAGE_NAMES, Stage, select
 from workbench.errors import StageSkipped
+
+
+# A stage that runs longer than this is stopped and recorded as failed (a hang must not stall the ladder).
+STAGE_TIMEOUT_S = int(os.environ.get("WORKBENCH_STAGE_TIMEOUT_S", "3600"))
 
 
 @dataclass
@@ -42,8 +50,12 @@ def _run_isolated(spec: dict) -> dict:
         spec_path = Path(tmp) / "spec.json"
         write_json_atomic(spec_path, spec)
         nproc = spec.get("nproc", 1)
-        proc = subprocess.run([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
-                              env=distributed.launch_environment(nproc))
+        try:
+            proc = subprocess.run([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
+                                  env=distributed.launch_environment(nproc), timeout=STAGE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return {"status": "failed", "error": f"timed out after {STAGE_TIMEOUT_S} s (a hang in compile or "
+                    "in a collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
         if proc.returncode < 0 and -proc.returncode == 2:  # SIGINT: the user stopped the run
             raise KeyboardInterrupt
         out = Path(spec["out"])
@@ -60,12 +72,28 @@ def _run_in_process(spec: dict, session: Session) -> dict:
         return worker.run_spec(spec, session.model_factory, session.dataset)
     except StageSkipped as error:
         return {"status": "skipped", "error": str(error)}
+    except Exception as error:  # as in a fresh process: the stage fails, the ladder goes on
+        failed = worker.failure("failed", error)
+        if isinstance(error, torch.OutOfMemoryError):
+            failed["error"] = "out of memory: " + failed["error"]
+        return failed
+    finally:
+        gc.collect()  # a failed stage's tensors must not crowd the next one
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def measure_stage(session: Session, cfg: RunConfig, stage: str, index: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         spec = _spec(session, cfg, stage, index, Path(tmp) / "raw.json")
+        _clear_old_traces(spec["trace_dir"])
         return _run_isolated(spec) if session.isolate else _run_in_process(spec, session)
+
+
+def _clear_old_traces(trace_dir: str | None) -> None:
+    """A re-measured stage replaces its trace; stale ones would mix into the analysis."""
+    for old in Path(trace_dir).glob("*.pt.trace.json*") if trace_dir else []:
+        old.unlink()
 
 
 def _skipped(session: Session, stage: Stage, index: int, reason: str, cfg: RunConfig) -> dict:
@@ -75,10 +103,13 @@ def _skipped(session: Session, stage: Stage, index: int, reason: str, cfg: RunCo
 def run_stage(session: Session, stage: Stage, state: LadderState) -> dict:
     """Apply, measure, judge and save one stage; return its result."""
     index = STAGE_NAMES.index(stage.name)
+    before = state.cfg if session.mode == "ladder" else session.base_cfg
     try:
-        cfg = stage.apply(state.cfg if session.mode == "ladder" else session.base_cfg, session.context)
+        cfg = stage.apply(before, session.context)
     except StageSkipped as error:
         return _save(session, _skipped(session, stage, index, str(error), state.cfg))
+    if stage.kind != REFERENCE and cfg == before:
+        return _save(session, _skipped(session, stage, index, _nothing_to_change(session, stage, state), cfg))
     session.log(f"== stage {index}: {stage.name} ({stage.summary})")
     started = time.perf_counter()
     raw = measure_stage(session, cfg, stage.name, index)
@@ -87,6 +118,13 @@ def run_stage(session: Session, stage: Stage, state: LadderState) -> dict:
     result["wall_s"] = time.perf_counter() - started
     judge.judge(result, stage, state, session)
     return _save(session, result)
+
+
+def _nothing_to_change(session: Session, stage: Stage, state: LadderState) -> str:
+    """Why a stage whose configuration equals the one before it is not measured (noise could 'keep' it)."""
+    against = (state.result or {}).get("stage", "baseline") if session.mode == "ladder" else "baseline"
+    detail = f" ({session.decisions['workers_choice']})" if stage.name == "dataloader" and "workers_choice" in session.decisions else ""
+    return f"nothing to change on this machine{detail}: the configuration is {against}'s"
 
 
 def _save(session: Session, result: dict) -> dict:
@@ -101,16 +139,31 @@ def _advance(state: LadderState, stage: Stage, result: dict, mode: str) -> None:
         state.baseline = state.result = result
         return
     if mode == "ladder" and result["status"] == "kept":
-        state.cfg = RunConfig(**result["config"])
+        # What the stage changed carries forward; how it was measured does not (a brief probe, say).
+        base = state.baseline["config"] if state.baseline else result["config"]
+        measured = {key: base[key] for key in ("repeats", "warmup_steps", "timed_steps")}
+        state.cfg = RunConfig(**{**result["config"], **measured})
         state.applied, state.result = result["applied"], result
 
 
-def _previous_result(session: Session, stage: Stage) -> dict | None:
+def _previous_result(session: Session, stage: Stage, state: LadderState) -> dict | None:
+    """A finished result of an earlier attempt, if it measured exactly what this ladder would now."""
     path = stage_result_path(session.run_dir, STAGE_NAMES.index(stage.name), stage.name)
-    if session.resume and path.exists():
-        found = results.read_json(path)
-        return found if found.get("status") not in ("failed",) else None
-    return None
+    if not (session.resume and path.exists()):
+        return None
+    found = results.read_json(path)
+    return found if found.get("status") != "failed" and _still_valid(session, stage, state, found) else None
+
+
+def _still_valid(session: Session, stage: Stage, state: LadderState, found: dict) -> bool:
+    before = state.cfg if session.mode == "ladder" else session.base_cfg
+    try:
+        expected = stage.apply(before, session.context)
+    except StageSkipped:
+        return found["status"] == "skipped"
+    applied = state.applied + ([stage.name] if stage.kind != REFERENCE else [])
+    same_machine = found.get("environment", {}).get("device_name") == session.environment.get("device_name")
+    return found.get("config") == expected.to_dict() and found.get("applied", applied) == applied and same_machine
 
 
 def measure_single_process(session: Session) -> None:
@@ -132,12 +185,14 @@ def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     measure_single_process(session)
     state = LadderState(session.base_cfg)
     finished = []
+    remeasured = False  # once a stage is measured anew, every later stage builds on new numbers
     for stage in select(stage_names):
-        result = _previous_result(session, stage)
+        result = None if remeasured else _previous_result(session, stage, state)
         if result is not None:
             session.log(f"== stage {stage.name}: kept from the earlier run ({result['status']})")
         else:
             result = run_stage(session, stage, state)
+            remeasured = result["status"] != "skipped"
         _advance(state, stage, result, session.mode)
         finished.append(result)
         if stage.kind == REFERENCE and result["status"] != "baseline":

@@ -1,8 +1,10 @@
 """Measuring a training loop honestly: synchronized clocks, peak memory, FLOPs and MFU."""
 from __future__ import annotations
 
+import re
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -14,11 +16,15 @@ from torch.utils.flop_counter import FlopCounterMode
 # dense (no sparsity). Sources: H100/H200 datasheet (2023/2024), A100 datasheet (2021),
 # L4/A10/T4/V100 product briefs.
 GPU_PEAK_FLOPS = {
+    "H100 NVL": {"fp32": 60e12, "tf32": 417.5e12, "bf16": 835e12, "fp16": 835e12},
     "H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
     "H100 PCIe": {"fp32": 51.2e12, "tf32": 378e12, "bf16": 756e12, "fp16": 756e12},
     "H100": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
     "A100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "fp16": 312e12},
+    "L40S": {"fp32": 91.6e12, "tf32": 183e12, "bf16": 362e12, "fp16": 362e12},
+    "L40": {"fp32": 90.5e12, "tf32": 90.5e12, "bf16": 181e12, "fp16": 181e12},
     "L4": {"fp32": 30.3e12, "tf32": 60e12, "bf16": 121e12, "fp16": 121e12},
+    "A10G": {"fp32": 31.2e12, "tf32": 62.5e12, "bf16": 125e12, "fp16": 125e12},
     "A10": {"fp32": 31.2e12, "tf32": 62.5e12, "bf16": 125e12, "fp16": 125e12},
     "V100": {"fp32": 15.7e12, "fp16": 125e12},
     "T4": {"fp32": 8.1e12, "fp16": 65e12},
@@ -79,12 +85,39 @@ class RssSampler:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
+class HostPeak:
+    """Peak resident memory of this process over a `with` block.
+
+    On Linux the kernel keeps the peak (VmHWM) and lets us reset it (/proc/self/clear_refs), so
+    nothing runs beside the timed steps; elsewhere a sampling thread stands in.
+    """
+
+    def __init__(self) -> None:
+        self.peak_mb, self._sampler = 0.0, None
+
+    def __enter__(self) -> "HostPeak":
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        except OSError:
+            self._sampler = RssSampler().__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._sampler is not None:
+            self._sampler.__exit__(*exc)
+            self.peak_mb = self._sampler.peak / 2**20
+            return
+        status = Path("/proc/self/status").read_text()
+        self.peak_mb = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+
+
 def current_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
 def reset_cuda_peaks(device: torch.device) -> None:
     if device.type == "cuda":
+        torch.cuda.empty_cache()  # the reserved peak restarts from what is in use, not from the cache
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -134,7 +167,7 @@ def measured_matmul_peak(dtype: torch.dtype = torch.float32, repeats: int = 3) -
 
 def gpu_peak_flops(device_name: str, dtype_key: str) -> tuple[float | None, str]:
     """Documented dense peak for a GPU, and the name of the denominator."""
-    for key, table in GPU_PEAK_FLOPS.items():
-        if key in device_name and dtype_key in table:
+    for key, table in GPU_PEAK_FLOPS.items():  # most specific names first: "L40S" before "L40" before "L4"
+        if re.search(rf"\b{re.escape(key)}\b", device_name) and dtype_key in table:
             return table[dtype_key], f"{key} datasheet dense {dtype_key} peak"
     return None, f"no documented peak for {device_name!r} ({dtype_key}); MFU not reported"

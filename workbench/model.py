@@ -25,16 +25,27 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def _from_factory(spec: str, num_classes: int) -> nn.Module:
+def check_model_spec(name: str) -> None:
+    """Fail early, with one line, on a model the workers could not build."""
+    if ":" in name:
+        _load_factory(name)
+    elif name not in models.list_models(module=models):
+        build_model(name, 10)  # raises the UsageError that lists what is allowed
+
+
+def _load_factory(spec: str):
     module_name, function_name = spec.split(":", 1)
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))  # let `mymodels:build` find a file in the working folder
     try:
-        factory = getattr(importlib.import_module(module_name), function_name)
+        return getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
         raise UsageError(f"model={spec!r} cannot be loaded ({error}); allowed: module:function "
                          "importable from the current folder") from None
-    model = _call_factory(factory, num_classes)
+
+
+def _from_factory(spec: str, num_classes: int) -> nn.Module:
+    model = _call_factory(_load_factory(spec), num_classes)
     if not isinstance(model, nn.Module):
         raise UsageError(f"model={spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model

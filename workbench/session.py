@@ -13,6 +13,7 @@ from workbench import environment, measure, workers
 from workbench.config import RunConfig
 from workbench.data import load_data
 from workbench.executor import check_device_support
+from workbench.model import check_model_spec
 from workbench.errors import UsageError
 from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
 from workbench.stages import StageContext
@@ -84,8 +85,9 @@ def check_nproc(nproc: int, device_type: str, can_launch: bool) -> None:
                          f"{torch.cuda.device_count()}")
 
 
-def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities) -> dict:
-    """Peak FLOP/s per compute dtype: measured matmuls on a CPU, datasheet numbers on a GPU."""
+def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities, threads: int = 0) -> dict:
+    """Peak FLOP/s per compute dtype: measured matmuls on a CPU (with the threads a stage gets),
+    datasheet numbers on a GPU."""
     if facts.type == "cuda":
         peaks = {}
         for key in ("fp32", "tf32", "bf16", "fp16"):
@@ -94,6 +96,7 @@ def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities) -> dic
         return peaks
     import torch
 
+    torch.set_num_threads(threads or torch.get_num_threads())
     peaks = {"fp32": {"flops_per_s": measure.measured_matmul_peak(torch.float32),
                       "source": f"measured fp32 {measure.MATMUL_PROBE_SIZE}^3 matmul on this CPU"}}
     if caps.native_bf16_cpu:
@@ -127,6 +130,11 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     spec = None if dataset is not None else load_data(cfg.data, cfg.data_dir, cfg.image_size,
                                                       cfg.synthetic_per_batch, cfg.seed, log=log)
     data = dataset if dataset is not None else spec.dataset
+    if model_factory is None:
+        check_model_spec(cfg.model)
+    if len(data) // nproc < cfg.batch_size:
+        raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
+                         f"({len(data)} samples / {nproc} processes); allowed: at most {len(data) // nproc}")
     description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
     best_workers, worker_notes = _choose_workers(cfg, data, facts.cpu_cores, sweep_workers, log)
     threads = devices.threads_for(cfg.num_workers, cfg.threads, facts.cpu_cores)
@@ -135,7 +143,7 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
                  "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes}
     context = StageContext(device_type, caps, best_workers)
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
-                      measure_peaks(facts, caps), isolate, resume, model_factory, dataset, log, decisions,
+                      measure_peaks(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
                       stages or [], nproc)
     _announce(session)
     write_run_file(session)

@@ -1,15 +1,31 @@
-"""Statistics over step times: medians, spread, and bootstrap intervals (numpy only, no torch).
+"""Statistics over step times: medians, spread, and 95% intervals (numpy only, no torch).
 
-Step times come as one list per repeat. Intervals come from a two-level bootstrap (repeats, then the
-steps inside each), so the spread between repeats, usually the larger noise on a shared machine,
-widens the interval as it should.
+Step times come as one list per repeat. A repeat is the unit of replication: steps inside one repeat
+share the machine's state of the moment, so they are not independent. With two or more repeats the
+intervals are t-intervals on the log of each repeat's throughput (Welch's for ratios), which stay
+honest with the default 3 repeats where a bootstrap would be too narrow. With a single repeat (a
+brief probe) we fall back to a bootstrap over its steps and say less with it.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 2000
 CONFIDENCE = 0.95
+# Two-sided 97.5% quantiles of Student's t by degrees of freedom (a small table: no scipy needed).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000}
+Z_975 = 1.960
+
+
+def t_quantile(df: float) -> float:
+    """The 97.5% t quantile, rounding the degrees of freedom down (the conservative side)."""
+    if df >= 120:
+        return Z_975
+    eligible = [k for k in T_975 if k <= max(df, 1)]
+    return T_975[max(eligible)]
 
 
 def spread(step_times: list[list[float]]) -> dict:
@@ -20,38 +36,70 @@ def spread(step_times: list[list[float]]) -> dict:
             "mean": float(flat.mean()), "n": int(flat.size)}
 
 
-def _bootstrap_total_time(step_times: list[list[float]], rng: np.random.Generator) -> np.ndarray:
-    """Mean step time of each bootstrap resample (repeats resampled, then steps within them)."""
-    repeats = [np.asarray(r, dtype=float) for r in step_times]
-    picks = rng.integers(0, len(repeats), size=(BOOTSTRAP_SAMPLES, len(repeats)))
-    means = np.stack([r[rng.integers(0, r.size, size=(BOOTSTRAP_SAMPLES, r.size))].mean(axis=1) for r in repeats])
-    return np.take_along_axis(means.T, picks, axis=1).mean(axis=1)
+def repeat_throughputs(step_times: list[list[float]], samples_per_step: int) -> list[float]:
+    """Samples / summed step time, for each repeat."""
+    return [samples_per_step * len(r) / float(np.sum(r)) for r in step_times]
+
+
+def _log_mean_and_variance(rates: list[float]) -> tuple[float, float, int]:
+    logs = np.log(np.asarray(rates, dtype=float))
+    return float(logs.mean()), float(logs.var(ddof=1)) if logs.size > 1 else 0.0, int(logs.size)
+
+
+def _bootstrap_rates(step_times: list[list[float]], samples_per_step: int, rng: np.random.Generator) -> np.ndarray:
+    """Throughput of bootstrap resamples of the steps (the single-repeat fallback)."""
+    flat = np.concatenate([np.asarray(r, dtype=float) for r in step_times])
+    picks = rng.integers(0, flat.size, size=(BOOTSTRAP_SAMPLES, flat.size))
+    return samples_per_step / flat[picks].mean(axis=1)
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float]:
+    low, high = np.percentile(values, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
+    return float(low), float(high)
 
 
 def throughput(step_times: list[list[float]], samples_per_step: int, seed: int = 0) -> dict:
-    """Median over repeats of samples / summed step time, with a 95% bootstrap interval."""
-    rng = np.random.default_rng(seed)
-    median = float(np.median(repeat_throughputs(step_times, samples_per_step)))
-    boot = samples_per_step / _bootstrap_total_time(step_times, rng)
-    low, high = np.percentile(boot, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    return {"median": median, "ci95_low": float(low), "ci95_high": float(high)}
+    """Median over repeats of samples / summed step time, with a 95% interval."""
+    rates = repeat_throughputs(step_times, samples_per_step)
+    median = float(np.median(rates))
+    if len(rates) < 2:
+        low, high = _percentiles(_bootstrap_rates(step_times, samples_per_step, np.random.default_rng(seed)))
+        return {"median": median, "ci95_low": low, "ci95_high": high, "method": "bootstrap over steps (1 repeat)"}
+    mean, variance, n = _log_mean_and_variance(rates)
+    half = t_quantile(n - 1) * math.sqrt(variance / n)
+    return {"median": median, "ci95_low": math.exp(mean - half), "ci95_high": math.exp(mean + half),
+            "method": f"t-interval over {n} repeats"}
 
 
-def repeat_throughputs(step_times: list[list[float]], samples_per_step: int) -> list[float]:
-    return [samples_per_step * len(r) / float(np.sum(r)) for r in step_times]
+def _welch(new: tuple[float, float, int], old: tuple[float, float, int]) -> tuple[float, float, float]:
+    """Difference of log means, its standard error, and Welch-Satterthwaite degrees of freedom."""
+    (m1, v1, n1), (m2, v2, n2) = new, old
+    a, b = v1 / n1, v2 / n2
+    se = math.sqrt(a + b)
+    df = (a + b) ** 2 / (a * a / (n1 - 1) + b * b / (n2 - 1)) if a + b > 0 else float(n1 + n2 - 2)
+    return m1 - m2, se, df
 
 
 def speedup(new_times: list[list[float]], new_samples: int, old_times: list[list[float]],
             old_samples: int, seed: int = 0) -> dict:
     """Throughput ratio new/old with a 95% interval; the verdict says whether it holds 1."""
+    new_rates, old_rates = repeat_throughputs(new_times, new_samples), repeat_throughputs(old_times, old_samples)
+    if len(new_rates) < 2 or len(old_rates) < 2:
+        return _bootstrap_speedup(new_times, new_samples, old_times, old_samples, seed)
+    diff, se, df = _welch(_log_mean_and_variance(new_rates), _log_mean_and_variance(old_rates))
+    half = t_quantile(df) * se
+    low, high = math.exp(diff - half), math.exp(diff + half)
+    return {"ratio": math.exp(diff), "ci95_low": low, "ci95_high": high, "verdict": verdict(low, high),
+            "method": f"Welch t-interval on log throughput ({len(new_rates)} vs {len(old_rates)} repeats)"}
+
+
+def _bootstrap_speedup(new_times, new_samples, old_times, old_samples, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    new_boot = new_samples / _bootstrap_total_time(new_times, rng)
-    old_boot = old_samples / _bootstrap_total_time(old_times, rng)
-    ratios = new_boot / old_boot
+    ratios = _bootstrap_rates(new_times, new_samples, rng) / _bootstrap_rates(old_times, old_samples, rng)
     point = (new_samples / np.mean(np.concatenate(new_times))) / (old_samples / np.mean(np.concatenate(old_times)))
-    low, high = np.percentile(ratios, [100 * (1 - CONFIDENCE) / 2, 100 * (1 + CONFIDENCE) / 2])
-    return {"ratio": float(point), "ci95_low": float(low), "ci95_high": float(high),
-            "verdict": verdict(float(low), float(high))}
+    low, high = _percentiles(ratios)
+    return {"ratio": float(point), "ci95_low": low, "ci95_high": high, "verdict": verdict(low, high),
+            "method": "bootstrap over steps (a side has 1 repeat)"}
 
 
 def verdict(low: float, high: float) -> str:

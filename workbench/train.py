@@ -57,10 +57,17 @@ class TrainStep:
         images, labels = self.to_device(images, labels)
         steps = self.settings.accumulation_steps
         total = torch.zeros((), device=self.settings.device)
-        for micro_images, micro_labels in zip(images.chunk(steps), labels.chunk(steps)):
-            total += self._forward_backward(micro_images, micro_labels, steps)
+        chunks = list(zip(images.chunk(steps), labels.chunk(steps)))
+        for index, (micro_images, micro_labels) in enumerate(chunks):
+            with self._sync_gradients(last=index == len(chunks) - 1):
+                total += self._forward_backward(micro_images, micro_labels, steps)
         self._optimizer_step()
         return total
+
+    def _sync_gradients(self, last: bool):
+        """Under DDP, all-reduce once per optimizer step (on the last micro-batch), not per micro-batch."""
+        no_sync = getattr(self.model, "no_sync", None)
+        return nullcontext() if last or no_sync is None else no_sync()
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:
         with region(FORWARD_REGION, self.annotate), self.autocast():

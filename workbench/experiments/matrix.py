@@ -17,8 +17,7 @@ from torch import nn
 
 from workbench import plots
 from workbench.config import RunConfig
-from workbench.data import load_data
-from workbench.executor import build, measure_config
+from workbench.executor import build, evaluate, measure_config
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import value
@@ -30,7 +29,6 @@ LAB_BATCH = 256
 # A short fixed schedule: 3 + 27 = 30 optimizer steps (about 1.5 epochs of the lab's CIFAR-10 would be
 # 300; --warmup-steps / --timed-steps lengthen it). The first 3 steps train but are not timed.
 BUDGET = {"warmup_steps": 3, "timed_steps": 27, "repeats": 1}
-EVAL_BATCH = 512
 
 
 class LabCNN(nn.Module):
@@ -54,21 +52,12 @@ def lab_cnn(num_classes: int = 10) -> nn.Module:
     return LabCNN(num_classes)
 
 
-def evaluate(built, cfg: RunConfig) -> dict:
-    """Top-1 accuracy on the test split, under the same autocast as training."""
+def validate(built) -> dict:
+    """Top-1 accuracy on the whole test split (the executor's own check looks at its first images only)."""
     started = time.perf_counter()
-    data = load_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, train=False,
-                     log=lambda m: None)
-    loader = torch.utils.data.DataLoader(data.dataset, batch_size=EVAL_BATCH, num_workers=cfg.num_workers)
-    built.model.eval()
-    correct = total = 0
-    with torch.no_grad(), built.step.autocast():
-        for images, labels in loader:
-            images, labels = built.step.to_device(images, labels)
-            correct += int((built.model(images).argmax(1) == labels).sum())
-            total += len(labels)
-    built.model.train()
-    return {"accuracy": correct / total, "samples": total, "split": "test", "eval_s": time.perf_counter() - started}
+    samples = len(built.eval_data) if built.eval_data is not None else 0
+    accuracy = evaluate(built, max_images=samples) if samples else None
+    return {"accuracy": accuracy, "samples": samples, "split": "test", "eval_s": time.perf_counter() - started}
 
 
 def measure(spec: dict) -> dict:
@@ -77,7 +66,7 @@ def measure(spec: dict) -> dict:
     built = build(cfg, log=lambda m: print(f"[{spec['stage']}] {m}", file=sys.stderr, flush=True))
     peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
     raw = measure_config(built, None, peak, source, built.notes["rss_before_model_mb"], Progress(spec["stage"]))
-    raw["metrics"]["validation"] = evaluate(built, cfg)
+    raw["metrics"]["validation"] = validate(built)
     raw.update(status="measured", data=built.data_description)
     return raw
 

@@ -51,7 +51,7 @@ def other_fields(good: list[dict]) -> dict:
             "memory_breakdown_mb": worst.get("memory_breakdown_mb"),
             "warmup_s": metrics[0]["warmup_s"], "warmup_s_per_round": [m["warmup_s"] for m in metrics],
             "final_loss": metrics[-1]["final_loss"], "loss_finite": all(m.get("loss_finite", True) for m in metrics),
-            "mfu": metrics[-1].get("mfu")}
+            "mfu": metrics[-1].get("mfu"), "eval_accuracy": metrics[-1].get("eval_accuracy")}
 
 
 def speedup_against(good: list[dict], reference: list[dict] | None, is_reference: bool) -> dict | None:
@@ -71,7 +71,7 @@ def build_row(label: str, overrides: dict, skip: str, raws: list[dict], referenc
     good = _ok(raws)
     row = {"label": label, "overrides": overrides, "status": status, "reason": reason,
            "throughput": None, "step_time_s": None, "epoch_time_s": None, "peak_memory_mb": None,
-           "peak_memory_kind": None, "memory_breakdown_mb": None, "final_loss": None, "warmup_s": None, "rounds": 0,
+           "peak_memory_kind": None, "memory_breakdown_mb": None, "final_loss": None, "eval_accuracy": None, "warmup_s": None, "rounds": 0,
            "speedup": speedup_against(good, _ok(reference or []), is_reference) if good else None,
            "extra": extra or {}}
     if good:
