@@ -54,8 +54,8 @@ class RunConfig:
     compile: str = field(default="none", metadata=_doc(
         "torch.compile mode: none, default, reduce-overhead or max-autotune"))
     warmup_steps: int = field(default=5, metadata=_doc("optimizer steps run before timing (absorbs compile)"))
-    timed_steps: int = field(default=20, metadata=_doc("optimizer steps timed in each repeat"))
-    repeats: int = field(default=3, metadata=_doc("timed repeats; statistics are taken over them"))
+    timed_steps: int = field(default=30, metadata=_doc("optimizer steps timed in each repeat"))
+    repeats: int = field(default=5, metadata=_doc("timed repeats; statistics (t-intervals) are taken over them"))
     seed: int = field(default=0, metadata=_doc("seed for data, weights and order"))
     device: str = field(default="auto", metadata=_doc("auto, cpu, cuda or mps (auto picks cuda, then mps, then cpu)"))
     threads: int = field(default=0, metadata=_doc("intra-op CPU threads; 0 uses every usable core (split between processes under --nproc)"))

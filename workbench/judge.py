@@ -23,10 +23,20 @@ def _fmt(ratio: dict) -> str:
     return f"{ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}]"
 
 
+# A speed stage whose final loss is this much above the configuration before it changed what is
+# learned (same seed, same data, same steps), whatever it does to speed.
+LOSS_DEGRADATION_MAX = 1.25
+
+
 def _speed_verdict(result: dict, previous: dict) -> tuple[str, str]:
     metrics = result["metrics"]
     if not metrics["loss_finite"]:
         return "rejected", "the loss became non-finite: training broke"
+    before = previous["metrics"]["final_loss"]
+    same_steps = metrics.get("trained_steps") == previous["metrics"].get("trained_steps")
+    if same_steps and before > 0 and metrics["final_loss"] > LOSS_DEGRADATION_MAX * before:
+        return "rejected", (f"final loss {metrics['final_loss']:.3f} vs {before:.3f} for {previous['stage']} "
+                            f"(over {LOSS_DEGRADATION_MAX:.2f}x): training got worse, not carried forward")
     vs_prev = metrics["speedup_vs_previous"]
     text = f"{_fmt(vs_prev)} vs {previous['stage']}"
     if vs_prev["verdict"] == "slower":
@@ -65,6 +75,7 @@ def _analyze_trace(result: dict, session) -> None:
     csv_path, summary_path = session.run_dir / "stages" / f"{stem}.breakdown.csv", session.run_dir / "stages" / f"{stem}.trace_summary.json"
     try:
         summary = analyze.write_analysis(result["trace_file"], csv_path, summary_path)  # rank 0 under DDP
+        _use_tensor_peak(result, summary, session)
         findings = diagnose.diagnose(summary, _context(result, session))
     except Exception as error:  # a malformed trace must not lose the measurement
         result["trace"] = {"dir": str(trace_dir), "analysis_error": f"{type(error).__name__}: {error}"}
@@ -72,6 +83,24 @@ def _analyze_trace(result: dict, session) -> None:
     result["trace"] = {"dir": str(trace_dir), "file": result["trace_file"], "size_mb": result.get("trace_size_mb"),
                        "breakdown_csv": str(csv_path), "summary_json": str(summary_path)}
     result["findings"] = findings
+
+
+def _use_tensor_peak(result: dict, summary: dict, session) -> None:
+    """On a CPU, make the headline peak the tensors' own: weights and optimizer state (measured from
+    the tensors) plus the peak of allocations inside a profiled step (the profiler's memory events:
+    activations, gradients, temporaries). Resident memory cannot show a memory stage's saving, since
+    the C allocator keeps and reuses freed pages; it stays in `peak_memory` for reference."""
+    step_peak = (summary.get("peak_memory_mb") or {}).get("cpu")
+    metrics = result["metrics"]
+    if session.environment.get("device_type") != "cpu" or step_peak is None:
+        return
+    parts = metrics["memory_breakdown_mb"]
+    resident = parts["weights"] + parts["optimizer_state"]
+    metrics["peak_memory"]["tensor_peak_mb"] = headline = resident + step_peak
+    metrics["peak_memory_mb"] = headline
+    metrics["peak_memory_kind"] = ("CPU tensor memory: weights + optimizer state (from the tensors) + peak "
+                                   "allocations within a training step (profiler memory events)")
+    parts["activations_and_other"] = max(0.0, headline - sum(v for k, v in parts.items() if k != "activations_and_other"))
 
 
 def _context(result: dict, session) -> dict:
@@ -104,8 +133,8 @@ def judge(result: dict, stage, state, session) -> None:
     result["metrics"]["speedup_vs_previous"] = _ratio(result, previous) if stage.kind != REFERENCE else None
     if result["metrics"]["speedup_vs_previous"]:
         result["metrics"]["speedup_vs_previous"]["against"] = previous["stage"]
+    _analyze_trace(result, session)  # first: on a CPU it settles which peak-memory figure is the headline
     result["status"], result["reason"] = _status(result, stage.kind, previous)
-    _analyze_trace(result, session)
     _add_scaling(result, session)
     result["prediction"] = _prediction(result, state.result)
 

@@ -112,8 +112,18 @@ def _summary(rows: list[dict]) -> dict:
                              "mean_norm_after": value(r, "extra", "grad_norm_after", "mean"),
                              "step_time_cost_fraction": None if cost is None else cost - 1,
                              "verdict": value(r, "speedup", "verdict")}
-    return {"per_configuration": table, "conclusion": "clipping changes the update only on the steps it "
-            "clips (clipped_fraction); its own cost is one norm (or elementwise clamp) over the gradients"}
+    return {"per_configuration": table, "conclusion": _conclusion(table)}
+
+
+def _conclusion(table: dict) -> str:
+    """How often each setting clipped, the typical pre-clip norm, and which ones cost measurable time."""
+    clipped = ", ".join(f"{label} {t['clipped_fraction']:.0%}" for label, t in table.items()
+                        if label != "none" and t["clipped_fraction"] is not None)
+    norm = table.get("none", {}).get("mean_norm_before")
+    slower = [label for label, t in table.items() if t["verdict"] == "slower"]
+    return (f"steps clipped: {clipped or 'n/a'}"
+            + (f"; unclipped gradient norm averages {norm:.3g}" if norm is not None else "")
+            + (f"; measurably slower than none: {', '.join(slower)}" if slower else "; no measurable cost in step time"))
 
 
 def _grouped_norms(ax, rows: list[dict]) -> None:

@@ -69,6 +69,8 @@ def _device(device: str) -> tuple[devices.DeviceFacts, devices.Capabilities, dic
 
 
 class Lab:
+    """One experiment's context: device decisions, data, its variants' measurements and its JSON file."""
+
     def __init__(self, name: str, cfg: RunConfig, out_dir: Path, log: Callable[[str], None] = stderr_log,
                  isolate: bool = True, title: str = "", question: str = "") -> None:
         self.name, self.cfg, self.out_dir, self.isolate = name, cfg, Path(out_dir), isolate

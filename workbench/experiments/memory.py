@@ -134,5 +134,14 @@ def run_breakdown(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool =
     if under:
         lab.note(f"Measured peak below the tensors' own sum for {', '.join(under)}: that figure undercounts "
                  "(e.g. memory allocated before the measurement started), so 'activations + other' shows 0.")
-    return lab.finish({"breakdown_mb": summary, "peak_memory_kind": rows[0]["peak_memory_kind"]},
+    return lab.finish({"breakdown_mb": summary, "peak_memory_kind": rows[0]["peak_memory_kind"],
+                       "conclusion": _breakdown_conclusion(summary.get("baseline"))},
                       [plot_breakdown(lab.doc, Path(out_dir))])
+
+
+def _breakdown_conclusion(parts: dict | None) -> str:
+    if not parts:
+        return "the baseline could not be measured"
+    largest = max(parts, key=parts.get)
+    listed = ", ".join(f"{name} {parts[key]:.0f}" for key, name in PARTS)
+    return f"baseline (MiB): {listed}; largest: {largest.replace('_', ' ')}"
