@@ -19,6 +19,7 @@ from workbench.report_markdown import (CSV_NAME, DASHBOARD_NAME, REPORT_NAME, SC
                                        environment, environment_section, executive_summary, links_section,
                                        speedup_text, throughput_text)
 from workbench.report_stages import optimizations_section
+from workbench.report_experiments import experiments_section
 from workbench.report_table import RunView, load_view, write_csv
 
 TEMPLATE = Path(__file__).with_name("templates") / "optimized_training.py.tmpl"
@@ -47,8 +48,8 @@ def run_name(view: RunView) -> str:
 
 def render_markdown(view: RunView) -> str:
     sections = [["# Optimization Report", ""], executive_summary(view), bottlenecks(view),
-                optimizations_section(view), recommendations_section(view), lessons_section(view),
-                environment_section(view), links_section(view)]
+                optimizations_section(view), experiments_section(view), recommendations_section(view),
+                lessons_section(view), environment_section(view), links_section(view)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 
 

@@ -136,8 +136,8 @@ def run(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True, bat
              f"(about {steps * batch / lab.dataset_size:.2f} epochs), then validates on the full test split."
              + ("" if batch == LAB_BATCH else f" Batch scaled from the lab's {LAB_BATCH} to {batch}."))
     if "synthetic" in lab.doc["data"]:
-        lab.note("The synthetic stand-in data is easy to learn (one colour template per class): accuracy "
-                 "saturates, so only real CIFAR-10 can show an accuracy difference.")
+        lab.note("Accuracy is on the synthetic stand-in data (one faint colour pattern per class under "
+                 "noise), not CIFAR-10: it shows whether a setting still learns, not CIFAR-10 accuracy.")
     if lab.caps.amp_dtype:
         lab.note(f"Mixed precision here is {lab.caps.amp_dtype} autocast (the lab's '16-mixed' is fp16 on a GPU).")
     rows = lab.measure(_variants(lab, batch), "STD", rounds=1, extra=_extra)
