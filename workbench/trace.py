@@ -35,21 +35,26 @@ def activities(device_type: str) -> list[ProfilerActivity]:
 
 
 def _write_trace(prof, trace_dir: Path, rank: int, world_size: int) -> Path:
-    """Export Chrome JSON, add distributedInfo (trace analysers read the rank there), gzip it."""
+    """Export Chrome JSON, add distributedInfo (trace analysers read the rank there), gzip it.
+
+    The rank goes in as text at the top of the document: parsing and re-serializing a trace of
+    several MB would cost more than the profiled steps themselves.
+    """
+    info = {"rank": rank, "world_size": world_size, "backend": "none" if world_size == 1 else "ddp"}
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(raw))
-        trace = json.loads(raw.read_text())
-    trace.setdefault("distributedInfo", {})
-    trace["distributedInfo"].update({"rank": rank, "world_size": world_size, "backend": "none" if world_size == 1 else "ddp"})
+        text = raw.read_text()
+    if '"distributedInfo"' not in text[:4096]:
+        text = "{\n  \"distributedInfo\": " + json.dumps(info) + "," + text.lstrip()[1:]
     worker = f"{socket.gethostname()}_{os.getpid()}"
     if world_size > 1:
         worker = f"rank{rank}_{worker}"  # one trace per rank; TensorBoard shows each as a worker
-    name = f"{worker}.{int(time.time() * 1000)}{TRACE_SUFFIX}"
-    path = trace_dir / name
-    with gzip.open(path.with_suffix(".tmp"), "wt") as handle:
-        json.dump(trace, handle)
-    path.with_suffix(".tmp").replace(path)
+    path = trace_dir / f"{worker}.{int(time.time() * 1000)}{TRACE_SUFFIX}"
+    partial = trace_dir / f".{path.name}.partial"  # not a trace name: readers never pick it up
+    with gzip.open(partial, "wt", compresslevel=5) as handle:
+        handle.write(text)
+    partial.replace(path)
     return path
 
 
