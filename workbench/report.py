@@ -20,7 +20,7 @@ from workbench.report_markdown import (CSV_NAME, DASHBOARD_NAME, REPORT_NAME, SC
                                        speedup_text, throughput_text)
 from workbench.report_stages import optimizations_section
 from workbench.report_experiments import experiments_section
-from workbench.report_table import RunView, load_view, write_csv
+from workbench.report_table import RunView, fmt, load_view, write_csv
 
 TEMPLATE = Path(__file__).with_name("templates") / "optimized_training.py.tmpl"
 LATEST_LINK = "latest"
@@ -84,7 +84,17 @@ def script_settings(view: RunView) -> dict[str, str]:
         "fused_optimizer": bool(cfg.get("fused_optimizer", False)),
     }
     fields = {key: literal(value) for key, value in values.items()}
+    fields["measured_throughput"] = literal(_measured_text(final))
     return {**fields, "model_title": values["model_name"], "device_expr": _device_expr(view, cfg)}
+
+
+def _measured_text(final: dict | None) -> str:
+    """The optimized throughput as the report prints it, for the script to print beside its own."""
+    if not final or final.get("throughput_samples_per_s") is None:
+        return "no throughput (nothing was measured)"
+    low, high = final.get("throughput_ci95_low"), final.get("throughput_ci95_high")
+    return (f"{fmt('rate', final['throughput_samples_per_s'])} samples/s "
+            f"(95% CI {fmt('rate', low)}-{fmt('rate', high)}) on {final.get('stage')}")
 
 
 def literal(value) -> str:
