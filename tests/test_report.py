@@ -47,7 +47,7 @@ def test_build_report_writes_every_output(ladder):
     run_dir, written = ladder
     names = {path.name for path in written}
     assert names == {"optimization_results.csv", "optimization_dashboard.png",
-                     "optimization_report.md", "optimized_training.py"}
+                     "optimization_report.md", "optimized_training.py", "memory_breakdown_stages.png"}
     assert all(path.parent == run_dir and path.stat().st_size > 0 for path in written)
 
 

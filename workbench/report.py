@@ -20,6 +20,7 @@ from workbench.report_markdown import (CSV_NAME, DASHBOARD_NAME, REPORT_NAME, SC
                                        speedup_text, throughput_text)
 from workbench.report_stages import optimizations_section
 from workbench.report_experiments import experiments_section
+from workbench.report_memory import MEMORY_CHART_NAME, memory_chart
 from workbench.report_table import RunView, fmt, load_view, write_csv
 
 TEMPLATE = Path(__file__).with_name("templates") / "optimized_training.py.tmpl"
@@ -38,8 +39,9 @@ def build_report(run_dir: Path) -> list[Path]:
         _write_text(view.run_dir / REPORT_NAME, render_markdown(view)),
         _write_text(view.run_dir / SCRIPT_NAME, render_script(view)),
     ]
+    chart = memory_chart(view.results, view.run_dir / MEMORY_CHART_NAME)
     point_latest(view.run_dir)
-    return written
+    return written + ([chart] if chart else [])
 
 
 def run_name(view: RunView) -> str:

@@ -136,7 +136,7 @@ def _breakdown_lines(parts: dict) -> list[str]:
         return [bullet("Where it goes", "no memory breakdown was recorded for the baseline.")]
     shares = ", ".join(f"{k.replace('_', ' ')} {show('mb', v, ' MiB')} ({show('pct', v / total * 100, '%')})"
                        for k, v in parts.items())
-    return [bullet("Where it goes", shares + "."),
+    return [bullet("Where it goes", shares + " (per stage: [memory_breakdown_stages.png](memory_breakdown_stages.png))."),
             _activation_reading((parts.get("activations_and_other") or 0.0) / total)]
 
 
