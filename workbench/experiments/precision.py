@@ -37,7 +37,10 @@ def _summary(rows: list[dict]) -> dict:
         return {"conclusion": "fp32 or AMP could not be measured; see the rows' reasons"}
     speed = amp["speedup"]
     saved = 1 - amp["peak_memory_mb"] / fp32["peak_memory_mb"] if fp32["peak_memory_mb"] > 0 else None
-    saved_text = f"{saved:.0%} less peak memory" if saved is not None else "memory change unknown"
+    if saved is None:
+        saved_text = "memory change unknown"
+    else:
+        saved_text = f"{abs(saved):.0%} {'less' if saved >= 0 else 'more'} peak memory"
     return {"amp": amp["label"], "speedup": speed["ratio"], "speedup_ci95": [speed["ci95_low"], speed["ci95_high"]],
             "verdict": speed["verdict"], "memory_saved_fraction": saved,
             "memory_saved_mb": fp32["peak_memory_mb"] - amp["peak_memory_mb"],
