@@ -119,6 +119,7 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
           model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
           stages: list[str] | None = None, nproc: int = 1, log=_log) -> Session:
     """Settle everything a run shares, print the decisions, and write run.json."""
+    load_warning = busy_warning(devices.usable_cores())  # before our own sweep adds load
     device_type = devices.resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
     check_nproc(nproc, device_type, isolate or nproc == 1)
@@ -140,7 +141,8 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     threads = devices.threads_for(cfg.num_workers, cfg.threads, facts.cpu_cores)
     decisions = {"device": f"{facts.type} ({facts.name})", "amp": f"{caps.amp_dtype or 'none'}: {caps.amp_reason}",
                  "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
-                 "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes}
+                 "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes,
+                 **({"machine_load": load_warning} if load_warning else {})}
     context = StageContext(device_type, caps, best_workers)
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
                       measure_peaks(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
@@ -160,10 +162,8 @@ def busy_warning(cores: int) -> str | None:
 
 
 def _announce(session: Session) -> None:
-    warning = busy_warning(int(session.environment["cpu_cores"]))
-    if warning:
-        session.log(warning)
-        session.decisions["machine_load"] = warning
+    if "machine_load" in session.decisions:
+        session.log(session.decisions["machine_load"])
     session.log(f"run {session.run_dir.name}: results in {session.run_dir}, traces in {session.profiles_dir}")
     session.log(f"data: {session.data_description}")
     for key, value in session.decisions.items():
