@@ -5,7 +5,6 @@ import csv
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 from torch import nn

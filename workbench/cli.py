@@ -135,13 +135,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def newest_run(reports_dir: str) -> Path | None:
+    """The most recently written run folder (reports/latest, a link, is not a run of its own)."""
+    runs = sorted((p for p in Path(reports_dir).glob("*/run.json") if not p.parent.is_symlink()),
+                  key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
+
+
 def _run_dir(run: str | None, reports_dir: str) -> Path:
     root = Path(reports_dir)
     if run is None:
-        runs = sorted((p for p in root.glob("*/run.json") if not p.parent.is_symlink()), key=lambda p: p.stat().st_mtime)
-        if not runs:
+        newest = newest_run(reports_dir)
+        if newest is None:
             raise UsageError(f"no runs in {reports_dir}/; run `workbench run` (or make ladder) first")
-        return runs[-1].parent
+        return newest
     path = Path(run) if Path(run).is_dir() else root / run
     if not (path / "run.json").exists():
         raise UsageError(f"run {run!r} not found (looked for {path}/run.json); allowed: a run folder under {reports_dir}/")
@@ -163,11 +170,10 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
     """The run whose trace folders get the Python-level views: the named one, else the newest."""
     if args.cfg_run_name:
         return args.cfg_run_name
-    runs = sorted((p for p in Path(cfg_reports).glob("*/run.json") if not p.parent.is_symlink()),
-                  key=lambda p: p.stat().st_mtime)
     from workbench.session import default_run_name
 
-    return runs[-1].parent.name if runs else default_run_name()
+    newest = newest_run(cfg_reports)
+    return newest.name if newest else default_run_name()
 
 
 def cmd_profile_lines(args: argparse.Namespace) -> int:

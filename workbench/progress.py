@@ -7,6 +7,11 @@ import time
 MIN_INTERVAL_S = 2.0
 
 
+def stderr_log(message: str) -> None:
+    """One line of narration on stderr (stdout stays for results)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 class Progress:
     """Prints a line when a phase starts and then at most one per MIN_INTERVAL_S, to stderr."""
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,15 +15,12 @@ from workbench.executor import check_device_support
 from workbench.model import check_model_spec
 from workbench.errors import UsageError
 from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
+from workbench.progress import stderr_log
 from workbench.stages import StageContext
 
 
 # Above this 1-minute load per core before a run starts, we warn that timings will be off.
 BUSY_LOAD_PER_CORE = 0.5
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -41,7 +37,7 @@ class Session:
     resume: bool = False
     model_factory: Callable | None = None
     dataset: object = None
-    log: Callable[[str], None] = _log
+    log: Callable[[str], None] = stderr_log
     decisions: dict = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)
     nproc: int = 1
@@ -117,7 +113,7 @@ def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> t
 
 def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,
           model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
-          stages: list[str] | None = None, nproc: int = 1, log=_log) -> Session:
+          stages: list[str] | None = None, nproc: int = 1, log=stderr_log) -> Session:
     """Settle everything a run shares, print the decisions, and write run.json."""
     load_warning = busy_warning(devices.usable_cores())  # before our own sweep adds load
     device_type = devices.resolve_device_type(cfg.device)

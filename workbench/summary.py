@@ -14,14 +14,20 @@ def final_summary(finished: list[dict]) -> str:
         return "no baseline was measured: nothing to summarize"
     b, f = baseline["metrics"], final["metrics"]
     ratio = f["speedup_vs_baseline"]
-    lines = [f"baseline: {b['throughput']['median']:.1f} samples/s, MFU {_pct(b.get('mfu'))}",
+    lines = [f"baseline: {_rate(b['throughput'])}, MFU {_pct(b.get('mfu'))}",
              f"final kept configuration ({' + '.join(final['applied']) or 'baseline'}): "
-             f"{f['throughput']['median']:.1f} samples/s, MFU {_pct(f.get('mfu'))} "
+             f"{_rate(f['throughput'])}, MFU {_pct(f.get('mfu'))} "
              f"({f.get('peak_flops_source', '')})",
              f"speedup vs baseline: {ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}] "
              f"({ratio['verdict']})"]
     lines += [f"  {r['stage']:<14} {r['status']:<9} {r['reason']}" for r in finished]
     return "\n".join(lines)
+
+
+def _rate(throughput: dict) -> str:
+    """A throughput with its 95% interval: a figure without its spread says too little."""
+    return (f"{throughput['median']:.1f} samples/s "
+            f"[{throughput['ci95_low']:.1f}, {throughput['ci95_high']:.1f}]")
 
 
 def _pct(value: float | None) -> str:

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
 WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS = 1, 1, 3

@@ -45,6 +45,8 @@ class TrainStep:
         # Loss scaling exists for fp16 only: small fp16 gradients underflow; bf16 has fp32's range.
         self.scaler = torch.amp.GradScaler(device_type, enabled=settings.precision == "fp16")
         self.annotate = False
+        # DDP's no_sync, looked up once: on a compiled wrapper a missing attribute costs an exception.
+        self._no_sync = getattr(model, "no_sync", None)
 
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with region(COPY_REGION, self.annotate):
@@ -66,8 +68,7 @@ class TrainStep:
 
     def _sync_gradients(self, last: bool):
         """Under DDP, all-reduce once per optimizer step (on the last micro-batch), not per micro-batch."""
-        no_sync = getattr(self.model, "no_sync", None)
-        return nullcontext() if last or no_sync is None else no_sync()
+        return nullcontext() if last or self._no_sync is None else self._no_sync()
 
     def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor, steps: int) -> torch.Tensor:
         with region(FORWARD_REGION, self.annotate), self.autocast():

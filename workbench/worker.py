@@ -17,7 +17,7 @@ from workbench import distributed
 from workbench.config import RunConfig
 from workbench.device import resolve_device_type
 from workbench.distributed import DistInfo
-from workbench.errors import StageSkipped, UsageError
+from workbench.errors import StageSkipped
 from workbench.executor import build, measure_config
 from workbench.progress import Progress
 from workbench.results import read_json, write_json_atomic
@@ -64,7 +64,7 @@ def main(spec_path: str) -> int:
     except torch.OutOfMemoryError as error:
         raw = failure("failed", error)
         raw["error"] = "out of memory: " + raw["error"]
-    except (UsageError, Exception) as error:  # any stage failure is recorded; the ladder goes on
+    except Exception as error:  # any stage failure (a UsageError too) is recorded; the ladder goes on
         traceback.print_exc(limit=3, file=sys.stderr)
         raw = failure("failed", error)
     if dist.is_main:

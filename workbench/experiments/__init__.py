@@ -7,7 +7,6 @@ line calls; name "all" runs every experiment in turn and goes on past a failed o
 from __future__ import annotations
 
 import importlib
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable
 
 from workbench.config import RunConfig
 from workbench.errors import UsageError
+from workbench.progress import stderr_log
 from workbench.results import write_json_atomic
 
 EXPERIMENTS_DIR = "experiments"
@@ -51,11 +51,7 @@ def names() -> list[str]:
     return [*EXPERIMENTS, ALL]
 
 
-def _stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def run_all(cfg: RunConfig, out_dir: Path, log=_stderr_log, isolate: bool = True) -> dict:
+def run_all(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True) -> dict:
     """Every experiment in order; a failure is recorded in experiments/all.json and the next one runs."""
     index = {"experiments": {}, "elapsed_s": 0.0}
     started = time.perf_counter()
@@ -76,7 +72,7 @@ def run_all(cfg: RunConfig, out_dir: Path, log=_stderr_log, isolate: bool = True
     return index
 
 
-def run_experiment(name: str, cfg: RunConfig, out_dir: Path, log=_stderr_log, isolate: bool = True) -> dict:
+def run_experiment(name: str, cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True) -> dict:
     """Run one experiment by name (or 'all'); an unknown name is a UsageError listing the allowed ones."""
     from workbench.device import usable_cores
     from workbench.session import busy_warning

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Callable
 from workbench import device as devices
 from workbench import environment, session
 from workbench.config import RunConfig
+from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
 from workbench.data import load_data
 from workbench.experiments import EXPERIMENTS_DIR, child, rows
 from workbench.results import SCHEMA_VERSION, write_json_atomic
@@ -25,10 +25,6 @@ from workbench.results import SCHEMA_VERSION, write_json_atomic
 DEFAULT_TIMEOUT_S = 600.0
 # The fields an experiment may set for its own time budget, when the user left them at their defaults.
 BUDGET_FIELDS = ("warmup_steps", "timed_steps", "repeats")
-
-
-def stderr_log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @dataclass
