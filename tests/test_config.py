@@ -107,7 +107,7 @@ V100 = DeviceFacts("cuda", "V100", capability=(7, 0), device_count=1)
 
 
 def test_stage_order_is_the_ladder():
-    assert stages.STAGE_NAMES == ("baseline", "dataloader", "tf32", "amp", "channels_last",
+    assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "channels_last",
                                   "fused_optimizer", "accumulation", "checkpointing", "compile")
 
 

@@ -177,7 +177,11 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
 
 
 def cmd_profile_lines(args: argparse.Namespace) -> int:
-    from workbench import pyprofile
+    try:
+        from workbench import pyprofile
+    except ImportError as error:
+        raise UsageError(f"profile-lines needs the profiler extras ({error}); "
+                         "install them: pip install 'workbench[profilers]'") from None
     from workbench.device import decide, probe, resolve_device_type
     from workbench.executor import build, warm_up
     from workbench.progress import Progress

@@ -18,6 +18,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_MODES = ("none", "blocks")
+INPUT_PIPELINES = ("per_sample", "batched")
 
 
 def _doc(text: str, **extra: Any) -> dict:
@@ -43,6 +44,9 @@ class RunConfig:
     persistent_workers: bool = field(default=False, metadata=_doc(
         "keep DataLoader workers alive between epochs (needs num_workers > 0)"))
     prefetch_factor: int = field(default=2, metadata=_doc("batches each worker loads ahead (num_workers > 0)"))
+    input_pipeline: str = field(default="per_sample", metadata=_doc(
+        "per_sample: the lab's PIL crop/flip/normalize per image in the DataLoader; batched: uint8 batches "
+        "copied once, then crop/flip/normalize as batched tensor ops on the device"))
     precision: str = field(default="fp32", metadata=_doc(
         "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)"))
     tf32: bool = field(default=False, metadata=_doc("allow TF32 matmuls and convolutions (CUDA, Ampere and newer)"))
@@ -120,6 +124,7 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("checkpointing", cfg.checkpointing, CHECKPOINT_MODES)
+    _check_choice("input_pipeline", cfg.input_pipeline, INPUT_PIPELINES)
     _validate_batches(cfg)
     _validate_data(cfg.data)
     if cfg.persistent_workers and cfg.num_workers == 0:

@@ -51,6 +51,13 @@ def train_transform(image_size: int) -> transforms.Compose:
     ])
 
 
+def raw_transform(image_size: int, fixed_size: bool) -> transforms.Compose:
+    """For the batched pipeline: the stored pixels as a uint8 tensor, augmented later on the device.
+    Images of varying size (an ImageFolder) are resized to one square first so they can be batched."""
+    resize = [] if fixed_size else [transforms.Resize((image_size, image_size), antialias=True)]
+    return transforms.Compose([*resize, transforms.PILToTensor()])
+
+
 def eval_transform(image_size: int) -> transforms.Compose:
     return transforms.Compose([transforms.Resize(image_size, antialias=True), transforms.ToTensor(),
                                transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -200,10 +207,17 @@ def _open_imagefolder(path: str, transform) -> datasets.ImageFolder:
                          "allowed: a folder with one sub-folder of images per class") from None
 
 
+def _transform(image_size: int, train: bool, batched: bool, fixed_size: bool):
+    if not train:
+        return eval_transform(image_size)
+    return raw_transform(image_size, fixed_size) if batched else train_transform(image_size)
+
+
 def load_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: int,
-              train: bool = True, log=print) -> DataSpec:
-    """The dataset a RunConfig names, with its transforms and a description of what it is."""
-    transform = train_transform(image_size) if train else eval_transform(image_size)
+              train: bool = True, log=print, batched: bool = False) -> DataSpec:
+    """The dataset a RunConfig names, with its transforms and a description of what it is.
+    batched=True yields uint8 images for the on-device augmentation (workbench/batched_input.py)."""
+    transform = _transform(image_size, train, batched, fixed_size=not data.startswith("imagefolder:"))
     if data.startswith("imagefolder:"):
         path = data.split(":", 1)[1]
         dataset = _open_imagefolder(path, transform)

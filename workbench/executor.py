@@ -19,7 +19,8 @@ from workbench.config import RunConfig
 from workbench.data import DataSpec, build_loader, load_data
 from workbench.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
-from workbench.errors import UsageError
+from workbench.batched_input import DeviceAugment
+from workbench.errors import StageSkipped, UsageError
 from workbench.model import apply_all, build_model, build_optimizer
 from workbench.progress import Progress
 from workbench.trace import capture
@@ -81,8 +82,12 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.backends.cudnn.benchmark = device_type == "cuda"  # fixed shapes: let cuDNN pick kernels once
     seed_everything(cfg.seed)
+    batched = cfg.input_pipeline == "batched"
+    if batched and dataset is not None:
+        raise StageSkipped("the batched input pipeline needs the workbench's own data (CIFAR format or "
+                           "an ImageFolder); a dataset from Python brings its own transforms")
     spec = user_data_spec(dataset) if dataset is not None else load_data(
-        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=log)
+        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=log, batched=batched)
     data = spec.dataset
     loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
                           cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed))
@@ -97,7 +102,8 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model)
     optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr, cfg.fused_optimizer)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
-                            cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda")
+                            cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",
+                            device_transform=DeviceAugment(cfg.image_size, device, cfg.seed) if batched else None)
     return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings),
                  BatchStream(loader), spec.description, len(data), notes, dist, eval_data)
 
@@ -160,6 +166,31 @@ def timed_repeats(built: Built, progress: Progress) -> tuple[list[list[float]], 
         all_times.append(clock.step_times())
         first = float(losses[0]) if first is None else first
     return all_times, [float(loss) for loss in losses], first
+
+
+# The compute-only ceiling: a few short repeats on one batch that stays on the device.
+COMPUTE_ONLY_REPEATS, COMPUTE_ONLY_STEPS = 3, 8
+
+
+def compute_only(built: Built, progress: Progress) -> dict:
+    """What the model could do if input cost nothing: steps on one device-resident batch (already
+    copied and augmented), timed like the real ones. Beside the delivered throughput it says whether
+    the configuration is input-bound or compute-bound."""
+    images, labels = built.step.to_device(*built.stream.next())
+    steps = min(built.cfg.timed_steps, COMPUTE_ONLY_STEPS)
+    times = []
+    repeats = min(built.cfg.repeats, COMPUTE_ONLY_REPEATS)  # a brief probe stays brief
+    for repeat in range(repeats):
+        clock = measure.StepClock(built.device)
+        clock.mark()
+        for i in range(steps):
+            built.step.train_on(images, labels)
+            clock.mark()
+            progress.update(f"compute-only {repeat + 1}/{repeats}", i + 1, steps)
+        times.append(clock.step_times())
+    return {"throughput": stats.throughput(times, built.samples_per_step, built.cfg.seed),
+            "step_time_s": stats.spread(times)["median"], "steps": steps * repeats,
+            "method": "the same step on one batch kept on the device (no loading, no copy, no augmentation)"}
 
 
 def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig) -> float:
@@ -238,6 +269,8 @@ def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | Non
     """Warm-up, timed repeats, memory, FLOPs and (optionally) the trace of a built configuration."""
     cfg = built.cfg
     warmup_s = warm_up(built, progress)
+    measure.release_cuda_cache(built.device)
+    _run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
     measure.reset_cuda_peaks(built.device)
     with measure.HostPeak() as host_peak:
         step_times, losses, first_loss = timed_repeats(built, progress)
@@ -253,9 +286,11 @@ def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | Non
                "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
                **_memory(built, host_peak.peak_mb, rss_before_mb),
                **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source)}
-    metrics["trained_steps"] = cfg.warmup_steps + cfg.repeats * cfg.timed_steps
+    metrics["trained_steps"] = cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps
     # The timed figures exist now: a failing accuracy check or trace must not throw them away.
     metrics["eval_accuracy"], metrics["eval_error"] = _guarded(lambda: evaluate(built))
+    # After the accuracy check: its steps revisit one batch, which says nothing about learning.
+    metrics["compute_only"], metrics["compute_only_error"] = _guarded(lambda: compute_only(built, progress))
     trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress) if trace_dir else None)
     metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
     return {"metrics": metrics, "trace_file": trace["file"] if trace else None,

@@ -14,9 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 # Dense peak FLOP/s from NVIDIA's datasheets (SXM parts unless named), keyed by a substring of the
 # device name and the compute dtype. fp32 means plain fp32 (no TF32); tf32/bf16/fp16 are tensor-core,
 # dense (no sparsity). Sources: H100/H200 datasheet (2023/2024), A100 datasheet (2021),
-# L4/A10/T4/V100 product briefs.
+# L4/A10/T4/V100 product briefs. H200 NVL: NVIDIA H200 datasheet (NVL column, 2024; its tensor
+# figures are quoted with sparsity, halved here). GH200: NVIDIA GH200 Grace Hopper Superchip datasheet
+# (2023), the same Hopper GPU at the SXM figures. Most specific names first: "H200 NVL" before "H200",
+# and "GH200" is its own word ("H200" does not match inside it).
 GPU_PEAK_FLOPS = {
     "H100 NVL": {"fp32": 60e12, "tf32": 417.5e12, "bf16": 835e12, "fp16": 835e12},
+    "H200 NVL": {"fp32": 60e12, "tf32": 417.5e12, "bf16": 835.5e12, "fp16": 835.5e12},
+    "GH200": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
     "H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
     "H100 PCIe": {"fp32": 51.2e12, "tf32": 378e12, "bf16": 756e12, "fp16": 756e12},
     "H100": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
@@ -115,9 +120,15 @@ def current_rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def release_cuda_cache(device: torch.device) -> None:
+    """Hand cached blocks back, so the reserved peak that follows is this configuration's own.
+    Run an untimed step after it: the first step after a release re-grows the pool."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def reset_cuda_peaks(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.empty_cache()  # the reserved peak restarts from what is in use, not from the cache
         torch.cuda.reset_peak_memory_stats(device)
 
 

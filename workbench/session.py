@@ -104,11 +104,18 @@ def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities, thread
 def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> tuple[int, dict]:
     if not wanted:
         return 0, {}
-    timings = workers.sweep(dataset, cfg.batch_size, cores, cfg.seed, log)
+    batch_bytes = cfg.batch_size * 3 * cfg.image_size ** 2 * 4  # float32 images after the per-sample transforms
+    shm_note = workers.check_shared_memory(batch_bytes, cores, log)
+    timings, errors = workers.sweep(dataset, cfg.batch_size, cores, cfg.seed, log)
     chosen = workers.best(timings)
-    clamp = f"candidates clamped to {cores} usable cores"
-    return chosen, {"workers_sweep_ms_per_batch": {str(k): round(v * 1000, 2) for k, v in timings.items()},
-                    "workers_choice": f"num_workers={chosen} (fewest within 5% of the fastest loader; {clamp})"}
+    clamp = f"candidates {workers.candidates(cores)}, up to the {cores} usable cores"
+    notes = {"workers_sweep_ms_per_batch": {str(k): round(v * 1000, 2) for k, v in timings.items()},
+             "workers_choice": f"num_workers={chosen} (fewest within 5% of the fastest loader; {clamp})"}
+    if errors:
+        notes["workers_sweep_errors"] = {str(k): v for k, v in errors.items()}
+    if shm_note:
+        notes["shared_memory"] = shm_note
+    return chosen, notes
 
 
 def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,

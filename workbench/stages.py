@@ -46,6 +46,10 @@ def dataloader(cfg: RunConfig, ctx: StageContext) -> RunConfig:
                               pin_memory=ctx.capabilities.pin_memory)
 
 
+def batched_input(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return cfg.with_overrides(input_pipeline="batched")
+
+
 def tf32(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     if not ctx.capabilities.tf32:
         raise StageSkipped(f"TF32 needs an Ampere or newer GPU; this device is {ctx.device_type}")
@@ -90,6 +94,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("baseline", REFERENCE, "num_workers=0, no pinning, fp32, eager, NCHW: the reference", baseline),
     Stage("dataloader", SPEED, "DataLoader workers chosen by a measured sweep, persistent workers, "
           "pin_memory + non_blocking copies on CUDA", dataloader),
+    Stage("batched_input", SPEED, "uint8 batches copied once, crop/flip/normalize as batched tensor ops "
+          "on the device instead of per-sample PIL in the DataLoader", batched_input),
     Stage("tf32", SPEED, "TF32 matmuls and convolutions (Ampere+ GPUs only)", tf32),
     Stage("amp", SPEED, "autocast to bf16 (or fp16 + GradScaler on pre-Ampere GPUs); on a CPU only "
           "with native bf16", amp),

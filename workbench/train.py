@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -31,6 +32,8 @@ class StepSettings:
     channels_last: bool = False
     non_blocking: bool = False
     clip_grad_norm: float | None = None
+    # Augmentation that runs on the device after the copy (the batched input pipeline), or None.
+    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class TrainStep:
@@ -51,12 +54,20 @@ class TrainStep:
     def to_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with region(COPY_REGION, self.annotate):
             fmt = torch.channels_last if self.settings.channels_last else torch.contiguous_format
-            images = images.to(self.settings.device, non_blocking=self.settings.non_blocking, memory_format=fmt)
+            transform = self.settings.device_transform
+            if transform is None:
+                images = images.to(self.settings.device, non_blocking=self.settings.non_blocking, memory_format=fmt)
+            else:
+                images = transform(images.to(self.settings.device, non_blocking=self.settings.non_blocking))
+                images = images.contiguous(memory_format=fmt)
             return images, labels.to(self.settings.device, non_blocking=self.settings.non_blocking)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One optimizer step; returns the batch's mean loss as a detached tensor (no sync)."""
-        images, labels = self.to_device(images, labels)
+        return self.train_on(*self.to_device(images, labels))
+
+    def train_on(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a batch already on the device (and augmented)."""
         steps = self.settings.accumulation_steps
         total = torch.zeros((), device=self.settings.device)
         chunks = list(zip(images.chunk(steps), labels.chunk(steps)))

@@ -92,7 +92,7 @@ def _best_from_workers_json(lab: Lab) -> int | None:
 def _best_from_sweep(lab: Lab) -> int:
     """Loader-only sweep (as `workbench run` does): the fastest positive worker count."""
     cores = lab.facts.cpu_cores
-    timings = worker_sweep.sweep(lab.data.dataset, lab.cfg.batch_size, cores, lab.cfg.seed, lab.log)
+    timings, _ = worker_sweep.sweep(lab.data.dataset, lab.cfg.batch_size, cores, lab.cfg.seed, lab.log)
     positive = {w: t for w, t in timings.items() if w > 0}
     return worker_sweep.best(positive) if positive else 0
 
