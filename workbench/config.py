@@ -19,6 +19,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_MODES = ("none", "blocks")
 INPUT_PIPELINES = ("per_sample", "batched")
+ORDERS = ("trace", "fixed")
 
 
 def _doc(text: str, **extra: Any) -> dict:
@@ -57,9 +58,19 @@ class RunConfig:
         "activation checkpointing: none, or blocks (recompute each natural block of the model in backward)"))
     compile: str = field(default="none", metadata=_doc(
         "torch.compile mode: none, default, reduce-overhead or max-autotune"))
-    warmup_steps: int = field(default=5, metadata=_doc("optimizer steps run before timing (absorbs compile)"))
-    timed_steps: int = field(default=30, metadata=_doc("optimizer steps timed in each repeat"))
-    repeats: int = field(default=5, metadata=_doc("timed repeats; statistics (t-intervals) are taken over them"))
+    warmup_steps: int = field(default=3, metadata=_doc("optimizer steps run before timing in each process (absorbs compile)"))
+    timed_steps: int = field(default=20, metadata=_doc("optimizer steps timed in each repeat"))
+    repeats: int = field(default=1, metadata=_doc(
+        "timed repeats inside one process (not replicates: a process's repeats share its offset)"))
+    rounds: int = field(default=3, metadata=_doc(
+        "paired rounds per comparison: each round is a fresh process per configuration, timed one after "
+        "the other in alternating order; intervals are taken over the rounds"))
+    min_effect: float = field(default=0.03, metadata=_doc(
+        "smallest speedup worth keeping: a speed stage is kept only when its whole 95%% interval lies "
+        "above 1 + min_effect (and above the machine's A/A noise floor)"))
+    order: str = field(default="trace", metadata=_doc(
+        "trace: the next stage is the one the current trace points at, then the default order, then a "
+        "second look and a leave-one-out check; fixed: the lab's order, one pass"))
     seed: int = field(default=0, metadata=_doc("seed for data, weights and order"))
     device: str = field(default="auto", metadata=_doc("auto, cpu, cuda or mps (auto picks cuda, then mps, then cpu)"))
     threads: int = field(default=0, metadata=_doc("intra-op CPU threads; 0 uses every usable core (split between processes under --nproc)"))
@@ -110,7 +121,7 @@ def _check_positive(name: str, value: int | float, minimum: int = 1) -> None:
 
 
 def validate(cfg: RunConfig) -> None:
-    for name in ("image_size", "batch_size", "timed_steps", "repeats", "prefetch_factor", "synthetic_per_batch"):
+    for name in ("image_size", "batch_size", "timed_steps", "repeats", "rounds", "prefetch_factor", "synthetic_per_batch"):
         _check_positive(name, getattr(cfg, name))
     # At least one warm-up step: the first step pays for allocation, cuDNN autotuning and compile.
     _check_positive("warmup_steps", cfg.warmup_steps)
@@ -125,6 +136,9 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("checkpointing", cfg.checkpointing, CHECKPOINT_MODES)
     _check_choice("input_pipeline", cfg.input_pipeline, INPUT_PIPELINES)
+    _check_choice("order", cfg.order, ORDERS)
+    if not 0 <= cfg.min_effect < 1:
+        raise UsageError(f"min_effect={cfg.min_effect} is out of range; allowed: 0 <= min_effect < 1 (0.03 is 3%)")
     _validate_batches(cfg)
     _validate_data(cfg.data)
     if cfg.persistent_workers and cfg.num_workers == 0:

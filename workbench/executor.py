@@ -264,16 +264,30 @@ def _trace_pass(built: Built, trace_dir: Path, progress: Progress) -> dict:
         built.step.annotate = False
 
 
+class Gate:
+    """Where a measuring process waits for its turn. Alone it never waits; in a paired round
+    (workbench/rounds.py) the coordinator opens it, so two processes never time at the same moment."""
+
+    def ready(self, warmup_s: float) -> None:
+        """Built and warm: block until this process may start its timed window."""
+
+    def timed(self, step_times: list[list[float]]) -> bool:
+        """The window is timed: block until told whether to go on with the untimed extras."""
+        return True
+
+
 def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | None, peak_source: str,
-                   rss_before_mb: float, progress: Progress) -> dict:
+                   rss_before_mb: float, progress: Progress, gate: Gate = Gate()) -> dict:
     """Warm-up, timed repeats, memory, FLOPs and (optionally) the trace of a built configuration."""
     cfg = built.cfg
     warmup_s = warm_up(built, progress)
     measure.release_cuda_cache(built.device)
     _run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
+    gate.ready(warmup_s)
     measure.reset_cuda_peaks(built.device)
     with measure.HostPeak() as host_peak:
         step_times, losses, first_loss = timed_repeats(built, progress)
+    extras = gate.timed(step_times)
     spread = stats.spread(step_times)
     samples = built.samples_per_step
     throughput = stats.throughput(step_times, samples, cfg.seed)
@@ -287,6 +301,13 @@ def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | Non
                **_memory(built, host_peak.peak_mb, rss_before_mb),
                **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source)}
     metrics["trained_steps"] = cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps
+    if not extras:  # a timing-only round: the extras come from this configuration's last round
+        return {"metrics": metrics, "trace_file": None, "trace_size_mb": None}
+    return _with_extras(built, metrics, trace_dir, progress)
+
+
+def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress) -> dict:
+    """The untimed checks after the window: accuracy, compute-only ceiling, trace."""
     # The timed figures exist now: a failing accuracy check or trace must not throw them away.
     metrics["eval_accuracy"], metrics["eval_error"] = _guarded(lambda: evaluate(built))
     # After the accuracy check: its steps revisit one batch, which says nothing about learning.

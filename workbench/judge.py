@@ -1,51 +1,68 @@
 """Judging a measured stage: speedups with intervals, kept or rejected, and what the trace says."""
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 
 from workbench import stats
-from workbench.results import stage_stem
-from workbench.stages import MEMORY, REFERENCE
+from workbench import rounds as paired_rounds
+from workbench.results import SCHEMA_VERSION, stage_stem
+from workbench.stages import MEMORY, REFERENCE, Stage
 
 
-def _ratio(result: dict, other: dict | None) -> dict | None:
-    if not other or not other.get("metrics") or not result.get("metrics"):
-        return None
-    new, old = result["metrics"], other["metrics"]
-    return stats.speedup(new["step_times_s"], new["samples_per_step"], old["step_times_s"], old["samples_per_step"])
+def fmt(ratio: dict) -> str:
+    high = ratio["ci95_high"]
+    return f"{ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {high:.2f}]" if math.isfinite(high) else f"{ratio['ratio']:.2f}x"
 
 
-# The baseline against itself: exactly 1, not a bootstrap of two resamples of the same steps.
+_fmt = fmt
+
+# The baseline against itself, as the baseline's own speedup: exactly 1 by definition.
 SAME = {"ratio": 1.0, "ci95_low": 1.0, "ci95_high": 1.0, "verdict": "no significant change"}
-
-
-def _fmt(ratio: dict) -> str:
-    return f"{ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}]"
-
 
 # A speed stage whose final loss is this much above the configuration before it changed what is
 # learned (same seed, same data, same steps), whatever it does to speed.
 LOSS_DEGRADATION_MAX = 1.25
 
 
+def paired_speedup(comparison, min_effect: float, floor: float) -> dict:
+    """b/a over the paired rounds with its verdict; one round (a brief probe) falls back to a
+    bootstrap over that round's steps, which is all one round can say."""
+    if len(comparison.a_rounds) > 1:
+        ratio = comparison.ratio()
+    else:
+        a, b = comparison.a_final["metrics"], comparison.b_final["metrics"]
+        ratio = stats.speedup(b["step_times_s"], b["samples_per_step"], a["step_times_s"], a["samples_per_step"])
+    return {**ratio, "verdict": stats.judged_verdict(ratio, min_effect, floor), "min_effect": min_effect,
+            "noise_floor": floor}
+
+
+def verdict_text(ratio: dict, against: str) -> str:
+    text = f"{fmt(ratio)} vs {against}"
+    if ratio["verdict"] == "inconclusive":
+        return f"{text}: {stats.INCONCLUSIVE_TEXT}"
+    return f"{text}: {ratio['verdict']}"
+
+
 def _speed_verdict(result: dict, previous: dict) -> tuple[str, str]:
     metrics = result["metrics"]
     if not metrics["loss_finite"]:
+        result["training_broke"] = True
         return "rejected", "the loss became non-finite: training broke"
     before = previous["metrics"]["final_loss"]
     same_steps = metrics.get("trained_steps") == previous["metrics"].get("trained_steps")
     if same_steps and before > 0 and metrics["final_loss"] > LOSS_DEGRADATION_MAX * before:
+        result["training_broke"] = True
         return "rejected", (f"final loss {metrics['final_loss']:.3f} vs {before:.3f} for {previous['stage']} "
                             f"(over {LOSS_DEGRADATION_MAX:.2f}x): training got worse, not carried forward")
     vs_prev = metrics["speedup_vs_previous"]
-    text = f"{_fmt(vs_prev)} vs {previous['stage']}"
-    if vs_prev["verdict"] == "slower":
-        return "rejected", f"{text}: significantly slower, not carried forward"
+    text = verdict_text(vs_prev, previous["stage"])
     if vs_prev["verdict"] == "faster":
-        return "kept", f"{text}: faster"
-    if vs_prev["ratio"] >= 1.0:
-        return "kept", f"{text}: no significant change (does not hurt), kept"
-    return "rejected", f"{text}: no significant change and no gain, not carried forward"
+        return "kept", f"{text} (whole interval above {1 + vs_prev['min_effect']:.2f}x), kept"
+    if vs_prev["verdict"] == "slower":
+        return "rejected", f"{text}, not carried forward"
+    return "rejected", f"{text}, not carried forward (a stage is kept only on a clear gain)"
 
 
 def _memory_verdict(result: dict, previous: dict) -> tuple[str, str]:
@@ -123,20 +140,110 @@ def _prediction(result: dict, previous: dict | None) -> dict | None:
     return {"predicted_to_help": predicted, "helped": helped, "agrees": predicted == helped}
 
 
-def judge(result: dict, stage, state, session) -> None:
-    """Fill in speedups, status, reason, trace analysis and the prediction check, in place."""
+def envelope(session, stage: str, position: int, cfg, applied: list[str], raw: dict, why: str = "") -> dict:
+    """A stage result in the schema of workbench/results.py, built in one place."""
+    return {"schema": SCHEMA_VERSION, "run": session.run_dir.name, "stage": stage, "index": position,
+            "mode": session.mode, "status": raw.get("status", "failed"), "reason": raw.get("error") or "",
+            "applied": applied, "config": cfg.to_dict(), "decisions": {**session.decisions, **raw.get("notes", {})},
+            "data": raw.get("data", session.data_description), "environment": session.environment,
+            "metrics": raw.get("metrics"), "trace": None, "trace_file": raw.get("trace_file"),
+            "trace_size_mb": raw.get("trace_size_mb"), "findings": [], "error": raw.get("error"),
+            "why_now": why, "rounds": None}
+
+
+def skipped(session, stage: Stage, position: int, cfg, reason: str, why: str) -> dict:
+    result = envelope(session, stage.name, position, cfg, [], {"status": "skipped", "error": reason}, why)
+    result["reason"], result["kind"] = reason, stage.kind
+    return result
+
+
+def _from_comparison(session, name: str, position: int, cfg, applied: list[str], comparison, why: str,
+                     started: float) -> dict:
+    """The b side's result, pooled over its rounds; a failed side's reason when it did not measure."""
+    if comparison.failure is not None:
+        raw = comparison.failure
+        result = envelope(session, name, position, cfg, applied, raw, why)
+        if comparison.failed_side == "a":
+            result["reason"] = f"the configuration it is compared with failed this time: {raw.get('error')}"
+        else:
+            result["reason"] = raw.get("error") or raw.get("status", "failed")
+        return result
+    result = envelope(session, name, position, cfg, applied, paired_rounds.pooled(comparison.b_rounds), why)
+    result["rounds"] = {"count": len(comparison.b_rounds), "a": comparison.rates("a"), "b": comparison.rates("b")}
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def reference_result(session, comparison, started: float) -> dict:
+    """The baseline: the second side of the A/A comparison, pooled over its rounds."""
+    result = _from_comparison(session, "baseline", 0, session.base_cfg, [], comparison, "the reference", started)
     if result["status"] != "measured":
-        result["reason"] = result.get("error") or result["status"]
-        return
-    previous = state.result or result
-    result["metrics"]["speedup_vs_baseline"] = _ratio(result, state.baseline) if state.baseline else SAME
-    result["metrics"]["speedup_vs_previous"] = _ratio(result, previous) if stage.kind != REFERENCE else None
-    if result["metrics"]["speedup_vs_previous"]:
-        result["metrics"]["speedup_vs_previous"]["against"] = previous["stage"]
+        return result
+    metrics = result["metrics"]
+    if not metrics["loss_finite"]:
+        result["status"], result["reason"] = "failed", "the baseline's loss is not finite: nothing can be compared with it"
+        return result
+    metrics["speedup_vs_baseline"], metrics["speedup_vs_previous"] = SAME, None
+    _analyze_trace(result, session)
+    result["status"], result["reason"] = "baseline", "the reference every stage is compared with"
+    result["kind"] = REFERENCE
+    return result
+
+
+def aa_summary(comparison) -> dict:
+    ratio = comparison.ratio()
+    return {**ratio, "noise_floor": stats.noise_floor(ratio)}
+
+
+def stage_result(session, stage: Stage, position: int, cfg, applied: list[str], comparison, against: dict,
+                 state, why: str, started: float) -> dict:
+    """Judge one stage from its paired comparison with the configuration it would join."""
+    result = _from_comparison(session, stage.name, position, cfg, applied, comparison, why, started)
+    result["kind"], result["probe"] = stage.kind, len(comparison.b_rounds) == 1 and cfg.rounds == 1
+    if result["status"] != "measured":
+        result["reason"] = result["reason"] or result["status"]
+        return result
+    metrics = result["metrics"]
+    floor, min_effect = state.floor, session.base_cfg.min_effect
+    metrics["speedup_vs_previous"] = {**paired_speedup(comparison, min_effect, floor), "against": against["stage"]}
+    metrics["speedup_vs_baseline"] = _unpaired_vs_baseline(metrics, state.baseline)
     _analyze_trace(result, session)  # first: on a CPU it settles which peak-memory figure is the headline
-    result["status"], result["reason"] = _status(result, stage.kind, previous)
+    result["status"], result["reason"] = _status(result, stage.kind, against)
     _add_scaling(result, session)
-    result["prediction"] = _prediction(result, state.result)
+    result["prediction"] = _prediction(result, against)
+    return result
+
+
+def _unpaired_vs_baseline(metrics: dict, baseline: dict | None) -> dict:
+    """Against the baseline measured minutes earlier: indicative only (the headline is paired)."""
+    rates = (baseline or {}).get("metrics", {}).get("round_throughputs")
+    if not rates:
+        return SAME
+    ratio = stats.welch_rates(metrics["round_throughputs"], rates)
+    return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0), "paired": False}
+
+
+def check_entry(name: str, comparison, min_effect: float, floor: float) -> dict:
+    """A second-look or leave-one-out comparison, as one entry of verdicts.json."""
+    if comparison.failure is not None:
+        return {"stage": name, "verdict": "failed", "text": f"failed: {comparison.failure.get('error')}"}
+    ratio = paired_speedup(comparison, min_effect, floor)
+    return {"stage": name, **ratio, "text": verdict_text(ratio, "the configuration without it")}
+
+
+def final_result(session, state, comparison, started: float) -> dict:
+    """The final configuration, measured against the baseline in the same time window."""
+    result = _from_comparison(session, "final", 99, state.cfg, state.applied, comparison, "the headline", started)
+    result["kind"] = "final"
+    if result["status"] != "measured":
+        return result
+    metrics = result["metrics"]
+    ratio = paired_speedup(comparison, 0.0, state.floor)
+    metrics["speedup_vs_baseline"] = metrics["speedup_vs_previous"] = {**ratio, "against": "baseline", "paired": True}
+    _analyze_trace(result, session)
+    result["status"] = "final"
+    result["reason"] = f"{' + '.join(state.applied)}: {verdict_text(ratio, 'baseline')} (paired, same time window)"
+    return result
 
 
 def _add_scaling(result: dict, session) -> None:

@@ -1,31 +1,35 @@
-"""The ladder: stages applied one at a time, each measured, judged, and saved as it finishes.
+"""The ladder: stages tried one at a time, each compared in paired rounds, judged, saved as it finishes.
 
-Speed stages are kept only when they do not make the step measurably slower than the configuration
-before them; memory stages are trade-offs, reported and not carried forward. Every stage result is
-written atomically the moment it is judged, so an interrupted run keeps what it finished.
+The flow of a run:
+1. noise floor: the baseline against itself (an A/A comparison, the same paired design); its spread
+   is the machine's, and its second side is the baseline's result;
+2. the pass: the next stage is the one the current configuration's trace points at (or the default
+   order where nothing does, or always with order=fixed); a speed stage is carried forward only when
+   its whole interval lies above 1 + min_effect and its effect above the noise floor; memory stages
+   are trade-offs, reported and not carried;
+3. the second look (order=trace): each rejected speed stage is tried once more on the final
+   configuration (effects interact: bf16 pays on a CPU only once the optimizer step is fused);
+4. leave-one-out (order=trace): each kept stage is removed from the final configuration; one that no
+   longer pays there is dropped;
+5. the headline: the final configuration against the baseline, paired, in the same time window.
+Every stage result is written atomically the moment it is judged, and verdicts.json holds the noise
+floor, the order taken and why, both checks and the headline, so an interrupted run keeps what it did.
 """
 from __future__ import annotations
 
-import gc
-import os
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import torch
-
-from workbench import distributed, judge, results
+from workbench import judge, results, rounds as paired_rounds
 from workbench.config import RunConfig
-from workbench.results import stage_result_path, stage_stem, write_json_atomic
-from workbench.session import Session, write_run_file
-from workbench.stages import REFERENCE, STAGE_NAMES, Stage, select
 from workbench.errors import StageSkipped
+from workbench.results import stage_result_path, write_json_atomic
+from workbench.rounds import Side
+from workbench.session import Session, write_run_file
+from workbench.stages import REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
 
-
-# A stage that runs longer than this is stopped and recorded as failed (a hang must not stall the ladder).
-STAGE_TIMEOUT_S = int(os.environ.get("WORKBENCH_STAGE_TIMEOUT_S", "3600"))
+VERDICTS_FILE = "verdicts.json"
+FINAL_STAGE = "final"
 
 
 @dataclass
@@ -36,134 +40,208 @@ class LadderState:
     applied: list[str] = field(default_factory=list)
     result: dict | None = None
     baseline: dict | None = None
+    floor: float = 0.0
+    position: int = 0              # stages taken so far: the next file's number
 
 
-def _spec(session: Session, cfg: RunConfig, stage: str, index: int, out: Path) -> dict:
-    trace_dir = session.profiles_dir / stage_stem(index, stage) if cfg.trace else None
-    return {"config": cfg.to_dict(), "stage": stage, "out": str(out), "peaks": session.peaks,
-            "trace_dir": str(trace_dir) if trace_dir else None, "nproc": session.nproc}
+@dataclass
+class Verdicts:
+    """The run-level record beside the stage files (verdicts.json), rewritten as each piece lands."""
+
+    session: Session
+    doc: dict = field(default_factory=lambda: {"order": [], "second_look": [], "leave_one_out": []})
+
+    def save(self) -> None:
+        write_json_atomic(self.session.run_dir / VERDICTS_FILE, self.doc)
+
+    def add(self, key: str, entry: dict) -> None:
+        self.doc[key].append(entry)
+        self.save()
+
+    def set(self, key: str, value) -> None:
+        self.doc[key] = value
+        self.save()
 
 
-def _run_isolated(spec: dict) -> dict:
-    """Measure in a fresh Python process; a crash or a kill still yields a result."""
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path = Path(tmp) / "spec.json"
-        write_json_atomic(spec_path, spec)
-        nproc = spec.get("nproc", 1)
-        try:
-            proc = subprocess.run([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
-                                  env=distributed.launch_environment(nproc), timeout=STAGE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return {"status": "failed", "error": f"timed out after {STAGE_TIMEOUT_S} s (a hang in compile or "
-                    "in a collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
-        if proc.returncode < 0 and -proc.returncode == 2:  # SIGINT: the user stopped the run
-            raise KeyboardInterrupt
-        out = Path(spec["out"])
-        if out.exists():
-            return results.read_json(out)
-        return {"status": "failed", "error": f"worker exited with status {proc.returncode} "
-                f"{'(killed: out of host memory?)' if proc.returncode in (-9, 137) else ''}".strip()}
+def _trace_dir(session: Session, cfg: RunConfig, position: int, name: str):
+    return session.profiles_dir / results.stage_stem(position, name) if cfg.trace else None
 
 
-def _run_in_process(spec: dict, session: Session) -> dict:
-    from workbench import worker
-
-    try:
-        return worker.run_spec(spec, session.model_factory, session.dataset)
-    except StageSkipped as error:
-        return {"status": "skipped", "error": str(error)}
-    except Exception as error:  # as in a fresh process: the stage fails, the ladder goes on
-        failed = worker.failure("failed", error)
-        if isinstance(error, torch.OutOfMemoryError):
-            failed["error"] = "out of memory: " + failed["error"]
-        return failed
-    finally:
-        gc.collect()  # a failed stage's tensors must not crowd the next one
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: str, b_name: str,
+             trace_dir=None, rounds: int | None = None) -> paired_rounds.Comparison:
+    """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round."""
+    _clear_old_traces(trace_dir)
+    count = rounds or b.rounds
+    session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
+    return paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=True), count, label)
 
 
-def measure_stage(session: Session, cfg: RunConfig, stage: str, index: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = _spec(session, cfg, stage, index, Path(tmp) / "raw.json")
-        _clear_old_traces(spec["trace_dir"])
-        return _run_isolated(spec) if session.isolate else _run_in_process(spec, session)
-
-
-def _clear_old_traces(trace_dir: str | None) -> None:
+def _clear_old_traces(trace_dir) -> None:
     """A re-measured stage replaces its trace; stale ones would mix into the analysis."""
-    for old in Path(trace_dir).glob("*.pt.trace.json*") if trace_dir else []:
+    for old in trace_dir.glob("*.pt.trace.json*") if trace_dir and trace_dir.exists() else []:
         old.unlink()
 
 
-def _skipped(session: Session, stage: Stage, index: int, reason: str, cfg: RunConfig) -> dict:
-    return session.envelope(stage.name, index, cfg, [], {"status": "skipped", "error": reason})
+# --- 1. the noise floor and the baseline -----------------------------------------------------------
 
-
-def run_stage(session: Session, stage: Stage, state: LadderState) -> dict:
-    """Apply, measure, judge and save one stage; return its result."""
-    index = STAGE_NAMES.index(stage.name)
-    before = state.cfg if session.mode == "ladder" else session.base_cfg
-    try:
-        cfg = stage.apply(before, session.context)
-    except StageSkipped as error:
-        return _save(session, _skipped(session, stage, index, str(error), state.cfg))
-    if stage.kind != REFERENCE and cfg == before:
-        return _save(session, _skipped(session, stage, index, _nothing_to_change(session, stage, state), cfg))
-    session.log(f"== stage {index}: {stage.name} ({stage.summary})")
+def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts) -> dict:
+    """The baseline against itself: the machine's noise floor, and the baseline's own result."""
+    cfg = session.base_cfg
     started = time.perf_counter()
-    raw = measure_stage(session, cfg, stage.name, index)
-    applied = state.applied + ([stage.name] if stage.kind != REFERENCE else [])
-    result = session.envelope(stage.name, index, cfg, applied, raw)
-    result["wall_s"] = time.perf_counter() - started
-    judge.judge(result, stage, state, session)
+    comparison = _compare(session, cfg, cfg, "noise floor (A/A)", "baseline", "baseline",
+                          _trace_dir(session, cfg, 0, "baseline"))
+    result = judge.reference_result(session, comparison, started)
+    if result["status"] == "baseline":
+        aa = judge.aa_summary(comparison)
+        state.floor = aa["noise_floor"]
+        verdicts.set("noise_floor", aa)
+        session.log(f"noise floor: baseline vs itself {judge.fmt(aa)}; effects under "
+                    f"{aa['noise_floor']:.1%} are 'no significant change'")
+    state.baseline = state.result = result
+    state.position = 1
     return _save(session, result)
 
 
-def _nothing_to_change(session: Session, stage: Stage, state: LadderState) -> str:
+# --- 2. the pass -----------------------------------------------------------------------------------
+
+def next_stage(pending: list[Stage], findings: list[dict], order: str) -> tuple[Stage, str]:
+    """The stage to try next and why: what the trace points at first (speed before memory), then the
+    default order."""
+    if order == "trace":
+        from workbench import diagnose
+
+        for stage in pending:
+            rules = [f["rule"] for f in findings if stage.name in diagnose.predicts([f])]
+            if rules:
+                return stage, f"the trace points at it ({', '.join(rules)})"
+    return pending[0], "default order" if order == "trace" else "fixed order (the lab's sequence)"
+
+
+def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> dict:
+    """Apply, compare against the configuration it would join, judge and save one stage."""
+    before = state.cfg if session.mode == "ladder" else session.base_cfg
+    against = state.result if session.mode == "ladder" else state.baseline
+    position = state.position
+    state.position += 1
+    try:
+        cfg = stage.apply(before, session.context)
+    except StageSkipped as error:
+        return _save(session, judge.skipped(session, stage, position, before, str(error), why))
+    if cfg == before:
+        return _save(session, judge.skipped(session, stage, position, cfg, _nothing_to_change(session, stage, against), why))
+    started = time.perf_counter()
+    comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
+                          _trace_dir(session, cfg, position, stage.name))
+    applied = (state.applied if session.mode == "ladder" else []) + [stage.name]
+    result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
+    return _save(session, result)
+
+
+def _nothing_to_change(session: Session, stage: Stage, against: dict) -> str:
     """Why a stage whose configuration equals the one before it is not measured (noise could 'keep' it)."""
-    against = (state.result or {}).get("stage", "baseline") if session.mode == "ladder" else "baseline"
     detail = f" ({session.decisions['workers_choice']})" if stage.name == "dataloader" and "workers_choice" in session.decisions else ""
-    return f"nothing to change on this machine{detail}: the configuration is {against}'s"
+    return f"nothing to change on this machine{detail}: the configuration is {against['stage']}'s"
 
 
 def _save(session: Session, result: dict) -> dict:
-    path = stage_result_path(session.run_dir, result["index"], result["stage"])
-    write_json_atomic(path, result)
+    for old in (session.run_dir / results.STAGES_DIR).glob(f"[0-9][0-9]-{result['stage']}.json"):
+        old.unlink()  # a resumed run may have taken the stage at another position
+    write_json_atomic(stage_result_path(session.run_dir, result["index"], result["stage"]), result)
     session.log(judge.one_line(result))
     return result
 
 
-def _advance(state: LadderState, stage: Stage, result: dict, mode: str) -> None:
-    if stage.kind == REFERENCE and result["status"] == "baseline":
-        state.baseline = state.result = result
-        return
+def _advance(state: LadderState, result: dict, mode: str) -> None:
     if mode == "ladder" and result["status"] == "kept":
-        # What the stage changed carries forward; how it was measured does not (a brief probe, say).
-        base = state.baseline["config"] if state.baseline else result["config"]
-        measured = {key: base[key] for key in ("repeats", "warmup_steps", "timed_steps")}
-        state.cfg = RunConfig(**{**result["config"], **measured})
+        state.cfg = RunConfig(**result["config"])
         state.applied, state.result = result["applied"], result
 
 
-def _previous_result(session: Session, stage: Stage, state: LadderState) -> dict | None:
-    """A finished result of an earlier attempt, if it measured exactly what this ladder would now."""
-    path = stage_result_path(session.run_dir, STAGE_NAMES.index(stage.name), stage.name)
-    if not (session.resume and path.exists()):
+def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdicts: Verdicts) -> list[dict]:
+    pending = [s for s in chosen if s.kind != REFERENCE]
+    pending.sort(key=lambda s: (s.kind != SPEED, STAGE_NAMES.index(s.name)))  # speed stages, then memory
+    finished = []
+    while pending:
+        stage, why = next_stage(pending, (state.result or {}).get("findings") or [], session.base_cfg.order)
+        pending.remove(stage)
+        verdicts.add("order", {"stage": stage.name, "why": why, "builds_on": state.applied or ["baseline"]})
+        result = run_stage(session, stage, state, why)
+        _advance(state, result, session.mode)
+        finished.append(result)
+    return finished
+
+
+# --- 3. the second look, 4. leave-one-out ----------------------------------------------------------
+
+def _second_look_candidates(finished: list[dict]) -> list[dict]:
+    """Rejected speed stages worth another try on the final configuration: measured, not a brief
+    probe (emulated bf16), not rejected for breaking training."""
+    return [r for r in finished if r["status"] == "rejected" and r.get("kind") == SPEED
+            and not r.get("probe") and not r.get("training_broke")]
+
+
+def second_look(session: Session, finished: list[dict], state: LadderState, verdicts: Verdicts) -> None:
+    for rejected in _second_look_candidates(finished):
+        stage = _stage(rejected["stage"])
+        try:
+            cfg = stage.apply(state.cfg, session.context)
+        except StageSkipped:
+            continue
+        if cfg == state.cfg:
+            continue
+        comparison = _compare(session, state.cfg, cfg, f"second look: {stage.name}", "final so far", f"+{stage.name}")
+        entry = judge.check_entry(stage.name, comparison, session.base_cfg.min_effect, state.floor)
+        entry["adopted"] = entry["verdict"] == "faster"
+        if entry["adopted"]:
+            state.cfg, state.applied = cfg, state.applied + [stage.name]
+        verdicts.add("second_look", entry)
+        session.log(f"-- second look {stage.name}: {entry['text']}{'; adopted' if entry['adopted'] else ''}")
+
+
+def _without(session: Session, applied: list[str], dropped: str) -> RunConfig:
+    cfg = session.base_cfg
+    for name in applied:
+        if name != dropped:
+            cfg = _stage(name).apply(cfg, session.context)
+    return cfg
+
+
+def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> None:
+    """Does each kept stage still pay in the final mix? One that does not is dropped."""
+    for name in list(state.applied):
+        try:
+            without = _without(session, state.applied, name)
+        except StageSkipped:
+            continue
+        comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final")
+        entry = judge.check_entry(name, comparison, session.base_cfg.min_effect, state.floor)
+        entry["still_pays"] = entry["verdict"] in ("faster", "inconclusive")
+        if entry["verdict"] in ("no significant change", "slower"):
+            state.cfg, state.applied = without, [s for s in state.applied if s != name]
+            entry["dropped"] = True
+        verdicts.add("leave_one_out", entry)
+        session.log(f"-- leave-one-out {name}: final vs without it {entry['text']}"
+                    f"{'; dropped from the final configuration' if entry.get('dropped') else ''}")
+
+
+def _stage(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
+
+
+# --- 5. the headline ---------------------------------------------------------------------------------
+
+def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict | None:
+    """The final configuration against the baseline, paired: the figure the report leads with."""
+    if not state.applied:
+        verdicts.set("headline", {"text": "no stage was kept: the baseline is the final configuration"})
         return None
-    found = results.read_json(path)
-    return found if found.get("status") != "failed" and _still_valid(session, stage, state, found) else None
-
-
-def _still_valid(session: Session, stage: Stage, state: LadderState, found: dict) -> bool:
-    before = state.cfg if session.mode == "ladder" else session.base_cfg
-    try:
-        expected = stage.apply(before, session.context)
-    except StageSkipped:
-        return found["status"] == "skipped"
-    applied = state.applied + ([stage.name] if stage.kind != REFERENCE else [])
-    same_machine = found.get("environment", {}).get("device_name") == session.environment.get("device_name")
-    return found.get("config") == expected.to_dict() and found.get("applied", applied) == applied and same_machine
+    started = time.perf_counter()
+    comparison = _compare(session, session.base_cfg, state.cfg, "headline", "baseline", "final",
+                          _trace_dir(session, state.cfg, 99, FINAL_STAGE))
+    result = judge.final_result(session, state, comparison, started)
+    verdicts.set("headline", {"applied": state.applied, **(result["metrics"] or {}).get("speedup_vs_baseline", {}),
+                              "text": result["reason"]})
+    return _save(session, result)
 
 
 def measure_single_process(session: Session) -> None:
@@ -171,9 +249,12 @@ def measure_single_process(session: Session) -> None:
     if session.nproc == 1 or session.single_process:
         return
     session.log(f"== one-process baseline (the reference for {session.nproc}-process scaling)")
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = {**_spec(session, session.base_cfg, "baseline", 0, Path(tmp) / "raw.json"), "nproc": 1, "trace_dir": None}
-        raw = _run_isolated(spec)
+    one = Side(session.base_cfg.with_overrides(trace=False), "baseline")
+    saved, session.nproc = session.nproc, 1
+    try:
+        raw = paired_rounds.compare(session, one, one, 1, "one-process baseline").b_final or {}
+    finally:
+        session.nproc = saved
     metrics = raw.get("metrics") or {}
     session.single_process = {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
                               "samples_per_step": metrics.get("samples_per_step"), "error": raw.get("error")}
@@ -181,21 +262,19 @@ def measure_single_process(session: Session) -> None:
 
 
 def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
-    """Run the selected stages in ladder order; return every stage result."""
+    """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result."""
     measure_single_process(session)
-    state = LadderState(session.base_cfg)
-    finished = []
-    remeasured = False  # once a stage is measured anew, every later stage builds on new numbers
-    for stage in select(stage_names):
-        result = None if remeasured else _previous_result(session, stage, state)
-        if result is not None:
-            session.log(f"== stage {stage.name}: kept from the earlier run ({result['status']})")
-        else:
-            result = run_stage(session, stage, state)
-            remeasured = result["status"] != "skipped"
-        _advance(state, stage, result, session.mode)
-        finished.append(result)
-        if stage.kind == REFERENCE and result["status"] != "baseline":
-            session.log("the baseline did not run, so no stage can be compared: stopping")
-            break
+    state, verdicts = LadderState(session.base_cfg), Verdicts(session)
+    verdicts.set("order_mode", session.base_cfg.order)
+    baseline = measure_baseline(session, state, verdicts)
+    if baseline["status"] != "baseline":
+        session.log("the baseline did not run, so no stage can be compared: stopping")
+        return [baseline]
+    finished = [baseline] + first_pass(session, select(stage_names), state, verdicts)
+    if session.mode == "ladder" and session.base_cfg.order == "trace":
+        second_look(session, finished, state, verdicts)
+        leave_one_out(session, state, verdicts)
+    if session.mode == "ladder":
+        final = headline(session, state, verdicts)
+        finished += [final] if final else []
     return finished

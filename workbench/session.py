@@ -43,15 +43,6 @@ class Session:
     nproc: int = 1
     single_process: dict | None = None   # the one-process baseline a multi-process run scales against
 
-    def envelope(self, stage: str, index: int, cfg: RunConfig, applied: list[str], raw: dict) -> dict:
-        """A stage result in the schema of workbench/results.py (status and judgement come later)."""
-        return {"schema": SCHEMA_VERSION, "run": self.run_dir.name, "stage": stage, "index": index,
-                "mode": self.mode, "status": raw.get("status", "failed"), "reason": raw.get("error") or "",
-                "applied": applied, "config": cfg.to_dict(), "decisions": {**self.decisions, **raw.get("notes", {})},
-                "data": raw.get("data", self.data_description), "environment": self.environment,
-                "metrics": raw.get("metrics"), "trace": None, "trace_file": raw.get("trace_file"),
-                "trace_size_mb": raw.get("trace_size_mb"), "findings": [], "error": raw.get("error")}
-
 
 def default_run_name() -> str:
     return dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")

@@ -108,3 +108,71 @@ def verdict(low: float, high: float) -> str:
     if high < 1.0:
         return "slower"
     return "no significant change"
+
+
+# --- paired comparisons over rounds ----------------------------------------------------------------
+# A round is one fresh process per configuration, run back to back in alternating order, so drift
+# and each process's own offset land in the round's ratio. The interval is a paired t-interval over
+# the rounds' log ratios: the round, not a repeat inside one process, is the unit of replication.
+INCONCLUSIVE_HALF_WIDTH = 0.25   # an interval wider than x/÷ 1.25 cannot tell a stage's effect from noise
+NOISE_FLOOR_MULTIPLE = 3.0       # ... nor can one three times wider than the machine's A/A spread
+
+
+def paired_ratio(a_rates: list[float], b_rates: list[float]) -> dict:
+    """Throughput ratio b/a over paired rounds, with a 95% t-interval on the log ratios."""
+    if len(a_rates) != len(b_rates) or not a_rates:
+        raise ValueError(f"paired rounds need equal, non-empty lists (got {len(a_rates)} and {len(b_rates)})")
+    logs = np.log(np.asarray(b_rates, dtype=float)) - np.log(np.asarray(a_rates, dtype=float))
+    mean, n = float(logs.mean()), int(logs.size)
+    if n < 2:
+        return {"ratio": math.exp(mean), "ci95_low": 0.0, "ci95_high": math.inf, "rounds": n,
+                "log_ratios": logs.tolist(), "method": "one round: no interval"}
+    half = t_quantile(n - 1) * float(logs.std(ddof=1)) / math.sqrt(n)
+    return {"ratio": math.exp(mean), "ci95_low": math.exp(mean - half), "ci95_high": math.exp(mean + half),
+            "rounds": n, "log_ratios": logs.tolist(),
+            "method": f"paired t-interval over {n} rounds (fresh processes, alternating order)"}
+
+
+def half_width(ratio: dict) -> float:
+    """Half the interval's width on the log scale (0.05 is about +-5%)."""
+    if not ratio["ci95_low"] or not math.isfinite(ratio["ci95_high"]):
+        return math.inf
+    return (math.log(ratio["ci95_high"]) - math.log(ratio["ci95_low"])) / 2
+
+
+def noise_floor(aa: dict) -> float:
+    """The machine's spread from an A/A comparison (baseline against itself): the larger of its
+    interval's half-width and its apparent effect, as a relative change."""
+    return max(math.exp(half_width(aa)) - 1, abs(aa["ratio"] - 1)) if math.isfinite(half_width(aa)) else math.inf
+
+
+def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:
+    """faster, slower, no significant change, or inconclusive.
+
+    faster: the whole interval above 1 + min_effect, and the effect above the noise floor;
+    slower: the whole interval below 1; inconclusive: the interval is too wide to tell (wider than
+    INCONCLUSIVE_HALF_WIDTH or NOISE_FLOOR_MULTIPLE times the floor) and holds 1.
+    """
+    low, high, point = ratio["ci95_low"], ratio["ci95_high"], ratio["ratio"]
+    if low > 1 + min_effect and point - 1 > floor:
+        return "faster"
+    if high < 1 and 1 - point > floor:
+        return "slower"
+    width = half_width(ratio)
+    if width > INCONCLUSIVE_HALF_WIDTH or (floor and width > NOISE_FLOOR_MULTIPLE * math.log1p(floor)):
+        return "inconclusive"
+    return "no significant change"
+
+
+INCONCLUSIVE_TEXT = "inconclusive: too noisy, rerun on a quiet machine"
+
+
+def welch_rates(new_rates: list[float], old_rates: list[float]) -> dict:
+    """Unpaired ratio of two sets of round throughputs (two runs, or two stages minutes apart)."""
+    if len(new_rates) < 2 or len(old_rates) < 2:
+        ratio = float(np.exp(np.mean(np.log(new_rates)) - np.mean(np.log(old_rates))))
+        return {"ratio": ratio, "ci95_low": 0.0, "ci95_high": math.inf, "method": "one round a side: no interval"}
+    diff, se, df = _welch(_log_mean_and_variance(new_rates), _log_mean_and_variance(old_rates))
+    half = t_quantile(df) * se
+    return {"ratio": math.exp(diff), "ci95_low": math.exp(diff - half), "ci95_high": math.exp(diff + half),
+            "method": f"Welch t-interval on log throughput ({len(new_rates)} vs {len(old_rates)} rounds, unpaired)"}

@@ -3,8 +3,15 @@ from __future__ import annotations
 
 
 def _final_kept(finished: list[dict]) -> dict | None:
-    kept = [r for r in finished if r["status"] in ("baseline", "kept") and r.get("metrics")]
-    return kept[-1] if kept else None
+    """The headline's final configuration (measured against the baseline, paired); without one, the
+    best stage of an ablation, or the baseline when nothing was kept."""
+    final = next((r for r in finished if r["status"] == "final" and r.get("metrics")), None)
+    if final:
+        return final
+    kept = [r for r in finished if r["status"] == "kept" and r.get("metrics")]
+    if kept:
+        return max(kept, key=lambda r: r["metrics"]["speedup_vs_baseline"]["ratio"])
+    return next((r for r in finished if r["status"] == "baseline"), None)
 
 
 def final_summary(finished: list[dict]) -> str:
@@ -18,10 +25,15 @@ def final_summary(finished: list[dict]) -> str:
              f"final kept configuration ({' + '.join(final['applied']) or 'baseline'}): "
              f"{_rate(f['throughput'])}, MFU {_pct(f.get('mfu'))} "
              f"({f.get('peak_flops_source', '')})",
-             f"speedup vs baseline: {ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}] "
-             f"({ratio['verdict']})"]
+             f"speedup vs baseline: {_ratio(ratio)} ({ratio['verdict']}; "
+             f"{'paired, same time window' if ratio.get('paired') else 'the baseline itself' if final is baseline else 'unpaired, indicative'})"]
     lines += [f"  {r['stage']:<14} {r['status']:<9} {r['reason']}" for r in finished]
     return "\n".join(lines)
+
+
+def _ratio(ratio: dict) -> str:
+    high = ratio["ci95_high"]
+    return f"{ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {high:.2f}]" if high != float("inf") else f"{ratio['ratio']:.2f}x"
 
 
 def _rate(throughput: dict) -> str:

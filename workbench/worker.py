@@ -3,9 +3,15 @@
 The spec names the configuration, where the trace goes and where the raw result goes. Whatever
 happens (out of memory, a compile error, a stage that does not apply) a result file is written, so
 the ladder can record the reason and go on.
+
+With `"paired": true` in the spec the process takes part in a paired round (workbench/rounds.py):
+it says `ready` on its protocol stream once built and warm, times its window when told `go`, says
+`timed`, and then runs the untimed extras (accuracy, compute-only, trace) on `extras` or stops on
+`exit`. Its own stdout is moved to stderr so that nothing else can write into the protocol.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -18,7 +24,7 @@ from workbench.config import RunConfig
 from workbench.device import resolve_device_type
 from workbench.distributed import DistInfo
 from workbench.errors import StageSkipped
-from workbench.executor import build, measure_config
+from workbench.executor import Gate, build, measure_config
 from workbench.progress import Progress
 from workbench.results import read_json, write_json_atomic
 
@@ -30,16 +36,50 @@ def peak_for(cfg: RunConfig, device_type: str, peaks: dict) -> tuple[float | Non
     return entry.get("flops_per_s"), entry.get("source", "no peak known")
 
 
-def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = DistInfo()) -> dict:
+class PipeGate(Gate):
+    """The coordinator's turns, as lines: we write events to `events`, read commands from `commands`."""
+
+    def __init__(self, events, commands) -> None:
+        self.events, self.commands = events, commands
+
+    def _say(self, event: str, **extra) -> None:
+        self.events.write(json.dumps({"event": event, **extra}) + "\n")
+        self.events.flush()
+
+    def _hear(self, allowed: tuple[str, ...]) -> str:
+        command = self.commands.readline().strip()
+        if command not in allowed:  # the coordinator is gone (EOF) or confused: stop, do not time alone
+            raise SystemExit(f"paired round: got {command!r}, expected one of {allowed}")
+        return command
+
+    def ready(self, warmup_s: float) -> None:
+        self._say("ready", warmup_s=warmup_s)
+        self._hear(("go",))
+
+    def timed(self, step_times: list[list[float]]) -> bool:
+        self._say("timed")
+        return self._hear(("extras", "exit")) == "extras"
+
+
+def protocol_streams():
+    """A private copy of stdout for the protocol; fd 1 then points at stderr for everything else."""
+    events = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    return events, sys.stdin
+
+
+def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = DistInfo(), gate: Gate = Gate()) -> dict:
     cfg = RunConfig(**spec["config"])
-    # Only the first process talks: N copies of every progress line would say nothing more.
-    stream = sys.stderr if dist.is_main else open(os.devnull, "w")
+    # Only the first process talks: N copies of every progress line would say nothing more; a paired
+    # round's two processes stay quiet too (the coordinator prints the round).
+    quiet = not dist.is_main or spec.get("paired")
+    stream = open(os.devnull, "w") if quiet else sys.stderr
     progress = Progress(spec["stage"] + (f" x{dist.world_size} processes" if dist.enabled else ""), stream)
     log = lambda message: print(f"[{spec['stage']}] {message}", file=stream, flush=True)
     built = build(cfg, model_factory, dataset, log=log, dist=dist)
     peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
     trace_dir = Path(spec["trace_dir"]) if spec.get("trace_dir") else None
-    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress)
+    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress, gate)
     raw.update(status="measured", data=built.data_description, notes=_jsonable(built.notes))
     return raw
 
@@ -48,22 +88,23 @@ def _jsonable(notes: dict) -> dict:
     return {key: value for key, value in notes.items() if isinstance(value, (int, float, str, list, bool))}
 
 
-def failure(status: str, error: BaseException) -> dict:
+def failure(status: str, error: BaseException, out_of_memory: bool = False) -> dict:
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return {"status": status, "error": f"{type(error).__name__}: {message}"[:500]}
+    prefix = "out of memory: " if out_of_memory else ""
+    return {"status": status, "error": f"{prefix}{type(error).__name__}: {message}"[:500]}
 
 
 def main(spec_path: str) -> int:
     spec = read_json(Path(spec_path))
     dist = DistInfo()
+    gate = PipeGate(*protocol_streams()) if spec.get("paired") else Gate()
     try:
         dist = distributed.setup(resolve_device_type(spec["config"]["device"]))
-        raw = run_spec(spec, dist=dist)
+        raw = run_spec(spec, dist=dist, gate=gate)
     except StageSkipped as error:
         raw = {"status": "skipped", "error": str(error)}
     except torch.OutOfMemoryError as error:
-        raw = failure("failed", error)
-        raw["error"] = "out of memory: " + raw["error"]
+        raw = failure("failed", error, out_of_memory=True)
     except Exception as error:  # any stage failure (a UsageError too) is recorded; the ladder goes on
         traceback.print_exc(limit=3, file=sys.stderr)
         raw = failure("failed", error)

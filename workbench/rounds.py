@@ -1,0 +1,279 @@
+"""Paired rounds: two configurations measured in the same time window, in fresh processes.
+
+A round starts one fresh process per configuration. Both build and warm up at the same time (untimed,
+so they may share the cores), then wait; the coordinator lets one time its window, then the other,
+alternating which goes first from round to round, so slow drift of the machine falls on both sides
+alike. A process's own offset (where its memory landed, which cores it got) is in its round's ratio,
+and the interval over rounds carries it: the round, not a repeat inside one process, is the replicate.
+In its last round a side can also run the untimed extras (accuracy, compute-only ceiling, trace).
+
+Where fresh processes are not possible (a model or dataset object from Python) the same rounds run
+in this process, one configuration after the other; under torchrun (--nproc) each side runs alone in
+its own processes, one after the other. Both alternate the order the same way.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import select
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workbench import distributed, stats
+from workbench.config import RunConfig
+from workbench.executor import Gate
+from workbench.results import read_json, write_json_atomic
+
+# A process that has not reached its next step after this long is stopped and recorded as failed.
+STAGE_TIMEOUT_S = int(os.environ.get("WORKBENCH_STAGE_TIMEOUT_S", "3600"))
+
+
+@dataclass(frozen=True)
+class Side:
+    """One configuration in a comparison: what to measure, under which name, and where its trace goes."""
+
+    cfg: RunConfig
+    name: str
+    trace_dir: Path | None = None
+    extras: bool = False          # run the untimed extras in the last round
+
+
+@dataclass
+class Comparison:
+    """Both sides' raw results per round, the last (with extras) of each, and the paired ratio b/a."""
+
+    a_rounds: list[dict] = field(default_factory=list)
+    b_rounds: list[dict] = field(default_factory=list)
+    failure: dict | None = None   # the raw result of a side that did not measure, if any
+    failed_side: str | None = None
+
+    @property
+    def a_final(self) -> dict | None:
+        return self.a_rounds[-1] if self.a_rounds else None
+
+    @property
+    def b_final(self) -> dict | None:
+        return self.b_rounds[-1] if self.b_rounds else None
+
+    def rates(self, side: str) -> list[float]:
+        rounds = self.a_rounds if side == "a" else self.b_rounds
+        return [round_throughput(raw) for raw in rounds]
+
+    def ratio(self) -> dict | None:
+        if self.failure or not self.a_rounds:
+            return None
+        return stats.paired_ratio(self.rates("a"), self.rates("b"))
+
+
+def round_throughput(raw: dict) -> float:
+    """Samples per second of one process's timed window (all its steps)."""
+    metrics = raw["metrics"]
+    steps = [t for repeat in metrics["step_times_s"] for t in repeat]
+    return metrics["samples_per_step"] * len(steps) / sum(steps)
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """One configuration's result over its rounds: the last round's extras, every round's windows,
+    and a throughput interval over rounds (one figure per fresh process)."""
+    final = json.loads(json.dumps(rounds[-1]))  # a copy: the rounds stay as measured
+    metrics = final["metrics"]
+    metrics["step_times_s"] = [t for raw in rounds for t in raw["metrics"]["step_times_s"]]
+    rates = [round_throughput(raw) for raw in rounds]
+    metrics["round_throughputs"] = rates
+    metrics["throughput"] = _rate_interval(rates)
+    metrics["step_time_s"] = stats.spread(metrics["step_times_s"])
+    metrics["epoch_time_s"] = metrics["epoch_time_s"] * final_throughput(rounds[-1]) / metrics["throughput"]["median"]
+    return final
+
+
+def final_throughput(raw: dict) -> float:
+    return raw["metrics"]["throughput"]["median"]
+
+
+def _rate_interval(rates: list[float]) -> dict:
+    steps = [[1.0 / rate] for rate in rates]  # one "repeat" per round, samples_per_step 1
+    interval = stats.throughput(steps, 1) if len(rates) > 1 else {"median": rates[0], "ci95_low": 0.0,
+                                                                    "ci95_high": float("inf")}
+    return {**interval, "method": f"t-interval over {len(rates)} rounds (one fresh process each)"}
+
+
+def compare(session, a: Side, b: Side, rounds: int, label: str) -> Comparison:
+    """Run `rounds` paired rounds of a against b; stop early when a side fails."""
+    result, started = Comparison(), time.perf_counter()
+    for index in range(rounds):
+        last = index == rounds - 1
+        order = ("a", "b") if index % 2 == 0 else ("b", "a")
+        raws = _one_round(session, a, b, order, last)
+        for side, raw in raws.items():
+            if raw.get("status") != "measured":
+                result.failure, result.failed_side = raw, side
+                return result
+        result.a_rounds.append(raws["a"])
+        result.b_rounds.append(raws["b"])
+        _say_round(session, label, a, b, result, index, rounds, started)
+    return result
+
+
+def _say_round(session, label: str, a: Side, b: Side, result: Comparison, index: int, rounds: int, started: float) -> None:
+    rate_a, rate_b = result.rates("a")[-1], result.rates("b")[-1]
+    session.log(f"[{label}] round {index + 1}/{rounds}: {a.name} {rate_a:.1f}, {b.name} {rate_b:.1f} samples/s "
+                f"({rate_b / rate_a:.2f}x), elapsed {time.perf_counter() - started:.0f} s")
+
+
+def _one_round(session, a: Side, b: Side, order: tuple[str, str], last: bool) -> dict[str, dict]:
+    sides = {"a": a, "b": b}
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = {key: _spec(session, side, Path(tmp) / f"{key}.json", last and side.extras)
+                 for key, side in sides.items()}
+        if not session.isolate:
+            return {key: _in_process(session, specs[key]) for key in order}
+        if session.nproc > 1:
+            return {key: _alone(specs[key], Path(tmp) / f"{key}.spec.json", session.nproc) for key in order}
+        return _paired_processes(specs, order, Path(tmp))
+
+
+def _spec(session, side: Side, out: Path, extras: bool) -> dict:
+    return {"config": side.cfg.to_dict(), "stage": side.name, "out": str(out), "peaks": session.peaks,
+            "trace_dir": str(side.trace_dir) if side.trace_dir and extras else None, "nproc": session.nproc,
+            "paired": True, "extras": extras}
+
+
+# --- fresh processes, side by side ------------------------------------------------------------------
+
+def _paired_processes(specs: dict[str, dict], order: tuple[str, str], tmp: Path) -> dict[str, dict]:
+    procs = {}
+    try:
+        for key, spec in specs.items():
+            procs[key] = _start(spec, tmp / f"{key}.spec.json")
+        ready = {key: _await(proc, "ready") for key, proc in procs.items()}
+        if all(ready.values()):
+            for key in order:  # one at a time: the other process waits, idle, while this one is timed
+                _send(procs[key], "go")
+                _await(procs[key], "timed")
+            for key in order:  # extras one at a time too: a trace's shares need the cores to itself
+                _send(procs[key], "extras" if specs[key]["extras"] else "exit")
+                _finish(procs[key])
+        return {key: _raw(specs[key], procs[key]) for key in specs}
+    finally:
+        for proc in procs.values():
+            stop(proc)
+
+
+def _start(spec: dict, spec_path: Path) -> subprocess.Popen:
+    write_json_atomic(spec_path, spec)
+    return subprocess.Popen([*distributed.launcher(1), "workbench.worker", str(spec_path)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=distributed.launch_environment(1), start_new_session=True)
+
+
+def _await(proc: subprocess.Popen, event: str) -> bool:
+    """True when the process said `event`; False when it ended (it wrote its failure) or timed out."""
+    ready, _, _ = select.select([proc.stdout], [], [], STAGE_TIMEOUT_S)
+    line = proc.stdout.readline() if ready else ""
+    if not ready:
+        stop(proc)
+        proc.timed_out = True
+    return bool(line) and json.loads(line).get("event") == event
+
+
+def _send(proc: subprocess.Popen, command: str) -> None:
+    try:
+        proc.stdin.write(command + "\n")
+        proc.stdin.flush()
+    except BrokenPipeError:  # it ended on its own; its result file says why
+        pass
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=STAGE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        proc.timed_out = True
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a measuring process and everything it started (DataLoader workers, compile workers)."""
+    if proc.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=wait_s)
+            return
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            continue
+
+
+def _raw(spec: dict, proc: subprocess.Popen) -> dict:
+    out = Path(spec["out"])
+    if out.exists():
+        return read_json(out)
+    if getattr(proc, "timed_out", False):
+        return {"status": "failed", "error": f"timed out after {STAGE_TIMEOUT_S} s (a hang in compile or in a "
+                "collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
+    code = proc.poll()
+    if code is not None and code < 0 and -code == signal.SIGINT:
+        raise KeyboardInterrupt
+    killed = " (killed: out of host memory?)" if code in (-9, 137) else ""
+    return {"status": "failed", "error": f"worker exited with status {code}{killed}"}
+
+
+# --- one side at a time -----------------------------------------------------------------------------
+
+def _alone(spec: dict, spec_path: Path, nproc: int) -> dict:
+    """Under torchrun: the side runs in its own processes, alone, start to end."""
+    spec = {**spec, "paired": False}
+    write_json_atomic(spec_path, spec)
+    proc = subprocess.Popen([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
+                            env=distributed.launch_environment(nproc), start_new_session=True)
+    try:
+        _finish(proc)
+        return _raw(spec, proc)
+    finally:
+        stop(proc)
+
+
+class _LocalGate(Gate):
+    """In one process nobody else is timing: no waiting, extras only where asked."""
+
+    def __init__(self, extras: bool) -> None:
+        self.extras = extras
+
+    def timed(self, step_times) -> bool:
+        return self.extras
+
+
+def _in_process(session, spec: dict) -> dict:
+    """In this process (objects from Python): the same measurement, one side after the other."""
+    from workbench import worker
+    from workbench.errors import StageSkipped
+
+    try:
+        return worker.run_spec({**spec, "paired": False}, session.model_factory, session.dataset,
+                               gate=_LocalGate(spec["extras"]))
+    except StageSkipped as error:
+        return {"status": "skipped", "error": str(error)}
+    except Exception as error:  # as in a fresh process: the stage fails, the ladder goes on
+        return worker.failure("failed", error, out_of_memory=_is_oom(error))
+    finally:
+        gc.collect()  # a failed stage's tensors must not crowd the next one
+        _empty_cuda_cache()
+
+
+def _is_oom(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
