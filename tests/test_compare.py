@@ -31,6 +31,7 @@ def slow_down(factor: float):
             metrics["throughput"][key] /= factor
         metrics["step_time_s"]["median"] *= factor
         metrics["mfu"] /= factor
+        metrics["step_times_s"] = [[t * factor for t in repeat] for repeat in metrics["step_times_s"]]
     return change
 
 
@@ -116,3 +117,18 @@ def test_cli_exit_status_flags_a_slowed_run(tmp_path, capsys):
     assert "REGRESSION" in capsys.readouterr().err
     assert main(["compare", str(LADDER), str(LADDER)]) == 0
     assert main(["compare", str(LADDER), str(slowed), "--threshold", "0.5"]) == 0
+
+
+def test_cli_json_and_exit_status_for_corrupt_and_missing_runs(tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["compare", str(LADDER), str(LADDER), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressed"] is False and doc["rows"][0]["speedup"]["verdict"] == "no significant change"
+    corrupt = Path(shutil.copytree(LADDER, tmp_path / "corrupt"))
+    (corrupt / "stages" / "03-amp.json").write_text('{"stage": "amp", "metrics": ')
+    assert main(["compare", str(LADDER), str(corrupt)]) == 3
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err
+    assert main(["compare", str(LADDER), str(tmp_path / "nowhere")]) == 2
+    assert main(["compare", str(LADDER), str(LADDER), "--threshold", "-1"]) == 2

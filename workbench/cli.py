@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -155,15 +156,31 @@ def _run_dir(run: str | None, reports_dir: str) -> Path:
     return path
 
 
+# `workbench compare` exit statuses, for CI: a regression is not the same thing as a broken file.
+COMPARE_OK, COMPARE_REGRESSION, COMPARE_BAD_INPUT, COMPARE_INTERNAL_ERROR = 0, 1, 2, 3
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from workbench.compare import compare_runs, format_table
 
-    rows, regressed = compare_runs(_run_dir(args.run_a, args.reports_dir), _run_dir(args.run_b, args.reports_dir),
-                                   metric=args.metric, threshold=args.threshold)
-    print(format_table(rows))
+    if not 0 <= args.threshold < 1:
+        raise UsageError(f"--threshold {args.threshold} is out of range; allowed: 0 <= threshold < 1 (0.03 is 3%)")
+    run_a, run_b = _run_dir(args.run_a, args.reports_dir), _run_dir(args.run_b, args.reports_dir)
+    try:
+        rows, regressed = compare_runs(run_a, run_b, metric=args.metric, threshold=args.threshold)
+    except (ValueError, KeyError, TypeError, AttributeError, OSError, ZeroDivisionError) as error:
+        # A corrupt or truncated result file: say which error it was, with an exit status CI can tell apart.
+        print(f"workbench: error: cannot compare {run_a} and {run_b}: a result file is unreadable or corrupt "
+              f"({type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
+        return COMPARE_INTERNAL_ERROR
+    if args.json:
+        print(json.dumps({"run_a": str(run_a), "run_b": str(run_b), "metric": args.metric,
+                          "threshold": args.threshold, "regressed": regressed, "rows": rows}, indent=2, default=str))
+    else:
+        print(format_table(rows))
     if regressed:
-        print(f"REGRESSION: {args.metric} got worse by more than {args.threshold:.0%}", file=sys.stderr)
-    return 1 if regressed else 0
+        print(f"REGRESSION: {args.metric} got significantly worse (interval beyond {args.threshold:.0%})", file=sys.stderr)
+    return COMPARE_REGRESSION if regressed else COMPARE_OK
 
 
 def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
@@ -243,11 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", nargs="?", help="run name or folder (default: the newest run)")
     report.add_argument("--reports-dir", default="reports")
     report.set_defaults(handler=cmd_report)
-    compare = commands.add_parser("compare", help="per-stage deltas between two runs; exit 1 on regression")
+    compare = commands.add_parser("compare", help="per-stage verdicts between two runs; exit 0 no regression, "
+                                  "1 a significant regression, 2 bad input, 3 a corrupt result file")
     compare.add_argument("run_a")
     compare.add_argument("run_b")
     compare.add_argument("--metric", default="throughput", choices=("throughput", "step_time", "peak_memory", "mfu"))
-    compare.add_argument("--threshold", type=float, default=0.05, help="relative change counted as a regression")
+    compare.add_argument("--threshold", type=float, default=0.03, help="smallest relative slowdown counted as a "
+                         "regression: speed regresses when its whole 95%% interval lies beyond it")
+    compare.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     compare.add_argument("--reports-dir", default="reports")
     compare.set_defaults(handler=cmd_compare)
     return parser

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from workbench import judge, results, rounds as paired_rounds
 from workbench.config import RunConfig
 from workbench.errors import StageSkipped
-from workbench.results import stage_result_path, write_json_atomic
+from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.rounds import Side
 from workbench.session import Session, write_run_file
 from workbench.stages import REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
 
-VERDICTS_FILE = "verdicts.json"
 FINAL_STAGE = "final"
 
 
@@ -95,8 +94,10 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts) -
         aa = judge.aa_summary(comparison)
         state.floor = aa["noise_floor"]
         verdicts.set("noise_floor", aa)
-        session.log(f"noise floor: baseline vs itself {judge.fmt(aa)}; effects under "
-                    f"{aa['noise_floor']:.1%} are 'no significant change'")
+        noisy = aa["noise_floor"] > 0.5
+        session.log(f"noise floor: baseline vs itself {judge.fmt(aa)}; " + (
+            "the machine is too noisy to judge small effects: rerun on a quiet machine" if noisy else
+            f"effects under {aa['noise_floor']:.1%} are 'no significant change'"))
     state.baseline = state.result = result
     state.position = 1
     return _save(session, result)

@@ -53,7 +53,13 @@ def _reject(view: RunView, record: dict) -> str:
     """The measured reason, plus what the stage's own trace said about why (its serious findings)."""
     findings = (view.result(record["stage"]) or {}).get("findings") or []
     why = " ".join(f.get("evidence", "") for f in findings if f.get("severity") in ("high", "medium"))
-    text = f"- Leave `{record['stage']}` off on this hardware: {record.get('reason')}."
+    if record.get("verdict_vs_previous") == "inconclusive":
+        return (f"- Not settled: `{record['stage']}` could not be judged ({record.get('reason')}). "
+                "Rerun on a quiet machine (or with more --rounds) before deciding.")
+    if record.get("verdict_vs_previous") == "no significant change":
+        text = f"- `{record['stage']}` gave no clear gain here ({record.get('reason')}): leave it off unless it helps elsewhere."
+    else:
+        text = f"- Leave `{record['stage']}` off on this hardware: {record.get('reason')}."
     return text + (f" Its trace: {why}" if why else "")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from workbench.results import RUN_FILE, STAGES_DIR, load_stage_results, read_json, stage_stem
 
-MEASURED_STATUSES = ("baseline", "kept", "rejected", "tradeoff")
+MEASURED_STATUSES = ("baseline", "kept", "rejected", "tradeoff", "final")
 CARRIED_STATUSES = ("baseline", "kept")
 BREAKDOWN_KEYS = ("data_loading", "host_to_device", "forward", "backward", "optimizer_step", "other")
 
@@ -259,6 +259,9 @@ class RunView:
         In an ablation every stage stands alone on the baseline, so nothing is carried forward:
         the best single kept stage is the optimized configuration there.
         """
+        headline = [r for r in self.records if r["status"] == "final" and r.get("throughput_samples_per_s") is not None]
+        if headline:  # measured against the baseline in the same time window: the figure to lead with
+            return headline[-1]
         carried = [r for r in self.records if r["status"] in CARRIED_STATUSES
                    and r.get("throughput_samples_per_s") is not None]
         if self.run.get("mode") == "ablation" and carried:

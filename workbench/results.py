@@ -3,7 +3,9 @@
 Layout of a run (``reports/<run>/``)::
 
     run.json                     the run: name, mode, environment, stage order
-    stages/<NN>-<stage>.json     one result per stage (schema below)
+    verdicts.json                noise floor (A/A), order taken and why, second look, leave-one-out, headline
+    stages/<NN>-<stage>.json     one result per stage (schema below), NN = the position it was taken at;
+                                 99-final.json is the final configuration measured against the baseline
     stages/<NN>-<stage>.breakdown.csv     per-step time breakdown from the trace
     stages/<NN>-<stage>.trace_summary.json  trace summary (analyze.py)
     experiments/<name>.json      results of `workbench experiment <name>`
@@ -14,7 +16,9 @@ A stage result (all times in seconds, memory in MiB, throughput in samples/s)::
 
     {
       "schema": 1, "run": str, "stage": str, "index": int, "mode": "ladder" | "ablation",
-      "status": "baseline" | "kept" | "rejected" | "tradeoff" | "failed" | "skipped",
+      "status": "baseline" | "kept" | "rejected" | "tradeoff" | "final" | "failed" | "skipped",
+      "why_now": str,                   # why this stage was tried at this point (the trace, or the order)
+      "rounds": {"count", "a": [float], "b": [float]} | null,  # per-round throughputs of both sides
       "reason": str,                    # why kept/rejected/failed/skipped, one sentence
       "applied": [str],                 # stages in effect for this measurement
       "config": {...},                  # RunConfig fields as measured
@@ -52,7 +56,9 @@ A stage result (all times in seconds, memory in MiB, throughput in samples/s)::
       "error": str | null
     }
 
-``verdict`` is "faster", "slower" or "no significant change" (the 95% interval holds 1).
+``verdict`` is "faster" (the whole 95% interval above 1 + min_effect and the effect above the A/A
+noise floor), "slower" (the whole interval below 1), "inconclusive" (too wide to tell) or
+"no significant change". Intervals are paired t-intervals over rounds (fresh processes, alternating).
 """
 from __future__ import annotations
 
@@ -65,6 +71,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 STAGES_DIR = "stages"
 RUN_FILE = "run.json"
+# Beside the stage files: the noise floor, the order taken and why, the second look, leave-one-out and
+# the paired headline (workbench/ladder.py writes it piece by piece).
+VERDICTS_FILE = "verdicts.json"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
