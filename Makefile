@@ -19,7 +19,7 @@ RUNPY := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY)
 endif
 WB := $(RUNPY) -m workbench.cli
 
-.PHONY: help setup check-env ladder profile-baseline report tensorboard profile-lines bench test gpu-check experiments clean
+.PHONY: help setup check-env bench-verdicts ladder profile-baseline report tensorboard profile-lines bench test gpu-check experiments clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -40,7 +40,7 @@ ladder: setup ## run every stage of the ladder, then write the report (the main 
 	$(WB) report
 
 profile-baseline: setup ## measure and trace the baseline stage only, and say where its trace is
-	$(WB) run --stages baseline $(ARGS)
+	$(WB) run --stages baseline --rounds 2 $(ARGS)
 
 report: setup ## CSV, dashboard, plots and optimization_report.md for the newest run (or RUN=name)
 	$(WB) report $(RUN)
@@ -58,6 +58,9 @@ experiments: setup ## the lab's experiments (workers, pipeline, precision, memor
 
 bench: setup ## harness overhead against a bare hand-written loop (prints both)
 	$(RUNPY) benchmarks/harness_overhead.py $(ARGS)
+
+bench-verdicts: setup ## the default ladder 3 times: per-stage status per run, agreement, headline intervals
+	$(RUNPY) benchmarks/verdicts.py $(ARGS)
 
 gpu-check: setup ## short ladder on a GPU with the assertions that must hold there
 	$(RUNPY) benchmarks/gpu_check.py $(ARGS)

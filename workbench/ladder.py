@@ -26,7 +26,7 @@ from workbench.errors import StageSkipped
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.rounds import Side
 from workbench.session import Session, write_run_file
-from workbench.stages import REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
+from workbench.stages import MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
 
 FINAL_STAGE = "final"
 
@@ -86,6 +86,14 @@ def _clear_old_traces(trace_dir) -> None:
 def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts) -> dict:
     """The baseline against itself: the machine's noise floor, and the baseline's own result."""
     cfg = session.base_cfg
+    earlier, aa = _previous(session, "baseline", cfg, []), _earlier_floor(session)
+    if earlier and aa:
+        session.log("== baseline and noise floor: kept from the earlier run")
+        state.floor = aa["noise_floor"]
+        verdicts.set("noise_floor", aa)
+        state.baseline = state.result = earlier
+        state.position = 1
+        return earlier
     started = time.perf_counter()
     comparison = _compare(session, cfg, cfg, "noise floor (A/A)", "baseline", "baseline",
                           _trace_dir(session, cfg, 0, "baseline"))
@@ -130,12 +138,43 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> d
         return _save(session, judge.skipped(session, stage, position, before, str(error), why))
     if cfg == before:
         return _save(session, judge.skipped(session, stage, position, cfg, _nothing_to_change(session, stage, against), why))
-    started = time.perf_counter()
-    comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
-                          _trace_dir(session, cfg, position, stage.name))
     applied = (state.applied if session.mode == "ladder" else []) + [stage.name]
+    earlier = _previous(session, stage.name, cfg, applied)
+    if earlier is not None:
+        session.log(f"== {stage.name}: kept from the earlier run ({earlier['status']})")
+        return earlier
+    started = time.perf_counter()
+    rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
+    comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
+                          _trace_dir(session, cfg, position, stage.name), rounds)
     result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
     return _save(session, result)
+
+
+def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -> dict | None:
+    """A finished result of an interrupted run that measured exactly what this run would now."""
+    if not session.resume:
+        return None
+    for path in (session.run_dir / results.STAGES_DIR).glob(f"[0-9][0-9]-{name}.json"):
+        try:
+            found = results.read_json(path)
+        except ValueError:  # a truncated file is measured again
+            continue
+        same_machine = found.get("environment", {}).get("device_name") == session.environment.get("device_name")
+        if (found.get("status") not in ("failed", None) and found.get("config") == cfg.to_dict()
+                and found.get("applied", applied) == applied and same_machine):
+            return found
+    return None
+
+
+def _earlier_floor(session: Session) -> dict | None:
+    path = session.run_dir / VERDICTS_FILE
+    if not (session.resume and path.is_file()):
+        return None
+    try:
+        return results.read_json(path).get("noise_floor")
+    except ValueError:
+        return None
 
 
 def _nothing_to_change(session: Session, stage: Stage, against: dict) -> str:

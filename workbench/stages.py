@@ -13,9 +13,13 @@ from workbench.device import Capabilities
 from workbench.errors import StageSkipped, UsageError
 
 SPEED, MEMORY, REFERENCE = "speed", "memory", "reference"
-# Emulated bf16 on a CPU runs an order of magnitude slower: measure it briefly, enough to show it.
+# Emulated bf16 on a CPU runs an order of magnitude slower: measure it briefly (one round, a few
+# steps), enough to show it; the second look does not try it again.
 PROBE_TIMED_STEPS, PROBE_WARMUP_STEPS = 4, 1
 ACCUMULATION_MICRO_BATCHES = 2
+# Memory stages are trade-offs, not carried forward: their peak memory needs one process, their speed
+# cost is reported with the interval two rounds give.
+MEMORY_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ def amp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     if ctx.device_type != "cpu":
         raise StageSkipped(caps.amp_reason)
     # Measured once, briefly, so the report can show the cost; the verdict then rejects it.
-    return cfg.with_overrides(precision="bf16", repeats=1, warmup_steps=PROBE_WARMUP_STEPS,
+    return cfg.with_overrides(precision="bf16", repeats=1, rounds=1, warmup_steps=PROBE_WARMUP_STEPS,
                               timed_steps=min(cfg.timed_steps, PROBE_TIMED_STEPS))
 
 
