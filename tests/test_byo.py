@@ -20,7 +20,8 @@ from workbench.config import RunConfig
 from workbench.data import write_synthetic_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--image-size", "16", "--batch-size", "4", "--warmup-steps", "1", "--timed-steps", "2", "--repeats", "2"]
+TINY = ["--image-size", "16", "--batch-size", "4", "--warmup-steps", "1", "--timed-steps", "2", "--repeats", "1",
+        "--rounds", "2", "--order", "fixed"]
 FACTORY_MODULE = '''
 from torch import nn
 
@@ -126,10 +127,10 @@ def busy_net(num_classes: int) -> nn.Module:
 
 
 def test_slow_input_pipeline_is_found_and_fixed_from_python(tmp_path):
-    cfg = RunConfig(image_size=32, batch_size=8, warmup_steps=2, timed_steps=6, repeats=2, run_name="slow",
+    cfg = RunConfig(image_size=32, batch_size=8, warmup_steps=2, timed_steps=6, rounds=2, order="fixed", run_name="slow",
                     reports_dir=str(tmp_path / "reports"), profiles_dir=str(tmp_path / "profiles"))
     results = optimize(cfg, model_factory=busy_net, dataset=SlowImages(), stages="dataloader", log=lambda m: None)
-    baseline, loader = results
+    baseline, loader = results[:2]
     shares = [json.loads(Path(r["trace"]["summary_json"]).read_text())["breakdown_share"]["data_loading"]
               for r in results]
     assert "data_loading" in [f["rule"] for f in baseline["findings"]]

@@ -15,7 +15,8 @@ import pytest
 from workbench.data import write_synthetic_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--image-size", "16", "--batch-size", "8", "--warmup-steps", "1", "--timed-steps", "3", "--repeats", "2",
+TINY = ["--image-size", "16", "--batch-size", "8", "--warmup-steps", "1", "--timed-steps", "3", "--repeats", "1",
+        "--rounds", "2",
         "--data", "synthetic", "--synthetic-per-batch", "64"]
 REQUIRED_METRICS = ("step_time_s", "throughput", "warmup_s", "peak_memory_mb", "peak_memory_kind", "flops_per_step",
                     "achieved_flops_per_s", "mfu", "peak_flops_source", "final_loss", "speedup_vs_baseline",
@@ -47,13 +48,17 @@ def stage_results(cwd: Path, run: str) -> dict[str, dict]:
 def test_one_json_per_stage_with_the_figures(ladder_run):
     cwd, out, err = ladder_run
     results = stage_results(cwd, "tiny")
-    assert list(results) == ["baseline", "amp", "accumulation"]
+    assert [name for name in results if name != "final"] == ["baseline", "amp", "accumulation"]
     for result in results.values():
-        assert result["status"] in ("baseline", "kept", "rejected", "tradeoff"), result["reason"]
+        assert result["status"] in ("baseline", "kept", "rejected", "tradeoff", "final"), result["reason"]
         assert all(key in result["metrics"] for key in REQUIRED_METRICS)
         assert "synthetic" in result["data"]
         assert result["environment"]["torch"] and result["environment"]["git_revision"]
-        assert len(result["metrics"]["step_times_s"]) == 2
+        # one timed window per round (one fresh process each), 2 rounds, 1 for a brief probe
+        assert len(result["metrics"]["step_times_s"]) == result["rounds"]["count"] == (1 if result.get("probe") else 2)
+    verdicts = json.loads((cwd / "reports/tiny/verdicts.json").read_text())
+    assert verdicts["noise_floor"]["rounds"] == 2 and [e["stage"] for e in verdicts["order"]] == ["amp", "accumulation"]
+    assert "headline" in verdicts
     assert results["accumulation"]["status"] == "tradeoff"
     assert results["accumulation"]["config"]["micro_batch_size"] == 4
     assert "final kept configuration" in out and "MFU" in out
@@ -61,13 +66,14 @@ def test_one_json_per_stage_with_the_figures(ladder_run):
 
 def test_progress_is_shown(ladder_run):
     _, _, err = ladder_run
-    assert "[baseline] repeat 1/2" in err and "elapsed" in err
+    assert "[noise floor (A/A)] round 1/2" in err and "elapsed" in err
+    assert "noise floor: baseline vs itself" in err
 
 
 def test_trace_layout_and_regions(ladder_run):
     cwd, _, _ = ladder_run
     traces = sorted((cwd / "profiles" / "tiny").glob("*/*.pt.trace.json.gz"))
-    assert [t.parent.name for t in traces] == ["00-baseline", "03-amp", "06-accumulation"]
+    assert [t.parent.name for t in traces if t.parent.name != "99-final"] == ["00-baseline", "01-amp", "02-accumulation"]
     trace = json.loads(gzip.open(traces[0]).read())
     names = {event.get("name") for event in trace["traceEvents"]}
     assert {"data_loading", "host_to_device", "forward", "backward", "optimizer_step"} <= names
@@ -102,12 +108,12 @@ def test_resume_keeps_finished_stages(ladder_run):
     cwd, _, _ = ladder_run
     stages = cwd / "reports/tiny/stages"
     baseline_mtime = (stages / "00-baseline.json").stat().st_mtime
-    (stages / "06-accumulation.json").unlink()
+    (stages / "02-accumulation.json").unlink()
     proc = workbench("run", "--resume", "tiny", "--stages", "amp,accumulation", cwd=cwd)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
     assert (stages / "00-baseline.json").stat().st_mtime == baseline_mtime
-    assert json.loads((stages / "06-accumulation.json").read_text())["status"] == "tradeoff"
+    assert json.loads((stages / "02-accumulation.json").read_text())["status"] == "tradeoff"
     assert "kept from the earlier run" in err
 
 

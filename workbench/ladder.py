@@ -191,9 +191,14 @@ def _save(session: Session, result: dict) -> dict:
     return result
 
 
-def _advance(state: LadderState, result: dict, mode: str) -> None:
+# How a configuration is measured, not what it is: a brief probe's settings must not carry forward.
+MEASUREMENT_FIELDS = ("repeats", "rounds", "warmup_steps", "timed_steps")
+
+
+def _advance(state: LadderState, result: dict, mode: str, base: RunConfig) -> None:
     if mode == "ladder" and result["status"] == "kept":
-        state.cfg = RunConfig(**result["config"])
+        measured = {key: getattr(base, key) for key in MEASUREMENT_FIELDS}
+        state.cfg = RunConfig(**{**result["config"], **measured})
         state.applied, state.result = result["applied"], result
 
 
@@ -206,7 +211,7 @@ def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdic
         pending.remove(stage)
         verdicts.add("order", {"stage": stage.name, "why": why, "builds_on": state.applied or ["baseline"]})
         result = run_stage(session, stage, state, why)
-        _advance(state, result, session.mode)
+        _advance(state, result, session.mode, session.base_cfg)
         finished.append(result)
     return finished
 

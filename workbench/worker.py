@@ -25,7 +25,7 @@ from workbench.device import resolve_device_type
 from workbench.distributed import DistInfo
 from workbench.errors import StageSkipped
 from workbench.executor import Gate, build, measure_config
-from workbench.progress import Progress
+from workbench.progress import Progress, Switch
 from workbench.results import read_json, write_json_atomic
 
 
@@ -41,6 +41,7 @@ class PipeGate(Gate):
 
     def __init__(self, events, commands) -> None:
         self.events, self.commands = events, commands
+        self.progress = Switch()  # on while this process has the machine to itself
 
     def _say(self, event: str, **extra) -> None:
         self.events.write(json.dumps({"event": event, **extra}) + "\n")
@@ -55,10 +56,14 @@ class PipeGate(Gate):
     def ready(self, warmup_s: float) -> None:
         self._say("ready", warmup_s=warmup_s)
         self._hear(("go",))
+        self.progress.on = True
 
     def timed(self, step_times: list[list[float]]) -> bool:
+        self.progress.on = False
         self._say("timed")
-        return self._hear(("extras", "exit")) == "extras"
+        extras = self._hear(("extras", "exit")) == "extras"
+        self.progress.on = extras
+        return extras
 
 
 def protocol_streams():
@@ -70,10 +75,9 @@ def protocol_streams():
 
 def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = DistInfo(), gate: Gate = Gate()) -> dict:
     cfg = RunConfig(**spec["config"])
-    # Only the first process talks: N copies of every progress line would say nothing more; a paired
-    # round's two processes stay quiet too (the coordinator prints the round).
-    quiet = not dist.is_main or spec.get("paired")
-    stream = open(os.devnull, "w") if quiet else sys.stderr
+    # Only the first process talks: N copies of every progress line would say nothing more; in a paired
+    # round only while it is timed or running its extras (the other one waits, silent).
+    stream = getattr(gate, "progress", sys.stderr) if dist.is_main else open(os.devnull, "w")
     progress = Progress(spec["stage"] + (f" x{dist.world_size} processes" if dist.enabled else ""), stream)
     log = lambda message: print(f"[{spec['stage']}] {message}", file=stream, flush=True)
     built = build(cfg, model_factory, dataset, log=log, dist=dist)
