@@ -109,10 +109,11 @@ def compare(session, a: Side, b: Side, rounds: int, label: str) -> Comparison:
         last = index == rounds - 1
         order = ("a", "b") if index % 2 == 0 else ("b", "a")
         raws = _one_round(session, a, b, order, last)
-        for side, raw in raws.items():
-            if raw.get("status") != "measured":
-                result.failure, result.failed_side = raw, side
-                return result
+        failed = [side for side in ("a", "b") if raws[side].get("status") not in ("measured", "cancelled")]
+        if failed or any(raw.get("status") != "measured" for raw in raws.values()):
+            side = failed[-1] if failed else "b"  # the candidate's own failure is the one to report
+            result.failure, result.failed_side = raws[side], side
+            return result
         result.a_rounds.append(raws["a"])
         result.b_rounds.append(raws["b"])
         _say_round(session, label, a, b, result, index, rounds, started)
@@ -151,17 +152,27 @@ def _paired_processes(specs: dict[str, dict], order: tuple[str, str], tmp: Path)
         for key, spec in specs.items():
             procs[key] = _start(spec, tmp / f"{key}.spec.json")
         ready = {key: _await(proc, "ready") for key, proc in procs.items()}
-        if all(ready.values()):
-            for key in order:  # one at a time: the other process waits, idle, while this one is timed
-                _send(procs[key], "go")
-                _await(procs[key], "timed")
-            for key in order:  # extras one at a time too: a trace's shares need the cores to itself
-                _send(procs[key], "extras" if specs[key]["extras"] else "exit")
-                _finish(procs[key])
+        if not all(ready.values()):  # one side could not start: the other is stopped, not blamed
+            return {key: CANCELLED if ready[key] else _raw(specs[key], _stopped(procs[key])) for key in specs}
+        for key in order:  # one at a time: the other process waits, idle, while this one is timed
+            _send(procs[key], "go")
+            _await(procs[key], "timed")
+        for key in order:  # extras one at a time too: a trace's shares need the cores to itself
+            _send(procs[key], "extras" if specs[key]["extras"] else "exit")
+            _finish(procs[key])
         return {key: _raw(specs[key], procs[key]) for key in specs}
     finally:
         for proc in procs.values():
             stop(proc)
+
+
+# The side that was ready when its partner failed: stopped, with nothing of its own to report.
+CANCELLED = {"status": "cancelled", "error": "stopped because the other configuration of the round failed"}
+
+
+def _stopped(proc: subprocess.Popen) -> subprocess.Popen:
+    _finish(proc)  # it said nothing more: it has ended (or ends now) and wrote its reason
+    return proc
 
 
 def _start(spec: dict, spec_path: Path) -> subprocess.Popen:

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from workbench import plots
-from workbench.experiments.rows import interval, value
+from workbench.experiments.rows import interval, too_wide, value
+
+INCONCLUSIVE_LABEL = "inconclusive:\ntoo noisy,\nrerun on a\nquiet machine"
 
 OK_COLOR, REFERENCE_COLOR = plots.STATUS_COLORS["kept"], plots.STATUS_COLORS["baseline"]
 SLOWER_COLOR = plots.STATUS_COLORS["tradeoff"]
@@ -45,11 +47,14 @@ def metric_panel(ax, rows: Sequence[dict], reference: str, path: tuple[str, ...]
 
     speed: colour measurably slower rows orange (leave it off for figures that are not about speed).
     """
-    values = [value(r, *path) for r in rows]
-    errors = [interval(r, path[0]) for r in rows] if with_interval else None
+    # A figure whose interval is too wide to tell is not drawn as a bare number: it says so instead.
+    noisy = [with_interval and too_wide(r, path[0]) for r in rows]
+    values = [None if n else value(r, *path) for r, n in zip(rows, noisy)]
+    errors = [None if n else interval(r, path[0]) for r, n in zip(rows, noisy)] if with_interval else None
+    labels_missing = [INCONCLUSIVE_LABEL if n else m for n, m in zip(noisy, missing(rows))]
     plots.bar_chart(ax, labels(rows), values, errors=errors, colors=colors(rows, reference, speed), ylabel=ylabel,
                     title=title, reference=line, reference_label=line_label, value_label=fmt,
-                    missing_label=missing(rows))
+                    missing_label=labels_missing)
 
 
 def throughput_panel(ax, rows: Sequence[dict], reference: str, title: str = "Throughput") -> None:

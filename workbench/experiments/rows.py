@@ -54,14 +54,39 @@ def other_fields(good: list[dict]) -> dict:
             "mfu": metrics[-1].get("mfu"), "eval_accuracy": metrics[-1].get("eval_accuracy")}
 
 
+def round_rates(good: list[dict]) -> list[float]:
+    """Throughput of each round (one fresh process each): all its timed steps."""
+    return [stats.repeat_throughputs([[t for r in raw["metrics"]["step_times_s"] for t in r]],
+                                     raw["metrics"]["samples_per_step"])[0] for raw in good]
+
+
 def speedup_against(good: list[dict], reference: list[dict] | None, is_reference: bool) -> dict | None:
-    """Throughput ratio against the experiment's reference configuration, with its interval."""
+    """Throughput ratio against the experiment's reference configuration, with its interval.
+
+    Rounds interleave every configuration, so round k of a configuration and round k of the reference
+    ran side by side in time: with two or more rounds each, the interval is the ladder's paired
+    t-interval over rounds and the verdict its rule (inconclusive when too wide to tell)."""
     if is_reference:
         return {"ratio": 1.0, "ci95_low": 1.0, "ci95_high": 1.0, "verdict": REFERENCE_VERDICT}
     if not good or not reference:
         return None
+    if min(len(good), len(reference)) >= 2:
+        count = min(len(good), len(reference))
+        ratio = stats.paired_ratio(round_rates(reference)[:count], round_rates(good)[:count])
+        return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0)}
     samples, ref_samples = good[0]["metrics"]["samples_per_step"], reference[0]["metrics"]["samples_per_step"]
-    return stats.speedup(merged_times(good), samples, merged_times(reference), ref_samples, seed=0)
+    ratio = stats.speedup(merged_times(good), samples, merged_times(reference), ref_samples, seed=0)
+    return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0)}
+
+
+def too_wide(row: dict, key: str) -> bool:
+    """A figure whose interval cannot tell anything (the rule of stats.judged_verdict)."""
+    figure = row.get(key) or {}
+    if figure.get("verdict") == "inconclusive":
+        return True
+    low, high = figure.get("ci95_low"), figure.get("ci95_high")
+    return bool(low is not None and high is not None and figure.get("median") and
+                stats.half_width({"ci95_low": low, "ci95_high": high}) > stats.INCONCLUSIVE_HALF_WIDTH)
 
 
 def build_row(label: str, overrides: dict, skip: str, raws: list[dict], reference: list[dict] | None,
