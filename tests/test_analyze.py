@@ -54,10 +54,18 @@ def test_gzipped_trace_reads_like_plain(tmp_path):
     assert analyze.load_trace(tmp_path / "host_100.1000.pt.trace.json.gz") == analyze.load_trace(plain)
 
 
-def test_trace_without_profiler_steps_is_rejected():
+def test_trace_without_profiler_steps_is_one_window():
     trace = {"traceEvents": [{"ph": "X", "cat": "user_annotation", "name": "forward", "pid": 1, "tid": 1,
-                              "ts": 0, "dur": 5}]}
-    with pytest.raises(analyze.TraceFormatError, match="schedule"):
+                              "ts": 0, "dur": 5}, {"ph": "X", "cat": "cpu_op", "name": "aten::add", "pid": 1,
+                                                   "tid": 1, "ts": 5, "dur": 5}]}
+    assert analyze.step_breakdown(trace) == [pytest.approx(
+        {"step": 0, "step_ms": 0.01, "data_loading_ms": 0, "host_to_device_ms": 0, "forward_ms": 0.005,
+         "backward_ms": 0, "optimizer_step_ms": 0, "other_ms": 0.005})]
+
+
+def test_trace_without_host_events_is_rejected():
+    trace = {"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 0, "dur": 5}]}
+    with pytest.raises(analyze.TraceFormatError, match="not a torch.profiler trace"):
         analyze.step_breakdown(trace)
 
 

@@ -213,6 +213,20 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from workbench.explain import print_analysis  # reads files only: no torch import on this path
+
+    print_analysis(args.paths, args.json)
+    return 0
+
+
+def _add_analyze(commands) -> None:
+    analyze = commands.add_parser("analyze", help="breakdown and findings of any torch.profiler trace (or folder of them)")
+    analyze.add_argument("paths", nargs="+", metavar="PATH", help="a .json/.json.gz trace, or a folder (one trace per rank)")
+    analyze.add_argument("--json", action="store_true", help="print one JSON document (trace_summary.json + findings)")
+    analyze.set_defaults(handler=cmd_analyze)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="workbench", description="Profiling-driven optimization workbench for PyTorch training loops.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
@@ -246,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--threshold", type=float, default=0.05, help="relative change counted as a regression")
     compare.add_argument("--reports-dir", default="reports")
     compare.set_defaults(handler=cmd_compare)
+    _add_analyze(commands)
     return parser
 
 
