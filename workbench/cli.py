@@ -193,6 +193,7 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
     built = build(cfg)
     warm_up(built, Progress(stage.name))
     print(pyprofile.profile_lines(built, out_dir, args.steps).read_text())
+    print(f"function profile (cProfile): {pyprofile.profile_functions(built, out_dir, args.steps)}")
     csv_path, png = pyprofile.profile_memory(built, out_dir, args.steps)
     print(f"line profile: {out_dir / 'line_profile.txt'}\nhost memory: {csv_path} and {png}")
     return 0

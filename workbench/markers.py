@@ -21,6 +21,7 @@ No torch import.
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -196,6 +197,8 @@ def _h2d_launchers(events: list[dict], top: list[dict]) -> list[dict]:
     copies = {e.get("args", {}).get("correlation") for e in events
               if e.get("cat") == "gpu_memcpy" and "HtoD" in e.get("name", "")}
     copies.discard(None)
-    calls = [e["ts"] for e in events if e.get("cat") == "cuda_runtime"
-             and e.get("args", {}).get("correlation") in copies]
-    return [op for op in top if any(op["ts"] <= ts < end(op) for ts in calls)]
+    calls = sorted(e["ts"] for e in events if e.get("cat") == "cuda_runtime"
+                   and e.get("args", {}).get("correlation") in copies)
+    # A call lies inside the op when the first call at or after the op's start begins before its end.
+    return [op for op in top if bisect_left(calls, op["ts"]) < len(calls)
+            and calls[bisect_left(calls, op["ts"])] < end(op)]
