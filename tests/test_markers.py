@@ -32,7 +32,7 @@ def test_old_capitalized_gpu_trace_from_pytorch_markers():
          "optimizer_step": 0.12, "other": 0.16})
     markers = summary["markers"]
     assert markers["steps"] == "ProfilerStep#N"
-    assert markers["data_loading"].startswith("enumerate(DataLoader)")
+    assert markers["data_loading"].startswith("enumerate(DataLoader)") and "GPU is idle" in markers["data_loading"]
     assert "autograd engine" in markers["backward"] and "inferred" in markers["forward"]
 
 
@@ -98,3 +98,19 @@ def test_analyze_command_does_not_import_torch():
     code = (f"import sys; from workbench import cli; cli.main(['analyze', {str(OLD_GPU)!r}]); "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True).returncode == 0
+
+
+def test_a_gpu_tail_over_the_next_fetch_is_counted_like_tb_profiler(tmp_path):
+    """Step 1's memset runs until 12 ms, into step 2's fetch (11.1-13.1 ms): step 1 lasts until the
+    GPU is done and step 2 starts there; the 0.9 ms of fetch behind the GPU's work is not waiting for
+    data (it goes to other), so only 1.1 ms of that fetch counts, in step 2."""
+    trace = json.loads(OLD_GPU.read_text())
+    memset = next(e for e in trace["traceEvents"] if e["name"] == "Memset (Device)")
+    memset["dur"] = 12000 - memset["ts"]
+    path = tmp_path / "tail.pt.trace.json"
+    path.write_text(json.dumps(trace))
+    rows = analyze.step_breakdown(trace)
+    assert [(row["step_ms"], row["data_loading_ms"]) for row in rows] == [(11.0, 2.0), (9.0, 1.1)]
+    share = analyze.summarize(path)["breakdown_share"]["data_loading"]
+    assert share == pytest.approx(3.1 / 20)
+    assert abs(share - tb_dataloader_share(path, tmp_path)) < 0.03

@@ -17,12 +17,13 @@ import json
 import os
 import re
 import statistics
+from bisect import bisect_right
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from workbench.markers import REGIONS, STEP_PREFIX, StepRegions, end as _end, find_steps, normalize
+from workbench.markers import REGIONS, STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
 from workbench.markers import named_region, thread as _thread
 from workbench.results import write_json_atomic
 
@@ -101,6 +102,8 @@ def _located(trace: dict) -> tuple[list[dict], list[dict], str, StepRegions]:
     steps, how, where = find_steps(events)
     if not steps:
         raise TraceFormatError("no host events (cpu_op/user_annotation/Operator): not a torch.profiler trace")
+    steps, extended = extend_to_device(steps, events)
+    how += "; each step lasts until the GPU work it launched ends" if extended else ""
     return events, steps, how, StepRegions(events, where)
 
 
@@ -111,20 +114,53 @@ def _step_number(step: dict) -> int:
     return int(digits.group()) if digits else -1
 
 
-def _innermost_region_us(intervals: list[tuple[float, float, str]]) -> dict[str, float]:
+def _inside(busy: list[tuple[float, float]], low: float, high: float) -> bool:
+    """Whether [low, high] lies inside one of the merged, sorted busy intervals."""
+    i = bisect_right(busy, (low, float("inf"))) - 1
+    return i >= 0 and busy[i][1] >= high
+
+
+def _innermost_region_us(intervals: list[tuple[float, float, str]],
+                         busy: list[tuple[float, float]] = ()) -> dict[str, float]:
     """Microseconds per region, each instant given once to the innermost region covering it, so
-    nested duplicates and regions inside regions never add up to more than the step."""
+    nested duplicates and regions inside regions never add up to more than the step.
+
+    A fetch while the GPU is busy (merged GPU intervals in `busy`) hides behind the GPU's work: it is
+    not time the step waits for data, and torch-tb-profiler does not count it either; it goes to other.
+    """
     totals = dict.fromkeys(REGIONS, 0.0)
-    cuts = sorted({t for start, end, _ in intervals for t in (start, end)})
+    cuts = sorted({t for start, end, _ in intervals for t in (start, end)}
+                  | {t for start, end in busy for t in (start, end)})
     for low, high in zip(cuts, cuts[1:]):
         covering = [iv for iv in intervals if iv[0] <= low and iv[1] >= high]
-        if covering:
-            totals[max(covering, key=lambda iv: (iv[0], -iv[1]))[2]] += high - low
+        if not covering:
+            continue
+        region = max(covering, key=lambda iv: (iv[0], -iv[1]))[2]
+        if region != DATA_LOADING or not busy or not _inside(busy, low, high):
+            totals[region] += high - low
     return totals
 
 
-def _step_row(step: dict, regions: StepRegions) -> dict:
-    region_us = _innermost_region_us(regions.intervals(step["ts"], _end(step)))
+def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, stop in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]]) -> dict:
+    start, stop = step["ts"], _end(step)
+    first = max(0, bisect_right(busy, (start,)) - 1)
+    in_step = []
+    for a, b in busy[first:]:
+        if a >= stop:
+            break
+        if b > start:
+            in_step.append((max(a, start), min(b, stop)))
+    region_us = _innermost_region_us(regions.intervals(start, stop), in_step)
     row = {"step": _step_number(step), "step_ms": step["dur"] / 1000}
     row.update({f"{region}_ms": region_us[region] / 1000 for region in REGIONS})
     row["other_ms"] = (step["dur"] - sum(region_us.values())) / 1000
@@ -132,8 +168,13 @@ def _step_row(step: dict, regions: StepRegions) -> dict:
 
 
 def _rows(trace: dict) -> tuple[list[dict], dict]:
-    _, steps, how, regions = _located(trace)
-    return [_step_row(step, regions) for step in steps], regions.describe(how)
+    events, steps, how, regions = _located(trace)
+    busy = _merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
+    rows = [_step_row(step, regions, busy) for step in steps]
+    markers = regions.describe(how)  # after the rows: the sources are noted as the steps are read
+    if busy and markers["data_loading"] != "not found":
+        markers["data_loading"] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
+    return rows, markers
 
 
 def step_breakdown(trace: dict) -> list[dict]:
@@ -304,7 +345,11 @@ def _mean_breakdown(rows: list[dict]) -> tuple[float, dict[str, float], dict[str
 
 def _analyze(trace_dir: Path | str) -> tuple[dict, list[dict]]:
     path = find_trace_file(trace_dir)
-    trace = load_trace(path)
+    return analyze_loaded(load_trace(path), path)
+
+
+def analyze_loaded(trace: dict, path: Path | str) -> tuple[dict, list[dict]]:
+    """(summary, per-step rows) of a trace already loaded from path."""
     rows, markers = _rows(trace)
     step_ms, mean_ms, share = _mean_breakdown(rows)
     summary = {"trace_file": str(path), "steps": len(rows), "markers": markers, "step_time_ms": step_ms,

@@ -55,7 +55,7 @@ def analyze_file(path: Path) -> dict:
         trace = analyze.load_trace(path)
         if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
             raise analyze.TraceFormatError("no traceEvents list")
-        summary = analyze.summarize(path)
+        summary = analyze.analyze_loaded(trace, path)[0]
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError, ValueError, KeyError,
             TypeError) as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__

@@ -21,7 +21,7 @@ No torch import.
 from __future__ import annotations
 
 import re
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -99,6 +99,40 @@ def find_steps(events: list[dict]) -> tuple[list[dict], str, tuple | None]:
         return [], "none", where
     window = _step(0, min(e["ts"] for e in mine), max(end(e) for e in mine))
     return [window], "whole window as one step (no ProfilerStep#N or Optimizer.step markers)", where
+
+
+DEVICE_CATEGORIES = frozenset({"kernel", "gpu_memcpy", "gpu_memset"})
+
+
+def _device_ends(steps: list[dict], events: list[dict]) -> list[float | None]:
+    """Per step, the end of the last GPU event whose launch (runtime call, by correlation) lies in it."""
+    launched: dict = {}
+    for event in events:
+        if event.get("cat") in ("cuda_runtime", "cuda_driver") and "correlation" in event.get("args", {}):
+            launched.setdefault(event["args"]["correlation"], event["ts"])
+    starts, ends = [s["ts"] for s in steps], [None] * len(steps)
+    for event in (e for e in events if e.get("cat") in DEVICE_CATEGORIES):
+        ts = launched.get(event.get("args", {}).get("correlation"))
+        i = bisect_right(starts, ts) - 1 if ts is not None else -1
+        if i >= 0 and ts < end(steps[i]):
+            ends[i] = max(ends[i] or end(event), end(event))
+    return ends
+
+
+def extend_to_device(steps: list[dict], events: list[dict]) -> tuple[list[dict], bool]:
+    """torch-tb-profiler's rule on GPU traces: a step lasts until the GPU work its host side launched
+    ends, and the next step starts no earlier (a fetch overlapping the GPU's tail of the step before
+    is not the GPU waiting for data). Returns (steps, whether any step changed)."""
+    ends = _device_ends(steps, events)
+    if not any(e is not None for e in ends):
+        return steps, False
+    out, previous = [], steps[0]["ts"]
+    for step, device_end in zip(steps, ends):
+        start = max(previous, step["ts"])
+        stop = max(end(step), device_end if device_end is not None else start)
+        out.append({**step, "ts": start, "dur": stop - start})
+        previous = stop
+    return out, any(a["ts"] != b["ts"] or a["dur"] != b["dur"] for a, b in zip(out, steps))
 
 
 def named_region(name: str) -> tuple[str, str] | None:
