@@ -167,10 +167,10 @@ class StepRegions:
 
     def intervals(self, start: float, stop: float) -> list[tuple[float, float, str]]:
         """(start, end, region) clipped to [start, stop]."""
-        found = [(e["ts"], end(e), region) for e, (region, _) in self.named]
-        for e, (region, source) in self.named:
-            if start < end(e) and e["ts"] < stop:
-                self.sources[region].add(source)
+        overlapping = [(e, found) for e, found in self.named if start < end(e) and e["ts"] < stop]
+        found = [(e["ts"], end(e), region) for e, (region, _) in overlapping]
+        for _, (region, source) in overlapping:
+            self.sources[region].add(source)
         if not self.own:
             found += self._inferred(start, stop, found)
         clipped = [(max(a, start), min(b, stop), region) for a, b, region in found]
