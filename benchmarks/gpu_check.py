@@ -150,9 +150,12 @@ def print_table(rows: list[tuple[str, bool | None, str]]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timed-steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data", default="auto")
     parser.add_argument("--stages", default=STAGES, help="stages to run (all of the lab's ladder: 'all')")
+    parser.add_argument("--rounds", type=int, default=2, help="paired rounds per comparison")
+    parser.add_argument("--order", default="fixed", choices=("fixed", "trace"),
+                        help="fixed: one pass (short); trace: profiling-driven order, second look, leave-one-out")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("gpu-check: error: no CUDA device here; allowed: a machine with an NVIDIA GPU", file=sys.stderr)
@@ -161,6 +164,7 @@ def main() -> int:
     print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, AMP {caps.amp_dtype} "
           f"({caps.amp_reason}), tensor cores: {caps.tensor_cores}")
     cfg = RunConfig(image_size=224, batch_size=32, timed_steps=args.timed_steps, repeats=args.repeats,
+                    rounds=args.rounds, order=args.order,
                     device="cuda", data=args.data, run_name=time.strftime("gpu-check-%Y%m%d-%H%M%S"))
     try:
         results = optimize(cfg, stages=None if args.stages == "all" else args.stages)

@@ -54,10 +54,18 @@ def test_gzipped_trace_reads_like_plain(tmp_path):
     assert analyze.load_trace(tmp_path / "host_100.1000.pt.trace.json.gz") == analyze.load_trace(plain)
 
 
-def test_trace_without_profiler_steps_is_rejected():
+def test_trace_without_profiler_steps_is_one_window():
     trace = {"traceEvents": [{"ph": "X", "cat": "user_annotation", "name": "forward", "pid": 1, "tid": 1,
-                              "ts": 0, "dur": 5}]}
-    with pytest.raises(analyze.TraceFormatError, match="schedule"):
+                              "ts": 0, "dur": 5}, {"ph": "X", "cat": "cpu_op", "name": "aten::add", "pid": 1,
+                                                   "tid": 1, "ts": 5, "dur": 5}]}
+    assert analyze.step_breakdown(trace) == [pytest.approx(
+        {"step": 0, "step_ms": 0.01, "data_loading_ms": 0, "host_to_device_ms": 0, "forward_ms": 0.005,
+         "backward_ms": 0, "optimizer_step_ms": 0, "other_ms": 0.005})]
+
+
+def test_trace_without_host_events_is_rejected():
+    trace = {"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, "ts": 0, "dur": 5}]}
+    with pytest.raises(analyze.TraceFormatError, match="not a torch.profiler trace"):
         analyze.step_breakdown(trace)
 
 
@@ -137,9 +145,13 @@ def test_gpu_launches_and_copies():
 def test_gpu_summary_ignores_gpu_side_annotation_mirrors():
     summary = analyze.summarize(GPU_DIR)
     assert summary["rank"] == 2
+    # Step 11 lasts until the last kernel it launched ends (110.08 ms, 80 us after the host step), as
+    # torch-tb-profiler counts it: a mean step of 5.04 ms, the 40 us extra in "other".
+    step = 5.04
+    assert summary["step_time_ms"] == pytest.approx(step)
     assert summary["breakdown_share"] == pytest.approx(
-        {"data_loading": 0.1, "host_to_device": 0.2, "forward": 0.2, "backward": 0.3,
-         "optimizer_step": 0.16, "other": 0.04})
+        {"data_loading": 0.5 / step, "host_to_device": 1.0 / step, "forward": 1.0 / step, "backward": 1.5 / step,
+         "optimizer_step": 0.8 / step, "other": 0.24 / step})
     assert summary["peak_memory_mb"] == {"cpu": 2.0, "cuda": 500.0}
 
 

@@ -53,7 +53,7 @@ def test_accumulation_without_loss_division_would_differ(convnet, batch):
     full, accumulated = _step(copy.deepcopy(convnet)), _step(copy.deepcopy(convnet), accumulation_steps=4)
     full_grads, acc_grads = _grads_at_step(full), _grads_at_step(accumulated)
     full(*batch)
-    accumulated._forward_backward = lambda x, y, steps: TrainStep._forward_backward(accumulated, x, y, 1)
+    accumulated._forward_backward = lambda micro, steps: TrainStep._forward_backward(accumulated, micro, 1)
     accumulated(*batch)
     assert not torch.allclose(full_grads[0][0], acc_grads[0][0], rtol=1e-3)
     assert torch.allclose(4 * full_grads[0][0], acc_grads[0][0], rtol=1e-4, atol=1e-6)

@@ -98,9 +98,14 @@ def test_keep_rule(interval, min_effect, floor, expected):
     assert stats.judged_verdict(interval, min_effect, floor) == expected
 
 
-def test_noise_floor_is_the_aa_spread():
-    assert stats.noise_floor(ratio(1.01, 0.95, 1.07)) == pytest.approx(0.0613, abs=1e-3)
-    assert stats.noise_floor(ratio(1.10, 1.08, 1.12)) == pytest.approx(0.10)
+def test_noise_floor_is_one_rounds_spread_or_the_apparent_effect():
+    aa = stats.paired_ratio([100, 100, 100, 100], [104, 96, 103, 97])
+    assert stats.noise_floor(aa) == pytest.approx(0.0417, abs=1e-3)  # sd of the log ratios, not the CI
+    biased = stats.paired_ratio([100, 100, 100], [110, 110.5, 109.5])
+    assert stats.noise_floor(biased) == pytest.approx(0.10, abs=1e-3)
+    # two noisy rounds do not turn a 5x slowdown into "noise"
+    noisy = stats.paired_ratio([3.2, 2.2], [3.9, 2.1])
+    assert stats.judged_verdict(ratio(0.22, 0.19, 0.25), 0.03, stats.noise_floor(noisy)) == "slower"
 
 
 # --- the order the trace picks ----------------------------------------------------------------------

@@ -5,8 +5,9 @@ install, and torch-tb-profiler cannot be relied on (0.4.3 drops user_annotation 
 regions below would read 0). In the manner of HolisticTraceAnalysis, each analyzer takes the loaded
 trace and returns plain rows with units in the key names; nothing here plots or prints.
 
-The training loop marks its regions with ``torch.profiler.record_function`` using the names in
-``REGIONS``, and the profiler must run with a schedule so that ``ProfilerStep#N`` markers exist.
+The workbench's loop marks its regions with ``torch.profiler.record_function`` using the names in
+``REGIONS`` inside ``ProfilerStep#N`` markers; any other trace is read through the markers PyTorch
+and Lightning write themselves (workbench.markers), and the summary names the ones it used.
 """
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import json
 import os
 import re
 import statistics
+from bisect import bisect_right
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from workbench.markers import REGIONS, STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
+from workbench.markers import named_region, thread as _thread
 from workbench.results import write_json_atomic
 
 DATA_LOADING = "data_loading"  # fetching the next batch from the DataLoader
@@ -28,11 +32,9 @@ HOST_TO_DEVICE = "host_to_device"  # the .to(device) copies of the batch
 FORWARD = "forward"
 BACKWARD = "backward"
 OPTIMIZER_STEP = "optimizer_step"
-REGIONS = (DATA_LOADING, HOST_TO_DEVICE, FORWARD, BACKWARD, OPTIMIZER_STEP)
 OTHER = "other"
 BREAKDOWN_COLUMNS = ("step", "step_ms", *(f"{region}_ms" for region in REGIONS), "other_ms")
 
-STEP_PREFIX = "ProfilerStep#"
 TRACE_GLOBS = ("*.pt.trace.json", "*.pt.trace.json.gz")
 # torch 2.x writes record_function ranges, ProfilerStep#N included, as "user_annotation"; older
 # releases wrote ProfilerStep as "cpu_op". The GPU-side mirrors ("gpu_user_annotation") are not
@@ -91,65 +93,97 @@ def load_trace(path: Path | str) -> dict:
 
 
 def _complete_events(trace: dict) -> list[dict]:
-    return [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "ts" in e]
+    return normalize(trace.get("traceEvents", []))
 
 
-def _end(event: dict) -> float:
-    return event["ts"] + event.get("dur", 0)
-
-
-def _thread(event: dict) -> tuple[Any, Any]:
-    return event.get("pid"), event.get("tid")
-
-
-def _profiler_steps(events: list[dict]) -> list[dict]:
-    """ProfilerStep#N markers of the thread that ran the loop, in time order."""
-    steps = [e for e in events if e.get("cat") in HOST_CATEGORIES and e.get("name", "").startswith(STEP_PREFIX)]
+def _located(trace: dict) -> tuple[list[dict], list[dict], str, StepRegions]:
+    """(events, steps, how the steps were found, the regions' finder)."""
+    events = _complete_events(trace)
+    steps, how, where = find_steps(events)
     if not steps:
-        raise TraceFormatError("no ProfilerStep#N events: was torch.profiler run with a schedule?")
-    # One thread drives the loop; its regions are looked up on that thread only.
-    loop_thread = Counter(_thread(e) for e in steps).most_common(1)[0][0]
-    return sorted((e for e in steps if _thread(e) == loop_thread), key=lambda e: e["ts"])
+        raise TraceFormatError("no host events (cpu_op/user_annotation/Operator): not a torch.profiler trace")
+    steps, extended = extend_to_device(steps, events)
+    how += "; each step lasts until the GPU work it launched ends" if extended else ""
+    return events, steps, how, StepRegions(events, where)
 
 
 def _step_number(step: dict) -> int:
+    if "number" in step:
+        return step["number"]
     digits = re.match(r"\d+", step["name"][len(STEP_PREFIX):])
     return int(digits.group()) if digits else -1
 
 
-def _innermost_region_us(intervals: list[tuple[float, float, str]]) -> dict[str, float]:
+def _inside(busy: list[tuple[float, float]], low: float, high: float) -> bool:
+    """Whether [low, high] lies inside one of the merged, sorted busy intervals."""
+    i = bisect_right(busy, (low, float("inf"))) - 1
+    return i >= 0 and busy[i][1] >= high
+
+
+def _innermost_region_us(intervals: list[tuple[float, float, str]],
+                         busy: list[tuple[float, float]] = ()) -> dict[str, float]:
     """Microseconds per region, each instant given once to the innermost region covering it, so
-    nested duplicates and regions inside regions never add up to more than the step."""
+    nested duplicates and regions inside regions never add up to more than the step.
+
+    A fetch while the GPU is busy (merged GPU intervals in `busy`) hides behind the GPU's work: it is
+    not time the step waits for data, and torch-tb-profiler does not count it either; it goes to other.
+    """
     totals = dict.fromkeys(REGIONS, 0.0)
-    cuts = sorted({t for start, end, _ in intervals for t in (start, end)})
+    cuts = sorted({t for start, end, _ in intervals for t in (start, end)}
+                  | {t for start, end in busy for t in (start, end)})
     for low, high in zip(cuts, cuts[1:]):
         covering = [iv for iv in intervals if iv[0] <= low and iv[1] >= high]
-        if covering:
-            totals[max(covering, key=lambda iv: (iv[0], -iv[1]))[2]] += high - low
+        if not covering:
+            continue
+        region = max(covering, key=lambda iv: (iv[0], -iv[1]))[2]
+        if region != DATA_LOADING or not busy or not _inside(busy, low, high):
+            totals[region] += high - low
     return totals
 
 
-def _step_row(step: dict, marks: list[dict]) -> dict:
+def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, stop in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
+
+
+def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]]) -> dict:
     start, stop = step["ts"], _end(step)
-    clipped = [(max(m["ts"], start), min(_end(m), stop), m["name"]) for m in marks]
-    region_us = _innermost_region_us([iv for iv in clipped if iv[1] > iv[0]])
+    first = max(0, bisect_right(busy, (start,)) - 1)
+    in_step = []
+    for a, b in busy[first:]:
+        if a >= stop:
+            break
+        if b > start:
+            in_step.append((max(a, start), min(b, stop)))
+    region_us = _innermost_region_us(regions.intervals(start, stop), in_step)
     row = {"step": _step_number(step), "step_ms": step["dur"] / 1000}
     row.update({f"{region}_ms": region_us[region] / 1000 for region in REGIONS})
     row["other_ms"] = (step["dur"] - sum(region_us.values())) / 1000
     return row
 
 
+def _rows(trace: dict) -> tuple[list[dict], dict]:
+    events, steps, how, regions = _located(trace)
+    busy = _merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
+    rows = [_step_row(step, regions, busy) for step in steps]
+    markers = regions.describe(how)  # after the rows: the sources are noted as the steps are read
+    if busy and markers["data_loading"] != "not found":
+        markers["data_loading"] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
+    return rows, markers
+
+
 def step_breakdown(trace: dict) -> list[dict]:
-    """One row per ProfilerStep: step time and the time in each region, clipped to the step.
+    """One row per step: step time and the time in each region, clipped to the step.
 
     The batch fetch for step N usually runs inside ProfilerStep#N (prof.step() opens the next step
     before the loop asks for the next batch), so the regions and "other" add up to the step time.
     """
-    events = _complete_events(trace)
-    steps = _profiler_steps(events)
-    marks = [e for e in events if e.get("cat") in HOST_CATEGORIES and e.get("name") in REGIONS
-             and _thread(e) == _thread(steps[0])]
-    return [_step_row(step, marks) for step in steps]
+    return _rows(trace)[0]
 
 
 def union_us(intervals: Iterable[tuple[float, float]]) -> float:
@@ -218,7 +252,7 @@ def device_activity(trace: dict) -> dict | None:
     events = _complete_events(trace)
     if not any(e.get("cat") in GPU_CATEGORIES for e in events):
         return None
-    steps = _profiler_steps(events)
+    events, steps, _, _ = _located(trace)
     start, stop = steps[0]["ts"], _end(steps[-1])
     gpu = [e for e in events if e.get("cat") in GPU_CATEGORIES and _end(e) > start]
     window_end = max(stop, max(_end(e) for e in gpu))
@@ -246,7 +280,7 @@ def _self_times_us(thread_events: list[dict]) -> list[tuple[dict, float]]:
 
 def _is_annotation(name: str) -> bool:
     """Older torch wrote ProfilerStep (and record_function ranges) as cpu_op; they are not operators."""
-    return name.startswith(STEP_PREFIX) or name in REGIONS
+    return name.startswith((STEP_PREFIX, "[pl]")) or named_region(name) is not None
 
 
 def _totals(pairs: Iterable[tuple[str, float]]) -> dict[str, list[float]]:
@@ -311,10 +345,14 @@ def _mean_breakdown(rows: list[dict]) -> tuple[float, dict[str, float], dict[str
 
 def _analyze(trace_dir: Path | str) -> tuple[dict, list[dict]]:
     path = find_trace_file(trace_dir)
-    trace = load_trace(path)
-    rows = step_breakdown(trace)
+    return analyze_loaded(load_trace(path), path)
+
+
+def analyze_loaded(trace: dict, path: Path | str) -> tuple[dict, list[dict]]:
+    """(summary, per-step rows) of a trace already loaded from path."""
+    rows, markers = _rows(trace)
     step_ms, mean_ms, share = _mean_breakdown(rows)
-    summary = {"trace_file": str(path), "steps": len(rows), "step_time_ms": step_ms,
+    summary = {"trace_file": str(path), "steps": len(rows), "markers": markers, "step_time_ms": step_ms,
                "breakdown_ms": mean_ms, "breakdown_share": share, "device": device_activity(trace),
                "top_ops": top_ops(trace),
                "peak_memory_mb": {device: peak_memory_mb(trace, device) for device in DEVICE_TYPE_IDS},

@@ -2,11 +2,19 @@
 
     from workbench.api import optimize
     from workbench.config import RunConfig
+from workbench.errors import UsageError
 
     results = optimize(RunConfig(image_size=32, batch_size=64, run_name="mine"),
                        model_factory=lambda num_classes: MyNet(num_classes),
-                       dataset=my_dataset,            # needs a `classes` attribute
+                       dataset=my_dataset,            # `classes` sizes the built-in models' output
                        stages="amp,channels_last")
+
+Any batch and any loss: loss_fn(model, batch) -> scalar loss gets the batch exactly as the DataLoader
+collates it (a tensor, a tuple, a dict of token ids, ...); FLOPs are counted on a real batch::
+
+    optimize(cfg, model_factory=lambda _: TinyGPT(), dataset=token_windows,
+             loss_fn=lambda model, batch: F.cross_entropy(model(batch["ids"]).flatten(0, 1),
+                                                          batch["targets"].flatten()))
     for r in results:
         print(r["stage"], r["status"], r["metrics"]["throughput"]["median"] if r["metrics"] else r["reason"])
 
@@ -19,19 +27,28 @@ from typing import Callable
 
 from workbench import ladder, session as sessions
 from workbench.config import RunConfig
+from workbench.errors import UsageError
 from workbench.stages import select
+from workbench.train import UserTask
 
 
 def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = None, dataset=None,
              stages: str | None = None, ablation: bool = False, isolate: bool | None = None,
-             resume: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
+             resume: bool = False, log: Callable[[str], None] | None = None,
+             loss_fn: Callable | None = None) -> list[dict]:
     """Run the ladder (or the ablation) and return every stage result, baseline first.
 
     model_factory(num_classes) -> nn.Module replaces cfg.model; dataset replaces cfg.data. Stages run
     in this process when either is given (objects from a notebook cannot always be sent to a fresh
-    process); otherwise each stage runs in its own process, as on the command line.
+    process); otherwise each stage runs in its own process, as on the command line. loss_fn(model,
+    batch) replaces the built-in cross-entropy on (images, labels); it needs a dataset. A dataset
+    without `classes` needs a model_factory (given num_classes=None).
     """
     cfg = cfg or RunConfig()
+    if loss_fn is not None:
+        if dataset is None:
+            raise UsageError("loss_fn needs a dataset (it receives that dataset's batches); allowed: pass dataset=")
+        dataset = UserTask(dataset, loss_fn)  # the loss travels with the data to each stage
     isolate = (model_factory is None and dataset is None) if isolate is None else isolate
     chosen = select(stages)
     extra = {"log": log} if log else {}

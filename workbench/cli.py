@@ -214,6 +214,7 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
     built = build(cfg)
     warm_up(built, Progress(stage.name))
     print(pyprofile.profile_lines(built, out_dir, args.steps).read_text())
+    print(f"function profile (cProfile): {pyprofile.profile_functions(built, out_dir, args.steps)}")
     csv_path, png = pyprofile.profile_memory(built, out_dir, args.steps)
     print(f"line profile: {out_dir / 'line_profile.txt'}\nhost memory: {csv_path} and {png}")
     return 0
@@ -232,6 +233,20 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         print(f"\ninterrupted: finished configurations are saved in {out_dir}/experiments/", file=sys.stderr)
         return 130
     return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from workbench.explain import print_analysis  # reads files only: no torch import on this path
+
+    print_analysis(args.paths, args.json)
+    return 0
+
+
+def _add_analyze(commands) -> None:
+    analyze = commands.add_parser("analyze", help="breakdown and findings of any torch.profiler trace (or folder of them)")
+    analyze.add_argument("paths", nargs="+", metavar="PATH", help="a .json/.json.gz trace, or a folder (one trace per rank)")
+    analyze.add_argument("--json", action="store_true", help="print one JSON document (trace_summary.json + findings)")
+    analyze.set_defaults(handler=cmd_analyze)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     compare.add_argument("--reports-dir", default="reports")
     compare.set_defaults(handler=cmd_compare)
+    _add_analyze(commands)
     return parser
 
 

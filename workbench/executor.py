@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from workbench import distributed, measure, stats
 from workbench.config import RunConfig
@@ -24,7 +25,7 @@ from workbench.errors import StageSkipped, UsageError
 from workbench.model import apply_all, build_model, build_optimizer
 from workbench.progress import Progress
 from workbench.trace import capture
-from workbench.train import BatchStream, StepSettings, TrainStep
+from workbench.train import BatchStream, StepSettings, TrainStep, UserTask, classification_loss, map_tensors
 
 
 @dataclass
@@ -59,12 +60,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def user_data_spec(dataset) -> DataSpec:
-    """A dataset handed in from Python: the class count comes from its `classes` attribute."""
+def user_data_spec(dataset, model_factory: Callable | None = None) -> DataSpec:
+    """A dataset handed in from Python (bare, or a UserTask with its loss). The class count comes
+    from a `classes` attribute where there is one; without it (tokens, regression) num_classes is
+    None and the model must come from model_factory, which is then given None."""
     classes = getattr(dataset, "classes", None)
-    if not classes:
-        raise UsageError("the dataset has no 'classes' attribute; give it one (a list of class names)")
-    return DataSpec(dataset, len(classes), f"user dataset {type(dataset).__name__} ({len(dataset)} samples)")
+    if not classes and model_factory is None:
+        raise UsageError("the dataset has no 'classes' attribute, so the built-in models cannot size their "
+                         "output; give the dataset `classes` (a list of class names) or pass model_factory")
+    inner = dataset.dataset if isinstance(dataset, UserTask) else dataset
+    return DataSpec(dataset, len(classes) if classes else None,
+                    f"user dataset {type(inner).__name__} ({len(dataset)} samples)")
+
+
+def _loss_fn(dataset):
+    """The loss a UserTask carries; the built-in cross-entropy on (images, labels) otherwise."""
+    return getattr(dataset, "loss_fn", None) or classification_loss
 
 
 def check_device_support(cfg: RunConfig, device_type: str) -> None:
@@ -86,7 +97,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     if batched and dataset is not None:
         raise StageSkipped("the batched input pipeline needs the workbench's own data (CIFAR format or "
                            "an ImageFolder); a dataset from Python brings its own transforms")
-    spec = user_data_spec(dataset) if dataset is not None else load_data(
+    spec = user_data_spec(dataset, model_factory) if dataset is not None else load_data(
         cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=log, batched=batched)
     data = spec.dataset
     loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
@@ -94,7 +105,9 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     eval_data = _eval_data(cfg, dataset, log)  # before the memory baseline: data is not the model's memory
     make_model = (lambda: model_factory(spec.num_classes)) if model_factory else (
         lambda: build_model(cfg.model, spec.num_classes))
-    flops = count_flops(make_model, cfg)
+    # The batched pipeline stores uint8 images at their source size: count on what the model sees.
+    augment_on_cpu = (lambda b: (DeviceAugment(cfg.image_size, torch.device("cpu"), cfg.seed)(b[0]), b[1])) if batched else None
+    flops = count_flops(make_model, cfg, data, _loss_fn(dataset), augment_on_cpu)
     rss_before_model = measure.current_rss_mb()
     eager = make_model()
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
@@ -104,8 +117,9 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",
                             device_transform=DeviceAugment(cfg.image_size, device, cfg.seed) if batched else None)
-    return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings),
-                 BatchStream(loader), spec.description, len(data), notes, dist, eval_data)
+    # A user's batch travels whole (any structure) to the loss that knows it.
+    return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings, _loss_fn(dataset)),
+                 BatchStream(loader, whole=dataset is not None), spec.description, len(data), notes, dist, eval_data)
 
 
 def _eval_data(cfg: RunConfig, dataset, log):
@@ -176,7 +190,7 @@ def compute_only(built: Built, progress: Progress) -> dict:
     """What the model could do if input cost nothing: steps on one device-resident batch (already
     copied and augmented), timed like the real ones. Beside the delivered throughput it says whether
     the configuration is input-bound or compute-bound."""
-    images, labels = built.step.to_device(*built.stream.next())
+    batch = built.step.prepare(*built.stream.next())
     steps = min(built.cfg.timed_steps, COMPUTE_ONLY_STEPS)
     times = []
     repeats = min(built.cfg.repeats, COMPUTE_ONLY_REPEATS)  # a brief probe stays brief
@@ -184,7 +198,7 @@ def compute_only(built: Built, progress: Progress) -> dict:
         clock = measure.StepClock(built.device)
         clock.mark()
         for i in range(steps):
-            built.step.train_on(images, labels)
+            built.step.train_on(batch)
             clock.mark()
             progress.update(f"compute-only {repeat + 1}/{repeats}", i + 1, steps)
         times.append(clock.step_times())
@@ -193,24 +207,37 @@ def compute_only(built: Built, progress: Progress) -> dict:
             "method": "the same step on one batch kept on the device (no loading, no copy, no augmentation)"}
 
 
-def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig) -> float:
-    """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute).
+def real_batch(data, size: int):
+    """The first `size` items of the dataset, collated as the DataLoader would: FLOPs are counted on
+    the shapes the model really sees (sequence length, image size, whatever the batch holds)."""
+    return torch.utils.data.default_collate([data[i] for i in range(min(size, len(data)))])
+
+
+def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data, loss_fn, prepare=None) -> float:
+    """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute),
+    from a real batch of the data through the run's own loss.
 
     Counted on the meta device: no memory, no compute, and no fp32 pass that could run out of memory
     where the optimized stage would fit. A model that cannot live on meta is counted at batch 1 on
     the CPU and scaled (FLOPs grow linearly with the batch).
     """
     try:
+        batch = real_batch(data, cfg.effective_micro_batch)
+        batch = map_tensors(prepare(batch) if prepare else batch, lambda t: t.to("meta"))
         with torch.device("meta"):
-            return _step_flops(make_model(), cfg.effective_micro_batch, cfg) * cfg.accumulation_steps
+            return _step_flops(make_model(), batch, loss_fn) * cfg.accumulation_steps
     except Exception:  # a factory doing real work at construction (loading weights, say)
-        return _step_flops(make_model(), 1, cfg) * cfg.effective_micro_batch * cfg.accumulation_steps
+        one = real_batch(data, 1)
+        flops = _step_flops(make_model(), prepare(one) if prepare else one, loss_fn)
+        return flops * cfg.effective_micro_batch * cfg.accumulation_steps
 
 
-def _step_flops(model: torch.nn.Module, batch: int, cfg: RunConfig) -> float:
-    images = torch.randn(batch, 3, cfg.image_size, cfg.image_size)
-    labels = torch.zeros(batch, dtype=torch.long)
-    return measure.training_flops(model, images, labels)
+def _step_flops(model: torch.nn.Module, batch, loss_fn) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(model, batch).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
 
 
 def _memory(built: Built, host_peak_mb: float, rss_before_mb: float) -> dict:

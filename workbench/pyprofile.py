@@ -1,5 +1,6 @@
-"""Python-level views of a stage: line_profiler over the step and the input pipeline, and
-memory_profiler over the process's host memory in time. Both are written beside the stage's trace.
+"""Python-level views of a stage: line_profiler over the step and the input pipeline, cProfile over
+every function (workbench.callprofile), and memory_profiler over the process's host memory in time.
+All are written beside the stage's trace.
 
 These views answer what the torch.profiler trace cannot: which Python line of the loop or of the
 dataset's item loading costs the time, and how host memory grows while the loop runs.
@@ -14,6 +15,7 @@ from line_profiler import LineProfiler
 from memory_profiler import memory_usage
 from torchvision import datasets, transforms
 
+from workbench.callprofile import function_profile
 from workbench.executor import Built, _run_steps
 from workbench.progress import Progress
 from workbench.train import BatchStream, TrainStep
@@ -74,6 +76,14 @@ def _write_lines(rows: list[dict], path: Path, wall_ms: float, steps: int) -> Pa
         location = f"{Path(row['file']).name}:{row['line']} ({row['function']})"
         lines.append(f"{row['share']:7.1%} {row['time_ms']:10.1f} {row['hits']:7d}  {location}  {row['code']}")
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def profile_functions(built: Built, out_dir: Path, steps: int) -> Path:
+    """cProfile over `steps` training steps: cumulative and self time per function, with callers."""
+    path = out_dir / "function_profile.txt"
+    with function_profile(path, f"{steps} training steps"):
+        _run_steps(built, steps, Progress("functions"), "cProfile")
     return path
 
 

@@ -141,9 +141,13 @@ def half_width(ratio: dict) -> float:
 
 
 def noise_floor(aa: dict) -> float:
-    """The machine's spread from an A/A comparison (baseline against itself): the larger of its
-    interval's half-width and its apparent effect, as a relative change."""
-    return max(math.exp(half_width(aa)) - 1, abs(aa["ratio"] - 1)) if math.isfinite(half_width(aa)) else math.inf
+    """The machine's spread from an A/A comparison (baseline against itself), as a relative change:
+    the larger of one round's typical deviation (the standard deviation of the rounds' log ratios)
+    and the comparison's apparent effect. Not the interval's half-width: with few rounds that
+    carries a large t quantile and would call a 5x slowdown 'noise'."""
+    logs = np.asarray(aa.get("log_ratios") or [math.log(aa["ratio"])], dtype=float)
+    spread = float(logs.std(ddof=1)) if logs.size > 1 else 0.0
+    return max(math.exp(spread) - 1, abs(aa["ratio"] - 1))
 
 
 def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:

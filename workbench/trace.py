@@ -57,16 +57,24 @@ def _write_trace(prof, trace_dir: Path, rank: int, world_size: int) -> Path:
     return path
 
 
+def scheduled_profiler(trace_dir: Path, device_type: str, with_stack: bool = False, rank: int = 0,
+                       world_size: int = 1, written: list[Path] | None = None) -> profile:
+    """A torch.profiler with the workbench's schedule that writes its trace into trace_dir (appended
+    to `written`). The caller enters it and calls .step() once per training step."""
+    trace_dir.mkdir(parents=True, exist_ok=True)
+    written = [] if written is None else written
+    on_ready = lambda prof: written.append(_write_trace(prof, trace_dir, rank, world_size))
+    return profile(activities=activities(device_type), record_shapes=True, profile_memory=True,
+                   with_stack=with_stack, on_trace_ready=on_ready,
+                   schedule=schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=ACTIVE_STEPS, repeat=1))
+
+
 def capture(step_fn: Callable[[int], None], trace_dir: Path, device_type: str, with_stack: bool = False,
             rank: int = 0, world_size: int = 1) -> dict:
     """Run step_fn(i) under the profiler's schedule; return the trace path and the pass's wall time."""
-    trace_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    on_ready = lambda prof: written.append(_write_trace(prof, trace_dir, rank, world_size))
     start = time.perf_counter()
-    with profile(activities=activities(device_type), record_shapes=True, profile_memory=True,
-                 with_stack=with_stack, on_trace_ready=on_ready,
-                 schedule=schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=ACTIVE_STEPS, repeat=1)) as prof:
+    with scheduled_profiler(trace_dir, device_type, with_stack, rank, world_size, written) as prof:
         for i in range(trace_steps()):
             step_fn(i)
             prof.step()
