@@ -126,7 +126,8 @@ def test_gpu_device_activity_exact():
     assert device["busy_share"] == pytest.approx(3.852 / 10.08)
     assert device["idle_share"] == pytest.approx(1 - 3.852 / 10.08)
     assert device["kernel_ms_by_kind"] == pytest.approx(
-        {"conv_matmul": 1.6, "elementwise": 0.82, "reduction": 0.072, "copy": 1.42, "other": 0.04})
+        {"conv_matmul": 1.6, "elementwise": 0.82, "reduction": 0.072, "copy": 1.42, "communication": 0.0,
+         "other": 0.04})
     assert device["fp32_tensorcore_eligible_ms"] == pytest.approx(1.5)  # tf32 xmma, not the bf16 gemm
     assert device["layout_transpose_ms"] == pytest.approx(0.14)
 
@@ -187,6 +188,26 @@ def test_peak_memory_by_device_type():
 ])
 def test_kernel_kind_heuristic(name, kind):
     assert analyze._kernel_kind({"cat": "kernel", "name": name}) == kind
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)", "communication"),
+    ("ncclKernel_AllReduce_RING_LL_Sum_float(ncclWorkElem)", "communication"),
+])
+def test_nccl_kernels_are_communication_not_reductions(name, kind):
+    assert analyze._kernel_kind({"cat": "kernel", "name": name}) == kind
+
+
+@pytest.mark.parametrize("name, half", [
+    ("nvjet_hsh_128x256_64x4_2x1_v_bz_coopA_NNT", True),    # Hopper cuBLAS, fp16 inputs
+    ("nvjet_bsb_64x128_64x5_1x1_h_bz_NTN", True),           # bf16 inputs
+    ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NNT", False),   # TF32: counted as fp32 on purpose
+    ("nvjet_sss_64x64_64x6_1x1_v_bz_NNN", False),            # plain fp32
+])
+def test_hopper_nvjet_half_precision_names(name, half):
+    event = {"cat": "kernel", "name": name}
+    assert analyze._kernel_kind(event) == "conv_matmul"
+    assert (not analyze.HALF_PRECISION_MARK.search(name.lower())) == (not half)
 
 
 def test_write_analysis_writes_csv_and_json(tmp_path):

@@ -45,7 +45,7 @@ def test_gpu_fixture_findings_exact():
     assert by_rule["layout_conversions"]["value"] == pytest.approx(0.14 / 3.952)
     assert "61.8%" in by_rule["device_idle"]["evidence"]
     assert all(set(f) == FINDING_KEYS for f in findings)
-    assert diagnose.predicts(findings) == {"dataloader", "compile", "amp", "channels_last", "fused_optimizer"}
+    assert diagnose.predicts(findings) == {"dataloader", "batched_input", "compile", "amp", "channels_last", "fused_optimizer"}
 
 
 def test_cpu_fixture_with_emulated_bf16():
@@ -54,7 +54,7 @@ def test_cpu_fixture_with_emulated_bf16():
     assert _rules(findings) == ["cpu_bf16_not_native", "data_loading"]
     assert findings[1]["value"] == pytest.approx(0.75 / 9) and "8.3%" in findings[1]["evidence"]
     assert diagnose.rules_out(findings) == {"amp"}
-    assert diagnose.predicts(findings) == {"dataloader"}
+    assert diagnose.predicts(findings) == {"dataloader", "batched_input"}
 
 
 def test_data_starved_fixture():

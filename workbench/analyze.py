@@ -52,6 +52,8 @@ BYTES_PER_MB = 1024 * 1024  # MiB, like the rest of the result files
 # *elementwise_kernel and cuDNN's layout conversions and batch-norm kernels come before conv_matmul
 # because their template arguments or "cudnn" prefix would otherwise match it.
 KERNEL_KINDS = (
+    # NCCL's kernels move gradients between GPUs: communication, whatever "reduce" their names hold.
+    ("communication", re.compile(r"^nccl|ncclkernel|nccldevkernel")),
     ("elementwise", re.compile(r"triton_poi|nchwtonhwc|nhwctonchw|elementwise_kernel")),
     ("reduction", re.compile(r"triton_(red|per)|bn_fw|bn_bw|batch_?norm|layer_?norm|group_?norm|softmax")),
     ("conv_matmul", re.compile(
@@ -60,11 +62,14 @@ KERNEL_KINDS = (
     ("reduction", re.compile(r"reduce|norm|softmax|sum|mean")),
     ("elementwise", re.compile(r"elementwise|pointwise|vectorized|unrolled|multi_tensor_apply")),
 )
-KIND_NAMES = ("conv_matmul", "elementwise", "reduction", "copy", "other")
+KIND_NAMES = ("conv_matmul", "elementwise", "reduction", "copy", "communication", "other")
 # Heuristic for "this conv/matmul ran in fp32 (or TF32)": no half/8-bit marker in its name.
 # cuBLAS/cuDNN/CUTLASS name their half kernels h884/h1688/h16816, hgemm, *_f16*, *bf16*; TF32
 # kernels (tf32, s1688) count as fp32 on purpose, since bf16/fp16 autocast is still ~2x faster.
-HALF_PRECISION_MARK = re.compile(r"f16|half|bfloat|h884|h1688|h16816|hgemm|fp8|e4m3|e5m2|int8|i8i8")
+# cuBLAS's Hopper kernels (nvjet_*) spell their types in three letters after the prefix, input first:
+# h (fp16) and b (bf16) inputs run on tensor cores in half precision (nvjet_hsh_..., nvjet_bsb_...).
+HALF_PRECISION_MARK = re.compile(r"f16|half|bfloat|h884|h1688|h16816|hgemm|fp8|e4m3|e5m2|int8|i8i8"
+                                 r"|nvjet_[hbe]")
 # cuDNN layout conversions around tensor-core convolutions of NCHW tensors (channels_last removes them).
 LAYOUT_TRANSPOSE_MARK = re.compile(r"nchwtonhwc|nhwctonchw")
 

@@ -42,7 +42,7 @@ SEVERITY_ORDER = ("high", "medium", "low", "info")
 
 # Which ladder stages a finding predicts will help, and which it predicts will not.
 PREDICTS = {
-    "data_loading": {"dataloader"},
+    "data_loading": {"dataloader", "batched_input"},
     "pageable_h2d": {"dataloader"},
     "device_idle": {"compile"},
     "launch_bound": {"compile"},
