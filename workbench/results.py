@@ -140,7 +140,7 @@ def read_run_file(run_dir: Path) -> dict:
     """run.json with a config that would build a valid RunConfig (ResultFileError otherwise)."""
     path = Path(run_dir) / RUN_FILE
     run = read_json(path)
-    run["config"] = checked_config(path, run.get("config"))
+    run["config"] = checked_config(path, run.get("config", {}))  # absent: the defaults
     if not isinstance(run.get("stages", []), list) or run.get("mode", "ladder") not in ("ladder", "ablation"):
         raise ResultFileError(path, "'stages' must be a list and 'mode' ladder or ablation")
     return run
