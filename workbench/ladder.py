@@ -7,8 +7,6 @@ written atomically the moment it is judged, so an interrupted run keeps what it 
 from __future__ import annotations
 
 import gc
-import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -16,16 +14,14 @@ from pathlib import Path
 
 import torch
 
-from workbench import distributed, judge, results
+from workbench import distributed, judge, procs, results
 from workbench.config import RunConfig
 from workbench.results import stage_result_path, stage_stem, write_json_atomic
 from workbench.session import Session, write_run_file
 from workbench.stages import REFERENCE, STAGE_NAMES, Stage, select
-from workbench.errors import StageSkipped
+from workbench.errors import SaveError, StageSkipped
 
 
-# A stage that runs longer than this is stopped and recorded as failed (a hang must not stall the ladder).
-STAGE_TIMEOUT_S = int(os.environ.get("WORKBENCH_STAGE_TIMEOUT_S", "3600"))
 
 
 @dataclass
@@ -49,20 +45,23 @@ def _run_isolated(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "spec.json"
         write_json_atomic(spec_path, spec)
-        nproc = spec.get("nproc", 1)
-        try:
-            proc = subprocess.run([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
-                                  env=distributed.launch_environment(nproc), timeout=STAGE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return {"status": "failed", "error": f"timed out after {STAGE_TIMEOUT_S} s (a hang in compile or "
-                    "in a collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
-        if proc.returncode < 0 and -proc.returncode == 2:  # SIGINT: the user stopped the run
-            raise KeyboardInterrupt
+        nproc, timeout_s = spec.get("nproc", 1), procs.stage_timeout_s()
         out = Path(spec["out"])
+        try:
+            code = procs.run_worker([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
+                                    distributed.launch_environment(nproc), timeout_s)
+        except KeyboardInterrupt as stop:  # the worker's group is stopped; its finished timings stand
+            stop.partial = results.read_json(out) if out.exists() else None
+            raise
+        if code is None:
+            return {"status": "failed", "error": f"timed out after {timeout_s:g} s (a hang in compile or "
+                    "in a collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
+        if code < 0 and -code == 2:  # SIGINT: the user stopped the run
+            raise KeyboardInterrupt
         if out.exists():
             return results.read_json(out)
-        return {"status": "failed", "error": f"worker exited with status {proc.returncode} "
-                f"{'(killed: out of host memory?)' if proc.returncode in (-9, 137) else ''}".strip()}
+        return {"status": "failed", "error": f"worker exited with status {code} "
+                f"{'(killed: out of host memory?)' if code in (-9, 137) else ''}".strip()}
 
 
 def _run_in_process(spec: dict, session: Session) -> dict:
@@ -112,12 +111,33 @@ def run_stage(session: Session, stage: Stage, state: LadderState) -> dict:
         return _save(session, _skipped(session, stage, index, _nothing_to_change(session, stage, state), cfg))
     session.log(f"== stage {index}: {stage.name} ({stage.summary})")
     started = time.perf_counter()
-    raw = measure_stage(session, cfg, stage.name, index)
+    try:
+        raw = measure_stage(session, cfg, stage.name, index)
+    except KeyboardInterrupt as stop:  # stopped in its trace pass: the timed figures are kept
+        if (getattr(stop, "partial", None) or {}).get("status") == "measured":
+            _finish(session, stage, state, cfg, stop.partial, started)
+        raise
+    return _finish(session, stage, state, cfg, raw, started)
+
+
+def _finish(session: Session, stage: Stage, state: LadderState, cfg: RunConfig, raw: dict, started: float) -> dict:
+    index = STAGE_NAMES.index(stage.name)
     applied = state.applied + ([stage.name] if stage.kind != REFERENCE else [])
     result = session.envelope(stage.name, index, cfg, applied, raw)
     result["wall_s"] = time.perf_counter() - started
     judge.judge(result, stage, state, session)
+    if stage.kind == REFERENCE:
+        refuse_nonfinite_baseline(result)
     return _save(session, result)
+
+
+def refuse_nonfinite_baseline(result: dict) -> None:
+    """A NaN or infinite baseline loss is no reference: every comparison with it would mislead."""
+    metrics = result.get("metrics") or {}
+    if result["status"] == "baseline" and metrics.get("loss_finite") is False:
+        result["status"] = "failed"
+        result["reason"] = (f"the baseline's training loss is not finite (final loss {metrics.get('final_loss')}): "
+                            "it cannot be the reference; check the model, data and learning rate")
 
 
 def _nothing_to_change(session: Session, stage: Stage, state: LadderState) -> str:
@@ -129,8 +149,11 @@ def _nothing_to_change(session: Session, stage: Stage, state: LadderState) -> st
 
 def _save(session: Session, result: dict) -> dict:
     path = stage_result_path(session.run_dir, result["index"], result["stage"])
-    write_json_atomic(path, result)
-    session.log(judge.one_line(result))
+    session.log(judge.one_line(result))  # said before the write, so a failed write loses nothing
+    try:
+        write_json_atomic(path, result)
+    except OSError as error:  # disk full, read-only: keep the measurement, say where and why
+        raise SaveError(path, error, result) from None
     return result
 
 
@@ -151,7 +174,13 @@ def _previous_result(session: Session, stage: Stage, state: LadderState) -> dict
     path = stage_result_path(session.run_dir, STAGE_NAMES.index(stage.name), stage.name)
     if not (session.resume and path.exists()):
         return None
-    found = results.read_json(path)
+    try:
+        found = results.read_stage_result(path)
+    except results.ResultFileError as error:  # truncated or damaged: set aside and measure again
+        aside = path.with_name(path.name + ".corrupt")
+        path.replace(aside)
+        session.log(f"warning: {error.reason} in {path.name}: moved to {aside.name}; measuring {stage.name} again")
+        return None
     return found if found.get("status") != "failed" and _still_valid(session, stage, state, found) else None
 
 

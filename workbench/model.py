@@ -36,7 +36,9 @@ def check_model_spec(name: str) -> None:
 def _load_factory(spec: str):
     module_name, function_name = spec.split(":", 1)
     if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # let `mymodels:build` find a file in the working folder
+        # Last, not first: `mymodels:build` is found in the working folder, but no file there can
+        # shadow an installed module (the worker's import path leaves the working folder out).
+        sys.path.append(str(Path.cwd()))
     try:
         return getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
