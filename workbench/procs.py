@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from workbench.errors import Interrupted, UsageError
@@ -89,7 +90,19 @@ def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
-def install_signal_handlers() -> None:
-    """SIGTERM and SIGINT raise Interrupted (a KeyboardInterrupt) carrying exit status 143 or 130."""
-    for signum in (signal.SIGTERM, signal.SIGINT):
+def install_signal_handlers() -> dict:
+    """SIGTERM and SIGINT raise Interrupted (a KeyboardInterrupt) carrying exit status 143 or 130.
+
+    Returns the handlers they replace (none outside the main thread, where Python allows no handler).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    for signum in previous:
         signal.signal(signum, _raise_interrupted)
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
