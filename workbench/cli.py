@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stage_names = ",".join(resumed["stages"]) if resumed.get("stages") else args.stages
     stages = select(stage_names)
     mode = resumed.get("mode") or ("ablation" if args.ablation else "ladder")
-    nproc = resumed.get("nproc") or args.nproc or 1
+    nproc = resumed.get("nproc") or (1 if args.nproc is None else args.nproc)
     session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
                              stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite)
     return _run_session(session, stage_names)
