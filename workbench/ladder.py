@@ -48,7 +48,7 @@ def _run_isolated(spec: dict) -> dict:
         nproc, timeout_s = spec.get("nproc", 1), procs.stage_timeout_s()
         out = Path(spec["out"])
         try:
-            code = procs.run_worker([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
+            code = procs.run_worker([*distributed.launcher(nproc), "workbench.worker_entry", str(spec_path)],
                                     distributed.launch_environment(nproc), timeout_s)
         except KeyboardInterrupt as stop:  # the worker's group is stopped; its finished timings stand
             stop.partial = results.read_json(out) if out.exists() else None
