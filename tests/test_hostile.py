@@ -114,6 +114,8 @@ def test_report_name_means_the_run_not_a_folder_here(work, capsys):
     from workbench.cli import _run_dir
 
     assert _run_dir("r1", "reports") == Path("reports") / "r1"
+    (work / "reports" / "latest").symlink_to("r1")
+    assert _run_dir("latest", "reports") == Path("reports") / "latest"
 
 
 # --- 2. resume resumes the recorded run --------------------------------------------------------

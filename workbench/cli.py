@@ -193,8 +193,9 @@ def _run_dir(run: str | None, reports_dir: str) -> Path:
         return newest
     from workbench.names import is_run_name
 
-    # A plain name is always a run under the reports folder, never a same-named folder here.
-    path = root / run if is_run_name(run) else Path(run)
+    # A plain name (or `latest`, read through, never written through) is always a run under the
+    # reports folder, never a same-named folder here.
+    path = root / run if is_run_name(run) or run == "latest" else Path(run)
     if not (path / "run.json").is_file():
         raise UsageError(f"run {run!r} not found (looked for {path}/run.json); allowed: a run folder under {reports_dir}/")
     return path
