@@ -453,3 +453,22 @@ def test_result_file_errors_name_the_file(tmp_path):
         results.read_json(tmp_path / "x.json")
     assert caught.value.path == tmp_path / "x.json" and "not valid JSON" in caught.value.reason
     assert isinstance(caught.value, UsageError)
+
+
+def test_interrupted_setup_removes_only_the_folders_it_made(tmp_path):
+    from workbench.run_folders import Created
+
+    (tmp_path / "reports").mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        with Created() as created:
+            created.folder(tmp_path / "reports" / "r1", "reports_dir")
+            created.folder(tmp_path / "profiles" / "r1", "profiles_dir")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"] and not any((tmp_path / "reports").iterdir())
+
+
+def test_a_damaged_partial_result_does_not_hide_the_interrupt(tmp_path):
+    (tmp_path / "raw.json").write_text('{"status": "meas')
+    assert ladder._partial(tmp_path / "raw.json") is None
+    results.write_json_atomic(tmp_path / "raw.json", {"status": "measured"})
+    assert ladder._partial(tmp_path / "raw.json") == {"status": "measured"}

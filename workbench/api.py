@@ -24,12 +24,13 @@ from workbench.stages import select
 
 def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = None, dataset=None,
              stages: str | None = None, ablation: bool = False, isolate: bool | None = None,
-             resume: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
+             resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
     """Run the ladder (or the ablation) and return every stage result, baseline first.
 
     model_factory(num_classes) -> nn.Module replaces cfg.model; dataset replaces cfg.data. Stages run
     in this process when either is given (objects from a notebook cannot always be sent to a fresh
-    process); otherwise each stage runs in its own process, as on the command line.
+    process); otherwise each stage runs in its own process, as on the command line. An existing run
+    of the same name is refused unless resume (continue it) or overwrite (replace it) says so.
     """
     cfg = cfg or RunConfig()
     isolate = (model_factory is None and dataset is None) if isolate is None else isolate
@@ -38,5 +39,5 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
     session = sessions.start(cfg, "ablation" if ablation else "ladder", resume=resume, isolate=isolate,
                              model_factory=model_factory, dataset=dataset,
                              sweep_workers=any(s.name == "dataloader" for s in chosen),
-                             stages=[s.name for s in chosen], **extra)
+                             stages=[s.name for s in chosen], overwrite=overwrite, **extra)
     return ladder.run_ladder(session, stages)

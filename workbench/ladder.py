@@ -51,7 +51,7 @@ def _run_isolated(spec: dict) -> dict:
             code = procs.run_worker([*distributed.launcher(nproc), "workbench.worker_entry", str(spec_path)],
                                     distributed.launch_environment(nproc), timeout_s)
         except KeyboardInterrupt as stop:  # the worker's group is stopped; its finished timings stand
-            stop.partial = results.read_json(out) if out.exists() else None
+            stop.partial = _partial(out)
             raise
         if code is None:
             return {"status": "failed", "error": f"timed out after {timeout_s:g} s (a hang in compile or "
@@ -62,6 +62,14 @@ def _run_isolated(spec: dict) -> dict:
             return results.read_json(out)
         return {"status": "failed", "error": f"worker exited with status {code} "
                 f"{'(killed: out of host memory?)' if code in (-9, 137) else ''}".strip()}
+
+
+def _partial(out: Path) -> dict | None:
+    """What a stopped worker wrote, if anything readable: the stop, not a damaged file, is the news."""
+    try:
+        return results.read_json(out) if out.exists() else None
+    except results.ResultFileError:
+        return None
 
 
 def _run_in_process(spec: dict, session: Session) -> dict:

@@ -172,3 +172,6 @@ def point_latest(run_dir: Path) -> Path:
     except (OSError, NotImplementedError):
         tmp.unlink(missing_ok=True)
         return _write_text(run_dir.parent / LATEST_FILE, run_dir.name + "\n")
+    except BaseException:  # Ctrl-C between link and rename: no stray link stays behind
+        tmp.unlink(missing_ok=True)
+        raise
