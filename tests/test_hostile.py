@@ -149,7 +149,7 @@ def test_resume_takes_stages_and_mode_from_the_run(work, capsys, monkeypatch):
     ('{"run": "r1", "config": {"image_si', "not valid JSON"),
     ("null", "holds NoneType"),
     ('{"config": {"image_size": 8, "turbo": true}}', "unknown config key 'turbo'"),
-    ('{"config": {"image_size": "big"}}', "image_size='big' is not a int"),
+    ('{"config": {"image_size": "big"}}', "image_size='big' is not of type int"),
     ('{"config": {"image_size": -3}}', "config is invalid"),
     ('{"config": null}', "'config'"),
 ])

@@ -156,7 +156,7 @@ def checked_config(path: Path, config: Any) -> dict:
         if key not in kinds:
             raise ResultFileError(path, f"unknown config key {key!r}")
         if not _has_kind(value, kinds[key]):
-            raise ResultFileError(path, f"config {key}={value!r} is not a {kinds[key].__name__}")
+            raise ResultFileError(path, f"config {key}={value!r} is not of type {kinds[key].__name__}")
     try:
         RunConfig(**config)
     except Exception as error:  # a UsageError from validation: the file, not the user, holds the value
