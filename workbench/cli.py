@@ -257,9 +257,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     print(f"experiment {args.name}: results in {out_dir}/experiments/, plots in {out_dir}/", file=sys.stderr)
     try:
         run_experiment(args.name, cfg, out_dir)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"\ninterrupted: finished configurations are saved in {out_dir}/experiments/", file=sys.stderr)
-        return 130
+        return getattr(stop, "exit_code", 130)  # 143 for SIGTERM
     return 0
 
 
