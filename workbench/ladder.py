@@ -22,8 +22,6 @@ from workbench.stages import REFERENCE, STAGE_NAMES, Stage, select
 from workbench.errors import SaveError, StageSkipped
 
 
-
-
 @dataclass
 class LadderState:
     """What the next stage builds on: the last kept configuration and its measurement."""
