@@ -50,13 +50,17 @@ def safe_environment(env: dict) -> dict:
     return {**env, "PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(paths)}
 
 
+def start_worker(command: list[str], env: dict, **popen_args) -> subprocess.Popen:
+    """Popen for any worker (a stage, a paired round, an experiment): its own session, a safe path."""
+    return subprocess.Popen(command, env=safe_environment(env), start_new_session=True, **popen_args)
+
+
 def run_worker(command: list[str], env: dict, timeout_s: float | None) -> int | None:
     """Run a worker in its own session; its exit status, or None when it ran past timeout_s.
 
     However this process is stopped (Ctrl-C, SIGTERM, an error), the worker's group goes first.
     """
-    proc = subprocess.Popen(command, env=safe_environment(env), start_new_session=True,
-                            stdin=subprocess.DEVNULL)
+    proc = start_worker(command, env, stdin=subprocess.DEVNULL)
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
