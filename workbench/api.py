@@ -34,7 +34,7 @@ from workbench.train import UserTask
 
 def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = None, dataset=None,
              stages: str | None = None, ablation: bool = False, isolate: bool | None = None,
-             resume: bool = False, log: Callable[[str], None] | None = None,
+             resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
              loss_fn: Callable | None = None) -> list[dict]:
     """Run the ladder (or the ablation) and return every stage result, baseline first.
 
@@ -42,7 +42,8 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
     in this process when either is given (objects from a notebook cannot always be sent to a fresh
     process); otherwise each stage runs in its own process, as on the command line. loss_fn(model,
     batch) replaces the built-in cross-entropy on (images, labels); it needs a dataset. A dataset
-    without `classes` needs a model_factory (given num_classes=None).
+    without `classes` needs a model_factory (given num_classes=None). An existing run of the same
+    name is refused unless resume (continue it) or overwrite (replace it) says so.
     """
     cfg = cfg or RunConfig()
     if loss_fn is not None:
@@ -55,5 +56,5 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
     session = sessions.start(cfg, "ablation" if ablation else "ladder", resume=resume, isolate=isolate,
                              model_factory=model_factory, dataset=dataset,
                              sweep_workers=any(s.name == "dataloader" for s in chosen),
-                             stages=[s.name for s in chosen], **extra)
+                             stages=[s.name for s in chosen], overwrite=overwrite, **extra)
     return ladder.run_ladder(session, stages)

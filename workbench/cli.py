@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from workbench.config import RunConfig
-from workbench.errors import StageSkipped, UsageError
+from workbench.errors import ResultFileError, StageSkipped, UsageError
 
 # The lab's setting where a GPU can afford it; CIFAR's native size on a CPU, where 224 px runs at
 # ~7 images/s and a ladder would take hours.
@@ -70,42 +70,77 @@ def cmd_stages(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumed_config(args: argparse.Namespace) -> dict | None:
+def _resumed(args: argparse.Namespace) -> dict | None:
+    """What run.json recorded (config, stages, mode, processes): a resumed run measures exactly that."""
     if not args.resume:
         return None
-    from workbench.results import RUN_FILE, read_json
+    from workbench.names import check_run_name
+    from workbench.results import RUN_FILE, read_run_file
 
     given = overrides_from(args)
     reports = given.pop("reports_dir", "reports")
+    check_run_name(args.resume)
     if given:
         first = next(iter(given))
         raise UsageError(f"--resume {args.resume!r} measures with the run's own settings; drop "
                          f"--{first.replace('_', '-')} (or start a new run)")
-    run_file = Path(reports) / args.resume / RUN_FILE
-    if not run_file.exists():
-        raise UsageError(f"--resume {args.resume!r}: no run found at {run_file.parent}; "
+    run_dir = Path(reports) / args.resume
+    if run_dir.is_symlink() or not (run_dir / RUN_FILE).is_file():
+        raise UsageError(f"--resume {args.resume!r}: no run found at {run_dir}; "
                          f"allowed: a folder name under {reports}/ holding {RUN_FILE}")
-    try:
-        return {**read_json(run_file)["config"], "run_name": args.resume}
-    except (ValueError, KeyError, TypeError) as error:
-        raise UsageError(f"--resume {args.resume!r}: {run_file} is unreadable ({error}); start a new run") from None
+    run = read_run_file(run_dir)
+    recorded = {"stages": run.get("stages") or None, "mode": run.get("mode", "ladder"), "nproc": run.get("nproc", 1)}
+    _refuse_contradictions(args, recorded)
+    return {"config": {**run["config"], "run_name": args.resume, "reports_dir": reports}, **recorded}
+
+
+def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
+    from workbench.stages import select
+
+    stages = recorded["stages"]
+    if args.stages is not None and stages and [s.name for s in select(args.stages)] != stages:
+        raise UsageError(f"--stages {args.stages!r} contradicts the run being resumed ({','.join(stages)}); "
+                         "drop --stages to resume it as recorded")
+    if args.ablation and recorded["mode"] != "ablation":
+        raise UsageError(f"--ablation contradicts the run being resumed (a {recorded['mode']}); drop --ablation")
+    if args.nproc is not None and args.nproc != recorded["nproc"]:
+        raise UsageError(f"--nproc {args.nproc} contradicts the run being resumed (nproc={recorded['nproc']}); drop --nproc")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench import ladder, session as sessions
+    from workbench import procs, session as sessions
+    from workbench.names import check_run_name
     from workbench.stages import select
 
-    cfg = config_from(args, _resumed_config(args))
-    stages = select(args.stages)
-    needs_sweep = any(s.name == "dataloader" for s in stages)
-    session = sessions.start(cfg, "ablation" if args.ablation else "ladder", resume=bool(args.resume),
-                             sweep_workers=needs_sweep, stages=[s.name for s in stages], nproc=args.nproc)
+    procs.stage_timeout_s()  # a bad WORKBENCH_STAGE_TIMEOUT_S is refused now, not after the baseline
+    resumed = _resumed(args) or {}
+    if args.overwrite and args.resume:
+        raise UsageError("--overwrite and --resume contradict each other; choose one")
+    cfg = config_from(args, resumed.get("config"))
+    if cfg.run_name:
+        check_run_name(cfg.run_name)
+    stage_names = ",".join(resumed["stages"]) if resumed.get("stages") else args.stages
+    stages = select(stage_names)
+    mode = resumed.get("mode") or ("ablation" if args.ablation else "ladder")
+    nproc = resumed.get("nproc") or (1 if args.nproc is None else args.nproc)
+    session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
+                             stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite)
+    return _run_session(session, stage_names)
+
+
+def _run_session(session, stage_names: str | None) -> int:
+    from workbench import ladder
+    from workbench.errors import SaveError
+
     try:
-        finished = ladder.run_ladder(session, args.stages)
-    except KeyboardInterrupt:
+        finished = ladder.run_ladder(session, stage_names)
+    except KeyboardInterrupt as stop:
         print(f"\ninterrupted: every finished stage is saved in {session.run_dir}/stages; "
               f"continue with: workbench run --resume {session.run_dir.name}", file=sys.stderr)
-        return 130
+        return getattr(stop, "exit_code", 130)
+    except SaveError as error:  # the measurement is not lost: it goes to stdout, the reason to stderr
+        print(json.dumps(error.result, default=str, sort_keys=True))
+        raise
     _print_summary(finished, session.run_dir)
     baseline = next((r for r in finished if r["stage"] == "baseline"), None)
     if baseline is not None and baseline["status"] != "baseline":
@@ -131,7 +166,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from workbench.report import build_report
 
     run_dir = _run_dir(args.run, args.reports_dir)
-    for path in build_report(run_dir):
+    try:
+        written = build_report(run_dir)
+    except OSError as error:  # a read-only run folder, a full disk: no traceback, nothing half-written
+        where = error.filename or run_dir
+        raise UsageError(f"cannot write the report for {run_dir.name!r} to {where} ({error.strerror or error}); "
+                         "allowed: a run folder you can write to") from None
+    for path in written:
         print(path)
     return 0
 
@@ -150,8 +191,12 @@ def _run_dir(run: str | None, reports_dir: str) -> Path:
         if newest is None:
             raise UsageError(f"no runs in {reports_dir}/; run `workbench run` (or make ladder) first")
         return newest
-    path = Path(run) if Path(run).is_dir() else root / run
-    if not (path / "run.json").exists():
+    from workbench.names import is_run_name
+
+    # A plain name (or `latest`, read through, never written through) is always a run under the
+    # reports folder, never a same-named folder here.
+    path = root / run if is_run_name(run) or run == "latest" else Path(run)
+    if not (path / "run.json").is_file():
         raise UsageError(f"run {run!r} not found (looked for {path}/run.json); allowed: a run folder under {reports_dir}/")
     return path
 
@@ -168,7 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     run_a, run_b = _run_dir(args.run_a, args.reports_dir), _run_dir(args.run_b, args.reports_dir)
     try:
         rows, regressed = compare_runs(run_a, run_b, metric=args.metric, threshold=args.threshold)
-    except (ValueError, KeyError, TypeError, AttributeError, OSError, ZeroDivisionError) as error:
+    except (ResultFileError, ValueError, KeyError, TypeError, AttributeError, OSError, ZeroDivisionError) as error:
         # A corrupt or truncated result file: say which error it was, with an exit status CI can tell apart.
         print(f"workbench: error: cannot compare {run_a} and {run_b}: a result file is unreadable or corrupt "
               f"({type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
@@ -186,7 +231,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
     """The run whose trace folders get the Python-level views: the named one, else the newest."""
     if args.cfg_run_name:
-        return args.cfg_run_name
+        from workbench.names import check_run_name
+
+        return check_run_name(args.cfg_run_name)
     from workbench.session import default_run_name
 
     newest = newest_run(cfg_reports)
@@ -223,15 +270,17 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     from workbench.experiments import run_experiment
 
+    from workbench.names import run_folder
+
     cfg = config_from(args)
     cfg = cfg.with_overrides(run_name=_lines_target(args, cfg.reports_dir))
-    out_dir = Path(cfg.reports_dir) / cfg.run_name
+    out_dir = run_folder(cfg.reports_dir, cfg.run_name)
     print(f"experiment {args.name}: results in {out_dir}/experiments/, plots in {out_dir}/", file=sys.stderr)
     try:
         run_experiment(args.name, cfg, out_dir)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"\ninterrupted: finished configurations are saved in {out_dir}/experiments/", file=sys.stderr)
-        return 130
+        return getattr(stop, "exit_code", 130)  # 143 for SIGTERM
     return 0
 
 
@@ -256,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", help="comma-separated stages to run (the baseline always runs first)")
     run.add_argument("--ablation", action="store_true", help="apply each stage alone to the baseline")
     run.add_argument("--resume", metavar="RUN", help="continue an interrupted run, keeping its finished stages")
-    run.add_argument("--nproc", type=int, default=1, help="processes per stage under torchrun with DDP "
+    run.add_argument("--overwrite", action="store_true", help="replace an existing run of the same name "
+                     "(without it, an existing run is never overwritten)")
+    run.add_argument("--nproc", type=int, default=None, help="processes per stage under torchrun with DDP "
                      "(gloo on CPU, NCCL on GPU); adds scaling efficiency and communication share")
     add_config_options(run)
     run.set_defaults(handler=cmd_run)
@@ -290,12 +341,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit status: 0 done, 1 baseline failed or regression, 2 bad input (one line), 74 a result
+    could not be written, 130 Ctrl-C, 143 SIGTERM."""
+    from workbench import procs
+
+    previous = procs.install_signal_handlers()
     try:
+        args = build_parser().parse_args(argv)
         return args.handler(args)
     except (UsageError, StageSkipped) as error:
         print(f"workbench: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
+    except KeyboardInterrupt as stop:  # setup, report, anywhere: one line, no traceback
+        code = getattr(stop, "exit_code", 130)
+        print(f"\nworkbench: interrupted ({'SIGTERM' if code == 143 else 'Ctrl-C'}); nothing half-written was left",
+              file=sys.stderr)
+        return code
+    finally:
+        procs.restore_signal_handlers(previous)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,12 @@ def field_names() -> list[str]:
     return [f.name for f in fields(RunConfig)]
 
 
+def field_kinds() -> dict[str, type]:
+    """Each field's Python type (annotations are strings under `from __future__ import annotations`)."""
+    kinds = {"int": int, "float": float, "bool": bool, "str": str}
+    return {f.name: kinds.get(str(f.type), str) for f in fields(RunConfig)}
+
+
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise UsageError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")

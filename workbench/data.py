@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torchvision import datasets, transforms
 
+from workbench import safe_pickle
 from workbench.errors import UsageError
 
 CIFAR_FOLDER = "cifar-10-batches-py"
@@ -64,7 +65,29 @@ def eval_transform(image_size: int) -> transforms.Compose:
 
 
 class WorkbenchCIFAR10(datasets.CIFAR10):
-    """torchvision's CIFAR10, which also accepts the workbench's synthetic files (no MD5 to match)."""
+    """torchvision's CIFAR10, which also accepts the workbench's synthetic files (no MD5 to match).
+
+    Files no MD5 vouches for are untrusted (the marker is a plain file anyone can add): they are read
+    with the restricted unpickler and checked for shape, never with pickle.load.
+    """
+
+    def __init__(self, root: str, train: bool = True, transform=None) -> None:
+        if not (Path(root) / self.base_folder / SYNTHETIC_MARKER).exists():
+            super().__init__(root, train=train, transform=transform)  # real CIFAR-10: every MD5 checked
+        else:
+            datasets.VisionDataset.__init__(self, root, transform=transform)
+            self.train = train
+            self._load_unverified()
+        check_labels(self.targets, self.classes)
+
+    def _load_unverified(self) -> None:
+        if not self._check_integrity():
+            raise RuntimeError("a data batch or batches.meta is missing")
+        folder = Path(self.root) / self.base_folder
+        batches = [read_batch(folder / name) for name, _ in (self.train_list if self.train else self.test_list)]
+        self.data = np.vstack([data for data, _ in batches]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self.targets = [label for _, labels in batches for label in labels]
+        self._load_meta()
 
     def _is_synthetic(self) -> bool:
         return (Path(self.root) / self.base_folder / SYNTHETIC_MARKER).exists()
@@ -78,10 +101,32 @@ class WorkbenchCIFAR10(datasets.CIFAR10):
     def _load_meta(self) -> None:
         if not self._is_synthetic():
             return super()._load_meta()
-        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as handle:
-            meta = pickle.load(handle, encoding="latin1")
-        self.classes = meta[self.meta["key"]]
+        path = Path(self.root) / self.base_folder / self.meta["filename"]
+        meta = safe_pickle.load(path)
+        names = meta.get(self.meta["key"]) if isinstance(meta, dict) else None
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{path.name} holds no list of class names under {self.meta['key']!r}")
+        self.classes = names
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    """(images as N x 3072 uint8, labels) from an unverified CIFAR-format batch, checked for shape."""
+    entry = safe_pickle.load(path)
+    data = entry.get("data") if isinstance(entry, dict) else None
+    labels = entry.get("labels") if isinstance(entry, dict) else None
+    if not (isinstance(data, np.ndarray) and data.ndim == 2 and data.shape[1] == 3072 and data.dtype == np.uint8):
+        raise ValueError(f"{path.name} is not a CIFAR-format batch (needs a dict with 'data': N x 3072 uint8)")
+    if not (isinstance(labels, list) and len(labels) == len(data) and all(type(x) is int for x in labels)):
+        raise ValueError(f"{path.name} needs 'labels': one integer per image")
+    return data, labels
+
+
+def check_labels(targets: list[int], classes: list[str]) -> None:
+    """Every label must name a class: a label past the class list fails deep inside the loss otherwise."""
+    if targets and (min(targets) < 0 or max(targets) >= len(classes)):
+        raise ValueError(f"labels run from {min(targets)} to {max(targets)} but batches.meta names "
+                         f"{len(classes)} classes")
 
 
 def _class_templates(rng: np.random.Generator) -> np.ndarray:
@@ -171,7 +216,7 @@ def prepare_cifar(data: str, data_dir: Path, per_batch: int, seed: int, log=prin
             state = "missing"
         if state == "missing":
             log(f"writing synthetic CIFAR-format data to {data_dir} ({per_batch} images per batch file)")
-            write_synthetic_cifar(data_dir, per_batch, seed)
+            _write_or_explain(data_dir, per_batch, seed)
         elif state == "present":
             raise UsageError(f"data_dir={str(data_dir)!r} holds real CIFAR-10; use --data cifar10 or another --data-dir")
         return "synthetic"
@@ -187,12 +232,22 @@ def prepare_cifar(data: str, data_dir: Path, per_batch: int, seed: int, log=prin
     return prepare_cifar("synthetic", data_dir, per_batch, seed, log)
 
 
+def _write_or_explain(data_dir: Path, per_batch: int, seed: int) -> None:
+    try:
+        write_synthetic_cifar(data_dir, per_batch, seed)
+    except OSError as error:  # a file where the folder should be, a read-only filesystem, a full disk
+        raise UsageError(f"data_dir={str(data_dir)!r} cannot hold the synthetic data ({error.strerror or error}); "
+                         "allowed: a folder you can write to") from None
+
+
 def _open_cifar(data_dir: Path, train: bool, transform) -> WorkbenchCIFAR10:
     try:
         return WorkbenchCIFAR10(str(data_dir), train=train, transform=transform)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, IndexError,
+            AttributeError, OSError) as error:
         folder = Path(data_dir) / CIFAR_FOLDER
-        raise UsageError(f"data_dir={str(folder)!r} is missing or corrupt ({error}); "
+        detail = str(error).splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UsageError(f"data_dir={str(folder)!r} is missing or corrupt ({detail}); "
                          "allowed: a complete cifar-10-batches-py folder (delete it to regenerate)") from None
 
 
@@ -221,6 +276,9 @@ def load_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: i
     if data.startswith("imagefolder:"):
         path = data.split(":", 1)[1]
         dataset = _open_imagefolder(path, transform)
+        if len(dataset.classes) < 2:
+            log(f"warning: data=imagefolder:{path} has only {len(dataset.classes)} class: the loss trains "
+                "to 0 and accuracy means nothing; add a sub-folder per class")
         return DataSpec(dataset, len(dataset.classes), f"ImageFolder {path} ({len(dataset)} images)")
     kind = prepare_cifar(data, Path(data_dir), per_batch, seed, log)
     dataset = _open_cifar(Path(data_dir), train, transform)

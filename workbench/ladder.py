@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from workbench import judge, results, rounds as paired_rounds
 from workbench.config import RunConfig
-from workbench.errors import StageSkipped
+from workbench.errors import ResultFileError, SaveError, StageSkipped
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.rounds import Side
 from workbench.session import Session, write_run_file
@@ -98,6 +98,8 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts) -
     comparison = _compare(session, cfg, cfg, "noise floor (A/A)", "baseline", "baseline",
                           _trace_dir(session, cfg, 0, "baseline"))
     result = judge.reference_result(session, comparison, started)
+    if comparison.interrupted is not None:
+        return _saved_then_stop(session, result, comparison)
     if result["status"] == "baseline":
         aa = judge.aa_summary(comparison)
         state.floor = aa["noise_floor"]
@@ -148,7 +150,15 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> d
     comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
                           _trace_dir(session, cfg, position, stage.name), rounds)
     result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
-    return _save(session, result)
+    return _saved_then_stop(session, result, comparison)
+
+
+def _saved_then_stop(session: Session, result: dict, comparison) -> dict:
+    """Save; then, if the run was stopped after this comparison's windows, stop (130/143)."""
+    _save(session, result)
+    if comparison.interrupted is not None:
+        raise comparison.interrupted
+    return result
 
 
 def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -> dict | None:
@@ -157,8 +167,11 @@ def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -
         return None
     for path in (session.run_dir / results.STAGES_DIR).glob(f"[0-9][0-9]-{name}.json"):
         try:
-            found = results.read_json(path)
-        except ValueError:  # a truncated file is measured again
+            found = results.read_stage_result(path)
+        except ResultFileError as error:  # truncated or damaged: set aside and measure again
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            session.log(f"warning: {error.reason} in {path.name}: moved to {aside.name}; measuring {name} again")
             continue
         same_machine = found.get("environment", {}).get("device_name") == session.environment.get("device_name")
         if (found.get("status") not in ("failed", None) and found.get("config") == cfg.to_dict()
@@ -173,7 +186,7 @@ def _earlier_floor(session: Session) -> dict | None:
         return None
     try:
         return results.read_json(path).get("noise_floor")
-    except ValueError:
+    except ResultFileError:
         return None
 
 
@@ -184,10 +197,14 @@ def _nothing_to_change(session: Session, stage: Stage, against: dict) -> str:
 
 
 def _save(session: Session, result: dict) -> dict:
-    for old in (session.run_dir / results.STAGES_DIR).glob(f"[0-9][0-9]-{result['stage']}.json"):
-        old.unlink()  # a resumed run may have taken the stage at another position
-    write_json_atomic(stage_result_path(session.run_dir, result["index"], result["stage"]), result)
-    session.log(judge.one_line(result))
+    path = stage_result_path(session.run_dir, result["index"], result["stage"])
+    session.log(judge.one_line(result))  # said before the write, so a failed write loses nothing
+    try:
+        for old in (session.run_dir / results.STAGES_DIR).glob(f"[0-9][0-9]-{result['stage']}.json"):
+            old.unlink()  # a resumed run may have taken the stage at another position
+        write_json_atomic(path, result)
+    except OSError as error:  # disk full, read-only: keep the measurement, say where and why
+        raise SaveError(path, error, result) from None
     return result
 
 
@@ -241,6 +258,8 @@ def second_look(session: Session, finished: list[dict], state: LadderState, verd
             state.cfg, state.applied = cfg, state.applied + [stage.name]
         verdicts.add("second_look", entry)
         session.log(f"-- second look {stage.name}: {entry['text']}{'; adopted' if entry['adopted'] else ''}")
+        if comparison.interrupted is not None:
+            raise comparison.interrupted
 
 
 def _without(session: Session, applied: list[str], dropped: str) -> RunConfig:
@@ -267,6 +286,8 @@ def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> N
         verdicts.add("leave_one_out", entry)
         session.log(f"-- leave-one-out {name}: final vs without it {entry['text']}"
                     f"{'; dropped from the final configuration' if entry.get('dropped') else ''}")
+        if comparison.interrupted is not None:
+            raise comparison.interrupted
 
 
 def _stage(name: str) -> Stage:
@@ -286,7 +307,7 @@ def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict |
     result = judge.final_result(session, state, comparison, started)
     verdicts.set("headline", {"applied": state.applied, **(result["metrics"] or {}).get("speedup_vs_baseline", {}),
                               "text": result["reason"]})
-    return _save(session, result)
+    return _saved_then_stop(session, result, comparison)
 
 
 def measure_single_process(session: Session) -> None:

@@ -25,10 +25,20 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def check_model_spec(name: str) -> None:
-    """Fail early, with one line, on a model the workers could not build."""
+def check_model_spec(name: str, num_classes: int = 10) -> None:
+    """Fail early, with one line, on a model the workers could not build.
+
+    A factory is called once here: one that raises or returns something other than an nn.Module
+    would otherwise fail in every stage's worker with less to say.
+    """
     if ":" in name:
-        _load_factory(name)
+        try:
+            _from_factory(name, num_classes)
+        except UsageError:
+            raise
+        except Exception as error:  # the user's code: whatever it raises is their one line
+            raise UsageError(f"model={name!r} could not be built ({type(error).__name__}: "
+                             f"{str(error).strip()[:200]}); allowed: a factory returning a torch.nn.Module") from None
     elif name not in models.list_models(module=models):
         build_model(name, 10)  # raises the UsageError that lists what is allowed
 
@@ -36,7 +46,9 @@ def check_model_spec(name: str) -> None:
 def _load_factory(spec: str):
     module_name, function_name = spec.split(":", 1)
     if str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))  # let `mymodels:build` find a file in the working folder
+        # Last, not first: `mymodels:build` is found in the working folder, but no file there can
+        # shadow an installed module (the worker's import path leaves the working folder out).
+        sys.path.append(str(Path.cwd()))
     try:
         return getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:

@@ -6,8 +6,10 @@ stage, a skipped one, or a run that stopped after its baseline all produce a com
 """
 from __future__ import annotations
 
-import os
 import json
+import math
+import os
+import re
 import string
 import textwrap
 from pathlib import Path
@@ -58,8 +60,12 @@ def render_markdown(view: RunView) -> str:
 
 def _write_text(path: Path, text: str) -> Path:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C or a full disk: no half-written temp file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -88,7 +94,12 @@ def script_settings(view: RunView) -> dict[str, str]:
     }
     fields = {key: literal(value) for key, value in values.items()}
     fields["measured_throughput"] = literal(_measured_text(final))
-    return {**fields, "model_title": values["model_name"], "device_expr": _device_expr(view, cfg)}
+    return {**fields, "model_title": docstring_safe(values["model_name"]), "device_expr": _device_expr(view, cfg)}
+
+
+def docstring_safe(text: str) -> str:
+    """Text for the script's docstring: a recorded value must never close the string or escape it."""
+    return re.sub(r"[^A-Za-z0-9_.:/ -]", "_", text)[:200]
 
 
 def _measured_text(final: dict | None) -> str:
@@ -101,8 +112,13 @@ def _measured_text(final: dict | None) -> str:
 
 
 def literal(value) -> str:
-    """Python source for a setting: strings in double quotes, like the rest of the script."""
-    return json.dumps(value) if isinstance(value, str) else repr(value)
+    """Python source for a setting: strings in double quotes (JSON escapes are valid Python), like
+    the rest of the script; never a value pasted as code."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f'float("{value}")'  # repr(nan) is `nan`, a name the script does not define
+    return repr(value)
 
 
 def _device_expr(view: RunView, cfg: dict) -> str:
@@ -129,6 +145,7 @@ def script_provenance(view: RunView) -> dict[str, str]:
             f"Measured on {device_name(view)}: {measured}.")
     # The paragraph lands inside the script's docstring: keep it from closing the string.
     text = text.replace("\\", "/").replace('"""', "'''")
+    text = "".join(ch if ch.isprintable() else "_" for ch in text)
     return {"provenance": textwrap.fill(text, width=100, break_on_hyphens=False)}
 
 
@@ -156,3 +173,6 @@ def point_latest(run_dir: Path) -> Path:
     except (OSError, NotImplementedError):
         tmp.unlink(missing_ok=True)
         return _write_text(run_dir.parent / LATEST_FILE, run_dir.name + "\n")
+    except BaseException:  # Ctrl-C between link and rename: no stray link stays behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -6,12 +6,13 @@ and the plots' labels show the same digits and a reader can match them by eye.
 from __future__ import annotations
 
 import csv
+import os
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.results import RUN_FILE, STAGES_DIR, load_stage_results, read_json, stage_stem
+from workbench.results import RUN_FILE, STAGES_DIR, load_stage_results, read_json, read_run_file, stage_stem
 
 MEASURED_STATUSES = ("baseline", "kept", "rejected", "tradeoff", "final")
 CARRIED_STATUSES = ("baseline", "kept")
@@ -83,7 +84,7 @@ def formatted(record: dict) -> dict[str, str]:
 
 def load_run(run_dir: Path) -> dict:
     path = Path(run_dir) / RUN_FILE
-    return read_json(path) if path.exists() else {"run": Path(run_dir).name}
+    return read_run_file(run_dir) if path.exists() else {"run": Path(run_dir).name}
 
 
 def load_trace_summary(run_dir: Path, result: dict) -> dict | None:
@@ -280,8 +281,16 @@ def load_view(run_dir: Path) -> RunView:
 
 
 def write_csv(records: list[dict], path: Path) -> Path:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=[name for name, _ in COLUMNS])
-        writer.writeheader()
-        writer.writerows(formatted(record) for record in records)
-    return Path(path)
+    """Written beside its final name and renamed: a reader never sees half a CSV."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=[name for name, _ in COLUMNS])
+            writer.writeheader()
+            writer.writerows(formatted(record) for record in records)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from workbench.errors import ResultFileError
 from workbench.report_markdown import bullet, table
 from workbench.report_table import RunView
 from workbench.results import VERDICTS_FILE, read_json
@@ -22,7 +23,7 @@ def load_verdicts(run_dir: Path) -> dict | None:
     path = Path(run_dir) / VERDICTS_FILE
     try:
         return read_json(path) if path.is_file() else None
-    except ValueError:  # a truncated file: the stage results still make a report
+    except ResultFileError:  # a truncated file: the stage results still make a report
         return None
 
 

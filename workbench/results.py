@@ -64,9 +64,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
+
+from workbench.errors import ResultFileError
 
 SCHEMA_VERSION = 1
 STAGES_DIR = "stages"
@@ -77,24 +79,38 @@ VERDICTS_FILE = "verdicts.json"
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so a reader never sees half a file: temp file, fsync, rename."""
+    """Write JSON so a reader never sees half a file: temp file, fsync, rename.
+
+    The temp file is created with mode 0666 less the umask, like every other output (mkstemp would
+    make it 0600). A failed write (disk full, read-only) removes the temp file and raises OSError.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=2, sort_keys=True, default=str)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def read_json(path: Path) -> Any:
-    with open(path) as handle:
-        return json.load(handle)
+def read_json(path: Path, expect: type = dict) -> Any:
+    """A JSON file written by the workbench; ResultFileError (one line) when it is not one."""
+    try:
+        with open(path) as handle:
+            payload = json.load(handle)
+    except OSError as error:
+        raise ResultFileError(path, error.strerror or type(error).__name__) from None
+    except (ValueError, RecursionError) as error:  # truncated, not JSON, not UTF-8
+        raise ResultFileError(path, f"not valid JSON: {str(error)[:120]}") from None
+    if not isinstance(payload, expect):
+        raise ResultFileError(path, f"holds {type(payload).__name__}, expected a JSON object")
+    return payload
 
 
 def stage_stem(index: int, stage: str) -> str:
@@ -107,9 +123,59 @@ def stage_result_path(run_dir: Path, index: int, stage: str) -> Path:
 
 
 def load_stage_results(run_dir: Path) -> list[dict]:
-    """Every finished stage of a run, in ladder order."""
+    """Every finished stage of a run, in ladder order (ResultFileError on a damaged file)."""
     stage_dir = Path(run_dir) / STAGES_DIR
     if not stage_dir.is_dir():
         return []
     paths = sorted(p for p in stage_dir.glob("[0-9][0-9]-*.json") if ".trace_summary" not in p.name)
-    return [read_json(p) for p in paths]
+    return [read_stage_result(p) for p in paths]
+
+
+# The fields every reader of a stage result relies on, with their types.
+STAGE_KEYS = {"stage": str, "status": str, "index": int}
+
+
+def read_stage_result(path: Path) -> dict:
+    result = read_json(path)
+    for key, kind in STAGE_KEYS.items():
+        if not isinstance(result.get(key), kind):
+            raise ResultFileError(path, f"{key!r} is missing or not a {kind.__name__}")
+    if not isinstance(result.get("metrics") or {}, dict) or not isinstance(result.get("config") or {}, dict):
+        raise ResultFileError(path, "'metrics' and 'config' must be JSON objects")
+    return result
+
+
+def read_run_file(run_dir: Path) -> dict:
+    """run.json with a config that would build a valid RunConfig (ResultFileError otherwise)."""
+    path = Path(run_dir) / RUN_FILE
+    run = read_json(path)
+    run["config"] = checked_config(path, run.get("config", {}))  # absent: the defaults
+    if not isinstance(run.get("stages", []), list) or run.get("mode", "ladder") not in ("ladder", "ablation"):
+        raise ResultFileError(path, "'stages' must be a list and 'mode' ladder or ablation")
+    return run
+
+
+def checked_config(path: Path, config: Any) -> dict:
+    from workbench.config import RunConfig, field_kinds
+
+    if not isinstance(config, dict):
+        raise ResultFileError(path, "'config' is missing or not a JSON object")
+    kinds = field_kinds()
+    for key, value in config.items():
+        if key not in kinds:
+            raise ResultFileError(path, f"unknown config key {key!r}")
+        if not _has_kind(value, kinds[key]):
+            raise ResultFileError(path, f"config {key}={value!r} is not of type {kinds[key].__name__}")
+    try:
+        RunConfig(**config)
+    except Exception as error:  # a UsageError from validation: the file, not the user, holds the value
+        raise ResultFileError(path, f"config is invalid: {error}") from None
+    return config
+
+
+def _has_kind(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)

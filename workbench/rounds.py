@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import select
 import signal
 import subprocess
@@ -24,13 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench import distributed, stats
+from workbench import distributed, procs, stats
 from workbench.config import RunConfig
 from workbench.executor import Gate
+from workbench.errors import ResultFileError
 from workbench.results import read_json, write_json_atomic
 
-# A process that has not reached its next step after this long is stopped and recorded as failed.
-STAGE_TIMEOUT_S = int(os.environ.get("WORKBENCH_STAGE_TIMEOUT_S", "3600"))
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,7 @@ class Comparison:
     b_rounds: list[dict] = field(default_factory=list)
     failure: dict | None = None   # the raw result of a side that did not measure, if any
     failed_side: str | None = None
+    interrupted: KeyboardInterrupt | None = None  # stopped after the last round's windows: re-raised once saved
 
     @property
     def a_final(self) -> dict | None:
@@ -108,7 +107,13 @@ def compare(session, a: Side, b: Side, rounds: int, label: str) -> Comparison:
     for index in range(rounds):
         last = index == rounds - 1
         order = ("a", "b") if index % 2 == 0 else ("b", "a")
-        raws = _one_round(session, a, b, order, last)
+        try:
+            raws = _one_round(session, a, b, order, last)
+        except KeyboardInterrupt as stop:  # after both windows were timed, the round still counts
+            partial = getattr(stop, "partial", None) or {}
+            if not all((partial.get(side) or {}).get("status") == "measured" for side in ("a", "b")):
+                raise
+            raws, result.interrupted = partial, stop
         failed = [side for side in ("a", "b") if raws[side].get("status") not in ("measured", "cancelled")]
         if failed or any(raw.get("status") != "measured" for raw in raws.values()):
             side = failed[-1] if failed else "b"  # the candidate's own failure is the one to report
@@ -117,6 +122,8 @@ def compare(session, a: Side, b: Side, rounds: int, label: str) -> Comparison:
         result.a_rounds.append(raws["a"])
         result.b_rounds.append(raws["b"])
         _say_round(session, label, a, b, result, index, rounds, started)
+        if result.interrupted:
+            break
     return result
 
 
@@ -147,49 +154,57 @@ def _spec(session, side: Side, out: Path, extras: bool) -> dict:
 # --- fresh processes, side by side ------------------------------------------------------------------
 
 def _paired_processes(specs: dict[str, dict], order: tuple[str, str], tmp: Path) -> dict[str, dict]:
-    procs = {}
+    running, timed = {}, False
     try:
         for key, spec in specs.items():
-            procs[key] = _start(spec, tmp / f"{key}.spec.json")
-        ready = {key: _await(proc, "ready") for key, proc in procs.items()}
+            running[key] = _start(spec, tmp / f"{key}.spec.json")
+        ready = {key: _await(proc, "ready") for key, proc in running.items()}
         if not all(ready.values()):  # one side could not start: the other is stopped, not blamed
-            return {key: CANCELLED if ready[key] else _raw(specs[key], _stopped(procs[key])) for key in specs}
+            return {key: CANCELLED if ready[key] else _raw(specs[key], _stopped(running[key])) for key in specs}
         for key in order:  # one at a time: the other process waits, idle, while this one is timed
-            _send(procs[key], "go")
-            _await(procs[key], "timed")
+            _send(running[key], "go")
+            _await(running[key], "timed")
+        timed = True
         for key in order:  # extras one at a time too: a trace's shares need the cores to itself
-            _send(procs[key], "extras" if specs[key]["extras"] else "exit")
-            _finish(procs[key])
-        return {key: _raw(specs[key], procs[key]) for key in specs}
+            _send(running[key], "extras" if specs[key]["extras"] else "exit")
+            _finish(running[key])
+        return {key: _raw(specs[key], running[key]) for key in specs}
+    except KeyboardInterrupt as stop:
+        if timed:  # both windows are in: stopped workers save them (a trace pass is cut short)
+            for proc in running.values():
+                procs.stop_group(proc)
+            stop.partial = {key: _saved(specs[key]) for key in specs}
+        raise
     finally:
-        for proc in procs.values():
+        for proc in running.values():
             stop(proc)
 
 
-# The side that was ready when its partner failed: stopped, with nothing of its own to report.
-CANCELLED = {"status": "cancelled", "error": "stopped because the other configuration of the round failed"}
-
-
-def _stopped(proc: subprocess.Popen) -> subprocess.Popen:
-    _finish(proc)  # it said nothing more: it has ended (or ends now) and wrote its reason
-    return proc
+def _saved(spec: dict) -> dict | None:
+    try:
+        return read_json(Path(spec["out"])) if Path(spec["out"]).exists() else None
+    except ResultFileError:  # half-written when it was stopped: nothing to keep
+        return None
 
 
 def _start(spec: dict, spec_path: Path) -> subprocess.Popen:
     write_json_atomic(spec_path, spec)
-    return subprocess.Popen([*distributed.launcher(1), "workbench.worker", str(spec_path)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=distributed.launch_environment(1), start_new_session=True)
+    return procs.start_worker([*distributed.launcher(1), "workbench.worker_entry", str(spec_path)],
+                              distributed.launch_environment(1), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
 
 
 def _await(proc: subprocess.Popen, event: str) -> bool:
     """True when the process said `event`; False when it ended (it wrote its failure) or timed out."""
-    ready, _, _ = select.select([proc.stdout], [], [], STAGE_TIMEOUT_S)
+    ready, _, _ = select.select([proc.stdout], [], [], procs.stage_timeout_s())
     line = proc.stdout.readline() if ready else ""
     if not ready:
         stop(proc)
         proc.timed_out = True
-    return bool(line) and json.loads(line).get("event") == event
+    try:
+        return bool(line) and json.loads(line).get("event") == event
+    except ValueError:  # not a protocol line: the worker is confused; treat it as ended
+        return False
 
 
 def _send(proc: subprocess.Popen, command: str) -> None:
@@ -202,7 +217,7 @@ def _send(proc: subprocess.Popen, command: str) -> None:
 
 def _finish(proc: subprocess.Popen) -> None:
     try:
-        proc.wait(timeout=STAGE_TIMEOUT_S)
+        proc.wait(timeout=procs.stage_timeout_s())
     except subprocess.TimeoutExpired:
         stop(proc)
         proc.timed_out = True
@@ -210,24 +225,17 @@ def _finish(proc: subprocess.Popen) -> None:
 
 def stop(proc: subprocess.Popen) -> None:
     """End a measuring process and everything it started (DataLoader workers, compile workers)."""
-    if proc.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=wait_s)
-            return
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            continue
+    if proc.poll() is None:
+        procs.stop_group(proc, grace_s=0)
 
 
 def _raw(spec: dict, proc: subprocess.Popen) -> dict:
-    out = Path(spec["out"])
-    if out.exists():
-        return read_json(out)
+    saved = _saved(spec)
+    if saved is not None:
+        return saved
     if getattr(proc, "timed_out", False):
-        return {"status": "failed", "error": f"timed out after {STAGE_TIMEOUT_S} s (a hang in compile or in a "
-                "collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
+        return {"status": "failed", "error": f"timed out after {procs.stage_timeout_s():g} s (a hang in compile "
+                "or in a collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
     code = proc.poll()
     if code is not None and code < 0 and -code == signal.SIGINT:
         raise KeyboardInterrupt
@@ -241,13 +249,15 @@ def _alone(spec: dict, spec_path: Path, nproc: int) -> dict:
     """Under torchrun: the side runs in its own processes, alone, start to end."""
     spec = {**spec, "paired": False}
     write_json_atomic(spec_path, spec)
-    proc = subprocess.Popen([*distributed.launcher(nproc), "workbench.worker", str(spec_path)],
-                            env=distributed.launch_environment(nproc), start_new_session=True)
-    try:
-        _finish(proc)
-        return _raw(spec, proc)
-    finally:
-        stop(proc)
+    code = procs.run_worker([*distributed.launcher(nproc), "workbench.worker_entry", str(spec_path)],
+                            distributed.launch_environment(nproc), procs.stage_timeout_s())
+    saved = _saved(spec)
+    if saved is not None:
+        return saved
+    if code is None:
+        return {"status": "failed", "error": f"timed out after {procs.stage_timeout_s():g} s; set "
+                "WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
+    return {"status": "failed", "error": f"worker exited with status {code}"}
 
 
 class _LocalGate(Gate):

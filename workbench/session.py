@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from workbench import device as devices
-from workbench import environment, measure, workers
+from workbench import environment, measure, run_folders, workers
 from workbench.config import RunConfig
 from workbench.data import load_data
 from workbench.executor import check_device_support
@@ -21,6 +21,8 @@ from workbench.stages import StageContext
 
 # Above this 1-minute load per core before a run starts, we warn that timings will be off.
 BUSY_LOAD_PER_CORE = 0.5
+# Host memory one stage process needs at the least (torch, a small model, the loader): ~1 GiB measured.
+MB_PER_PROCESS = 1024
 
 
 @dataclass
@@ -48,17 +50,6 @@ def default_run_name() -> str:
     return dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
 
 
-def writable_folder(path: Path, name: str) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as error:
-        raise UsageError(f"{name}={str(path)!r} is not writable ({error.strerror}); allowed: a folder you can write to") from None
-    return path
-
-
 def check_nproc(nproc: int, device_type: str, can_launch: bool) -> None:
     import torch
 
@@ -70,6 +61,29 @@ def check_nproc(nproc: int, device_type: str, can_launch: bool) -> None:
     if device_type == "cuda" and nproc > torch.cuda.device_count():
         raise UsageError(f"nproc={nproc} is more than the {torch.cuda.device_count()} GPUs here; allowed: 1.."
                          f"{torch.cuda.device_count()}")
+    if device_type != "cuda" and nproc > 1:
+        check_host_room(nproc, devices.usable_cores(), available_memory_mb())
+
+
+def check_host_room(nproc: int, cores: int, memory_mb: float | None) -> None:
+    """On a CPU every process needs a core and about 1 GiB (torch, the model, the loader)."""
+    if nproc > cores:
+        raise UsageError(f"nproc={nproc} is more than the {cores} usable CPU cores here; allowed: 1..{cores}")
+    if memory_mb is not None and nproc * MB_PER_PROCESS > memory_mb:
+        most = max(1, int(memory_mb // MB_PER_PROCESS))
+        raise UsageError(f"nproc={nproc} needs about {nproc * MB_PER_PROCESS / 1024:.0f} GiB of memory, "
+                         f"{memory_mb / 1024:.1f} GiB is available; allowed: 1..{most}")
+
+
+def available_memory_mb() -> float | None:
+    """MemAvailable from /proc/meminfo (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities, threads: int = 0) -> dict:
@@ -111,38 +125,53 @@ def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> t
 
 def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,
           model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
-          stages: list[str] | None = None, nproc: int = 1, log=stderr_log) -> Session:
-    """Settle everything a run shares, print the decisions, and write run.json."""
+          stages: list[str] | None = None, nproc: int = 1, log=stderr_log, overwrite: bool = False) -> Session:
+    """Settle everything a run shares, print the decisions, and write run.json.
+
+    Everything is checked before the run's folders are made; if setup still fails (or is
+    interrupted) the folders it made are removed again.
+    """
     load_warning = busy_warning(devices.usable_cores())  # before our own sweep adds load
     device_type = devices.resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
     check_nproc(nproc, device_type, isolate or nproc == 1)
+    cfg = cfg.with_overrides(run_name=cfg.run_name or default_run_name())
+    run_dir, profiles_dir = run_folders.check(cfg.reports_dir, cfg.profiles_dir, cfg.run_name, resume, overwrite)
     facts = devices.probe(device_type)
     caps = devices.decide(facts)
-    cfg = cfg.with_overrides(run_name=cfg.run_name or default_run_name())
-    run_dir = writable_folder(Path(cfg.reports_dir) / cfg.run_name, "reports_dir")
-    profiles_dir = writable_folder(Path(cfg.profiles_dir) / cfg.run_name, "profiles_dir")
     spec = None if dataset is not None else load_data(cfg.data, cfg.data_dir, cfg.image_size,
                                                       cfg.synthetic_per_batch, cfg.seed, log=log)
     data = dataset if dataset is not None else spec.dataset
     if model_factory is None:
-        check_model_spec(cfg.model)
+        check_model_spec(cfg.model, spec.num_classes if spec else 10)
     if len(data) // nproc < cfg.batch_size:
         raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
                          f"({len(data)} samples / {nproc} processes); allowed: at most {len(data) // nproc}")
     description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
+    with run_folders.Created() as created:
+        created.folder(run_dir, "reports_dir"), created.folder(profiles_dir, "profiles_dir")
+        session = _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
+                          sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc)
+        if overwrite and not resume:
+            run_folders.clear(run_dir, profiles_dir)
+        write_run_file(session)
+    return session
+
+
+def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning, sweep_workers,
+            log, model_factory, dataset, isolate, resume, stages, nproc) -> Session:
+    """The measured decisions (worker sweep, peak FLOP/s), announced; the Session that holds them."""
     best_workers, worker_notes = _choose_workers(cfg, data, facts.cpu_cores, sweep_workers, log)
     threads = devices.threads_for(cfg.num_workers, cfg.threads, facts.cpu_cores)
     decisions = {"device": f"{facts.type} ({facts.name})", "amp": f"{caps.amp_dtype or 'none'}: {caps.amp_reason}",
                  "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
                  "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes,
                  **({"machine_load": load_warning} if load_warning else {})}
-    context = StageContext(device_type, caps, best_workers)
+    context = StageContext(facts.type, caps, best_workers)
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
                       measure_peaks(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
                       stages or [], nproc)
     _announce(session)
-    write_run_file(session)
     return session
 
 

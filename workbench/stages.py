@@ -119,9 +119,11 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 
 def select(names: str | None) -> list[Stage]:
     """Stages by comma-separated name, in ladder order; the baseline is always first."""
-    if not names:
+    if names is None:
         return list(STAGES)
     wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted:
+        raise UsageError(f"stages={names!r} names no stage; allowed: a comma-separated list of {', '.join(STAGE_NAMES)}")
     unknown = [n for n in wanted if n not in STAGE_NAMES]
     if unknown:
         raise UsageError(f"unknown stage {unknown[0]!r}; allowed: {', '.join(STAGE_NAMES)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -61,7 +62,10 @@ class PipeGate(Gate):
     def timed(self, step_times: list[list[float]]) -> bool:
         self.progress.on = False
         self._say("timed")
-        extras = self._hear(("extras", "exit")) == "extras"
+        try:
+            extras = self._hear(("extras", "exit")) == "extras"
+        except TraceInterrupted:  # stopped while waiting: the timed window is what we write
+            return False
         self.progress.on = extras
         return extras
 
@@ -78,7 +82,9 @@ def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = Dist
     # Only the first process talks: N copies of every progress line would say nothing more; in a paired
     # round only while it is timed or running its extras (the other one waits, silent).
     stream = getattr(gate, "progress", sys.stderr) if dist.is_main else open(os.devnull, "w")
-    progress = Progress(spec["stage"] + (f" x{dist.world_size} processes" if dist.enabled else ""), stream)
+    progress = StoppableProgress(spec["stage"] + (f" x{dist.world_size} processes" if dist.enabled else ""), stream)
+    if _IN_WORKER_PROCESS:  # never touch the signal handling of a caller running stages in-process
+        _install_stop_handler(progress)
     log = lambda message: print(f"[{spec['stage']}] {message}", file=stream, flush=True)
     built = build(cfg, model_factory, dataset, log=log, dist=dist)
     peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
@@ -86,6 +92,44 @@ def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = Dist
     raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress, gate)
     raw.update(status="measured", data=built.data_description, notes=_jsonable(built.notes))
     return raw
+
+
+class TraceInterrupted(Exception):
+    """Raised in the passes after the timed steps: an Exception, so the timed figures are kept."""
+
+
+class StoppableProgress(Progress):
+    """Progress that knows whether the timed steps are done, so a stop can keep their figures."""
+
+    stop_requested = False
+    step = total = None
+
+    def timing_done(self) -> bool:
+        repeats = self.phase or ""
+        last = repeats.startswith("repeat ") and repeats.split()[-1].split("/")[0] == repeats.split("/")[-1]
+        return self.phase == "trace" or (last and self.step == self.total)
+
+    def update(self, phase: str, step: int | None = None, total: int | None = None, force: bool = False) -> None:
+        self.step, self.total = step, total
+        super().update(phase, step, total, force)
+        if self.stop_requested and self.phase == "trace":
+            raise TraceInterrupted("stopped by the user during the trace pass")
+
+
+def _install_stop_handler(progress: StoppableProgress) -> None:
+    """SIGINT/SIGTERM (the ladder stopping our group): before the timed steps end, stop at once;
+    after them, skip the evaluation and trace passes and write the timed figures."""
+    import signal
+
+    def handler(signum, frame):
+        if progress.stop_requested or not progress.timing_done():
+            raise KeyboardInterrupt
+        progress.stop_requested = True
+        raise TraceInterrupted("stopped by the user after the timed steps")
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, handler)
 
 
 def _jsonable(notes: dict) -> dict:
@@ -98,7 +142,12 @@ def failure(status: str, error: BaseException, out_of_memory: bool = False) -> d
     return {"status": status, "error": f"{prefix}{type(error).__name__}: {message}"[:500]}
 
 
+_IN_WORKER_PROCESS = False
+
+
 def main(spec_path: str) -> int:
+    global _IN_WORKER_PROCESS
+    _IN_WORKER_PROCESS = True
     spec = read_json(Path(spec_path))
     dist = DistInfo()
     gate = PipeGate(*protocol_streams()) if spec.get("paired") else Gate()
@@ -109,6 +158,8 @@ def main(spec_path: str) -> int:
         raw = {"status": "skipped", "error": str(error)}
     except torch.OutOfMemoryError as error:
         raw = failure("failed", error, out_of_memory=True)
+    except KeyboardInterrupt:  # stopped before the timed steps ended: nothing worth writing, no traceback
+        return 130
     except Exception as error:  # any stage failure (a UsageError too) is recorded; the ladder goes on
         traceback.print_exc(limit=3, file=sys.stderr)
         raw = failure("failed", error)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from workbench.errors import StageSkipped
+from workbench.procs import safe_environment
 from workbench.results import read_json, write_json_atomic
 from workbench.worker import failure
 
@@ -78,7 +79,7 @@ def run_isolated(spec: dict, timeout_s: float | None = None, env: dict | None = 
         # Its own session, so a timeout can stop its whole process group; Ctrl-C reaches us
         # and _wait stops the child.
         proc = subprocess.Popen([sys.executable, "-m", "workbench.experiments.child", str(spec_path)],
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+                                env=safe_environment({**os.environ, **(env or {})}), start_new_session=True)
         code = _wait(proc, timeout_s)
         if code is None:
             return {"status": "failed", "error": f"timed out after {timeout_s:.0f} s (stopped)"}
