@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from workbench import ladder, procs, results, safe_pickle
+from workbench import judge, ladder, procs, results, rounds, safe_pickle
 from workbench.config import RunConfig
 from workbench.data import SYNTHETIC_MARKER, write_synthetic_cifar
 from workbench.errors import Interrupted, ResultFileError, SaveError, UsageError
@@ -427,10 +427,10 @@ def test_report_into_a_read_only_folder_is_one_line(work, capsys, monkeypatch):
 
 def test_a_nan_baseline_is_not_a_reference():
     result = {"status": "baseline", "reason": "", "metrics": {"loss_finite": False, "final_loss": float("nan")}}
-    ladder.refuse_nonfinite_baseline(result)
+    judge.refuse_nonfinite_baseline(result)
     assert result["status"] == "failed" and "not finite" in result["reason"]
     fine = {"status": "baseline", "reason": "", "metrics": {"loss_finite": True}}
-    ladder.refuse_nonfinite_baseline(fine)
+    judge.refuse_nonfinite_baseline(fine)
     assert fine["status"] == "baseline"
 
 
@@ -469,6 +469,6 @@ def test_interrupted_setup_removes_only_the_folders_it_made(tmp_path):
 
 def test_a_damaged_partial_result_does_not_hide_the_interrupt(tmp_path):
     (tmp_path / "raw.json").write_text('{"status": "meas')
-    assert ladder._partial(tmp_path / "raw.json") is None
+    assert rounds._saved({"out": str(tmp_path / "raw.json")}) is None
     results.write_json_atomic(tmp_path / "raw.json", {"status": "measured"})
-    assert ladder._partial(tmp_path / "raw.json") == {"status": "measured"}
+    assert rounds._saved({"out": str(tmp_path / "raw.json")}) == {"status": "measured"}

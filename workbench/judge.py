@@ -180,14 +180,21 @@ def reference_result(session, comparison, started: float) -> dict:
     if result["status"] != "measured":
         return result
     metrics = result["metrics"]
-    if not metrics["loss_finite"]:
-        result["status"], result["reason"] = "failed", "the baseline's loss is not finite: nothing can be compared with it"
-        return result
     metrics["speedup_vs_baseline"], metrics["speedup_vs_previous"] = SAME, None
     _analyze_trace(result, session)
     result["status"], result["reason"] = "baseline", "the reference every stage is compared with"
     result["kind"] = REFERENCE
+    refuse_nonfinite_baseline(result)
     return result
+
+
+def refuse_nonfinite_baseline(result: dict) -> None:
+    """A NaN or infinite baseline loss is no reference: every comparison with it would mislead."""
+    metrics = result.get("metrics") or {}
+    if result["status"] == "baseline" and metrics.get("loss_finite") is False:
+        result["status"] = "failed"
+        result["reason"] = (f"the baseline's training loss is not finite (final loss {metrics.get('final_loss')}): "
+                            "it cannot be the reference; check the model, data and learning rate")
 
 
 def aa_summary(comparison) -> dict:
