@@ -331,8 +331,8 @@ def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result."""
     measure_single_process(session)
     state, verdicts = LadderState(session.base_cfg), Verdicts(session)
+    baseline = measure_baseline(session, state, verdicts)  # first: it reads an earlier run's floor
     verdicts.set("order_mode", session.base_cfg.order)
-    baseline = measure_baseline(session, state, verdicts)
     if baseline["status"] != "baseline":
         session.log("the baseline did not run, so no stage can be compared: stopping")
         return [baseline]

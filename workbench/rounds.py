@@ -109,11 +109,11 @@ def compare(session, a: Side, b: Side, rounds: int, label: str) -> Comparison:
         order = ("a", "b") if index % 2 == 0 else ("b", "a")
         try:
             raws = _one_round(session, a, b, order, last)
-        except KeyboardInterrupt as stop:  # after both windows were timed, the round still counts
-            partial = getattr(stop, "partial", None) or {}
+        except KeyboardInterrupt as interrupt:  # after both windows were timed, the round still counts
+            partial = getattr(interrupt, "partial", None) or {}
             if not all((partial.get(side) or {}).get("status") == "measured" for side in ("a", "b")):
                 raise
-            raws, result.interrupted = partial, stop
+            raws, result.interrupted = partial, interrupt
         failed = [side for side in ("a", "b") if raws[side].get("status") not in ("measured", "cancelled")]
         if failed or any(raw.get("status") != "measured" for raw in raws.values()):
             side = failed[-1] if failed else "b"  # the candidate's own failure is the one to report
@@ -169,11 +169,11 @@ def _paired_processes(specs: dict[str, dict], order: tuple[str, str], tmp: Path)
             _send(running[key], "extras" if specs[key]["extras"] else "exit")
             _finish(running[key])
         return {key: _raw(specs[key], running[key]) for key in specs}
-    except KeyboardInterrupt as stop:
+    except KeyboardInterrupt as interrupt:
         if timed:  # both windows are in: stopped workers save them (a trace pass is cut short)
             for proc in running.values():
                 procs.stop_group(proc)
-            stop.partial = {key: _saved(specs[key]) for key in specs}
+            interrupt.partial = {key: _saved(specs[key]) for key in specs}
         raise
     finally:
         for proc in running.values():
