@@ -151,7 +151,7 @@ def fake_session(logs):
 
 
 def fake_compare(gains: dict):
-    def compare(session, a, b, label, a_name, b_name, trace_dir=None, rounds=None):
+    def compare(session, a, b, label, a_name, b_name, trace_dir=None, rounds=None, measured=None):
         return comparison(gains[label])
     return compare
 
@@ -193,3 +193,13 @@ def test_leave_one_out_drops_a_stage_that_no_longer_pays(monkeypatch):
     entries = {e["stage"]: e for e in book.doc["leave_one_out"]}
     assert entries["channels_last"]["dropped"] and not entries["fused_optimizer"].get("dropped")
     assert state.applied == ["fused_optimizer"] and state.cfg.memory_format == "contiguous"
+
+
+def test_a_comparison_already_made_is_reused_not_measured_again(monkeypatch):
+    calls, logs = [], []
+    monkeypatch.setattr(ladder.paired_rounds, "compare", lambda *args: calls.append(args) or comparison(1.2))
+    session = fake_session(logs)
+    a, b, measured = session.base_cfg, session.base_cfg.with_overrides(fused_optimizer=True), {}
+    first = ladder._compare(session, a, b, "fused_optimizer", "baseline", "fused_optimizer", measured=measured)
+    again = ladder._compare(session, a, b, "leave-one-out: fused_optimizer", "without", "final", measured=measured)
+    assert again is first and len(calls) == 1 and "already made" in logs[-1]

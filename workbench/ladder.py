@@ -41,6 +41,9 @@ class LadderState:
     baseline: dict | None = None
     floor: float = 0.0
     position: int = 0              # stages taken so far: the next file's number
+    # Paired comparisons already measured, by (a, b): leave-one-out of the last kept stage and the
+    # headline of a single kept stage are comparisons the pass already made.
+    measured: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -67,12 +70,19 @@ def _trace_dir(session: Session, cfg: RunConfig, position: int, name: str):
 
 
 def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: str, b_name: str,
-             trace_dir=None, rounds: int | None = None) -> paired_rounds.Comparison:
-    """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round."""
+             trace_dir=None, rounds: int | None = None, measured: dict | None = None) -> paired_rounds.Comparison:
+    """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round. With
+    `measured`, a pair compared before in this run is not measured again."""
+    if measured is not None and (a, b) in measured:
+        session.log(f"== {label}: {a_name} vs {b_name} is a comparison this run already made: reusing its rounds")
+        return measured[(a, b)]
     _clear_old_traces(trace_dir)
     count = rounds or b.rounds
     session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
-    return paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=True), count, label)
+    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=True), count, label)
+    if measured is not None and comparison.failure is None and comparison.interrupted is None:
+        measured[(a, b)] = comparison
+    return comparison
 
 
 def _clear_old_traces(trace_dir) -> None:
@@ -148,7 +158,7 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> d
     started = time.perf_counter()
     rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
     comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
-                          _trace_dir(session, cfg, position, stage.name), rounds)
+                          _trace_dir(session, cfg, position, stage.name), rounds, state.measured)
     result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
     return _saved_then_stop(session, result, comparison)
 
@@ -251,7 +261,8 @@ def second_look(session: Session, finished: list[dict], state: LadderState, verd
             continue
         if cfg == state.cfg:
             continue
-        comparison = _compare(session, state.cfg, cfg, f"second look: {stage.name}", "final so far", f"+{stage.name}")
+        comparison = _compare(session, state.cfg, cfg, f"second look: {stage.name}", "final so far", f"+{stage.name}",
+                              measured=state.measured)
         entry = judge.check_entry(stage.name, comparison, session.base_cfg.min_effect, state.floor)
         entry["adopted"] = entry["verdict"] == "faster"
         if entry["adopted"]:
@@ -277,7 +288,8 @@ def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> N
             without = _without(session, state.applied, name)
         except StageSkipped:
             continue
-        comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final")
+        comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final",
+                              measured=state.measured)
         entry = judge.check_entry(name, comparison, session.base_cfg.min_effect, state.floor)
         entry["still_pays"] = entry["verdict"] in ("faster", "inconclusive")
         if entry["verdict"] in ("no significant change", "slower"):
@@ -303,7 +315,7 @@ def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict |
         return None
     started = time.perf_counter()
     comparison = _compare(session, session.base_cfg, state.cfg, "headline", "baseline", "final",
-                          _trace_dir(session, state.cfg, 99, FINAL_STAGE))
+                          _trace_dir(session, state.cfg, 99, FINAL_STAGE), measured=state.measured)
     result = judge.final_result(session, state, comparison, started)
     verdicts.set("headline", {"applied": state.applied, **(result["metrics"] or {}).get("speedup_vs_baseline", {}),
                               "text": result["reason"]})
