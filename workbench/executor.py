@@ -90,8 +90,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     device = distributed.device_for(device_type, dist)
     # Processes on one machine share its cores: each gets its part.
     torch.set_num_threads(threads_for(cfg.num_workers, cfg.threads, max(1, probe("cpu").cpu_cores // dist.world_size)))
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
-    torch.backends.cudnn.benchmark = device_type == "cuda"  # fixed shapes: let cuDNN pick kernels once
+    use_backend_settings(cfg, device_type)
     seed_everything(cfg.seed)
     batched = cfg.input_pipeline == "batched"
     if batched and dataset is not None:
@@ -240,10 +239,18 @@ def _step_flops(model: torch.nn.Module, batch, loss_fn) -> float:
     return float(counter.get_total_flops())
 
 
-def _memory(built: Built, host_peak_mb: float, rss_before_mb: float) -> dict:
+def use_backend_settings(cfg: RunConfig, device_type: str) -> None:
+    """Process-wide switches a configuration sets; set again before each of its windows when two
+    configurations share a process (a paired round)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.benchmark = device_type == "cuda"  # fixed shapes: let cuDNN pick kernels once
+
+
+def _memory(built: Built, window: "Window", rss_before_mb: float) -> dict:
     parts = measure.memory_parts_mb(built.eager_model, built.optimizer)
+    host_peak_mb = window.host_peak_mb
     if built.device.type == "cuda":
-        peaks = measure.cuda_peaks(built.device)
+        peaks = window.cuda_peaks
         headline, kind = peaks["allocated_mb"], "cuda max_memory_allocated"
     else:
         peaks = {"rss_peak_mb": host_peak_mb, "rss_before_model_mb": rss_before_mb}
@@ -291,46 +298,69 @@ def _trace_pass(built: Built, trace_dir: Path, progress: Progress) -> dict:
         built.step.annotate = False
 
 
-class Gate:
-    """Where a measuring process waits for its turn. Alone it never waits; in a paired round
-    (workbench/rounds.py) the coordinator opens it, so two processes never time at the same moment."""
+@dataclass
+class Window:
+    """One timed window of a configuration: step times, losses and the peaks read right after it."""
 
-    def ready(self, warmup_s: float) -> None:
-        """Built and warm: block until this process may start its timed window."""
+    step_times: list[list[float]]
+    losses: list[float]
+    first_loss: float
+    host_peak_mb: float
+    cuda_peaks: dict | None
 
-    def timed(self, step_times: list[list[float]]) -> bool:
-        """The window is timed: block until told whether to go on with the untimed extras."""
-        return True
 
-
-def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | None, peak_source: str,
-                   rss_before_mb: float, progress: Progress, gate: Gate = Gate()) -> dict:
-    """Warm-up, timed repeats, memory, FLOPs and (optionally) the trace of a built configuration."""
-    cfg = built.cfg
+def prepare(built: Built, progress: Progress) -> float:
+    """Warm-up (compile happens here), then one untimed step after the cache release; its wall time."""
+    use_backend_settings(built.cfg, built.device.type)
     warmup_s = warm_up(built, progress)
     measure.release_cuda_cache(built.device)
     _run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
-    gate.ready(warmup_s)
+    return warmup_s
+
+
+def timed_window(built: Built, progress: Progress) -> Window:
+    """The timed repeats of a prepared configuration, with the peaks of exactly these steps."""
+    use_backend_settings(built.cfg, built.device.type)
     measure.reset_cuda_peaks(built.device)
     with measure.HostPeak() as host_peak:
         step_times, losses, first_loss = timed_repeats(built, progress)
-    extras = gate.timed(step_times)
+    cuda = measure.cuda_peaks(built.device) if built.device.type == "cuda" else None
+    return Window(step_times, losses, first_loss, host_peak.peak_mb, cuda)
+
+
+def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: float | None, peak_source: str,
+                   rss_before_mb: float) -> dict:
+    """Throughput, step time, loss, memory and FLOPs of a timed window."""
+    cfg, step_times, losses = built.cfg, window.step_times, window.losses
     spread = stats.spread(step_times)
     samples = built.samples_per_step
     throughput = stats.throughput(step_times, samples, cfg.seed)
-    metrics = {"samples_per_step": samples, "world_size": built.dist.world_size, "step_times_s": step_times,
-               "step_time_s": spread, "throughput": throughput,
-               "repeat_throughputs": stats.repeat_throughputs(step_times, samples),
-               "warmup_s": warmup_s, "compile_s": _compile_seconds(warmup_s, cfg, spread["median"]),
-               "epoch_time_s": built.dataset_size / throughput["median"],
-               "first_loss": first_loss, "final_loss": float(np.mean(losses[-3:])),
-               "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
-               **_memory(built, host_peak.peak_mb, rss_before_mb),
-               **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source)}
-    metrics["trained_steps"] = cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps
-    if not extras:  # a timing-only round: the extras come from this configuration's last round
+    return {"samples_per_step": samples, "world_size": built.dist.world_size, "step_times_s": step_times,
+            "step_time_s": spread, "throughput": throughput,
+            "repeat_throughputs": stats.repeat_throughputs(step_times, samples),
+            "warmup_s": warmup_s, "compile_s": _compile_seconds(warmup_s, cfg, spread["median"]),
+            "epoch_time_s": built.dataset_size / throughput["median"],
+            "first_loss": window.first_loss, "final_loss": float(np.mean(losses[-3:])),
+            "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
+            **_memory(built, window, rss_before_mb),
+            **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source),
+            "trained_steps": cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps}
+
+
+def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: bool = True) -> dict:
+    """The raw result: the window's metrics, plus the untimed extras when asked."""
+    if not extras:  # a timing-only side: the extras come from the configuration's last round
         return {"metrics": metrics, "trace_file": None, "trace_size_mb": None}
     return _with_extras(built, metrics, trace_dir, progress)
+
+
+def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | None, peak_source: str,
+                   rss_before_mb: float, progress: Progress, extras: bool = True) -> dict:
+    """One configuration alone: warm-up, timed repeats, memory, FLOPs and (optionally) the extras."""
+    warmup_s = prepare(built, progress)
+    window = timed_window(built, progress)
+    metrics = window_metrics(built, window, warmup_s, peak_flops, peak_source, rss_before_mb)
+    return finish(built, metrics, trace_dir, progress, extras)
 
 
 def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress) -> dict:

@@ -1,23 +1,20 @@
-"""Paired rounds: two configurations measured in the same time window, in fresh processes.
+"""Paired rounds: two configurations measured in the same time window, a fresh process per round.
 
-A round starts one fresh process per configuration. Both build and warm up at the same time (untimed,
-so they may share the cores), then wait; the coordinator lets one time its window, then the other,
-alternating which goes first from round to round, so slow drift of the machine falls on both sides
-alike. A process's own offset (where its memory landed, which cores it got) is in its round's ratio,
-and the interval over rounds carries it: the round, not a repeat inside one process, is the replicate.
+A round is one fresh process that builds both configurations, warms both up, then times one window
+of each, back to back, alternating which goes first from round to round, so slow drift of the
+machine falls on both alike (workbench/pair.py). The interval is taken over the rounds' ratios: the
+round, not a repeat inside one process, is the replicate, so process-to-process variation is in it.
 In its last round a side can also run the untimed extras (accuracy, compute-only ceiling, trace).
 
-Where fresh processes are not possible (a model or dataset object from Python) the same rounds run
-in this process, one configuration after the other; under torchrun (--nproc) each side runs alone in
-its own processes, one after the other. Both alternate the order the same way.
+Where a fresh process is not possible (a model or dataset object from Python) the same rounds run in
+this process; under torchrun (--nproc) each side runs alone in its own processes, one after the
+other, in the same alternating order.
 """
 from __future__ import annotations
 
 import gc
 import json
-import select
 import signal
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -25,7 +22,6 @@ from pathlib import Path
 
 from workbench import distributed, procs, stats
 from workbench.config import RunConfig
-from workbench.executor import Gate
 from workbench.errors import ResultFileError
 from workbench.results import read_json, write_json_atomic
 
@@ -138,46 +134,29 @@ def _one_round(session, a: Side, b: Side, order: tuple[str, str], last: bool) ->
     with tempfile.TemporaryDirectory() as tmp:
         specs = {key: _spec(session, side, Path(tmp) / f"{key}.json", last and side.extras)
                  for key, side in sides.items()}
-        if not session.isolate:
-            return {key: _in_process(session, specs[key]) for key in order}
         if session.nproc > 1:
             return {key: _alone(specs[key], Path(tmp) / f"{key}.spec.json", session.nproc) for key in order}
-        return _paired_processes(specs, order, Path(tmp))
+        pair = {"pair": specs, "order": list(order)}
+        if not session.isolate:
+            return _in_process(session, pair)
+        return _in_fresh_process(pair, Path(tmp) / "pair.json")
 
 
 def _spec(session, side: Side, out: Path, extras: bool) -> dict:
     return {"config": side.cfg.to_dict(), "stage": side.name, "out": str(out), "peaks": session.peaks,
             "trace_dir": str(side.trace_dir) if side.trace_dir and extras else None, "nproc": session.nproc,
-            "paired": True, "extras": extras}
+            "extras": extras}
 
 
-# --- fresh processes, side by side ------------------------------------------------------------------
-
-def _paired_processes(specs: dict[str, dict], order: tuple[str, str], tmp: Path) -> dict[str, dict]:
-    running, timed = {}, False
+def _in_fresh_process(pair: dict, spec_path: Path) -> dict[str, dict]:
+    write_json_atomic(spec_path, pair)
     try:
-        for key, spec in specs.items():
-            running[key] = _start(spec, tmp / f"{key}.spec.json")
-        ready = {key: _await(proc, "ready") for key, proc in running.items()}
-        if not all(ready.values()):  # one side could not start: the other is stopped, not blamed
-            return {key: CANCELLED if ready[key] else _raw(specs[key], _stopped(running[key])) for key in specs}
-        for key in order:  # one at a time: the other process waits, idle, while this one is timed
-            _send(running[key], "go")
-            _await(running[key], "timed")
-        timed = True
-        for key in order:  # extras one at a time too: a trace's shares need the cores to itself
-            _send(running[key], "extras" if specs[key]["extras"] else "exit")
-            _finish(running[key])
-        return {key: _raw(specs[key], running[key]) for key in specs}
-    except KeyboardInterrupt as interrupt:
-        if timed:  # both windows are in: stopped workers save them (a trace pass is cut short)
-            for proc in running.values():
-                procs.stop_group(proc)
-            interrupt.partial = {key: _saved(specs[key]) for key in specs}
+        code = procs.run_worker([*distributed.launcher(1), "workbench.worker_entry", str(spec_path)],
+                                distributed.launch_environment(1), procs.stage_timeout_s())
+    except KeyboardInterrupt as interrupt:  # the worker saved the round if both windows were in
+        interrupt.partial = {key: _saved(spec) for key, spec in pair["pair"].items()}
         raise
-    finally:
-        for proc in running.values():
-            stop(proc)
+    return {key: _saved(spec) or _exit_failure(code) for key, spec in pair["pair"].items()}
 
 
 def _saved(spec: dict) -> dict | None:
@@ -187,110 +166,41 @@ def _saved(spec: dict) -> dict | None:
         return None
 
 
-def _start(spec: dict, spec_path: Path) -> subprocess.Popen:
-    write_json_atomic(spec_path, spec)
-    return procs.start_worker([*distributed.launcher(1), "workbench.worker_entry", str(spec_path)],
-                              distributed.launch_environment(1), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
-
-
-def _await(proc: subprocess.Popen, event: str) -> bool:
-    """True when the process said `event`; False when it ended (it wrote its failure) or timed out."""
-    ready, _, _ = select.select([proc.stdout], [], [], procs.stage_timeout_s())
-    line = proc.stdout.readline() if ready else ""
-    if not ready:
-        stop(proc)
-        proc.timed_out = True
-    try:
-        return bool(line) and json.loads(line).get("event") == event
-    except ValueError:  # not a protocol line: the worker is confused; treat it as ended
-        return False
-
-
-def _send(proc: subprocess.Popen, command: str) -> None:
-    try:
-        proc.stdin.write(command + "\n")
-        proc.stdin.flush()
-    except BrokenPipeError:  # it ended on its own; its result file says why
-        pass
-
-
-def _finish(proc: subprocess.Popen) -> None:
-    try:
-        proc.wait(timeout=procs.stage_timeout_s())
-    except subprocess.TimeoutExpired:
-        stop(proc)
-        proc.timed_out = True
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a measuring process and everything it started (DataLoader workers, compile workers)."""
-    if proc.poll() is None:
-        procs.stop_group(proc, grace_s=0)
-
-
-def _raw(spec: dict, proc: subprocess.Popen) -> dict:
-    saved = _saved(spec)
-    if saved is not None:
-        return saved
-    if getattr(proc, "timed_out", False):
+def _exit_failure(code: int | None) -> dict:
+    if code is None:
         return {"status": "failed", "error": f"timed out after {procs.stage_timeout_s():g} s (a hang in compile "
                 "or in a collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
-    code = proc.poll()
-    if code is not None and code < 0 and -code == signal.SIGINT:
+    if code < 0 and -code == signal.SIGINT:
         raise KeyboardInterrupt
     killed = " (killed: out of host memory?)" if code in (-9, 137) else ""
     return {"status": "failed", "error": f"worker exited with status {code}{killed}"}
 
 
-# --- one side at a time -----------------------------------------------------------------------------
-
 def _alone(spec: dict, spec_path: Path, nproc: int) -> dict:
     """Under torchrun: the side runs in its own processes, alone, start to end."""
-    spec = {**spec, "paired": False}
     write_json_atomic(spec_path, spec)
     code = procs.run_worker([*distributed.launcher(nproc), "workbench.worker_entry", str(spec_path)],
                             distributed.launch_environment(nproc), procs.stage_timeout_s())
-    saved = _saved(spec)
-    if saved is not None:
-        return saved
-    if code is None:
-        return {"status": "failed", "error": f"timed out after {procs.stage_timeout_s():g} s; set "
-                "WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
-    return {"status": "failed", "error": f"worker exited with status {code}"}
+    return _saved(spec) or _exit_failure(code)
 
 
-class _LocalGate(Gate):
-    """In one process nobody else is timing: no waiting, extras only where asked."""
-
-    def __init__(self, extras: bool) -> None:
-        self.extras = extras
-
-    def timed(self, step_times) -> bool:
-        return self.extras
-
-
-def _in_process(session, spec: dict) -> dict:
-    """In this process (objects from Python): the same measurement, one side after the other."""
-    from workbench import worker
-    from workbench.errors import StageSkipped
+def _in_process(session, pair: dict) -> dict[str, dict]:
+    """In this process (objects from Python): the same round, without a fresh process."""
+    from workbench import pair as pairs
 
     try:
-        return worker.run_spec({**spec, "paired": False}, session.model_factory, session.dataset,
-                               gate=_LocalGate(spec["extras"]))
-    except StageSkipped as error:
-        return {"status": "skipped", "error": str(error)}
-    except Exception as error:  # as in a fresh process: the stage fails, the ladder goes on
-        return worker.failure("failed", error, out_of_memory=_is_oom(error))
+        return pairs.run_pair(pair, session.model_factory, session.dataset)
+    except (Exception, torch_oom()) as error:  # as in a fresh process: the round fails, the ladder goes on
+        return {key: pairs.failed_raw(error) for key in pair["pair"]}
     finally:
         gc.collect()  # a failed stage's tensors must not crowd the next one
         _empty_cuda_cache()
 
 
-def _is_oom(error: BaseException) -> bool:
+def torch_oom() -> type:
     import torch
 
-    return isinstance(error, torch.OutOfMemoryError)
+    return torch.OutOfMemoryError
 
 
 def _empty_cuda_cache() -> None:

@@ -2,16 +2,11 @@
 
 The spec names the configuration, where the trace goes and where the raw result goes. Whatever
 happens (out of memory, a compile error, a stage that does not apply) a result file is written, so
-the ladder can record the reason and go on.
-
-With `"paired": true` in the spec the process takes part in a paired round (workbench/rounds.py):
-it says `ready` on its protocol stream once built and warm, times its window when told `go`, says
-`timed`, and then runs the untimed extras (accuracy, compute-only, trace) on `extras` or stops on
-`exit`. Its own stdout is moved to stderr so that nothing else can write into the protocol.
+the ladder can record the reason and go on. A spec with a "pair" is a paired round: both
+configurations in this one process (workbench/pair.py).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -25,8 +20,8 @@ from workbench.config import RunConfig
 from workbench.device import resolve_device_type
 from workbench.distributed import DistInfo
 from workbench.errors import StageSkipped
-from workbench.executor import Gate, build, measure_config
-from workbench.progress import Progress, Switch
+from workbench.executor import build, measure_config
+from workbench.progress import Progress
 from workbench.results import read_json, write_json_atomic
 
 
@@ -37,51 +32,10 @@ def peak_for(cfg: RunConfig, device_type: str, peaks: dict) -> tuple[float | Non
     return entry.get("flops_per_s"), entry.get("source", "no peak known")
 
 
-class PipeGate(Gate):
-    """The coordinator's turns, as lines: we write events to `events`, read commands from `commands`."""
-
-    def __init__(self, events, commands) -> None:
-        self.events, self.commands = events, commands
-        self.progress = Switch()  # on while this process has the machine to itself
-
-    def _say(self, event: str, **extra) -> None:
-        self.events.write(json.dumps({"event": event, **extra}) + "\n")
-        self.events.flush()
-
-    def _hear(self, allowed: tuple[str, ...]) -> str:
-        command = self.commands.readline().strip()
-        if command not in allowed:  # the coordinator is gone (EOF) or confused: stop, do not time alone
-            raise SystemExit(f"paired round: got {command!r}, expected one of {allowed}")
-        return command
-
-    def ready(self, warmup_s: float) -> None:
-        self._say("ready", warmup_s=warmup_s)
-        self._hear(("go",))
-        self.progress.on = True
-
-    def timed(self, step_times: list[list[float]]) -> bool:
-        self.progress.on = False
-        self._say("timed")
-        try:
-            extras = self._hear(("extras", "exit")) == "extras"
-        except TraceInterrupted:  # stopped while waiting: the timed window is what we write
-            return False
-        self.progress.on = extras
-        return extras
-
-
-def protocol_streams():
-    """A private copy of stdout for the protocol; fd 1 then points at stderr for everything else."""
-    events = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    return events, sys.stdin
-
-
-def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = DistInfo(), gate: Gate = Gate()) -> dict:
+def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = DistInfo()) -> dict:
     cfg = RunConfig(**spec["config"])
-    # Only the first process talks: N copies of every progress line would say nothing more; in a paired
-    # round only while it is timed or running its extras (the other one waits, silent).
-    stream = getattr(gate, "progress", sys.stderr) if dist.is_main else open(os.devnull, "w")
+    # Only the first process talks: N copies of every progress line would say nothing more.
+    stream = sys.stderr if dist.is_main else open(os.devnull, "w")
     progress = StoppableProgress(spec["stage"] + (f" x{dist.world_size} processes" if dist.enabled else ""), stream)
     if _IN_WORKER_PROCESS:  # never touch the signal handling of a caller running stages in-process
         _install_stop_handler(progress)
@@ -89,7 +43,8 @@ def run_spec(spec: dict, model_factory=None, dataset=None, dist: DistInfo = Dist
     built = build(cfg, model_factory, dataset, log=log, dist=dist)
     peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
     trace_dir = Path(spec["trace_dir"]) if spec.get("trace_dir") else None
-    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress, gate)
+    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress,
+                         spec.get("extras", True))
     raw.update(status="measured", data=built.data_description, notes=_jsonable(built.notes))
     return raw
 
@@ -149,11 +104,14 @@ def main(spec_path: str) -> int:
     global _IN_WORKER_PROCESS
     _IN_WORKER_PROCESS = True
     spec = read_json(Path(spec_path))
+    if "pair" in spec:
+        from workbench import pair
+
+        return pair.main(spec)
     dist = DistInfo()
-    gate = PipeGate(*protocol_streams()) if spec.get("paired") else Gate()
     try:
         dist = distributed.setup(resolve_device_type(spec["config"]["device"]))
-        raw = run_spec(spec, dist=dist, gate=gate)
+        raw = run_spec(spec, dist=dist)
     except StageSkipped as error:
         raw = {"status": "skipped", "error": str(error)}
     except torch.OutOfMemoryError as error:
