@@ -40,7 +40,7 @@ ladder: setup ## run every stage of the ladder, then write the report (the main 
 	$(WB) report
 
 profile-baseline: setup ## measure and trace the baseline stage only, and say where its trace is
-	$(WB) run --stages baseline --rounds 2 $(ARGS)
+	$(WB) run --stages baseline $(ARGS)
 
 report: setup ## CSV, dashboard, plots and optimization_report.md for the newest run (or RUN=name)
 	$(WB) report $(RUN)

@@ -184,6 +184,7 @@ def reference_result(session, comparison, started: float) -> dict:
     _analyze_trace(result, session)
     result["status"], result["reason"] = "baseline", "the reference every stage is compared with"
     result["kind"] = REFERENCE
+    _add_scaling(result, session)
     refuse_nonfinite_baseline(result)
     return result
 
@@ -250,6 +251,7 @@ def final_result(session, state, comparison, started: float) -> dict:
     _analyze_trace(result, session)
     result["status"] = "final"
     result["reason"] = f"{' + '.join(state.applied)}: {verdict_text(ratio, 'baseline')} (paired, same time window)"
+    _add_scaling(result, session)
     return result
 
 

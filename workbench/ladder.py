@@ -93,8 +93,9 @@ def _clear_old_traces(trace_dir) -> None:
 
 # --- 1. the noise floor and the baseline -----------------------------------------------------------
 
-def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts) -> dict:
-    """The baseline against itself: the machine's noise floor, and the baseline's own result."""
+def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, alone: bool = False) -> dict:
+    """The baseline against itself: the machine's noise floor, and the baseline's own result. Alone
+    (no stage to compare with it, as in `make profile-baseline`) one round measures and traces it."""
     cfg = session.base_cfg
     earlier, aa = _previous(session, "baseline", cfg, []), _earlier_floor(session)
     if earlier and aa:
@@ -105,12 +106,12 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts) -
         state.position = 1
         return earlier
     started = time.perf_counter()
-    comparison = _compare(session, cfg, cfg, "noise floor (A/A)", "baseline", "baseline",
-                          _trace_dir(session, cfg, 0, "baseline"))
+    comparison = _compare(session, cfg, cfg, "baseline" if alone else "noise floor (A/A)", "baseline", "baseline",
+                          _trace_dir(session, cfg, 0, "baseline"), 1 if alone else None)
     result = judge.reference_result(session, comparison, started)
     if comparison.interrupted is not None:
         return _saved_then_stop(session, result, comparison)
-    if result["status"] == "baseline":
+    if result["status"] == "baseline" and not alone:
         aa = judge.aa_summary(comparison)
         state.floor = aa["noise_floor"]
         verdicts.set("noise_floor", aa)
@@ -343,12 +344,14 @@ def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result."""
     measure_single_process(session)
     state, verdicts = LadderState(session.base_cfg), Verdicts(session)
-    baseline = measure_baseline(session, state, verdicts)  # first: it reads an earlier run's floor
+    chosen = select(stage_names)
+    alone = all(stage.kind == REFERENCE for stage in chosen)
+    baseline = measure_baseline(session, state, verdicts, alone)  # first: it reads an earlier run's floor
     verdicts.set("order_mode", session.base_cfg.order)
     if baseline["status"] != "baseline":
         session.log("the baseline did not run, so no stage can be compared: stopping")
         return [baseline]
-    finished = [baseline] + first_pass(session, select(stage_names), state, verdicts)
+    finished = [baseline] + first_pass(session, chosen, state, verdicts)
     if session.mode == "ladder" and session.base_cfg.order == "trace":
         second_look(session, finished, state, verdicts)
         leave_one_out(session, state, verdicts)
