@@ -24,7 +24,7 @@ from workbench.worker import peak_for
 
 CLIPS = (("none", "none", None), ("norm 0.5", "norm", 0.5), ("norm 1", "norm", 1.0), ("norm 2", "norm", 2.0),
          ("value 0.1", "value", 0.1))
-BUDGET = {"warmup_steps": 3, "timed_steps": 10, "repeats": 2}
+BUDGET = {"warmup_steps": 3, "timed_steps": 10, "repeats": 1}  # rounds, not repeats, are the replicates
 ROUNDS = 2
 
 

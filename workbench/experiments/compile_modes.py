@@ -16,7 +16,7 @@ from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import value
 
 MODES = ("default", "reduce-overhead", "max-autotune")
-BUDGET = {"warmup_steps": 3, "timed_steps": 10, "repeats": 2}
+BUDGET = {"warmup_steps": 3, "timed_steps": 10, "repeats": 1}  # rounds, not repeats, are the replicates
 # A cold ResNet-18 compile took 40-70 s on the 2-core CPU; max-autotune also benchmarks kernels.
 TIMEOUT_S = 420.0
 

@@ -12,7 +12,7 @@ from workbench.results import read_json
 LAB_WORKERS = (0, 2, 4, 8)
 # Each configuration runs 3 + 10 x 2 steps per round, two interleaved rounds: about 15 s per round
 # at 32 px on a 2-core CPU.
-BUDGET = {"warmup_steps": 3, "timed_steps": 10, "repeats": 2}
+BUDGET = {"warmup_steps": 3, "timed_steps": 10, "repeats": 1}  # rounds, not repeats, are the replicates
 ROUNDS = 2
 PLAIN = {"pin_memory": False, "persistent_workers": False}
 # Settings that make a workers.json measurement valid for the pipeline experiment too.

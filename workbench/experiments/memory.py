@@ -16,7 +16,7 @@ from workbench.plots import BREAKDOWN_COLORS, stacked_bars
 ACCUMULATION = (1, 2, 4, 8)
 BREAKDOWN_ACCUMULATION = 4
 # Memory is the point here, not fine speed differences: one round of 2 + 8 x 2 steps per configuration.
-BUDGET = {"warmup_steps": 2, "timed_steps": 8, "repeats": 2}
+BUDGET = {"warmup_steps": 2, "timed_steps": 8, "repeats": 1}  # rounds, not repeats, are the replicates
 BREAKDOWN_BUDGET = {"warmup_steps": 2, "timed_steps": 5, "repeats": 1}
 PARTS = (("weights", "weights"), ("gradients", "gradients"), ("optimizer_state", "optimizer state"),
          ("activations_and_other", "activations + other"))
