@@ -59,7 +59,8 @@ class RunConfig:
     compile: str = field(default="none", metadata=_doc(
         "torch.compile mode: none, default, reduce-overhead or max-autotune"))
     warmup_steps: int = field(default=3, metadata=_doc("optimizer steps run before timing in each process (absorbs compile)"))
-    timed_steps: int = field(default=20, metadata=_doc("optimizer steps timed in each repeat"))
+    timed_steps: int = field(default=12, metadata=_doc(
+        "optimizer steps timed in each window (spend steps on rounds, not on long windows)"))
     repeats: int = field(default=1, metadata=_doc(
         "timed repeats inside one process (not replicates: a process's repeats share its offset)"))
     rounds: int = field(default=3, metadata=_doc(

@@ -51,7 +51,7 @@ class Built:
         return self.cfg.batch_size * self.dist.world_size
 
 
-EVAL_IMAGES, EVAL_BATCH = 1000, 250
+EVAL_IMAGES, EVAL_BATCH = 500, 250
 
 
 def seed_everything(seed: int) -> None:
@@ -182,7 +182,7 @@ def timed_repeats(built: Built, progress: Progress) -> tuple[list[list[float]], 
 
 
 # The compute-only ceiling: a few short repeats on one batch that stays on the device.
-COMPUTE_ONLY_REPEATS, COMPUTE_ONLY_STEPS = 3, 8
+COMPUTE_ONLY_REPEATS, COMPUTE_ONLY_STEPS = 2, 6
 
 
 def compute_only(built: Built, progress: Progress) -> dict:
