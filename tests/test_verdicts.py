@@ -151,7 +151,7 @@ def fake_session(logs):
 
 
 def fake_compare(gains: dict):
-    def compare(session, a, b, label, a_name, b_name, trace_dir=None, rounds=None, measured=None):
+    def compare(session, a, b, label, a_name, b_name, trace_dir=None, rounds=None, measured=None, floor=None):
         return comparison(gains[label])
     return compare
 
@@ -203,3 +203,46 @@ def test_a_comparison_already_made_is_reused_not_measured_again(monkeypatch):
     first = ladder._compare(session, a, b, "fused_optimizer", "baseline", "fused_optimizer", measured=measured)
     again = ladder._compare(session, a, b, "leave-one-out: fused_optimizer", "without", "final", measured=measured)
     assert again is first and len(calls) == 1 and "already made" in logs[-1]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("rounds", 0, "rounds=0 is too small"),
+    ("min_effect", -0.1, "min_effect=-0.1 is out of range"),
+    ("min_effect", 1.5, "allowed: 0 <= min_effect < 1"),
+    ("order", "random", "order='random' is not allowed; choose one of: trace, fixed"),
+])
+def test_bad_verdict_options_are_one_line_errors(field, value, words):
+    from workbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig(**{field: value})
+
+
+def test_bad_verdict_options_on_the_command_line_exit_2(capsys):
+    from workbench.cli import main
+
+    assert main(["run", "--order", "random"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 2 and "order='random'" in err and "Traceback" not in err
+
+
+def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last(monkeypatch):
+    from workbench import rounds as paired
+
+    ratios = iter([1.05, 1.25, 1.05, 1.15, 1.14, 1.15])  # noisy at three rounds, settled with six
+    calls = []
+
+    def one_round(session, a, b, order, last):
+        calls.append((order, last))
+        return {"a": {**raw(100.0), "status": "measured"}, "b": {**raw(100.0 * next(ratios)), "status": "measured"}}
+
+    monkeypatch.setattr(paired, "_one_round", one_round)
+    session = SimpleNamespace(log=lambda message: None)
+    more = ladder._still_open(0.0, 0.03)
+    side = paired.Side(RunConfig(), "x")
+    result = paired.compare(session, side, side, 3, "test", more, 6)
+    assert len(result.a_rounds) == 6 and [last for _, last in calls] == [False, False, True, False, False, False]
+    assert [order for order, _ in calls][:2] == [("a", "b"), ("b", "a")]  # alternating
+    assert stats.judged_verdict(result.ratio(), 0.03) == "faster"
+    settled = paired.compare(session, side, side, 3, "test", lambda c: False, 6)
+    assert len(settled.a_rounds) == 3

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from workbench import judge, results, rounds as paired_rounds
+from workbench import judge, results, rounds as paired_rounds, stats
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
@@ -69,17 +69,34 @@ def _trace_dir(session: Session, cfg: RunConfig, position: int, name: str):
     return session.profiles_dir / results.stage_stem(position, name) if cfg.trace else None
 
 
+# An inconclusive speed comparison gets more rounds, up to this many times the planned count: a real
+# 10% effect needs more than three rounds to show on a noisy machine; a null one settles sooner.
+EXTRA_ROUNDS_FACTOR = 2
+
+
+def _still_open(floor: float, min_effect: float):
+    def more(comparison: paired_rounds.Comparison) -> bool:
+        if len(comparison.a_rounds) < 2 or comparison.failure is not None or comparison.interrupted is not None:
+            return False
+        return stats.judged_verdict(comparison.ratio(), min_effect, floor) == "inconclusive"
+    return more
+
+
 def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: str, b_name: str,
-             trace_dir=None, rounds: int | None = None, measured: dict | None = None) -> paired_rounds.Comparison:
+             trace_dir=None, rounds: int | None = None, measured: dict | None = None,
+             floor: float | None = None) -> paired_rounds.Comparison:
     """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round. With
-    `measured`, a pair compared before in this run is not measured again."""
+    `measured`, a pair compared before in this run is not measured again; with a noise floor, an
+    inconclusive answer gets more rounds (up to EXTRA_ROUNDS_FACTOR times as many)."""
     if measured is not None and (a, b) in measured:
         session.log(f"== {label}: {a_name} vs {b_name} is a comparison this run already made: reusing its rounds")
         return measured[(a, b)]
     _clear_old_traces(trace_dir)
     count = rounds or b.rounds
     session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
-    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=True), count, label)
+    more = _still_open(floor, session.base_cfg.min_effect) if floor is not None and count > 1 else None
+    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=True), count, label,
+                                       more, count * EXTRA_ROUNDS_FACTOR)
     if measured is not None and comparison.failure is None and comparison.interrupted is None:
         measured[(a, b)] = comparison
     return comparison
@@ -159,7 +176,8 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> d
     started = time.perf_counter()
     rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
     comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
-                          _trace_dir(session, cfg, position, stage.name), rounds, state.measured)
+                          _trace_dir(session, cfg, position, stage.name), rounds, state.measured,
+                          state.floor if stage.kind == SPEED else None)
     result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
     return _saved_then_stop(session, result, comparison)
 
@@ -263,7 +281,7 @@ def second_look(session: Session, finished: list[dict], state: LadderState, verd
         if cfg == state.cfg:
             continue
         comparison = _compare(session, state.cfg, cfg, f"second look: {stage.name}", "final so far", f"+{stage.name}",
-                              measured=state.measured)
+                              measured=state.measured, floor=state.floor)
         entry = judge.check_entry(stage.name, comparison, session.base_cfg.min_effect, state.floor)
         entry["adopted"] = entry["verdict"] == "faster"
         if entry["adopted"]:
@@ -290,7 +308,7 @@ def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> N
         except StageSkipped:
             continue
         comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final",
-                              measured=state.measured)
+                              measured=state.measured, floor=state.floor)
         entry = judge.check_entry(name, comparison, session.base_cfg.min_effect, state.floor)
         entry["still_pays"] = entry["verdict"] in ("faster", "inconclusive")
         if entry["verdict"] in ("no significant change", "slower"):
@@ -316,7 +334,7 @@ def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict |
         return None
     started = time.perf_counter()
     comparison = _compare(session, session.base_cfg, state.cfg, "headline", "baseline", "final",
-                          _trace_dir(session, state.cfg, 99, FINAL_STAGE), measured=state.measured)
+                          _trace_dir(session, state.cfg, 99, FINAL_STAGE), measured=state.measured, floor=state.floor)
     result = judge.final_result(session, state, comparison, started)
     verdicts.set("headline", {"applied": state.applied, **(result["metrics"] or {}).get("speedup_vs_baseline", {}),
                               "text": result["reason"]})

@@ -32,16 +32,3 @@ class Progress:
         print(f"[{self.stage}] {phase}{counter}  elapsed {self.elapsed():6.1f}s", file=self.stream, flush=True)
         self.last, self.printed_once, self.phase = now, True, phase
 
-
-class Switch:
-    """A stream that writes only while switched on: a paired round's two processes build side by side,
-    and only the one being timed (or running its extras) should talk."""
-
-    def __init__(self, target=None) -> None:
-        self.target, self.on = target or sys.stderr, False
-
-    def write(self, text: str) -> int:
-        return self.target.write(text) if self.on else len(text)
-
-    def flush(self) -> None:
-        self.target.flush()

@@ -73,16 +73,17 @@ def round_throughput(raw: dict) -> float:
 
 
 def pooled(rounds: list[dict]) -> dict:
-    """One configuration's result over its rounds: the last round's extras, every round's windows,
-    and a throughput interval over rounds (one figure per fresh process)."""
-    final = json.loads(json.dumps(rounds[-1]))  # a copy: the rounds stay as measured
+    """One configuration's result over its rounds: the extras of the round that ran them, every
+    round's windows, and a throughput interval over rounds (one figure per fresh process)."""
+    with_extras = [raw for raw in rounds if raw.get("extras")] or rounds
+    final = json.loads(json.dumps(with_extras[-1]))  # a copy: the rounds stay as measured
     metrics = final["metrics"]
     metrics["step_times_s"] = [t for raw in rounds for t in raw["metrics"]["step_times_s"]]
     rates = [round_throughput(raw) for raw in rounds]
     metrics["round_throughputs"] = rates
     metrics["throughput"] = _rate_interval(rates)
     metrics["step_time_s"] = stats.spread(metrics["step_times_s"])
-    metrics["epoch_time_s"] = metrics["epoch_time_s"] * final_throughput(rounds[-1]) / metrics["throughput"]["median"]
+    metrics["epoch_time_s"] = metrics["epoch_time_s"] * final_throughput(with_extras[-1]) / metrics["throughput"]["median"]
     return final
 
 
@@ -97,12 +98,15 @@ def _rate_interval(rates: list[float]) -> dict:
     return {**interval, "method": f"t-interval over {len(rates)} rounds (one fresh process each)"}
 
 
-def compare(session, a: Side, b: Side, rounds: int, label: str) -> Comparison:
-    """Run `rounds` paired rounds of a against b; stop early when a side fails."""
+def compare(session, a: Side, b: Side, rounds: int, label: str, more=None, max_rounds: int = 0) -> Comparison:
+    """Run `rounds` paired rounds of a against b; stop early when a side fails. While more(comparison)
+    says the answer is still open, add rounds up to max_rounds (the extras stay in the planned last)."""
     result, started = Comparison(), time.perf_counter()
-    for index in range(rounds):
+    index = 0
+    while index < rounds or (more is not None and index < max_rounds and more(result)):
         last = index == rounds - 1
-        order = ("a", "b") if index % 2 == 0 else ("b", "a")
+        index += 1
+        order = ("a", "b") if index % 2 == 1 else ("b", "a")
         try:
             raws = _one_round(session, a, b, order, last)
         except KeyboardInterrupt as interrupt:  # after both windows were timed, the round still counts
@@ -117,7 +121,7 @@ def compare(session, a: Side, b: Side, rounds: int, label: str) -> Comparison:
             return result
         result.a_rounds.append(raws["a"])
         result.b_rounds.append(raws["b"])
-        _say_round(session, label, a, b, result, index, rounds, started)
+        _say_round(session, label, a, b, result, index - 1, max(rounds, index), started)
         if result.interrupted:
             break
     return result

@@ -115,7 +115,7 @@ def verdict(low: float, high: float) -> str:
 # and each process's own offset land in the round's ratio. The interval is a paired t-interval over
 # the rounds' log ratios: the round, not a repeat inside one process, is the unit of replication.
 INCONCLUSIVE_HALF_WIDTH = 0.25   # an interval wider than x/÷ 1.25 cannot tell a stage's effect from noise
-NOISE_FLOOR_MULTIPLE = 3.0       # ... nor can one three times wider than the machine's A/A spread
+PLAUSIBLE_GAIN = 0.10            # ... nor can one that holds both 1 and a 10% gain (a stage's typical effect)
 
 
 def paired_ratio(a_rates: list[float], b_rates: list[float]) -> dict:
@@ -154,16 +154,16 @@ def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:
     """faster, slower, no significant change, or inconclusive.
 
     faster: the whole interval above 1 + min_effect, and the effect above the noise floor;
-    slower: the whole interval below 1; inconclusive: the interval is too wide to tell (wider than
-    INCONCLUSIVE_HALF_WIDTH or NOISE_FLOOR_MULTIPLE times the floor) and holds 1.
+    slower: the whole interval below 1 (and the effect above the floor); inconclusive: too wide to
+    tell, wider than INCONCLUSIVE_HALF_WIDTH or holding both 1 and a PLAUSIBLE_GAIN; otherwise no
+    significant change (the interval rules out any gain worth having).
     """
     low, high, point = ratio["ci95_low"], ratio["ci95_high"], ratio["ratio"]
     if low > 1 + min_effect and point - 1 > floor:
         return "faster"
     if high < 1 and 1 - point > floor:
         return "slower"
-    width = half_width(ratio)
-    if width > INCONCLUSIVE_HALF_WIDTH or (floor and width > NOISE_FLOOR_MULTIPLE * math.log1p(floor)):
+    if half_width(ratio) > INCONCLUSIVE_HALF_WIDTH or (low < 1 < high and high > 1 + max(PLAUSIBLE_GAIN, min_effect)):
         return "inconclusive"
     return "no significant change"
 
