@@ -241,7 +241,8 @@ def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last
     more = ladder._still_open(0.0, 0.03)
     side = paired.Side(RunConfig(), "x")
     result = paired.compare(session, side, side, 3, "test", more, 6)
-    assert len(result.a_rounds) == 6 and [last for _, last in calls] == [False, False, True, False, False, False]
+    lasts = [last for _, last in calls]
+    assert 3 < len(result.a_rounds) <= 6 and lasts[:3] == [False, False, True] and not any(lasts[3:])
     assert [order for order, _ in calls][:2] == [("a", "b"), ("b", "a")]  # alternating
     assert stats.judged_verdict(result.ratio(), 0.03) == "faster"
     settled = paired.compare(session, side, side, 3, "test", lambda c: False, 6)
