@@ -229,12 +229,13 @@ def test_bad_verdict_options_on_the_command_line_exit_2(capsys):
 def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last(monkeypatch):
     from workbench import rounds as paired
 
-    ratios = iter([1.05, 1.25, 1.05, 1.18, 1.16, 1.17])  # noisy at three rounds, settled with six
+    ratios = iter([1.05, 1.25, 1.05, 1.18, 1.16, 1.17])  # noisy at three rounds, settled with more
     calls = []
 
     def one_round(session, a, b, order, last):
         calls.append((order, last))
-        return {"a": {**raw(100.0), "status": "measured"}, "b": {**raw(100.0 * next(ratios)), "status": "measured"}}
+        gain = next(ratios)
+        return {"a": {**raw(100.0), "status": "measured"}, "b": {**raw(100.0 * gain), "status": "measured"}}
 
     monkeypatch.setattr(paired, "_one_round", one_round)
     session = SimpleNamespace(log=lambda message: None)
@@ -245,5 +246,6 @@ def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last
     assert 3 < len(result.a_rounds) <= 6 and lasts[:3] == [False, False, True] and not any(lasts[3:])
     assert [order for order, _ in calls][:2] == [("a", "b"), ("b", "a")]  # alternating
     assert stats.judged_verdict(result.ratio(), 0.03) == "faster"
+    ratios = iter([1.2, 1.2, 1.2])
     settled = paired.compare(session, side, side, 3, "test", lambda c: False, 6)
     assert len(settled.a_rounds) == 3
