@@ -73,7 +73,7 @@ def test_token_model_runs_through_the_ladder(tmp_path):
                        stages="fused_optimizer,accumulation", log=lambda m: None)
     baseline = results[0]
     assert baseline["status"] == "baseline" and "TokenWindows" in baseline["data"]
-    assert [r["stage"] for r in results] == ["baseline", "fused_optimizer", "accumulation"]
+    assert [r["stage"] for r in results if r["stage"] != "final"] == ["baseline", "fused_optimizer", "accumulation"]
     assert all(r["metrics"]["loss_finite"] for r in results if r["metrics"])
     # FLOPs of a real batch (8 windows of 16 tokens) through the user's loss, forward and backward,
     # counted on the meta device, where attention decomposes into countable bmm (the CPU's fused

@@ -5,6 +5,7 @@ each stage starts from a clean allocator and its host peak memory is its own.
 """
 from __future__ import annotations
 
+import functools
 import random
 import time
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from workbench.device import probe, resolve_device_type, threads_for
 from workbench.batched_input import DeviceAugment
 from workbench.errors import StageSkipped, UsageError
 from workbench.model import apply_all, build_model, build_optimizer
-from workbench.progress import Progress
+from workbench.progress import Progress, stderr_log
 from workbench.trace import capture
 from workbench.train import BatchStream, StepSettings, TrainStep, UserTask, classification_loss, map_tensors
 
@@ -58,6 +59,14 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: int, train: bool,
+                batched: bool) -> DataSpec:
+    """Datasets are read-only: the two configurations of a paired round share one copy (and its
+    loading time) when they read the same data the same way."""
+    return load_data(data, data_dir, image_size, per_batch, seed, train=train, log=stderr_log, batched=batched)
 
 
 def user_data_spec(dataset, model_factory: Callable | None = None) -> DataSpec:
@@ -96,8 +105,8 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     if batched and dataset is not None:
         raise StageSkipped("the batched input pipeline needs the workbench's own data (CIFAR format or "
                            "an ImageFolder); a dataset from Python brings its own transforms")
-    spec = user_data_spec(dataset, model_factory) if dataset is not None else load_data(
-        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=log, batched=batched)
+    spec = user_data_spec(dataset, model_factory) if dataset is not None else shared_data(
+        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, True, batched)
     data = spec.dataset
     loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
                           cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed))
@@ -125,8 +134,7 @@ def _eval_data(cfg: RunConfig, dataset, log):
     """The held-out split (CIFAR's test_batch) for a quick accuracy check; None where there is none."""
     if dataset is not None or cfg.data.startswith("imagefolder:"):
         return None
-    return load_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed,
-                     train=False, log=log).dataset
+    return shared_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, False, False).dataset
 
 
 @torch.no_grad()
