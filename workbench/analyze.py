@@ -19,9 +19,9 @@ import re
 import statistics
 from bisect import bisect_right
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from workbench.markers import REGIONS, STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
 from workbench.markers import named_region, thread as _thread
