@@ -24,7 +24,7 @@ from workbench.report_stages import optimizations_section
 from workbench.report_experiments import experiments_section
 from workbench.report_memory import MEMORY_CHART_NAME, memory_chart
 from workbench.report_table import RunView, fmt, load_view, write_csv
-from workbench.report_verdicts import verdicts_section
+from workbench.report_verdicts import ceiling_lines, verdicts_section
 
 TEMPLATE = Path(__file__).with_name("templates") / "optimized_training.py.tmpl"
 LATEST_LINK = "latest"
@@ -53,7 +53,7 @@ def run_name(view: RunView) -> str:
 
 def render_markdown(view: RunView) -> str:
     sections = [["# Optimization Report", ""], executive_summary(view), bottlenecks(view),
-                optimizations_section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
+                ceiling_lines(view), optimizations_section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
                 lessons_section(view), environment_section(view), links_section(view)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 

@@ -17,6 +17,8 @@ from workbench.stats import INCONCLUSIVE_TEXT
 
 # A noise floor above this (+-50%) says the machine, not the stages, decided the numbers.
 TOO_NOISY = 0.5
+# Delivering under this share of the compute-only ceiling means the input pipeline sets the pace.
+INPUT_BOUND_SHARE = 0.9
 
 
 def load_verdicts(run_dir: Path) -> dict | None:
@@ -94,3 +96,27 @@ def verdicts_section(view: RunView) -> list[str]:
                          f"{interval(headline)} against the baseline, paired in the same time window"
                          if headline.get("ratio") else headline.get("text", "")), ""]
     return lines
+
+
+def _ceiling(result: dict | None) -> tuple[float | None, float | None]:
+    metrics = (result or {}).get("metrics") or {}
+    delivered = (metrics.get("throughput") or {}).get("median")
+    ceiling = ((metrics.get("compute_only") or {}).get("throughput") or {}).get("median")
+    return delivered, ceiling
+
+
+def ceiling_lines(view: RunView) -> list[str]:
+    """Input-bound or compute-bound, said plainly: each stage's compute-only ceiling beside what the
+    real input pipeline delivered."""
+    rows = []
+    for result in view.results:
+        delivered, ceiling = _ceiling(result)
+        if delivered and ceiling:
+            bound = "input-bound" if delivered < INPUT_BOUND_SHARE * ceiling else "compute-bound"
+            rows.append([result["stage"], f"{ceiling:.1f}", f"{delivered:.1f}", f"{delivered / ceiling:.0%}", bound])
+    if not rows:
+        return []
+    lines = ["## Input pipeline against compute", "",
+             "The model could do the first figure (a few steps on one batch kept on the device: no loading, "
+             "no copy, no augmentation); the input pipeline delivered the second.", ""]
+    return lines + table(["stage", "compute-only samples/s", "delivered samples/s", "share", "verdict"], rows) + [""]
