@@ -103,12 +103,15 @@ def _traces_have_kernels(results: list[dict]) -> tuple[bool, str]:
 
 
 def _final_speedup(results: list[dict]) -> tuple[bool, str]:
-    kept = [r for r in results if r["status"] in ("baseline", "kept") and _metrics(r)]
-    if len(kept) < 2:
-        return False, "no stage was kept"
-    ratio = kept[-1]["metrics"]["speedup_vs_baseline"]
-    return ratio["ratio"] >= 2, (f"{kept[-1]['stage']}: {ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, "
-                                 f"{ratio['ci95_high']:.2f}] vs baseline (lab: 2-3x)")
+    """The headline: the final configuration against the baseline, paired in one time window."""
+    final = next((r for r in results if r["status"] == "final" and _metrics(r)), None)
+    if final is None:
+        return False, "no stage was kept, so there is no final configuration to compare"
+    ratio = final["metrics"]["speedup_vs_baseline"]
+    settled = ratio["ci95_low"] > 1
+    return ratio["ratio"] >= 2 and settled, (
+        f"{' + '.join(final['applied'])}: {ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {ratio['ci95_high']:.2f}] "
+        f"vs baseline, paired (lab: 2-3x){'' if settled else '; inconclusive: use more --rounds'}")
 
 
 def _last_kept_before(results: list[dict], stage: str) -> dict | None:
