@@ -156,7 +156,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--data", default="auto")
     parser.add_argument("--stages", default=STAGES, help="stages to run (all of the lab's ladder: 'all')")
-    parser.add_argument("--rounds", type=int, default=2, help="paired rounds per comparison")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds per comparison (2 proved too few on an input-bound baseline)")
     parser.add_argument("--order", default="fixed", choices=("fixed", "trace"),
                         help="fixed: one pass (short); trace: profiling-driven order, second look, leave-one-out")
     args = parser.parse_args()
