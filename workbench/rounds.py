@@ -121,7 +121,7 @@ def compare(session, a: Side, b: Side, rounds: int, label: str, more=None, max_r
             return result
         result.a_rounds.append(raws["a"])
         result.b_rounds.append(raws["b"])
-        _say_round(session, label, a, b, result, index - 1, max(rounds, index), started)
+        _say_round(session, label, a, b, result, index - 1, rounds, started)
         if result.interrupted:
             break
     return result
@@ -129,7 +129,8 @@ def compare(session, a: Side, b: Side, rounds: int, label: str, more=None, max_r
 
 def _say_round(session, label: str, a: Side, b: Side, result: Comparison, index: int, rounds: int, started: float) -> None:
     rate_a, rate_b = result.rates("a")[-1], result.rates("b")[-1]
-    session.log(f"[{label}] round {index + 1}/{rounds}: {a.name} {rate_a:.1f}, {b.name} {rate_b:.1f} samples/s "
+    which = f"round {index + 1}/{rounds}" if index < rounds else f"extra round {index + 1} (the answer was open)"
+    session.log(f"[{label}] {which}: {a.name} {rate_a:.1f}, {b.name} {rate_b:.1f} samples/s "
                 f"({rate_b / rate_a:.2f}x), elapsed {time.perf_counter() - started:.0f} s")
 
 

@@ -155,15 +155,16 @@ def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:
 
     faster: the whole interval above 1 + min_effect, and the effect above the noise floor;
     slower: the whole interval below 1 (and the effect above the floor); inconclusive: too wide to
-    tell, wider than INCONCLUSIVE_HALF_WIDTH or holding both 1 and a PLAUSIBLE_GAIN; otherwise no
-    significant change (the interval rules out any gain worth having).
+    tell, wider than INCONCLUSIVE_HALF_WIDTH or reaching both below 1 + min_effect and above a
+    PLAUSIBLE_GAIN; otherwise no significant change (the interval rules out any gain worth having).
     """
     low, high, point = ratio["ci95_low"], ratio["ci95_high"], ratio["ratio"]
     if low > 1 + min_effect and point - 1 > floor:
         return "faster"
     if high < 1 and 1 - point > floor:
         return "slower"
-    if half_width(ratio) > INCONCLUSIVE_HALF_WIDTH or (low < 1 < high and high > 1 + max(PLAUSIBLE_GAIN, min_effect)):
+    # Open: the interval reaches both below the keep threshold and up to a gain worth having.
+    if half_width(ratio) > INCONCLUSIVE_HALF_WIDTH or (low < 1 + min_effect and high > 1 + max(PLAUSIBLE_GAIN, min_effect)):
         return "inconclusive"
     return "no significant change"
 
