@@ -181,6 +181,30 @@ def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):
     assert state.applied == ["fused_optimizer", "amp"] and state.cfg.precision == "bf16"
 
 
+def judged(stage: str, status: str, ratio: float, low: float, high: float, verdict: str) -> dict:
+    return {"stage": stage, "status": status, "kind": "speed",
+            "metrics": {"speedup_vs_previous": {"ratio": ratio, "ci95_low": low, "ci95_high": high, "verdict": verdict}}}
+
+
+def test_second_look_gives_up_only_on_a_slowdown_nothing_since_can_offset(monkeypatch):
+    logs, book = [], Book()
+    session = fake_session(logs)
+    fused = STAGE["fused_optimizer"].apply(session.base_cfg, session.context)
+    state = ladder.LadderState(fused, applied=["fused_optimizer"])
+    finished = [judged("amp", "rejected", 0.97, 0.90, 1.04, "no significant change"),
+                judged("channels_last", "rejected", 0.88, 0.80, 0.97, "slower"),
+                judged("compile", "rejected", 0.80, 0.72, 0.86, "slower"),
+                judged("fused_optimizer", "kept", 1.15, 1.10, 1.20, "faster")]
+    looked = []
+    monkeypatch.setattr(ladder, "_compare", lambda session, a, b, label, *args, **kw: looked.append(label) or comparison(1.0))
+    ladder.second_look(session, finished, state, book)
+    # amp did not help (a look, always); channels_last at best 0.97x * 1.15 > 1.03; compile 0.86 * 1.15 < 1.03
+    assert looked == ["second look: amp", "second look: channels_last"]
+    skipped = book.doc["second_look"][-1]
+    assert skipped["stage"] == "compile" and not skipped["adopted"] and "0.86x" in skipped["not_retried"]
+    assert any("compile: not retried" in line for line in logs)
+
+
 def test_leave_one_out_drops_a_stage_that_no_longer_pays(monkeypatch):
     logs, book = [], Book()
     session = fake_session(logs)

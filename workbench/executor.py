@@ -355,15 +355,20 @@ def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: fl
             "trained_steps": cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps}
 
 
-def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: bool = True) -> dict:
-    """The raw result: the window's metrics, plus the untimed extras when asked."""
+# extras="brief": a brief probe (emulated bf16 on a CPU, 30x slower) gets its trace only; its accuracy
+# check and compute-only ceiling would cost minutes and cannot change a verdict its window settled.
+BRIEF = "brief"
+
+
+def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: bool | str = True) -> dict:
+    """The raw result: the window's metrics, plus the untimed extras when asked (BRIEF: the trace only)."""
     if not extras:  # a timing-only side: the extras come from the configuration's last round
         return {"metrics": metrics, "trace_file": None, "trace_size_mb": None}
-    return _with_extras(built, metrics, trace_dir, progress)
+    return _with_extras(built, metrics, trace_dir, progress, brief=extras == BRIEF)
 
 
 def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | None, peak_source: str,
-                   rss_before_mb: float, progress: Progress, extras: bool = True) -> dict:
+                   rss_before_mb: float, progress: Progress, extras: bool | str = True) -> dict:
     """One configuration alone: warm-up, timed repeats, memory, FLOPs and (optionally) the extras."""
     warmup_s = prepare(built, progress)
     window = timed_window(built, progress)
@@ -371,12 +376,16 @@ def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | Non
     return finish(built, metrics, trace_dir, progress, extras)
 
 
-def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress) -> dict:
+def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, brief: bool = False) -> dict:
     """The untimed checks after the window: accuracy, compute-only ceiling, trace."""
-    # The timed figures exist now: a failing accuracy check or trace must not throw them away.
-    metrics["eval_accuracy"], metrics["eval_error"] = _guarded(lambda: evaluate(built))
-    # After the accuracy check: its steps revisit one batch, which says nothing about learning.
-    metrics["compute_only"], metrics["compute_only_error"] = _guarded(lambda: compute_only(built, progress))
+    if brief:
+        skipped = "not run for a brief probe (its window already shows the cost)"
+        metrics.update(eval_accuracy=None, eval_error=skipped, compute_only=None, compute_only_error=skipped)
+    else:
+        # The timed figures exist now: a failing accuracy check or trace must not throw them away.
+        metrics["eval_accuracy"], metrics["eval_error"] = _guarded(lambda: evaluate(built))
+        # After the accuracy check: its steps revisit one batch, which says nothing about learning.
+        metrics["compute_only"], metrics["compute_only_error"] = _guarded(lambda: compute_only(built, progress))
     trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress) if trace_dir else None)
     metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
     return {"metrics": metrics, "trace_file": trace["file"] if trace else None,

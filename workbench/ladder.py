@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from workbench import judge, results, rounds as paired_rounds, stats
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
+from workbench.executor import BRIEF
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.rounds import Side
 from workbench.session import Session, write_run_file
@@ -84,10 +85,11 @@ def _still_open(floor: float, min_effect: float):
 
 def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: str, b_name: str,
              trace_dir=None, rounds: int | None = None, measured: dict | None = None,
-             floor: float | None = None) -> paired_rounds.Comparison:
+             floor: float | None = None, brief: bool = False) -> paired_rounds.Comparison:
     """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round. With
     `measured`, a pair compared before in this run is not measured again; with a noise floor, an
-    inconclusive answer gets more rounds (up to EXTRA_ROUNDS_FACTOR times as many)."""
+    inconclusive answer gets more rounds (up to EXTRA_ROUNDS_FACTOR times as many). brief: b is a
+    brief probe, whose extras are its trace only."""
     if measured is not None and (a, b) in measured:
         session.log(f"== {label}: {a_name} vs {b_name} is a comparison this run already made: reusing its rounds")
         return measured[(a, b)]
@@ -95,7 +97,7 @@ def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: s
     count = rounds or b.rounds
     session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
     more = _still_open(floor, session.base_cfg.min_effect) if floor is not None and count > 1 else None
-    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=True), count, label,
+    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=BRIEF if brief else True), count, label,
                                        more, count * EXTRA_ROUNDS_FACTOR)
     if measured is not None and comparison.failure is None and comparison.interrupted is None:
         measured[(a, b)] = comparison
@@ -177,7 +179,7 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> d
     rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
     comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
                           _trace_dir(session, cfg, position, stage.name), rounds, state.measured,
-                          state.floor if stage.kind == SPEED else None)
+                          state.floor if stage.kind == SPEED else None, brief=cfg.rounds < before.rounds)
     result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
     return _saved_then_stop(session, result, comparison)
 
@@ -271,9 +273,37 @@ def _second_look_candidates(finished: list[dict]) -> list[dict]:
             and not r.get("probe") and not r.get("training_broke")]
 
 
+def _gained_since(finished: list[dict], rejected: dict) -> float:
+    """How much faster the configuration got after `rejected` was judged: the kept stages' ratios."""
+    later = finished[finished.index(rejected) + 1:]
+    gained = 1.0
+    for result in later:
+        if result["status"] == "kept":
+            gained *= result["metrics"]["speedup_vs_previous"]["ratio"]
+    return gained
+
+
+def cannot_pay(rejected: dict, gained: float, min_effect: float) -> str | None:
+    """Why another look is pointless, or None. Only a stage measured significantly slower is given up
+    on, and only when even its interval's upper end, times everything gained since, stays under the
+    keep threshold; a stage that merely did not help (bf16 before fused Adam) always gets its look."""
+    first = (rejected.get("metrics") or {}).get("speedup_vs_previous") or {}
+    if first.get("verdict") != "slower" or first["ci95_high"] * gained >= 1 + min_effect:
+        return None
+    return (f"significantly slower ({first['ci95_high']:.2f}x at best) and the {gained:.2f}x gained since "
+            f"cannot lift it past {1 + min_effect:.2f}x")
+
+
 def second_look(session: Session, finished: list[dict], state: LadderState, verdicts: Verdicts) -> None:
     for rejected in _second_look_candidates(finished):
         stage = _stage(rejected["stage"])
+        why_not = cannot_pay(rejected, _gained_since(finished, rejected), session.base_cfg.min_effect)
+        if why_not:
+            first = rejected["metrics"]["speedup_vs_previous"]
+            verdicts.add("second_look", {"stage": stage.name, **{k: first[k] for k in ("ratio", "ci95_low", "ci95_high", "verdict")},
+                                         "adopted": False, "not_retried": why_not, "text": f"not retried: {why_not}"})
+            session.log(f"-- second look {stage.name}: not retried: {why_not}")
+            continue
         try:
             cfg = stage.apply(state.cfg, session.context)
         except StageSkipped:

@@ -78,7 +78,8 @@ def run_pair(spec: dict, model_factory=None, dataset=None, install_handler: bool
     for key in order:
         if sides[key].get("extras"):
             trace_dir = Path(sides[key]["trace_dir"]) if sides[key].get("trace_dir") else None
-            raws[key].update(finish(built[key], raws[key]["metrics"], trace_dir, progress[key]), extras=True)
+            raws[key].update(finish(built[key], raws[key]["metrics"], trace_dir, progress[key], sides[key]["extras"]),
+                             extras=True)
     return raws
 
 

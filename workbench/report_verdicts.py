@@ -69,6 +69,12 @@ def _check_rows(entries: list[dict], outcome) -> list[list[str]]:
     return [[e["stage"], interval(e), verdict_words(e), outcome(e)] for e in entries]
 
 
+def _second_look_outcome(entry: dict) -> str:
+    if entry.get("not_retried"):
+        return f"not retried: {entry['not_retried']} (first pass figure shown)"
+    return "adopted" if entry.get("adopted") else "still not kept"
+
+
 def verdicts_section(view: RunView) -> list[str]:
     doc = load_verdicts(view.run_dir)
     if doc is None:
@@ -85,7 +91,7 @@ def verdicts_section(view: RunView) -> list[str]:
     if doc.get("second_look"):
         lines += ["Second look: each rejected speed stage tried again on the final configuration:", ""]
         lines += table(["stage", "with it vs without", "verdict", "outcome"], _check_rows(
-            doc["second_look"], lambda e: "adopted" if e.get("adopted") else "still not kept")) + [""]
+            doc["second_look"], _second_look_outcome)) + [""]
     if doc.get("leave_one_out"):
         lines += ["Leave-one-out: does each kept stage still pay in the final mix?", ""]
         lines += table(["stage", "final vs final without it", "verdict", "outcome"], _check_rows(

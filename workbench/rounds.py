@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import signal
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench import distributed, procs, stats
+from workbench import distributed, forkserver, procs, stats
 from workbench.config import RunConfig
+from workbench.device import resolve_device_type
 from workbench.errors import ResultFileError
 from workbench.results import read_json, write_json_atomic
-
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class Side:
     cfg: RunConfig
     name: str
     trace_dir: Path | None = None
-    extras: bool = False          # run the untimed extras in the last round
+    extras: bool | str = False    # run the untimed extras in the last round (executor.BRIEF: the trace only)
 
 
 @dataclass
@@ -147,7 +149,7 @@ def _one_round(session, a: Side, b: Side, order: tuple[str, str], last: bool) ->
         return _in_fresh_process(pair, Path(tmp) / "pair.json")
 
 
-def _spec(session, side: Side, out: Path, extras: bool) -> dict:
+def _spec(session, side: Side, out: Path, extras: bool | str) -> dict:
     return {"config": side.cfg.to_dict(), "stage": side.name, "out": str(out), "peaks": session.peaks,
             "trace_dir": str(side.trace_dir) if side.trace_dir and extras else None, "nproc": session.nproc,
             "extras": extras}
@@ -156,12 +158,35 @@ def _spec(session, side: Side, out: Path, extras: bool) -> dict:
 def _in_fresh_process(pair: dict, spec_path: Path) -> dict[str, dict]:
     write_json_atomic(spec_path, pair)
     try:
-        code = procs.run_worker([*distributed.launcher(1), "workbench.worker_entry", str(spec_path)],
-                                distributed.launch_environment(1), procs.stage_timeout_s())
+        code = _launch(pair, spec_path)
     except KeyboardInterrupt as interrupt:  # the worker saved the round if both windows were in
         interrupt.partial = {key: _saved(spec) for key, spec in pair["pair"].items()}
         raise
     return {key: _saved(spec) or _exit_failure(code) for key, spec in pair["pair"].items()}
+
+
+def _launch(pair: dict, spec_path: Path) -> int | None:
+    """The round's exit status: from a child of the warm fork server on a CPU, else a fresh exec."""
+    env, timeout_s = distributed.launch_environment(1), procs.stage_timeout_s()
+    if forkable(pair):
+        try:
+            return forkserver.shared(env).run("workbench.worker:main", [str(spec_path)], timeout_s)
+        except forkserver.ServerGone as gone:  # said once; every later round starts from exec
+            _FORK_SERVER_STATE["off"] = str(gone)
+            print(f"note: {gone}; rounds start fresh interpreters from now on", file=sys.stderr)
+    return procs.run_worker([*distributed.launcher(1), "workbench.worker_entry", str(spec_path)], env, timeout_s)
+
+
+_FORK_SERVER_STATE: dict[str, str] = {}
+FORK_SERVER_VARIABLE = "WORKBENCH_FORK_SERVER"
+
+
+def forkable(pair: dict) -> bool:
+    """Fork server only for CPU rounds (a forked CUDA context is unusable, and the GPU path was
+    measured with exec'd processes), unless WORKBENCH_FORK_SERVER=0 or it already failed."""
+    if _FORK_SERVER_STATE.get("off") or os.environ.get(FORK_SERVER_VARIABLE, "1").strip() == "0":
+        return False
+    return all(resolve_device_type(spec["config"]["device"]) == "cpu" for spec in pair["pair"].values())
 
 
 def _saved(spec: dict) -> dict | None:
