@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from workbench.api import optimize
 from workbench.config import RunConfig
-from workbench.data import write_synthetic_cifar
+from workbench.training.data import write_synthetic_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--batch-size", "4", "--warmup-steps", "1", "--timed-steps", "2", "--repeats", "1",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data import write_synthetic_cifar
+from workbench.training.data import write_synthetic_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_corrupt_data_directory(tmp_path, monkeypatch, capsys):
 
 def test_missing_real_cifar_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("workbench.data._try_download", lambda data_dir: False)  # offline, even with a network
+    monkeypatch.setattr("workbench.training.data._try_download", lambda data_dir: False)  # offline, even with a network
     proc = run_in_process(capsys, "run", "--data", "cifar10", "--data-dir", str(tmp_path / "empty"))
     assert_one_line_error(proc, "data=cifar10", "--data synthetic")
 

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from workbench import stages
+from workbench.run import stages
 from workbench.config import (COMPILE_MODES, PRECISIONS, RunConfig, divisors, field_names)
 from workbench.device import DeviceFacts, decide
 from workbench.errors import StageSkipped, UsageError

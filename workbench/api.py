@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workbench import ladder, session as sessions
+from workbench.run import ladder, session as sessions
 from workbench.config import RunConfig
 from workbench.errors import UsageError
-from workbench.stages import select
-from workbench.train import UserTask
+from workbench.run.stages import select
+from workbench.training.step import UserTask
 
 
 def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = None, dataset=None,

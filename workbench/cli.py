@@ -62,7 +62,7 @@ def config_from(args: argparse.Namespace, base: dict | None = None) -> RunConfig
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from workbench.stages import STAGES
+    from workbench.run.stages import STAGES
 
     width = max(len(s.name) for s in STAGES)
     for stage in STAGES:
@@ -95,7 +95,7 @@ def _resumed(args: argparse.Namespace) -> dict | None:
 
 
 def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
-    from workbench.stages import select
+    from workbench.run.stages import select
 
     stages = recorded["stages"]
     if args.stages is not None and stages and [s.name for s in select(args.stages)] != stages:
@@ -108,9 +108,9 @@ def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench import procs, session as sessions
+    from workbench.run import procs, session as sessions
     from workbench.names import check_run_name
-    from workbench.stages import select
+    from workbench.run.stages import select
 
     procs.stage_timeout_s()  # a bad WORKBENCH_STAGE_TIMEOUT_S is refused now, not after the baseline
     resumed = _resumed(args) or {}
@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_session(session, stage_names: str | None) -> int:
-    from workbench import ladder
+    from workbench.run import ladder
     from workbench.errors import SaveError
 
     try:
@@ -150,7 +150,7 @@ def _run_session(session, stage_names: str | None) -> int:
 
 
 def _print_summary(finished: list[dict], run_dir: Path) -> None:
-    from workbench.summary import final_summary
+    from workbench.report.summary import final_summary
 
     print(final_summary(finished))
     traces = [r["trace_file"] for r in finished if r.get("trace_file")]
@@ -163,7 +163,7 @@ def _print_summary(finished: list[dict], run_dir: Path) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from workbench.report import build_report
+    from workbench.report.build import build_report
 
     run_dir = _run_dir(args.run, args.reports_dir)
     try:
@@ -206,7 +206,7 @@ COMPARE_OK, COMPARE_REGRESSION, COMPARE_BAD_INPUT, COMPARE_INTERNAL_ERROR = 0, 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.compare import compare_runs, format_table
+    from workbench.report.compare import compare_runs, format_table
 
     if not 0 <= args.threshold < 1:
         raise UsageError(f"--threshold {args.threshold} is out of range; allowed: 0 <= threshold < 1 (0.03 is 3%)")
@@ -234,7 +234,7 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
         from workbench.names import check_run_name
 
         return check_run_name(args.cfg_run_name)
-    from workbench.session import default_run_name
+    from workbench.run.session import default_run_name
 
     newest = newest_run(cfg_reports)
     return newest.name if newest else default_run_name()
@@ -242,15 +242,15 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
 
 def cmd_profile_lines(args: argparse.Namespace) -> int:
     try:
-        from workbench import pyprofile
+        from workbench.run import pyprofile
     except ImportError as error:
         raise UsageError(f"profile-lines needs the profiler extras ({error}); "
                          "install them: pip install 'workbench[profilers]'") from None
     from workbench.device import decide, probe, resolve_device_type
-    from workbench.executor import build, warm_up
+    from workbench.run.executor import build, warm_up
     from workbench.progress import Progress
     from workbench.results import stage_stem
-    from workbench.stages import STAGE_NAMES, StageContext, select
+    from workbench.run.stages import STAGE_NAMES, StageContext, select
 
     stage = select(args.stage)[-1]
     cfg = config_from(args)
@@ -285,7 +285,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from workbench.explain import print_analysis  # reads files only: no torch import on this path
+    from workbench.trace.explain import print_analysis  # reads files only: no torch import on this path
 
     print_analysis(args.paths, args.json)
     return 0
@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 baseline failed or regression, 2 bad input (one line), 74 a result
     could not be written, 130 Ctrl-C, 143 SIGTERM."""
-    from workbench import procs
+    from workbench.run import procs
 
     previous = procs.install_signal_handlers()
     try:

@@ -74,7 +74,7 @@ SCHEMA_VERSION = 1
 STAGES_DIR = "stages"
 RUN_FILE = "run.json"
 # Beside the stage files: the noise floor, the order taken and why, the second look, leave-one-out and
-# the paired headline (workbench/ladder.py writes it piece by piece).
+# the paired headline (workbench/run/ladder.py writes it piece by piece).
 VERDICTS_FILE = "verdicts.json"
 
 

@@ -75,7 +75,7 @@ def run_all(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True)
 def run_experiment(name: str, cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True) -> dict:
     """Run one experiment by name (or 'all'); an unknown name is a UsageError listing the allowed ones."""
     from workbench.device import usable_cores
-    from workbench.session import busy_warning
+    from workbench.run.session import busy_warning
 
     warning = busy_warning(usable_cores())  # other work skews every figure: say so before measuring
     if warning:

@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from workbench.errors import StageSkipped
-from workbench.procs import safe_environment
+from workbench.run.procs import safe_environment
 from workbench.results import read_json, write_json_atomic
-from workbench.worker import failure
+from workbench.run.worker import failure
 
 KINDS = {
-    "measure": "workbench.worker:run_spec",
+    "measure": "workbench.run.worker:run_spec",
     "clipping": "workbench.experiments.clipping:measure",
     "matrix": "workbench.experiments.matrix:measure",
 }

@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench import plots
+from workbench.report import plots
 from workbench.config import RunConfig
-from workbench.executor import build, measure_config
+from workbench.run.executor import build, measure_config
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import series_stats, value
 from workbench.progress import Progress
-from workbench.train import OPTIMIZER_REGION, TrainStep, region
-from workbench.worker import peak_for
+from workbench.training.step import OPTIMIZER_REGION, TrainStep, region
+from workbench.run.worker import peak_for
 
 CLIPS = (("none", "none", None), ("norm 0.5", "norm", 0.5), ("norm 1", "norm", 1.0), ("norm 2", "norm", 2.0),
          ("value 0.1", "value", 0.1))

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Callable
 
 from workbench import device as devices
-from workbench import environment, session
+from workbench import environment
+from workbench.run import session
 from workbench.config import RunConfig
 from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
-from workbench.data import load_data
+from workbench.training.data import load_data
 from workbench.experiments import EXPERIMENTS_DIR, child, rows
 from workbench.results import SCHEMA_VERSION, write_json_atomic
 

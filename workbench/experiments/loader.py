@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench import workers as worker_sweep
+from workbench.training import loader_sweep as worker_sweep
 from workbench.config import RunConfig
 from workbench.experiments import charts
 from workbench.experiments.lab import EXPERIMENTS_DIR, Lab, budgeted, stderr_log
