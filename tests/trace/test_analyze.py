@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from workbench.trace import analyze
-from workbench.trace.analyze import REGIONS
+from workbench.trace.regions import REGIONS
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "traces"
 CPU_DIR, GPU_DIR, STARVED_DIR = FIXTURES / "cpu_only", FIXTURES / "gpu", FIXTURES / "data_starved"

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from workbench.training.step import (BACKWARD_REGION, COPY_REGION, FORWARD_REGION, OPTIMIZER_REGION,
-                             BatchStream, StepSettings, TrainStep)
+from workbench.trace.regions import BACKWARD, FORWARD, HOST_TO_DEVICE, OPTIMIZER_STEP
+from workbench.training.step import BatchStream, StepSettings, TrainStep
 
 CPU = torch.device("cpu")
 
@@ -170,7 +170,7 @@ def test_regions_only_when_annotating(convnet, batch):
             step(*batch)
         return {event.name for event in prof.events()}
 
-    regions = {COPY_REGION, FORWARD_REGION, BACKWARD_REGION, OPTIMIZER_REGION}
+    regions = {HOST_TO_DEVICE, FORWARD, BACKWARD, OPTIMIZER_STEP}
     assert regions <= names(True)
     assert not regions & names(False)
 

@@ -6,7 +6,7 @@ never disagree about what counts as a bottleneck.
 """
 from __future__ import annotations
 
-from workbench.trace import diagnose
+from workbench.trace import diagnose, regions
 from workbench.report.markdown import bullet, plain, show
 from workbench.report.table import RunView
 
@@ -50,7 +50,7 @@ def data_loading_block(summary: dict | None, result: dict) -> list[str]:
     lines = ["### Data loading", ""]
     if not summary:
         return lines + [_no_trace(result, "the time spent waiting for data"), ""]
-    share = (summary.get("breakdown_share") or {}).get("data_loading", 0.0)
+    share = (summary.get("breakdown_share") or {}).get(regions.DATA_LOADING, 0.0)
     limit = diagnose.DATA_LOADING_SHARE_MAX
     workers = (result.get("config") or {}).get("num_workers")
     verdict = ("above" if share > limit else "within") + f" the {show('pct', limit * 100, '%')} the " \
@@ -64,7 +64,7 @@ def data_loading_block(summary: dict | None, result: dict) -> list[str]:
 def compute_block(base: dict, summary: dict | None, result: dict, view: RunView) -> list[str]:
     lines = ["### Compute", ""]
     if summary:
-        parts = ("forward", "backward", "optimizer_step", "other")
+        parts = (*regions.COMPUTE_PARTS, regions.OTHER)
         lines.append(bullet("Step breakdown", ", ".join(
             f"{part.replace('_', ' ')} {_share_ms(summary, part)}" for part in parts) + "."))
         lines.append(bullet("Compute share", _compute_share(summary)))
@@ -80,7 +80,7 @@ def compute_block(base: dict, summary: dict | None, result: dict, view: RunView)
 
 def _compute_share(summary: dict) -> str:
     shares = summary.get("breakdown_share") or {}
-    share = sum(shares.get(p, 0.0) for p in ("forward", "backward", "optimizer_step"))
+    share = sum(shares.get(p, 0.0) for p in regions.COMPUTE_PARTS)
     limit = diagnose.COMPUTE_BOUND_SHARE
     side = "above" if share > limit else "below"
     meaning = "compute-bound: input-pipeline stages cannot help" if share > limit else \

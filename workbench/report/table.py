@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.trace.regions import BREAKDOWN_PARTS
 from workbench.results import RUN_FILE, STAGES_DIR, load_stage_results, read_json, read_run_file, stage_stem
 
 MEASURED_STATUSES = ("baseline", "kept", "rejected", "tradeoff", "final")
 CARRIED_STATUSES = ("baseline", "kept")
-BREAKDOWN_KEYS = ("data_loading", "host_to_device", "forward", "backward", "optimizer_step", "other")
+BREAKDOWN_KEYS = BREAKDOWN_PARTS  # the CSV's <region>_percent columns, in the trace's order
 
 # Impact thresholds, stated once here and quoted in the report: a speedup counts only when its 95%
 # interval excludes 1 (verdict "faster"), so noise cannot earn a stage a "High".

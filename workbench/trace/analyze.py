@@ -23,17 +23,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
-from workbench.trace.markers import REGIONS, STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
+from workbench.trace.markers import STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
 from workbench.trace.markers import named_region, thread as _thread
+from workbench.trace.regions import BREAKDOWN_PARTS, DATA_LOADING, REGIONS
 from workbench.results import write_json_atomic
 
-DATA_LOADING = "data_loading"  # fetching the next batch from the DataLoader
-HOST_TO_DEVICE = "host_to_device"  # the .to(device) copies of the batch
-FORWARD = "forward"
-BACKWARD = "backward"
-OPTIMIZER_STEP = "optimizer_step"
-OTHER = "other"
-BREAKDOWN_COLUMNS = ("step", "step_ms", *(f"{region}_ms" for region in REGIONS), "other_ms")
+BREAKDOWN_COLUMNS = ("step", "step_ms", *(f"{part}_ms" for part in BREAKDOWN_PARTS))
 
 TRACE_GLOBS = ("*.pt.trace.json", "*.pt.trace.json.gz")
 # torch 2.x writes record_function ranges, ProfilerStep#N included, as "user_annotation"; older
@@ -177,8 +172,8 @@ def _rows(trace: dict) -> tuple[list[dict], dict]:
     busy = _merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
     rows = [_step_row(step, regions, busy) for step in steps]
     markers = regions.describe(how)  # after the rows: the sources are noted as the steps are read
-    if busy and markers["data_loading"] != "not found":
-        markers["data_loading"] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
+    if busy and markers[DATA_LOADING] != "not found":
+        markers[DATA_LOADING] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
     return rows, markers
 
 
@@ -341,7 +336,7 @@ def peak_memory_mb(trace: dict, device: str | None = None) -> float | None:
 
 def _mean_breakdown(rows: list[dict]) -> tuple[float, dict[str, float], dict[str, float]]:
     step_ms = statistics.fmean(row["step_ms"] for row in rows)
-    parts = (*REGIONS, OTHER)
+    parts = BREAKDOWN_PARTS
     mean_ms = {part: statistics.fmean(row[f"{part}_ms"] for row in rows) for part in parts}
     # Means are linear, so region means plus "other" add up to the mean step exactly.
     share = {part: (mean_ms[part] / step_ms if step_ms else 0.0) for part in parts}

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from workbench.trace import regions
+
 # Input pipeline: any visible share of the step spent waiting for a batch is worth a look.
 DATA_LOADING_SHARE_MAX = 0.05
 DATA_LOADING_SHARE_HIGH = 0.20  # above this the loop is mostly waiting for data
@@ -76,7 +78,7 @@ def _kernel_share(device: dict, key: str) -> float:
 
 
 def rule_data_loading(summary: dict, context: dict) -> dict | None:
-    share = _share(summary, "data_loading")
+    share = _share(summary, regions.DATA_LOADING)
     if share <= DATA_LOADING_SHARE_MAX:
         return None
     workers = context.get("num_workers")
@@ -94,7 +96,7 @@ def _h2d_share(summary: dict) -> float:
     device = summary.get("device") or {}
     steps, step_ms = device.get("steps") or 1, summary.get("step_time_ms") or 0.0
     device_share = device.get("h2d_copy_ms", 0.0) / steps / step_ms if step_ms else 0.0
-    return max(_share(summary, "host_to_device"), device_share)
+    return max(_share(summary, regions.HOST_TO_DEVICE), device_share)
 
 
 def rule_pageable_h2d(summary: dict, context: dict) -> dict | None:
@@ -114,7 +116,7 @@ def rule_device_idle(summary: dict, context: dict) -> dict | None:
     device = summary.get("device")
     if not device or device["idle_share"] <= DEVICE_IDLE_SHARE_MAX:
         return None
-    starved = _share(summary, "data_loading") > DATA_LOADING_SHARE_MAX
+    starved = _share(summary, regions.DATA_LOADING) > DATA_LOADING_SHARE_MAX
     first = "Fix the input pipeline first (see data_loading); then " if starved else ""
     return _finding(
         "device_idle", "high" if device["idle_share"] > 2 * DEVICE_IDLE_SHARE_MAX else "medium",
@@ -196,7 +198,7 @@ def rule_cpu_bf16(summary: dict, context: dict) -> dict | None:
 
 
 def rule_compute_bound(summary: dict, context: dict) -> dict | None:
-    share = sum(_share(summary, part) for part in ("forward", "backward", "optimizer_step"))
+    share = sum(_share(summary, part) for part in regions.COMPUTE_PARTS)
     if share <= COMPUTE_BOUND_SHARE:
         return None
     return _finding(
@@ -207,7 +209,7 @@ def rule_compute_bound(summary: dict, context: dict) -> dict | None:
 
 
 def rule_optimizer_step(summary: dict, context: dict) -> dict | None:
-    share = _share(summary, "optimizer_step")
+    share = _share(summary, regions.OPTIMIZER_STEP)
     if share <= OPTIMIZER_SHARE_MAX or context.get("fused_optimizer"):
         return None
     return _finding(
@@ -218,7 +220,7 @@ def rule_optimizer_step(summary: dict, context: dict) -> dict | None:
 
 
 def rule_unannotated_time(summary: dict, context: dict) -> dict | None:
-    share = _share(summary, "other")
+    share = _share(summary, regions.OTHER)
     if share <= OTHER_SHARE_MAX:
         return None
     return _finding(

@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import torch
 from torch.profiler import ProfilerAction, record_function
 
-from workbench.trace import callprofile, capture, explain, markers
+from workbench.trace import callprofile, capture, explain, regions
 
 RECORDING = (ProfilerAction.WARMUP, ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
 
@@ -74,8 +74,8 @@ class Instrument:
 
     def region(self, name: str):
         """A named range while the profiler records; nothing afterwards."""
-        if name not in markers.REGIONS:
-            raise ValueError(f"region {name!r} is not one of {', '.join(markers.REGIONS)}")
+        if name not in regions.REGIONS:
+            raise ValueError(f"region {name!r} is not one of {', '.join(regions.REGIONS)}")
         return record_function(name) if self.recording else nullcontext()
 
     def step(self) -> None:
@@ -92,7 +92,7 @@ class Instrument:
             if not first:
                 self.step()
             first = False
-            with self.region("data_loading"):
+            with self.region(regions.DATA_LOADING):
                 batch = next(iterator, StopIteration)
             if batch is StopIteration:
                 return

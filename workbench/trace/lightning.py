@@ -21,6 +21,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 from torch.profiler import record_function
 
+from workbench.trace import regions
 from workbench.trace.instrument import Instrument
 
 
@@ -47,28 +48,28 @@ class WorkbenchCallback(pl.Callback):
         self.instrument = Instrument(self.trace_dir / f"rank{trainer.global_rank}", device_type).__enter__()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._switch("data_loading")
+        self._switch(regions.DATA_LOADING)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._switch("forward")
+        self._switch(regions.FORWARD)
 
     def on_before_zero_grad(self, trainer, pl_module, optimizer) -> None:
-        self._switch("optimizer_step")
+        self._switch(regions.OPTIMIZER_STEP)
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        self._switch("backward")
+        self._switch(regions.BACKWARD)
 
     def on_after_backward(self, trainer, pl_module) -> None:
         self._switch(None)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        self._switch("optimizer_step")
+        self._switch(regions.OPTIMIZER_STEP)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._switch(None)
         if self.instrument is not None:
             self.instrument.step()  # the next fetch belongs to the next step, as in the workbench's loop
-        self._switch("data_loading")
+        self._switch(regions.DATA_LOADING)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._switch(None)

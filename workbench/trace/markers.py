@@ -1,6 +1,6 @@
 """Where the steps and the regions of a step are, in any torch.profiler trace (PyTorch 1.8 to today).
 
-The workbench's own loop names its regions (``analyze.REGIONS``); a user's loop, a Lightning fit or
+The workbench's own loop names its regions (``regions.REGIONS``); a user's loop, a Lightning fit or
 an old trace does not. Then the regions come from markers PyTorch and Lightning write themselves:
 
 - steps: ``ProfilerStep#N`` (only with a profiler schedule); else the ends of ``Optimizer.step#...``
@@ -25,7 +25,8 @@ from bisect import bisect_left, bisect_right
 from collections import Counter, defaultdict
 from typing import Any
 
-REGIONS = ("data_loading", "host_to_device", "forward", "backward", "optimizer_step")
+from workbench.trace.regions import BACKWARD, DATA_LOADING, FORWARD, HOST_TO_DEVICE, OPTIMIZER_STEP, REGIONS
+
 STEP_PREFIX = "ProfilerStep#"
 HOST_CATEGORIES = frozenset({"user_annotation", "cpu_op"})
 # PyTorch 1.8/1.9 (and torch-tb-profiler) spell categories differently; lower-cased lookup.
@@ -33,11 +34,11 @@ CATEGORY_ALIASES = {"operator": "cpu_op", "kernel": "kernel", "memcpy": "gpu_mem
                     "runtime": "cuda_runtime", "driver": "cuda_driver"}
 LIGHTNING_PREFIX = "[pl][profile]"  # Lightning's PyTorchProfiler prefixes its record_function ranges
 # Lightning action names (lightning/pytorch/loops/training_epoch_loop.py, trainer/call.py) by suffix.
-LIGHTNING_REGIONS = ((".train_dataloader_next", "data_loading"), (".batch_to_device", "host_to_device"),
-                     (".training_step", "forward"), (".backward", "backward"),
-                     (".optimizer_step", "optimizer_step"), (".optimizer_zero_grad", "optimizer_step"))
-PYTORCH_REGIONS = (("enumerate(DataLoader)", "data_loading"), ("Optimizer.step#", "optimizer_step"),
-                   ("Optimizer.zero_grad#", "optimizer_step"))
+LIGHTNING_REGIONS = ((".train_dataloader_next", DATA_LOADING), (".batch_to_device", HOST_TO_DEVICE),
+                     (".training_step", FORWARD), (".backward", BACKWARD),
+                     (".optimizer_step", OPTIMIZER_STEP), (".optimizer_zero_grad", OPTIMIZER_STEP))
+PYTORCH_REGIONS = (("enumerate(DataLoader)", DATA_LOADING), ("Optimizer.step#", OPTIMIZER_STEP),
+                   ("Optimizer.zero_grad#", OPTIMIZER_STEP))
 BACKWARD_OP = re.compile(r"^autograd::engine::evaluate_function|Backward\d*$|AccumulateGrad")
 
 
@@ -178,13 +179,13 @@ class StepRegions:
 
     def _inferred(self, start: float, stop: float, named: list[tuple]) -> list[tuple]:
         inside = lambda e: start <= e["ts"] < stop
-        extra = [(e["ts"], end(e), "host_to_device") for e in self.h2d_ops if inside(e)]
+        extra = [(e["ts"], end(e), HOST_TO_DEVICE) for e in self.h2d_ops if inside(e)]
         if extra:
-            self.sources["host_to_device"].add("op launching a host-to-device copy")
+            self.sources[HOST_TO_DEVICE].add("op launching a host-to-device copy")
         have = {region for a, b, region in named if a < stop and b > start}
-        if "backward" not in have:
+        if BACKWARD not in have:
             extra += self._backward(start, stop)
-        if "forward" not in have:
+        if FORWARD not in have:
             extra += self._forward(start, stop, named + extra)
         return extra
 
@@ -192,22 +193,22 @@ class StepRegions:
         ops = [e for e in self.backward_ops if start <= e["ts"] < stop]
         if not ops:
             return []
-        self.sources["backward"].add("autograd engine ops (first to last, all threads)")
-        return [(min(e["ts"] for e in ops), max(end(e) for e in ops), "backward")]
+        self.sources[BACKWARD].add("autograd engine ops (first to last, all threads)")
+        return [(min(e["ts"] for e in ops), max(end(e) for e in ops), BACKWARD)]
 
     def _forward(self, start: float, stop: float, known: list[tuple]) -> list[tuple]:
         """From the first top-level op outside every known region up to backward (inferred)."""
-        backward = [a for a, _, region in known if region == "backward" and start <= a < stop]
+        backward = [a for a, _, region in known if region == BACKWARD and start <= a < stop]
         limit = min(backward) if backward else stop
         covered = lambda e: any(a <= e["ts"] < b for a, b, _ in known)
         free = [e for e in self.top if start <= e["ts"] < limit and not covered(e)]
         if not free:
             return []
         if not backward:  # no backward to end at: only the ops themselves, not the gaps
-            self.sources["forward"].add("top-level CPU ops outside the other regions (no backward seen)")
-            return [(e["ts"], end(e), "forward") for e in free]
-        self.sources["forward"].add("CPU ops from the first outside the other regions up to backward (inferred)")
-        return [(min(e["ts"] for e in free), limit, "forward")]
+            self.sources[FORWARD].add("top-level CPU ops outside the other regions (no backward seen)")
+            return [(e["ts"], end(e), FORWARD) for e in free]
+        self.sources[FORWARD].add("CPU ops from the first outside the other regions up to backward (inferred)")
+        return [(min(e["ts"] for e in free), limit, FORWARD)]
 
     def describe(self, steps: str) -> dict[str, str]:
         """{"steps": ..., region: "source, source" or "not found"} for the summary's "markers"."""

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-# Region names the trace analysis looks for (workbench.trace.analyze.REGIONS holds the same names).
-DATA_REGION, COPY_REGION = "data_loading", "host_to_device"
-FORWARD_REGION, BACKWARD_REGION, OPTIMIZER_REGION = "forward", "backward", "optimizer_step"
+# The region names are the trace analysis's: defined once, in the torch-free trace package.
+from workbench.trace import regions
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -121,7 +121,7 @@ class TrainStep:
 
     def move(self, batch):
         """Every tensor of a nested batch on the step's device (augmented there by the batched pipeline)."""
-        with region(COPY_REGION, self.annotate):
+        with region(regions.HOST_TO_DEVICE, self.annotate):
             return self._augment(map_tensors(batch, self._move))
 
     def _augment(self, batch):
@@ -161,15 +161,15 @@ class TrainStep:
         return nullcontext() if last or self._no_sync is None else self._no_sync()
 
     def _forward_backward(self, batch, steps: int) -> torch.Tensor:
-        with region(FORWARD_REGION, self.annotate), self.autocast():
+        with region(regions.FORWARD, self.annotate), self.autocast():
             # Divide by the micro-batch count so the summed gradients equal the full batch's mean.
             loss = self.loss_fn(self.model, batch) / steps
-        with region(BACKWARD_REGION, self.annotate):
+        with region(regions.BACKWARD, self.annotate):
             self.scaler.scale(loss).backward()
         return loss.detach()
 
     def _optimizer_step(self) -> None:
-        with region(OPTIMIZER_REGION, self.annotate):
+        with region(regions.OPTIMIZER_STEP, self.annotate):
             if self.settings.clip_grad_norm is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.clip_grad_norm)
@@ -192,7 +192,7 @@ class BatchStream:
         return (batch, None) if self.whole else batch
 
     def _fetch(self, annotate: bool):
-        with region(DATA_REGION, annotate):
+        with region(regions.DATA_LOADING, annotate):
             try:
                 return next(self.iterator)
             except StopIteration:
