@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from workbench import __version__
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, StageSkipped, UsageError
 
@@ -300,6 +301,7 @@ def _add_analyze(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="workbench", description="Profiling-driven optimization workbench for PyTorch training loops.")
+    parser.add_argument("--version", action="version", version=f"workbench {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="run the optimization ladder (or --ablation), one JSON per stage")
     run.add_argument("--stages", help="comma-separated stages to run (the baseline always runs first)")
