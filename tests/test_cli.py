@@ -101,3 +101,14 @@ def test_stages_lists_every_stage(capsys):
     assert proc.returncode == 0
     for name in ("baseline", "dataloader", "amp", "channels_last", "fused_optimizer", "accumulation", "checkpointing", "compile"):
         assert name in proc.stdout
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib import metadata
+
+    from workbench.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"workbench {metadata.version('workbench')}"
