@@ -8,13 +8,8 @@ import sys
 from pathlib import Path
 
 from workbench import __version__
-from workbench.config import RunConfig
+from workbench.config import RunConfig, for_machine
 from workbench.errors import ResultFileError, StageSkipped, UsageError
-
-# The lab's setting where a GPU can afford it; CIFAR's native size on a CPU, where 224 px runs at
-# ~7 images/s and a ladder would take hours.
-GPU_DEFAULTS = {"image_size": 224, "batch_size": 32}
-CPU_DEFAULTS = {"image_size": 32, "batch_size": 32}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -45,21 +40,11 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_") and value is not None}
 
 
-def machine_defaults(device: str) -> tuple[dict, str]:
-    from workbench.device import resolve_device_type
-
-    device_type = resolve_device_type(device)
-    chosen = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
-    label = ", ".join(f"{k}={v}" for k, v in chosen.items())
-    return chosen, f"defaults for {device_type}: {label} (override with --image-size/--batch-size)"
-
-
 def config_from(args: argparse.Namespace, base: dict | None = None) -> RunConfig:
     """RunConfig from machine defaults, then a resumed run's settings, then the command line."""
-    given = overrides_from(args)
-    defaults, line = machine_defaults(given.get("device", "auto"))
+    cfg, line = for_machine(**{**(base or {}), **overrides_from(args)})
     print(line, file=sys.stderr)
-    return RunConfig(**{**defaults, **(base or {}), **given})
+    return cfg
 
 
 def cmd_stages(args: argparse.Namespace) -> int:

@@ -83,7 +83,7 @@ class Lab:
         self.doc = {"schema": SCHEMA_VERSION, "experiment": name, "title": title, "question": question,
                     "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
                     "device": self.device_type, "data": data.description, "base_config": cfg.to_dict(),
-                    "environment": environment.describe(self.facts, devices.threads_for(0, cfg.threads, self.facts.cpu_cores)),
+                    "environment": environment.describe(self.facts, devices.threads_for(cfg.threads, self.facts.cpu_cores)),
                     "decisions": {"amp": f"{self.caps.amp_dtype or 'none'}: {self.caps.amp_reason}"},
                     "settings": {"isolated": isolate, **{k: getattr(cfg, k) for k in BUDGET_FIELDS}},
                     "reference": "", "notes": [], "rows": [], "summary": {}, "plots": [], "elapsed_s": 0.0}

@@ -1,17 +1,14 @@
 """The closing lines of a run on the terminal: where it started, where it ended, what was kept."""
 from __future__ import annotations
 
+from workbench.report.table import final_position
+
 
 def _final_kept(finished: list[dict]) -> dict | None:
-    """The headline's final configuration (measured against the baseline, paired); without one, the
-    best stage of an ablation, or the baseline when nothing was kept."""
-    final = next((r for r in finished if r["status"] == "final" and r.get("metrics")), None)
-    if final:
-        return final
-    kept = [r for r in finished if r["status"] == "kept" and r.get("metrics")]
-    if kept:
-        return max(kept, key=lambda r: r["metrics"]["speedup_vs_baseline"]["ratio"])
-    return next((r for r in finished if r["status"] == "baseline"), None)
+    """The optimized configuration, by the report's own rule (ladder or ablation alike)."""
+    mode = finished[0].get("mode", "ladder") if finished else "ladder"
+    position = final_position(finished, mode)
+    return None if position is None else finished[position]
 
 
 def final_summary(finished: list[dict]) -> str:

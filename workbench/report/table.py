@@ -256,22 +256,35 @@ class RunView:
 
     @property
     def final(self) -> dict | None:
-        """The optimized configuration: the last measured stage that was carried forward.
-
-        In an ablation every stage stands alone on the baseline, so nothing is carried forward:
-        the best single kept stage is the optimized configuration there.
-        """
-        headline = [r for r in self.records if r["status"] == "final" and r.get("throughput_samples_per_s") is not None]
-        if headline:  # measured against the baseline in the same time window: the figure to lead with
-            return headline[-1]
-        carried = [r for r in self.records if r["status"] in CARRIED_STATUSES
-                   and r.get("throughput_samples_per_s") is not None]
-        if self.run.get("mode") == "ablation" and carried:
-            return max(carried, key=lambda r: r.get("speedup_vs_baseline") or 0.0)
-        return carried[-1] if carried else None
+        """The optimized configuration's record (see final_position)."""
+        position = final_position(self.results, self.run.get("mode", "ladder"))
+        return None if position is None else self.records[position]
 
     def with_status(self, *statuses: str) -> list[dict]:
         return [r for r in self.records if r["status"] in statuses]
+
+
+def final_position(results: list[dict], mode: str) -> int | None:
+    """Where the optimized configuration is among a run's stage results; the one rule the report and
+    the run's closing lines share.
+
+    The paired headline ('final', measured against the baseline in the same time window) when there
+    is one; else the last measured stage carried forward (the baseline when nothing was kept). In an
+    ablation every stage stands alone on the baseline, so nothing is carried forward: the best single
+    kept stage is the optimized configuration there.
+    """
+    measured = [i for i, r in enumerate(results) if ((r.get("metrics") or {}).get("throughput") or {}).get("median") is not None]
+    headline = [i for i in measured if results[i].get("status") == "final"]
+    if headline:
+        return headline[-1]
+    carried = [i for i in measured if results[i].get("status") in CARRIED_STATUSES]
+    if mode == "ablation" and carried:
+        return max(carried, key=lambda i: _baseline_ratio(results[i]))
+    return carried[-1] if carried else None
+
+
+def _baseline_ratio(result: dict) -> float:
+    return ((result.get("metrics") or {}).get("speedup_vs_baseline") or {}).get("ratio") or 0.0
 
 
 def load_view(run_dir: Path) -> RunView:

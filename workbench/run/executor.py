@@ -99,7 +99,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     check_device_support(cfg, device_type)
     device = distributed.device_for(device_type, dist)
     # Processes on one machine share its cores: each gets its part.
-    torch.set_num_threads(threads_for(cfg.num_workers, cfg.threads, max(1, probe("cpu").cpu_cores // dist.world_size)))
+    torch.set_num_threads(threads_for(cfg.threads, max(1, probe("cpu").cpu_cores // dist.world_size)))
     use_backend_settings(cfg, device_type)
     seed_everything(cfg.seed)
     batched = cfg.input_pipeline == "batched"
@@ -125,6 +125,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr, cfg.fused_optimizer)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",
+                            clip_grad_norm=cfg.clip_grad_norm or None,
                             device_transform=DeviceAugment(cfg.image_size, device, cfg.seed) if batched else None)
     # A user's batch travels whole (any structure) to the loss that knows it.
     return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings, _loss_fn(dataset)),

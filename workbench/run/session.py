@@ -164,7 +164,7 @@ def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, lo
             log, model_factory, dataset, isolate, resume, stages, nproc) -> Session:
     """The measured decisions (worker sweep, peak FLOP/s), announced; the Session that holds them."""
     best_workers, worker_notes = _choose_workers(cfg, data, facts.cpu_cores, sweep_workers, log)
-    threads = devices.threads_for(cfg.num_workers, cfg.threads, facts.cpu_cores)
+    threads = devices.threads_for(cfg.threads, facts.cpu_cores)
     decisions = {"device": f"{facts.type} ({facts.name})", "amp": f"{caps.amp_dtype or 'none'}: {caps.amp_reason}",
                  "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
                  "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes,
