@@ -173,7 +173,7 @@ def test_damaged_stage_file_is_one_line_in_report_and_compare(work, capsys, cont
 
 
 def test_resume_sets_a_damaged_stage_file_aside(tmp_path):
-    path = results.stage_result_path(tmp_path, 0, "baseline")
+    path = results.stage_result_path(tmp_path, "baseline")
     path.parent.mkdir(parents=True)
     path.write_text('{"stage": "base')
     logged = []
@@ -195,7 +195,7 @@ def test_failed_save_keeps_the_result_and_says_where(tmp_path, monkeypatch):
     with pytest.raises(SaveError) as caught:
         ladder._save(session, result)
     assert caught.value.result is result and caught.value.exit_code == 74
-    assert "00-baseline.json" in str(caught.value) and "No space left" in str(caught.value)
+    assert "stages/baseline.json" in str(caught.value) and "No space left" in str(caught.value)
 
 
 def test_failed_save_exits_74_with_the_result_on_stdout(work, capsys, monkeypatch):
@@ -232,7 +232,11 @@ def test_ctrl_c_while_writing_leaves_no_temp_files(tmp_path, monkeypatch):
     from workbench.report.table import write_csv
 
     fig, _ = plots.new_figure()
-    monkeypatch.setattr(type(fig), "savefig", lambda self, path, **kw: (Path(path).write_bytes(b"half"), (_ for _ in ()).throw(KeyboardInterrupt()))[1])
+    def half_then_ctrl_c(self, target, **kw):  # a path or an open file, as matplotlib allows
+        target.write(b"half") if hasattr(target, "write") else Path(target).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(fig), "savefig", half_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         plots.save(fig, tmp_path / "chart.png")
     (tmp_path / "r.csv").write_text("old\n")

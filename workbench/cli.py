@@ -165,7 +165,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def newest_run(reports_dir: str) -> Path | None:
     """The most recently written run folder (reports/latest, a link, is not a run of its own)."""
-    runs = sorted((p for p in Path(reports_dir).glob("*/run.json") if not p.parent.is_symlink()),
+    from workbench.results import RUN_FILE
+
+    runs = sorted((p for p in Path(reports_dir).glob(f"*/{RUN_FILE}") if not p.parent.is_symlink()),
                   key=lambda p: p.stat().st_mtime)
     return runs[-1].parent if runs else None
 
@@ -178,12 +180,13 @@ def _run_dir(run: str | None, reports_dir: str) -> Path:
             raise UsageError(f"no runs in {reports_dir}/; run `workbench run` (or make ladder) first")
         return newest
     from workbench.names import is_run_name
+    from workbench.results import RUN_FILE
 
     # A plain name (or `latest`, read through, never written through) is always a run under the
     # reports folder, never a same-named folder here.
     path = root / run if is_run_name(run) or run == "latest" else Path(run)
-    if not (path / "run.json").is_file():
-        raise UsageError(f"run {run!r} not found (looked for {path}/run.json); allowed: a run folder under {reports_dir}/")
+    if not (path / RUN_FILE).is_file():
+        raise UsageError(f"run {run!r} not found (looked for {path}/{RUN_FILE}); allowed: a run folder under {reports_dir}/")
     return path
 
 
@@ -235,15 +238,15 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
     from workbench.device import decide, probe, resolve_device_type
     from workbench.run.executor import build, warm_up
     from workbench.progress import Progress
-    from workbench.results import stage_stem
-    from workbench.run.stages import STAGE_NAMES, StageContext, select
+    from workbench.results import stage_trace_dir
+    from workbench.run.stages import StageContext, select
 
     stage = select(args.stage)[-1]
     cfg = config_from(args)
     device_type = resolve_device_type(cfg.device)
     context = StageContext(device_type, decide(probe(device_type)), cfg.num_workers)
     cfg = stage.apply(cfg, context)
-    out_dir = Path(cfg.profiles_dir) / _lines_target(args, cfg.reports_dir) / stage_stem(STAGE_NAMES.index(stage.name), stage.name)
+    out_dir = stage_trace_dir(Path(cfg.profiles_dir) / _lines_target(args, cfg.reports_dir), stage.name)
     built = build(cfg)
     warm_up(built, Progress(stage.name))
     print(pyprofile.profile_lines(built, out_dir, args.steps).read_text())

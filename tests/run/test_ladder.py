@@ -41,8 +41,9 @@ def ladder_run(tmp_path_factory):
 
 
 def stage_results(cwd: Path, run: str) -> dict[str, dict]:
-    return {p.stem.split("-", 1)[1]: json.loads(p.read_text())
-            for p in sorted((cwd / "reports" / run / "stages").glob("[0-9][0-9]-*.json")) if "trace_summary" not in p.name}
+    from workbench.results import load_stage_results
+
+    return {result["stage"]: result for result in load_stage_results(cwd / "reports" / run)}
 
 
 def test_one_json_per_stage_with_the_figures(ladder_run):
@@ -73,7 +74,7 @@ def test_progress_is_shown(ladder_run):
 def test_trace_layout_and_regions(ladder_run):
     cwd, _, _ = ladder_run
     traces = sorted((cwd / "profiles" / "tiny").glob("*/*.pt.trace.json.gz"))
-    assert [t.parent.name for t in traces if t.parent.name != "99-final"] == ["00-baseline", "01-amp", "02-accumulation"]
+    assert [t.parent.name for t in traces if t.parent.name != "final"] == ["accumulation", "amp", "baseline"]
     trace = json.loads(gzip.open(traces[0]).read())
     names = {event.get("name") for event in trace["traceEvents"]}
     assert {"data_loading", "host_to_device", "forward", "backward", "optimizer_step"} <= names
@@ -84,7 +85,7 @@ def test_trace_layout_and_regions(ladder_run):
 
 def test_breakdown_adds_up_to_the_step(ladder_run):
     cwd, _, _ = ladder_run
-    summary = json.loads((cwd / "reports/tiny/stages/00-baseline.trace_summary.json").read_text())
+    summary = json.loads((cwd / "reports/tiny/stages/baseline.trace_summary.json").read_text())
     assert sum(summary["breakdown_share"].values()) == pytest.approx(1.0, abs=1e-6)
     assert sum(summary["breakdown_ms"].values()) == pytest.approx(summary["step_time_ms"], rel=0.03)
 
@@ -95,7 +96,7 @@ def test_trace_loads_in_torch_tb_profiler(ladder_run, tmp_path):
     from torch_tb_profiler.profiler.run_generator import RunGenerator
 
     cwd, _, _ = ladder_run
-    trace = next((cwd / "profiles/tiny/00-baseline").glob("*.pt.trace.json.gz"))
+    trace = next((cwd / "profiles/tiny/baseline").glob("*.pt.trace.json.gz"))
     match = consts.WORKER_PATTERN.match(trace.name)
     assert match, trace.name
     data = RunProfileData.parse(match.group(1), None, str(trace), str(tmp_path))
@@ -107,13 +108,13 @@ def test_trace_loads_in_torch_tb_profiler(ladder_run, tmp_path):
 def test_resume_keeps_finished_stages(ladder_run):
     cwd, _, _ = ladder_run
     stages = cwd / "reports/tiny/stages"
-    baseline_mtime = (stages / "00-baseline.json").stat().st_mtime
-    (stages / "02-accumulation.json").unlink()
+    baseline_mtime = (stages / "baseline.json").stat().st_mtime
+    (stages / "accumulation.json").unlink()
     proc = workbench("run", "--resume", "tiny", "--stages", "amp,accumulation", cwd=cwd)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-2000:]
-    assert (stages / "00-baseline.json").stat().st_mtime == baseline_mtime
-    assert json.loads((stages / "02-accumulation.json").read_text())["status"] == "tradeoff"
+    assert (stages / "baseline.json").stat().st_mtime == baseline_mtime
+    assert json.loads((stages / "accumulation.json").read_text())["status"] == "tradeoff"
     assert "kept from the earlier run" in err
 
 
@@ -121,7 +122,7 @@ def test_interrupt_keeps_every_finished_stage(tmp_path):
     write_synthetic_cifar(tmp_path / "data", per_batch=64)
     proc = workbench("run", "--stages", "channels_last,accumulation", "--run-name", "cut", *TINY, cwd=tmp_path,
                      start_new_session=True)
-    first = tmp_path / "reports/cut/stages/00-baseline.json"
+    first = tmp_path / "reports/cut/stages/baseline.json"
     deadline = time.time() + 240
     while not first.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

@@ -20,8 +20,8 @@ from workbench.run import session
 from workbench.config import RunConfig
 from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
 from workbench.training.data import load_data
-from workbench.experiments import EXPERIMENTS_DIR, child, rows
-from workbench.results import SCHEMA_VERSION, write_json_atomic
+from workbench.experiments import child, rows
+from workbench.results import SCHEMA_VERSION, experiment_path, write_json_atomic
 
 DEFAULT_TIMEOUT_S = 600.0
 # The fields an experiment may set for its own time budget, when the user left them at their defaults.
@@ -96,7 +96,7 @@ class Lab:
 
     @property
     def path(self) -> Path:
-        return self.out_dir / EXPERIMENTS_DIR / f"{self.name}.json"
+        return experiment_path(self.out_dir, self.name)
 
     def note(self, text: str) -> None:
         self.doc["notes"].append(text)

@@ -25,6 +25,7 @@ from workbench.report.experiments import experiments_section
 from workbench.report.memory import MEMORY_CHART_NAME, memory_chart
 from workbench.report.table import RunView, fmt, load_view, write_csv
 from workbench.report.verdicts import ceiling_lines, verdicts_section
+from workbench.results import write_text_atomic
 
 TEMPLATE = Path(__file__).with_name("templates") / "optimized_training.py.tmpl"
 LATEST_LINK = "latest"
@@ -39,8 +40,8 @@ def build_report(run_dir: Path) -> list[Path]:
         write_csv(view.records, view.run_dir / CSV_NAME),
         plots.dashboard(view.records, view.run_dir / DASHBOARD_NAME,
                         f"Optimization dashboard: {run_name(view)}"),
-        _write_text(view.run_dir / REPORT_NAME, render_markdown(view)),
-        _write_text(view.run_dir / SCRIPT_NAME, render_script(view)),
+        write_text_atomic(view.run_dir / REPORT_NAME, render_markdown(view)),
+        write_text_atomic(view.run_dir / SCRIPT_NAME, render_script(view)),
     ]
     chart = memory_chart(view.results, view.run_dir / MEMORY_CHART_NAME)
     point_latest(view.run_dir)
@@ -56,17 +57,6 @@ def render_markdown(view: RunView) -> str:
                 ceiling_lines(view), optimizations_section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
                 lessons_section(view), environment_section(view), links_section(view)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C or a full disk: no half-written temp file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --- optimized_training.py ------------------------------------------------------------------
@@ -172,7 +162,7 @@ def point_latest(run_dir: Path) -> Path:
         return link
     except (OSError, NotImplementedError):
         tmp.unlink(missing_ok=True)
-        return _write_text(run_dir.parent / LATEST_FILE, run_dir.name + "\n")
+        return write_text_atomic(run_dir.parent / LATEST_FILE, run_dir.name + "\n")
     except BaseException:  # Ctrl-C between link and rename: no stray link stays behind
         tmp.unlink(missing_ok=True)
         raise

@@ -9,19 +9,17 @@ import json
 from pathlib import Path
 
 from workbench.report.table import RunView
-
-EXPERIMENTS_DIR = "experiments"
-INDEX_FILE = "all.json"
+from workbench.results import EXPERIMENTS_INDEX, experiment_path, experiments_dir
 
 
 def _documents(run_dir: Path) -> list[dict]:
-    folder = run_dir / EXPERIMENTS_DIR
+    folder = experiments_dir(run_dir)
     docs = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        if path.name == INDEX_FILE:
+        if path == experiment_path(run_dir, EXPERIMENTS_INDEX):
             continue
         try:
-            docs.append({**json.loads(path.read_text()), "_file": f"{EXPERIMENTS_DIR}/{path.name}"})
+            docs.append({**json.loads(path.read_text()), "_file": path.relative_to(run_dir).as_posix()})
         except (OSError, ValueError):
             continue  # a half-written or foreign file: leave it out rather than fail the report
     return docs

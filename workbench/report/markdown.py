@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.report.table import RunView, fmt
-from workbench.results import STAGES_DIR
+from workbench.results import BREAKDOWN_SUFFIX, TRACE_SUMMARY_SUFFIX, stage_files
 
 CSV_NAME = "optimization_results.csv"
 DASHBOARD_NAME = "optimization_dashboard.png"
@@ -256,21 +256,21 @@ def links_section(view: RunView) -> list[str]:
 
 
 def _stage_links(view: RunView, result: dict) -> list[str]:
-    stem = f"{int(result.get('index', 0)):02d}-{result.get('stage')}"
+    stage = str(result.get("stage"))
     trace = result.get("trace") or {}
-    links = [_link("result", _local(view, f"{stem}.json"))]
+    links = [_link("result", _local(view, stage, ".json"))]
     if not trace:
         return links + ["no trace was recorded for this stage"]
     return links + [
         _link("trace folder", relative_link(view, trace.get("dir"))),
-        _link("trace summary", _local(view, f"{stem}.trace_summary.json")
+        _link("trace summary", _local(view, stage, TRACE_SUMMARY_SUFFIX)
               or relative_link(view, trace.get("summary_json"))),
-        _link("step breakdown CSV", _local(view, f"{stem}.breakdown.csv")
+        _link("step breakdown CSV", _local(view, stage, BREAKDOWN_SUFFIX)
               or relative_link(view, trace.get("breakdown_csv"))),
     ]
 
 
-def _local(view: RunView, name: str) -> tuple[str, bool] | None:
-    """A file in the run's stages/ folder (the documented layout), when it is there."""
-    path = view.run_dir / STAGES_DIR / name
-    return (f"{STAGES_DIR}/{name}", True) if path.exists() else None
+def _local(view: RunView, stage: str, suffix: str) -> tuple[str, bool] | None:
+    """A stage's file in the run's stages/ folder (the documented layout, either form), when it is there."""
+    found = stage_files(view.run_dir, stage, suffix)
+    return (found[0].relative_to(view.run_dir).as_posix(), True) if found else None

@@ -6,7 +6,6 @@ backend. Helpers draw on an axis they are given and return nothing worth keeping
 """
 from __future__ import annotations
 
-import os
 import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from workbench.report.table import BREAKDOWN_KEYS, fmt
+from workbench.results import write_atomic
 
 STATUS_COLORS = {
     "baseline": "#4C72B0", "kept": "#55A868", "tradeoff": "#DD8452",
@@ -36,15 +36,8 @@ def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (8.0, 5
 def save(fig: Figure, path: Path, dpi: int = 120) -> Path:
     """Write the figure atomically: a reader never opens a half-written PNG."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C or a full disk: no half-written temp file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda handle: fig.savefig(handle, dpi=dpi, format=path.suffix.lstrip(".") or "png"),
+                        binary=True)
 
 
 def fit_labels(ax, labels: Sequence[str]) -> None:

@@ -6,14 +6,14 @@ and the plots' labels show the same digits and a reader can match them by eye.
 from __future__ import annotations
 
 import csv
-import os
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from workbench.trace.regions import BREAKDOWN_PARTS
-from workbench.results import RUN_FILE, STAGES_DIR, load_stage_results, read_json, read_run_file, stage_stem
+from workbench.results import (RUN_FILE, TRACE_SUMMARY_SUFFIX, load_stage_results, read_json, read_run_file, stage_files,
+                               write_atomic)
 
 MEASURED_STATUSES = ("baseline", "kept", "rejected", "tradeoff", "final")
 CARRIED_STATUSES = ("baseline", "kept")
@@ -89,10 +89,10 @@ def load_run(run_dir: Path) -> dict:
 
 
 def load_trace_summary(run_dir: Path, result: dict) -> dict | None:
-    """The stage's trace summary from the documented layout, or from where the result says it is."""
+    """The stage's trace summary from the documented layout (either form), or from where the result
+    says it is."""
     run_dir = Path(run_dir)
-    stem = stage_stem(int(result.get("index", 0)), str(result.get("stage")))
-    candidates = [run_dir / STAGES_DIR / f"{stem}.trace_summary.json"]
+    candidates = stage_files(run_dir, str(result.get("stage")), TRACE_SUMMARY_SUFFIX)
     recorded = (result.get("trace") or {}).get("summary_json")
     if recorded:
         candidates += [Path(recorded), run_dir / recorded, run_dir.parent.parent / recorded]
@@ -295,16 +295,10 @@ def load_view(run_dir: Path) -> RunView:
 
 
 def write_csv(records: list[dict], path: Path) -> Path:
-    """Written beside its final name and renamed: a reader never sees half a CSV."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=[name for name, _ in COLUMNS])
-            writer.writeheader()
-            writer.writerows(formatted(record) for record in records)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    """Every record as a row with its columns' rounding, written atomically."""
+    def write(handle) -> None:
+        writer = csv.DictWriter(handle, fieldnames=[name for name, _ in COLUMNS])
+        writer.writeheader()
+        writer.writerows(formatted(record) for record in records)
+
+    return write_atomic(Path(path), write)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from workbench import stats
 from workbench.run import rounds as paired_rounds
-from workbench.results import SCHEMA_VERSION, stage_stem
+from workbench.results import SCHEMA_VERSION, breakdown_path, trace_summary_path
 from workbench.run.stages import MEMORY, REFERENCE, Stage
 
 
@@ -87,9 +87,8 @@ def _analyze_trace(result: dict, session) -> None:
         return
     from workbench.trace import analyze, diagnose
 
-    stem = stage_stem(result["index"], result["stage"])
     trace_dir = Path(result["trace_file"]).parent
-    csv_path, summary_path = session.run_dir / "stages" / f"{stem}.breakdown.csv", session.run_dir / "stages" / f"{stem}.trace_summary.json"
+    csv_path, summary_path = breakdown_path(session.run_dir, result["stage"]), trace_summary_path(session.run_dir, result["stage"])
     try:
         summary = analyze.write_analysis(result["trace_file"], csv_path, summary_path)  # rank 0 under DDP
         _use_tensor_peak(result, summary, session)

@@ -66,8 +66,8 @@ class Verdicts:
         self.save()
 
 
-def _trace_dir(session: Session, cfg: RunConfig, position: int, name: str):
-    return session.profiles_dir / results.stage_stem(position, name) if cfg.trace else None
+def _trace_dir(session: Session, cfg: RunConfig, name: str):
+    return results.stage_trace_dir(session.profiles_dir, name) if cfg.trace else None
 
 
 # An inconclusive speed comparison gets more rounds, up to this many times the planned count: a real
@@ -125,7 +125,7 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, a
         return earlier
     started = time.perf_counter()
     comparison = _compare(session, cfg, cfg, "baseline" if alone else "noise floor (A/A)", "baseline", "baseline",
-                          _trace_dir(session, cfg, 0, "baseline"), 1 if alone else None)
+                          _trace_dir(session, cfg, "baseline"), 1 if alone else None)
     result = judge.reference_result(session, comparison, started)
     if comparison.interrupted is not None:
         return _saved_then_stop(session, result, comparison)
@@ -177,7 +177,7 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> d
     started = time.perf_counter()
     rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
     comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
-                          _trace_dir(session, cfg, position, stage.name), rounds, state.measured,
+                          _trace_dir(session, cfg, stage.name), rounds, state.measured,
                           state.floor if stage.kind == SPEED else None)
     result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
     return _saved_then_stop(session, result, comparison)
@@ -195,7 +195,7 @@ def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -
     """A finished result of an interrupted run that measured exactly what this run would now."""
     if not session.resume:
         return None
-    for path in (session.run_dir / results.STAGES_DIR).glob(f"[0-9][0-9]-{name}.json"):
+    for path in results.stage_files(session.run_dir, name):  # a run begun before files were keyed by name too
         try:
             found = results.read_stage_result(path)
         except ResultFileError as error:  # truncated or damaged: set aside and measure again
@@ -227,11 +227,11 @@ def _nothing_to_change(session: Session, stage: Stage, against: dict) -> str:
 
 
 def _save(session: Session, result: dict) -> dict:
-    path = stage_result_path(session.run_dir, result["index"], result["stage"])
+    path = stage_result_path(session.run_dir, result["stage"])
     session.log(judge.one_line(result))  # said before the write, so a failed write loses nothing
     try:
-        for old in (session.run_dir / results.STAGES_DIR).glob(f"[0-9][0-9]-{result['stage']}.json"):
-            old.unlink()  # a resumed run may have taken the stage at another position
+        for old in results.stage_files(session.run_dir, result["stage"]):
+            old.unlink()  # a resumed run begun before files were keyed by name holds it as NN-<stage>
         write_json_atomic(path, result)
     except OSError as error:  # disk full, read-only: keep the measurement, say where and why
         raise SaveError(path, error, result) from None
@@ -335,7 +335,7 @@ def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict |
         return None
     started = time.perf_counter()
     comparison = _compare(session, session.base_cfg, state.cfg, "headline", "baseline", "final",
-                          _trace_dir(session, state.cfg, 99, FINAL_STAGE), measured=state.measured, floor=state.floor)
+                          _trace_dir(session, state.cfg, FINAL_STAGE), measured=state.measured, floor=state.floor)
     result = judge.final_result(session, state, comparison, started)
     verdicts.set("headline", {"applied": state.applied, **(result["metrics"] or {}).get("speedup_vs_baseline", {}),
                               "text": result["reason"]})

@@ -18,6 +18,7 @@ from torchvision import datasets, transforms
 from workbench.trace.callprofile import function_profile
 from workbench.run.executor import Built, _run_steps
 from workbench.progress import Progress
+from workbench.results import write_atomic, write_text_atomic
 from workbench.training.step import BatchStream, TrainStep
 
 TOP_LINES = 15
@@ -68,15 +69,13 @@ def profile_lines(built: Built, out_dir: Path, steps: int) -> Path:
 
 
 def _write_lines(rows: list[dict], path: Path, wall_ms: float, steps: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     lines = [f"line_profiler: {steps} training steps, {wall_ms:.0f} ms wall; lines by total time "
              "(nested: a call line includes the lines it runs)", "",
              f"{'share':>7} {'time_ms':>10} {'hits':>7}  location  code"]
     for row in rows:
         location = f"{Path(row['file']).name}:{row['line']} ({row['function']})"
         lines.append(f"{row['share']:7.1%} {row['time_ms']:10.1f} {row['hits']:7d}  {location}  {row['code']}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def profile_functions(built: Built, out_dir: Path, steps: int) -> Path:
@@ -95,10 +94,7 @@ def profile_memory(built: Built, out_dir: Path, steps: int) -> tuple[Path, Path]
     start = samples[0][1]
     points = [(t - start, mib) for mib, t in samples]
     csv_path = out_dir / "memory_profile.csv"
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["elapsed_s", "rss_mib"])
-        writer.writerows(points)
+    write_atomic(csv_path, lambda handle: csv.writer(handle).writerows([("elapsed_s", "rss_mib"), *points]))
     return csv_path, _plot_memory(points, out_dir / "memory_profile.png", steps)
 
 

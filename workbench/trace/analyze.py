@@ -14,11 +14,9 @@ from __future__ import annotations
 import csv
 import gzip
 import json
-import os
 import re
 import statistics
 from bisect import bisect_right
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -26,7 +24,7 @@ from typing import Iterable
 from workbench.trace.markers import STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
 from workbench.trace.markers import named_region, thread as _thread
 from workbench.trace.regions import BREAKDOWN_PARTS, DATA_LOADING, REGIONS
-from workbench.results import write_json_atomic
+from workbench.results import write_atomic, write_json_atomic
 
 BREAKDOWN_COLUMNS = ("step", "step_ms", *(f"{part}_ms" for part in BREAKDOWN_PARTS))
 
@@ -366,23 +364,15 @@ def summarize(trace_dir: Path | str) -> dict:
     return _analyze(trace_dir)[0]
 
 
-def _write_csv_atomic(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=BREAKDOWN_COLUMNS)
-            writer.writeheader()
-            writer.writerows({key: row[key] for key in BREAKDOWN_COLUMNS} for row in rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_breakdown(handle, rows: list[dict]) -> None:
+    writer = csv.DictWriter(handle, fieldnames=BREAKDOWN_COLUMNS)
+    writer.writeheader()
+    writer.writerows({key: row[key] for key in BREAKDOWN_COLUMNS} for row in rows)
 
 
 def write_analysis(trace_dir: Path | str, breakdown_csv_path: Path | str, summary_json_path: Path | str) -> dict:
     """Write the per-step breakdown CSV and the summary JSON; return the summary."""
     summary, rows = _analyze(trace_dir)
-    _write_csv_atomic(Path(breakdown_csv_path), rows)
+    write_atomic(Path(breakdown_csv_path), lambda handle: _write_breakdown(handle, rows))
     write_json_atomic(Path(summary_json_path), summary)
     return summary

@@ -12,6 +12,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from workbench.results import write_text_atomic
+
 TOP_FUNCTIONS = 20
 TOP_CALLERS = 3
 
@@ -60,6 +62,4 @@ def function_profile(path: Path | str, what: str = "profiled code"):
     finally:
         profiler.disable()
         wall_s = time.perf_counter() - start
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(format_view(function_rows(pstats.Stats(profiler)), wall_s, what))
+        write_text_atomic(Path(path), format_view(function_rows(pstats.Stats(profiler)), wall_s, what))

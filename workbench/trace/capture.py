@@ -17,6 +17,8 @@ from typing import Callable
 
 from torch.profiler import ProfilerActivity, profile, schedule
 
+from workbench.results import write_atomic
+
 WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS = 1, 1, 3
 TRACE_SUFFIX = ".pt.trace.json.gz"
 
@@ -50,11 +52,13 @@ def _write_trace(prof, trace_dir: Path, rank: int, world_size: int) -> Path:
     if world_size > 1:
         worker = f"rank{rank}_{worker}"  # one trace per rank; TensorBoard shows each as a worker
     path = trace_dir / f"{worker}.{int(time.time() * 1000)}{TRACE_SUFFIX}"
-    partial = trace_dir / f".{path.name}.partial"  # not a trace name: readers never pick it up
-    with gzip.open(partial, "wt", compresslevel=5) as handle:
-        handle.write(text)
-    partial.replace(path)
-    return path
+    return write_atomic(path, lambda handle: _gzip_to(handle, text), binary=True)
+
+
+def _gzip_to(handle, text: str) -> None:
+    # No file name in the gzip header: it would be the temp file's.
+    with gzip.GzipFile(filename="", fileobj=handle, mode="wb", compresslevel=5) as packed:
+        packed.write(text.encode())
 
 
 def scheduled_profiler(trace_dir: Path, device_type: str, with_stack: bool = False, rank: int = 0,

@@ -21,6 +21,7 @@ from torchvision import datasets, transforms
 
 from workbench.training import safe_pickle
 from workbench.errors import UsageError
+from workbench.results import write_atomic
 
 CIFAR_FOLDER = "cifar-10-batches-py"
 SYNTHETIC_MARKER = "WORKBENCH_SYNTHETIC"
@@ -173,10 +174,7 @@ def write_synthetic_cifar(root: Path, per_batch: int = 10000, seed: int = 0) -> 
 
 
 def _pickle_to(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as handle:
-        pickle.dump(payload, handle, protocol=2)
-    tmp.replace(path)
+    write_atomic(path, lambda handle: pickle.dump(payload, handle, protocol=2), binary=True)
 
 
 def _folder_state(data_dir: Path) -> str:
