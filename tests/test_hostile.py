@@ -432,12 +432,14 @@ def test_report_into_a_read_only_folder_is_one_line(work, capsys, monkeypatch):
 
 
 def test_a_nan_baseline_is_not_a_reference():
-    result = {"status": "baseline", "reason": "", "metrics": {"loss_finite": False, "final_loss": float("nan")}}
-    judge.refuse_nonfinite_baseline(result)
+    from tests.run.test_judge import comparison, session
+
+    broken = comparison(0.1, 0.1, loss=float("nan"))
+    for raw in broken.b_rounds:
+        raw["metrics"]["loss_finite"] = False
+    result = judge.reference_result(session(), broken, 0.0)
     assert result["status"] == "failed" and "not finite" in result["reason"]
-    fine = {"status": "baseline", "reason": "", "metrics": {"loss_finite": True}}
-    judge.refuse_nonfinite_baseline(fine)
-    assert fine["status"] == "baseline"
+    assert judge.reference_result(session(), comparison(0.1, 0.1), 0.0)["status"] == "baseline"
 
 
 def test_a_single_class_dataset_is_warned_about(tmp_path):

@@ -46,6 +46,17 @@ def stage_results(cwd: Path, run: str) -> dict[str, dict]:
     return {result["stage"]: result for result in load_stage_results(cwd / "reports" / run)}
 
 
+def test_every_written_result_matches_the_published_schema(ladder_run):
+    from workbench.results import SCHEMA_VERSION
+    from tests.test_schema import SCHEMA_DIR, problems
+
+    schema = json.loads((SCHEMA_DIR / f"stage_result.v{SCHEMA_VERSION}.json").read_text())
+    written = stage_results(ladder_run[0], "tiny")
+    assert "baseline" in written and len(written) >= 3
+    for stage, result in written.items():
+        assert problems(result, schema, schema) == [], stage
+
+
 def test_one_json_per_stage_with_the_figures(ladder_run):
     cwd, out, err = ladder_run
     results = stage_results(cwd, "tiny")

@@ -12,13 +12,13 @@ def test_line_and_memory_profiles_name_real_lines(tmp_path):
     cfg = RunConfig(image_size=16, batch_size=8, data="synthetic", data_dir=str(tmp_path / "data"), device="cpu")
     built = build(cfg, log=lambda message: None)
     text = pyprofile.profile_lines(built, tmp_path / "out", steps=3).read_text()
-    assert "train.py:" in text and "self.scaler.scale(loss).backward()" in text
+    assert "step.py:" in text and "self.scaler.scale(loss).backward()" in text
     assert "cifar.py:" in text  # the dataset's item loading is profiled too
     shares = [float(line.split("%")[0]) for line in text.splitlines()[3:] if "%" in line.split()[0]]
     assert shares and all(0 <= share <= 100.5 for share in shares)
     functions = pyprofile.profile_functions(built, tmp_path / "out", steps=3).read_text()
     assert "by cumulative time" in functions and "by self time" in functions
-    assert "train.py" in functions and "_forward_backward" in functions  # the step, by function
+    assert "step.py" in functions and "_forward_backward" in functions  # the step, by function
     csv_path, png = pyprofile.profile_memory(built, tmp_path / "out", steps=3)
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "elapsed_s,rss_mib" and len(rows) > 2

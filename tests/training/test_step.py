@@ -1,4 +1,4 @@
-"""train.py: each feature of the step really changes the computation (and nothing else)."""
+"""training/step.py: each feature of the step really changes the computation (and nothing else)."""
 from __future__ import annotations
 
 import copy

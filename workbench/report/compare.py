@@ -22,7 +22,7 @@ from workbench.report.table import fmt, load_view
 class Metric:
     column: str       # record/CSV column holding the figure
     unit: str
-    kind: str         # formatter kind in report_table.fmt
+    kind: str         # formatter kind in report.table.fmt
     higher_is_better: bool
 
 

@@ -1,14 +1,22 @@
-"""Judging a measured stage: speedups with intervals, kept or rejected, and what the trace says."""
+"""Judging a measured stage: speedups with intervals, kept or rejected, and what the trace says.
+
+Judging never changes what was measured: each function here reads a Measurement and its
+TraceReading and returns a Verdict; workbench/run/result.py assembles the three into the stage
+result, once.
+"""
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
+from typing import Mapping
 
 from workbench import stats
-from workbench.run import rounds as paired_rounds
-from workbench.results import SCHEMA_VERSION, breakdown_path, trace_summary_path
+from workbench.run.result import Measurement, Verdict, assemble, judged_metrics, measured, read_trace
 from workbench.run.stages import MEMORY, REFERENCE, Stage
+
+FINAL_STAGE = "final"
+# The headline's position: after every stage (runs in the old layout named its file 99-final.json).
+FINAL_INDEX = 99
 
 
 def fmt(ratio: dict) -> str:
@@ -45,156 +53,87 @@ def verdict_text(ratio: dict, against: str) -> str:
     return f"{text}: {ratio['verdict']}"
 
 
-def _speed_verdict(result: dict, previous: dict) -> tuple[str, str]:
-    metrics = result["metrics"]
+BROKE = {"training_broke": True}
+
+
+def _speed_verdict(metrics: Mapping, previous: dict) -> tuple[str, str, dict]:
+    """(status, reason, marks) of a speed stage; marks say when it broke training."""
     if not metrics["loss_finite"]:
-        result["training_broke"] = True
-        return "rejected", "the loss became non-finite: training broke"
+        return "rejected", "the loss became non-finite: training broke", BROKE
     before = previous["metrics"]["final_loss"]
     same_steps = metrics.get("trained_steps") == previous["metrics"].get("trained_steps")
     if same_steps and before > 0 and metrics["final_loss"] > LOSS_DEGRADATION_MAX * before:
-        result["training_broke"] = True
         return "rejected", (f"final loss {metrics['final_loss']:.3f} vs {before:.3f} for {previous['stage']} "
-                            f"(over {LOSS_DEGRADATION_MAX:.2f}x): training got worse, not carried forward")
+                            f"(over {LOSS_DEGRADATION_MAX:.2f}x): training got worse, not carried forward"), BROKE
     vs_prev = metrics["speedup_vs_previous"]
     text = verdict_text(vs_prev, previous["stage"])
     if vs_prev["verdict"] == "faster":
-        return "kept", f"{text} (whole interval above {1 + vs_prev['min_effect']:.2f}x), kept"
+        return "kept", f"{text} (whole interval above {1 + vs_prev['min_effect']:.2f}x), kept", {}
     if vs_prev["verdict"] == "slower":
-        return "rejected", f"{text}, not carried forward"
-    return "rejected", f"{text}, not carried forward (a stage is kept only on a clear gain)"
+        return "rejected", f"{text}, not carried forward", {}
+    return "rejected", f"{text}, not carried forward (a stage is kept only on a clear gain)", {}
 
 
-def _memory_verdict(result: dict, previous: dict) -> tuple[str, str]:
-    metrics, before = result["metrics"], previous["metrics"]
+def _memory_verdict(metrics: Mapping, previous: dict) -> tuple[str, str, dict]:
+    before = previous["metrics"]
     change = metrics["peak_memory_mb"] / before["peak_memory_mb"] - 1 if before["peak_memory_mb"] else 0.0
     return "tradeoff", (f"peak memory {metrics['peak_memory_mb']:.0f} MiB vs {before['peak_memory_mb']:.0f} MiB "
                         f"({change:+.0%}), speed {_fmt(metrics['speedup_vs_previous'])} vs {previous['stage']}; "
-                        "a memory/speed trade-off, not carried forward")
+                        "a memory/speed trade-off, not carried forward"), {}
 
 
-def _status(result: dict, kind: str, previous: dict) -> tuple[str, str]:
+def _status(metrics: Mapping, kind: str, previous: dict) -> tuple[str, str, dict]:
+    """(status, reason, marks) from the figures the verdict looks at (the trace's headline memory in)."""
     if kind == REFERENCE:
-        return "baseline", "the reference every stage is compared with"
+        return "baseline", "the reference every stage is compared with", {}
     if kind == MEMORY:
-        return _memory_verdict(result, previous)
-    return _speed_verdict(result, previous)
+        return _memory_verdict(metrics, previous)
+    return _speed_verdict(metrics, previous)
 
 
-def _analyze_trace(result: dict, session) -> None:
-    """Per-step breakdown, summary and findings from the stage's trace (analysis never fails a stage)."""
-    if not result.get("trace_file"):
-        return
-    from workbench.trace import analyze, diagnose
-
-    trace_dir = Path(result["trace_file"]).parent
-    csv_path, summary_path = breakdown_path(session.run_dir, result["stage"]), trace_summary_path(session.run_dir, result["stage"])
-    try:
-        summary = analyze.write_analysis(result["trace_file"], csv_path, summary_path)  # rank 0 under DDP
-        _use_tensor_peak(result, summary, session)
-        findings = diagnose.diagnose(summary, _context(result, session))
-    except Exception as error:  # a malformed trace must not lose the measurement
-        result["trace"] = {"dir": str(trace_dir), "analysis_error": f"{type(error).__name__}: {error}"}
-        return
-    result["trace"] = {"dir": str(trace_dir), "file": result["trace_file"], "size_mb": result.get("trace_size_mb"),
-                       "breakdown_csv": str(csv_path), "summary_json": str(summary_path)}
-    result["findings"] = findings
-
-
-def _use_tensor_peak(result: dict, summary: dict, session) -> None:
-    """On a CPU, make the headline peak the tensors' own: weights and optimizer state (measured from
-    the tensors) plus the peak of allocations inside a profiled step (the profiler's memory events:
-    activations, gradients, temporaries). Resident memory cannot show a memory stage's saving, since
-    the C allocator keeps and reuses freed pages; it stays in `peak_memory` for reference."""
-    step_peak = (summary.get("peak_memory_mb") or {}).get("cpu")
-    metrics = result["metrics"]
-    if session.environment.get("device_type") != "cpu" or step_peak is None:
-        return
-    parts = metrics["memory_breakdown_mb"]
-    resident = parts["weights"] + parts["optimizer_state"]
-    metrics["peak_memory"]["tensor_peak_mb"] = headline = resident + step_peak
-    metrics["peak_memory_mb"] = headline
-    metrics["peak_memory_kind"] = ("CPU tensor memory: weights + optimizer state (from the tensors) + peak "
-                                   "allocations within a training step (profiler memory events)")
-    parts["activations_and_other"] = max(0.0, headline - sum(v for k, v in parts.items() if k != "activations_and_other"))
-
-
-def _context(result: dict, session) -> dict:
-    cfg, metrics = result["config"], result["metrics"]
-    env, caps = session.environment, session.context.capabilities
-    return {"device_type": env["device_type"], "pin_memory": cfg["pin_memory"], "num_workers": cfg["num_workers"],
-            "precision": cfg["precision"], "cpu_native_bf16": caps.native_bf16_cpu, "tensor_cores": caps.tensor_cores,
-            "device_capacity_mb": env.get("device_memory_mb"), "peak_memory_mb": metrics["peak_memory_mb"],
-            "compile": cfg["compile"], "fused_optimizer": cfg.get("fused_optimizer", False), "step_time_s": metrics["step_time_s"]["median"]}
-
-
-def _prediction(result: dict, previous: dict | None) -> dict | None:
+def _prediction(stage: str, vs_previous: dict, previous: dict | None) -> dict | None:
     """Did the finding before this stage predict what the stage then did?"""
-    if previous is None or result["stage"] == "baseline" or not result.get("metrics"):
+    if previous is None or stage == "baseline":
         return None
     from workbench.trace import diagnose
 
-    predicted = result["stage"] in diagnose.predicts(previous.get("findings", []))
-    helped = result["metrics"]["speedup_vs_previous"]["verdict"] == "faster"
+    predicted = stage in diagnose.predicts(previous.get("findings", []))
+    helped = vs_previous["verdict"] == "faster"
     return {"predicted_to_help": predicted, "helped": helped, "agrees": predicted == helped}
 
 
-def envelope(session, stage: str, position: int, cfg, applied: list[str], raw: dict, why: str = "") -> dict:
-    """A stage result in the schema of workbench/results.py, built in one place."""
-    return {"schema": SCHEMA_VERSION, "run": session.run_dir.name, "stage": stage, "index": position,
-            "mode": session.mode, "status": raw.get("status", "failed"), "reason": raw.get("error") or "",
-            "applied": applied, "config": cfg.to_dict(), "decisions": {**session.decisions, **raw.get("notes", {})},
-            "data": raw.get("data", session.data_description), "environment": session.environment,
-            "metrics": raw.get("metrics"), "trace": None, "trace_file": raw.get("trace_file"),
-            "trace_size_mb": raw.get("trace_size_mb"), "findings": [], "error": raw.get("error"),
-            "why_now": why, "rounds": None}
-
-
 def skipped(session, stage: Stage, position: int, cfg, reason: str, why: str) -> dict:
-    result = envelope(session, stage.name, position, cfg, [], {"status": "skipped", "error": reason}, why)
-    result["reason"], result["kind"] = reason, stage.kind
-    return result
+    verdict = Verdict("skipped", reason, stage.kind)
+    return assemble(session, stage.name, position, cfg, [], why, Measurement("skipped", error=reason), None, verdict)
 
 
-def _from_comparison(session, name: str, position: int, cfg, applied: list[str], comparison, why: str,
-                     started: float) -> dict:
-    """The b side's result, pooled over its rounds; a failed side's reason when it did not measure."""
-    if comparison.failure is not None:
-        raw = comparison.failure
-        result = envelope(session, name, position, cfg, applied, raw, why)
-        if comparison.failed_side == "a":
-            result["reason"] = f"the configuration it is compared with failed this time: {raw.get('error')}"
-        else:
-            result["reason"] = raw.get("error") or raw.get("status", "failed")
-        return result
-    result = envelope(session, name, position, cfg, applied, paired_rounds.pooled(comparison.b_rounds), why)
-    result["rounds"] = {"count": len(comparison.b_rounds), "a": comparison.rates("a"), "b": comparison.rates("b")}
-    result["wall_s"] = time.perf_counter() - started
-    return result
+def _not_measured(session, name: str, position: int, cfg, applied: list[str], why: str, measurement: Measurement,
+                  kind: str | None, **marks) -> dict:
+    """A side that did not measure: its own reason, or that of the configuration it was compared with."""
+    verdict = Verdict(measurement.status, measurement.failure_reason(), kind, marks=marks)
+    return assemble(session, name, position, cfg, applied, why, measurement, None, verdict)
 
 
 def reference_result(session, comparison, started: float) -> dict:
     """The baseline: the second side of the A/A comparison, pooled over its rounds."""
-    result = _from_comparison(session, "baseline", 0, session.base_cfg, [], comparison, "the reference", started)
-    if result["status"] != "measured":
-        return result
-    metrics = result["metrics"]
-    metrics["speedup_vs_baseline"], metrics["speedup_vs_previous"] = SAME, None
-    _analyze_trace(result, session)
-    result["status"], result["reason"] = "baseline", "the reference every stage is compared with"
-    result["kind"] = REFERENCE
-    _add_scaling(result, session)
-    refuse_nonfinite_baseline(result)
-    return result
+    cfg, measurement = session.base_cfg, measured(comparison, started)
+    if not measurement.measured:
+        return _not_measured(session, "baseline", 0, cfg, [], "the reference", measurement, None)
+    reading = read_trace(session, "baseline", cfg, measurement)
+    refused = nonfinite_baseline_reason(measurement.metrics)
+    status, reason = ("failed", refused) if refused else ("baseline", "the reference every stage is compared with")
+    verdict = Verdict(status, reason, REFERENCE, {"speedup_vs_baseline": SAME, "speedup_vs_previous": None},
+                      _scaling(measurement, session))
+    return assemble(session, "baseline", 0, cfg, [], "the reference", measurement, reading, verdict)
 
 
-def refuse_nonfinite_baseline(result: dict) -> None:
+def nonfinite_baseline_reason(metrics: Mapping | None) -> str | None:
     """A NaN or infinite baseline loss is no reference: every comparison with it would mislead."""
-    metrics = result.get("metrics") or {}
-    if result["status"] == "baseline" and metrics.get("loss_finite") is False:
-        result["status"] = "failed"
-        result["reason"] = (f"the baseline's training loss is not finite (final loss {metrics.get('final_loss')}): "
-                            "it cannot be the reference; check the model, data and learning rate")
+    metrics = metrics or {}
+    if metrics.get("loss_finite") is not False:
+        return None
+    return (f"the baseline's training loss is not finite (final loss {metrics.get('final_loss')}): "
+            "it cannot be the reference; check the model, data and learning rate")
 
 
 def aa_summary(comparison) -> dict:
@@ -205,23 +144,23 @@ def aa_summary(comparison) -> dict:
 def stage_result(session, stage: Stage, position: int, cfg, applied: list[str], comparison, against: dict,
                  state, why: str, started: float) -> dict:
     """Judge one stage from its paired comparison with the configuration it would join."""
-    result = _from_comparison(session, stage.name, position, cfg, applied, comparison, why, started)
-    result["kind"], result["probe"] = stage.kind, len(comparison.b_rounds) == 1 and cfg.rounds == 1
-    if result["status"] != "measured":
-        result["reason"] = result["reason"] or result["status"]
-        return result
-    metrics = result["metrics"]
+    measurement = measured(comparison, started)
+    probe = len(comparison.b_rounds) == 1 and cfg.rounds == 1
+    if not measurement.measured:
+        return _not_measured(session, stage.name, position, cfg, applied, why, measurement, stage.kind, probe=probe)
     floor, min_effect = state.floor, session.base_cfg.min_effect
-    metrics["speedup_vs_previous"] = {**paired_speedup(comparison, min_effect, floor), "against": against["stage"]}
-    metrics["speedup_vs_baseline"] = _unpaired_vs_baseline(metrics, state.baseline)
-    _analyze_trace(result, session)  # first: on a CPU it settles which peak-memory figure is the headline
-    result["status"], result["reason"] = _status(result, stage.kind, against)
-    _add_scaling(result, session)
-    result["prediction"] = _prediction(result, against)
-    return result
+    speedups = {"speedup_vs_previous": {**paired_speedup(comparison, min_effect, floor), "against": against["stage"]},
+                "speedup_vs_baseline": _unpaired_vs_baseline(measurement.metrics, state.baseline)}
+    # The trace first: on a CPU it settles which peak-memory figure a memory stage is judged on.
+    reading = read_trace(session, stage.name, cfg, measurement)
+    status, reason, marks = _status(judged_metrics(measurement, reading, **speedups), stage.kind, against)
+    prediction = _prediction(stage.name, speedups["speedup_vs_previous"], against)
+    verdict = Verdict(status, reason, stage.kind, speedups, _scaling(measurement, session),
+                      {"probe": probe, **marks, "prediction": prediction})
+    return assemble(session, stage.name, position, cfg, applied, why, measurement, reading, verdict)
 
 
-def _unpaired_vs_baseline(metrics: dict, baseline: dict | None) -> dict:
+def _unpaired_vs_baseline(metrics: Mapping, baseline: dict | None) -> dict:
     """Against the baseline measured minutes earlier: indicative only (the headline is paired)."""
     rates = (baseline or {}).get("metrics", {}).get("round_throughputs")
     if not rates:
@@ -240,41 +179,38 @@ def check_entry(name: str, comparison, min_effect: float, floor: float) -> dict:
 
 def final_result(session, state, comparison, started: float) -> dict:
     """The final configuration, measured against the baseline in the same time window."""
-    result = _from_comparison(session, "final", 99, state.cfg, state.applied, comparison, "the headline", started)
-    result["kind"] = "final"
-    if result["status"] != "measured":
-        return result
-    metrics = result["metrics"]
-    ratio = paired_speedup(comparison, 0.0, state.floor)
-    metrics["speedup_vs_baseline"] = metrics["speedup_vs_previous"] = {**ratio, "against": "baseline", "paired": True}
-    _analyze_trace(result, session)
-    result["status"] = "final"
-    result["reason"] = f"{' + '.join(state.applied)}: {verdict_text(ratio, 'baseline')} (paired, same time window)"
-    _add_scaling(result, session)
-    return result
+    measurement, why = measured(comparison, started), "the headline"
+    if not measurement.measured:
+        return _not_measured(session, FINAL_STAGE, FINAL_INDEX, state.cfg, state.applied, why, measurement, "final")
+    ratio = {**paired_speedup(comparison, 0.0, state.floor), "against": "baseline", "paired": True}
+    reason = f"{' + '.join(state.applied)}: {verdict_text(ratio, 'baseline')} (paired, same time window)"
+    verdict = Verdict("final", reason, "final", {"speedup_vs_baseline": ratio, "speedup_vs_previous": ratio},
+                      _scaling(measurement, session))
+    reading = read_trace(session, FINAL_STAGE, state.cfg, measurement)
+    return assemble(session, FINAL_STAGE, FINAL_INDEX, state.cfg, state.applied, why, measurement, reading, verdict)
 
 
-def _add_scaling(result: dict, session) -> None:
+def _scaling(measurement: Measurement, session) -> dict | None:
     """Multi-process runs: efficiency against the one-process baseline, and time in collectives."""
     single = session.single_process
     if session.nproc == 1 or not single or not single.get("throughput"):
-        return
-    metrics = result["metrics"]
+        return None
+    metrics = measurement.metrics
     one = single["throughput"]["median"]
     scaling = {"world_size": session.nproc, "one_process_baseline_throughput": one,
                "efficiency": metrics["throughput"]["median"] / (session.nproc * one),
                "speedup_vs_one_process_baseline": stats.speedup(
                    metrics["step_times_s"], metrics["samples_per_step"], single["step_times_s"], single["samples_per_step"])}
-    if result.get("trace_file"):
+    if measurement.trace_file:
         from workbench.trace import comm
 
         try:
-            ranks = comm.per_rank(Path(result["trace_file"]).parent)
+            ranks = comm.per_rank(Path(measurement.trace_file).parent)
             scaling["communication_per_rank"] = ranks
             scaling["communication_share"] = max((r["share"] for r in ranks), default=None)
         except Exception as error:  # the scaling figure stands without the trace's view of it
             scaling["communication_error"] = f"{type(error).__name__}: {error}"
-    metrics["scaling"] = scaling
+    return scaling
 
 
 def one_line(result: dict) -> str:

@@ -29,7 +29,7 @@ from workbench.run.rounds import Side
 from workbench.run.session import Session, write_run_file
 from workbench.run.stages import MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
 
-FINAL_STAGE = "final"
+FINAL_STAGE = judge.FINAL_STAGE  # the headline's stage name, spelled once in judge
 
 
 @dataclass
