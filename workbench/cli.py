@@ -180,11 +180,11 @@ def _run_dir(run: str | None, reports_dir: str) -> Path:
             raise UsageError(f"no runs in {reports_dir}/; run `workbench run` (or make ladder) first")
         return newest
     from workbench.names import is_run_name
-    from workbench.results import RUN_FILE
+    from workbench.results import LATEST_LINK, RUN_FILE
 
     # A plain name (or `latest`, read through, never written through) is always a run under the
     # reports folder, never a same-named folder here.
-    path = root / run if is_run_name(run) or run == "latest" else Path(run)
+    path = root / run if is_run_name(run) or run == LATEST_LINK else Path(run)
     if not (path / RUN_FILE).is_file():
         raise UsageError(f"run {run!r} not found (looked for {path}/{RUN_FILE}); allowed: a run folder under {reports_dir}/")
     return path

@@ -89,6 +89,9 @@ RUN_FILE = "run.json"
 # the paired headline (workbench/run/ladder.py writes it piece by piece).
 VERDICTS_FILE = "verdicts.json"
 EXPERIMENTS_DIR = "experiments"
+# Beside the run folders: reports/latest, a link to the newest reported run, and reports/LATEST, the
+# file holding its name where links cannot be made. Neither is a run name (workbench/names.py).
+LATEST_LINK, LATEST_FILE = "latest", "LATEST"
 EXPERIMENTS_INDEX = "all"                  # experiments/all.json: every experiment of the run
 BREAKDOWN_SUFFIX = ".breakdown.csv"
 TRACE_SUMMARY_SUFFIX = ".trace_summary.json"

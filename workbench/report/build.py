@@ -25,11 +25,9 @@ from workbench.report.experiments import experiments_section
 from workbench.report.memory import MEMORY_CHART_NAME, memory_chart
 from workbench.report.table import RunView, fmt, load_view, write_csv
 from workbench.report.verdicts import ceiling_lines, verdicts_section
-from workbench.results import write_text_atomic
+from workbench.results import LATEST_FILE, LATEST_LINK, write_text_atomic
 
 TEMPLATE = Path(__file__).with_name("templates") / "optimized_training.py.tmpl"
-LATEST_LINK = "latest"
-LATEST_FILE = "LATEST"
 
 
 def build_report(run_dir: Path) -> list[Path]:

@@ -230,7 +230,7 @@ def _save(session: Session, result: dict) -> dict:
     path = stage_result_path(session.run_dir, result["stage"])
     session.log(judge.one_line(result))  # said before the write, so a failed write loses nothing
     try:
-        for old in results.stage_files(session.run_dir, result["stage"]):
+        for old in [p for p in results.stage_files(session.run_dir, result["stage"]) if p != path]:
             old.unlink()  # a resumed run begun before files were keyed by name holds it as NN-<stage>
         write_json_atomic(path, result)
     except OSError as error:  # disk full, read-only: keep the measurement, say where and why
