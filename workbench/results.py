@@ -94,6 +94,10 @@ EXPERIMENTS_DIR = "experiments"
 LATEST_LINK, LATEST_FILE = "latest", "LATEST"
 EXPERIMENTS_INDEX = "all"                  # experiments/all.json: every experiment of the run
 BREAKDOWN_SUFFIX = ".breakdown.csv"
+# A trace file: <worker>.<timestamp>.pt.trace.json, the name torch.profiler's TensorBoard handler
+# gives it and torch-tb-profiler lists (one run per folder); the workbench writes it gzipped.
+TRACE_GLOBS = ("*.pt.trace.json", "*.pt.trace.json.gz")
+TRACE_SUFFIX = ".pt.trace.json.gz"
 TRACE_SUMMARY_SUFFIX = ".trace_summary.json"
 # Before stage files were keyed by name: NN-<stage>, NN the position the stage was taken at.
 LEGACY_STEM = re.compile(r"(\d\d)-(.+)")
@@ -169,6 +173,12 @@ def trace_summary_path(run_dir: Path, stage: str) -> Path:
 def stage_trace_dir(run_profiles_dir: Path, stage: str) -> Path:
     """profiles/<run>/<stage>/: the stage's traces (and the Python-level views of profile-lines)."""
     return Path(run_profiles_dir) / stage_stem(stage)
+
+
+def trace_files(folder: Path) -> list[Path]:
+    """The trace files in a folder (one per rank under DDP), by name."""
+    folder = Path(folder)
+    return sorted(path for pattern in TRACE_GLOBS for path in folder.glob(pattern)) if folder.is_dir() else []
 
 
 def experiments_dir(run_dir: Path) -> Path:

@@ -105,7 +105,7 @@ def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: s
 
 def _clear_old_traces(trace_dir) -> None:
     """A re-measured stage replaces its trace; stale ones would mix into the analysis."""
-    for old in trace_dir.glob("*.pt.trace.json*") if trace_dir and trace_dir.exists() else []:
+    for old in results.trace_files(trace_dir) if trace_dir else []:
         old.unlink()
 
 

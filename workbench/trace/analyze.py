@@ -24,11 +24,10 @@ from typing import Iterable
 from workbench.trace.markers import STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
 from workbench.trace.markers import named_region, thread as _thread
 from workbench.trace.regions import BREAKDOWN_PARTS, DATA_LOADING, REGIONS
-from workbench.results import write_atomic, write_json_atomic
+from workbench.results import trace_files, write_atomic, write_json_atomic
 
 BREAKDOWN_COLUMNS = ("step", "step_ms", *(f"{part}_ms" for part in BREAKDOWN_PARTS))
 
-TRACE_GLOBS = ("*.pt.trace.json", "*.pt.trace.json.gz")
 # torch 2.x writes record_function ranges, ProfilerStep#N included, as "user_annotation"; older
 # releases wrote ProfilerStep as "cpu_op". The GPU-side mirrors ("gpu_user_annotation") are not
 # host time and are left out on purpose.
@@ -76,7 +75,7 @@ def find_trace_file(trace_dir: Path | str) -> Path:
     trace_dir = Path(trace_dir)
     if trace_dir.is_file():
         return trace_dir
-    found = [path for pattern in TRACE_GLOBS for path in trace_dir.glob(pattern)]
+    found = trace_files(trace_dir)
     if not found:
         raise FileNotFoundError(f"no *.pt.trace.json[.gz] file in {trace_dir}")
     return max(found, key=lambda path: (path.stat().st_mtime, path.name))

@@ -1,7 +1,7 @@
 """torch.profiler capture of a stage, in its own untimed pass.
 
-Layout: profiles/<run>/<NN>-<stage>/<worker>.<timestamp>.pt.trace.json.gz, which is what
-torch-tb-profiler lists as one run per folder and what chrome://tracing and Perfetto open.
+Layout (workbench/results.py): profiles/<run>/<stage>/<worker>.<timestamp>.pt.trace.json.gz, which is
+what torch-tb-profiler lists as one run per folder and what chrome://tracing and Perfetto open.
 Traces stay small: a handful of active steps, no Python stacks unless asked, gzip.
 """
 from __future__ import annotations
@@ -17,10 +17,9 @@ from typing import Callable
 
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from workbench.results import write_atomic
+from workbench.results import TRACE_SUFFIX, write_atomic
 
 WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS = 1, 1, 3
-TRACE_SUFFIX = ".pt.trace.json.gz"
 
 
 def trace_steps() -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from workbench.results import trace_files
 from workbench.trace.analyze import STEP_PREFIX, union_us, load_trace
 
 COLLECTIVE = re.compile(r"all_?reduce|allgather|all_gather|reduce_scatter|broadcast|nccl|gloo|c10d::", re.I)
@@ -43,6 +44,5 @@ def communication(trace: dict) -> dict:
 
 def per_rank(trace_dir: Path) -> list[dict]:
     """Communication of every rank's trace in a stage folder, rank order."""
-    paths = sorted([*Path(trace_dir).glob("*.pt.trace.json"), *Path(trace_dir).glob("*.pt.trace.json.gz")])
-    found = [communication(load_trace(path)) for path in paths]
+    found = [communication(load_trace(path)) for path in trace_files(trace_dir)]
     return sorted(found, key=lambda row: row["rank"] if row["rank"] is not None else -1)

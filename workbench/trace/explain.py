@@ -13,6 +13,7 @@ from pathlib import Path
 
 from workbench.trace import analyze, diagnose
 from workbench.errors import UsageError
+from workbench.results import TRACE_GLOBS
 
 ALLOWED = "a .json or .json.gz Chrome trace written by torch.profiler, or a folder holding them"
 # Tensor cores arrived with Volta (compute capability 7.0).
@@ -34,7 +35,7 @@ def trace_files(paths: list[str]) -> list[Path]:
 
 
 def _in_folder(folder: Path) -> list[Path]:
-    named = sorted(p for pattern in analyze.TRACE_GLOBS for p in folder.rglob(pattern))
+    named = sorted(p for pattern in TRACE_GLOBS for p in folder.rglob(pattern))
     plain = named or sorted(p for pattern in ("*.json", "*.json.gz") for p in folder.glob(pattern))
     if not plain:
         raise UsageError(f"{str(folder)!r} holds no trace; allowed: {ALLOWED}")
