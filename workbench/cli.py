@@ -10,6 +10,7 @@ from pathlib import Path
 from workbench import __version__
 from workbench.config import RunConfig, for_machine
 from workbench.errors import ResultFileError, StageSkipped, UsageError
+from workbench.results import STAGES_DIR, experiments_dir
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -121,7 +122,7 @@ def _run_session(session, stage_names: str | None) -> int:
     try:
         finished = ladder.run_ladder(session, stage_names)
     except KeyboardInterrupt as stop:
-        print(f"\ninterrupted: every finished stage is saved in {session.run_dir}/stages; "
+        print(f"\ninterrupted: every finished stage is saved in {session.run_dir / STAGES_DIR}; "
               f"continue with: workbench run --resume {session.run_dir.name}", file=sys.stderr)
         return getattr(stop, "exit_code", 130)
     except SaveError as error:  # the measurement is not lost: it goes to stdout, the reason to stderr
@@ -145,7 +146,7 @@ def _print_summary(finished: list[dict], run_dir: Path) -> None:
     if traces:
         print("open a trace: drag it into https://ui.perfetto.dev or chrome://tracing (gzip is fine), "
               "or run `make tensorboard` and open http://localhost:6006 -> PYTORCH_PROFILER")
-    print(f"results: {run_dir}/stages/   report: workbench report {run_dir.name}")
+    print(f"results: {run_dir / STAGES_DIR}/   report: workbench report {run_dir.name}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -264,11 +265,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     cfg = cfg.with_overrides(run_name=_lines_target(args, cfg.reports_dir))
     out_dir = run_folder(cfg.reports_dir, cfg.run_name)
-    print(f"experiment {args.name}: results in {out_dir}/experiments/, plots in {out_dir}/", file=sys.stderr)
+    print(f"experiment {args.name}: results in {experiments_dir(out_dir)}/, plots in {out_dir}/", file=sys.stderr)
     try:
         run_experiment(args.name, cfg, out_dir)
     except KeyboardInterrupt as stop:
-        print(f"\ninterrupted: finished configurations are saved in {out_dir}/experiments/", file=sys.stderr)
+        print(f"\ninterrupted: finished configurations are saved in {experiments_dir(out_dir)}/", file=sys.stderr)
         return getattr(stop, "exit_code", 130)  # 143 for SIGTERM
     return 0
 
