@@ -18,7 +18,8 @@ stage files were keyed by name (``stages/NN-<stage>.json``, ``99-final.json`` fo
 
 The stage result's JSON Schema is workbench/schema/stage_result.v<SCHEMA_VERSION>.json.
 
-A stage result (all times in seconds, memory in MiB, throughput in samples/s)::
+A stage result, in short (the JSON Schema named above is the published, tested shape; all times in seconds,
+memory in MiB, throughput in samples/s)::
 
     {
       "schema": 1, "run": str, "stage": str, "index": int, "mode": "ladder" | "ablation",
