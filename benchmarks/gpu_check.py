@@ -37,7 +37,7 @@ COMPILE_RTOL = 1e-3  # relative to the logits' scale: fp32 reassociation, not a 
 
 
 def _compile_difference() -> tuple[bool, str]:
-    from workbench.model import apply_all, build_model
+    from workbench.training.model import apply_all, build_model
 
     torch.manual_seed(0)
     eager = build_model("resnet18", 10).cuda().eval()

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from workbench.api import optimize
 from workbench.config import RunConfig
-from workbench.data import write_synthetic_cifar
+from workbench.training.data import write_synthetic_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--image-size", "16", "--batch-size", "4", "--warmup-steps", "1", "--timed-steps", "2", "--repeats", "1",
@@ -60,8 +60,9 @@ def workbench(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Completed
 
 
 def results_of(cwd: Path, run: str) -> dict[str, dict]:
-    paths = sorted((cwd / "reports" / run / "stages").glob("[0-9][0-9]-*.json"))
-    return {p.stem.split("-", 1)[1]: json.loads(p.read_text()) for p in paths if "trace_summary" not in p.name}
+    from workbench.results import load_stage_results
+
+    return {result["stage"]: result for result in load_stage_results(cwd / "reports" / run)}
 
 
 def test_resnet50_on_an_imagefolder(tmp_path):
@@ -103,7 +104,7 @@ def test_two_process_ddp_ladder(tmp_path):
     assert scaling["world_size"] == 2 and scaling["efficiency"] > 0
     assert [row["rank"] for row in scaling["communication_per_rank"]] == [0, 1]
     assert 0 < scaling["communication_share"] < 1
-    traces = sorted((tmp_path / "profiles/ddp/00-baseline").glob("rank*.pt.trace.json.gz"))
+    traces = sorted((tmp_path / "profiles/ddp/baseline").glob("rank*.pt.trace.json.gz"))
     ranks = [json.loads(gzip.open(t).read())["distributedInfo"]["rank"] for t in traces]
     assert sorted(ranks) == [0, 1]
 

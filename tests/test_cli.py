@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.data import write_synthetic_cifar
+from workbench.training.data import write_synthetic_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,7 +76,7 @@ def test_corrupt_data_directory(tmp_path, monkeypatch, capsys):
 
 def test_missing_real_cifar_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("workbench.data._try_download", lambda data_dir: False)  # offline, even with a network
+    monkeypatch.setattr("workbench.training.data._try_download", lambda data_dir: False)  # offline, even with a network
     proc = run_in_process(capsys, "run", "--data", "cifar10", "--data-dir", str(tmp_path / "empty"))
     assert_one_line_error(proc, "data=cifar10", "--data synthetic")
 
@@ -101,3 +101,14 @@ def test_stages_lists_every_stage(capsys):
     assert proc.returncode == 0
     for name in ("baseline", "dataloader", "amp", "channels_last", "fused_optimizer", "accumulation", "checkpointing", "compile"):
         assert name in proc.stdout
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib import metadata
+
+    from workbench.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"workbench {metadata.version('workbench')}"

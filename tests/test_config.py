@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from workbench import stages
+from workbench.run import stages
 from workbench.config import (COMPILE_MODES, PRECISIONS, RunConfig, divisors, field_names)
 from workbench.device import DeviceFacts, decide
 from workbench.errors import StageSkipped, UsageError
@@ -184,3 +184,22 @@ def test_accumulation_keeps_effective_batch():
 def test_accumulation_skipped_for_odd_batch():
     with pytest.raises(StageSkipped, match="batch_size=7"):
         stages.accumulation(RunConfig(batch_size=7), _ctx(CPU_NO_BF16))
+
+
+def test_machine_defaults_live_with_the_config():
+    from workbench.config import for_machine, machine_defaults
+
+    assert machine_defaults("cuda")["image_size"] == 224 and machine_defaults("cpu")["image_size"] == 32
+    cfg, line = for_machine(device="cpu", batch_size=8)
+    assert (cfg.image_size, cfg.batch_size) == (32, 8) and line.startswith("defaults for cpu")
+
+
+def test_clip_grad_norm_reaches_the_step(tmp_path):
+    from workbench.run.executor import build
+
+    with pytest.raises(UsageError, match="clip_grad_norm"):
+        RunConfig(clip_grad_norm=-1.0)
+    cfg = RunConfig(data="synthetic", model="workbench.experiments.matrix:lab_cnn", image_size=8, batch_size=4,
+                    synthetic_per_batch=16, device="cpu", clip_grad_norm=0.5, data_dir=str(tmp_path))
+    assert build(cfg, log=lambda message: None).step.settings.clip_grad_norm == 0.5
+    assert build(cfg.with_overrides(clip_grad_norm=0.0), log=lambda message: None).step.settings.clip_grad_norm is None

@@ -97,9 +97,9 @@ def test_facts_to_dict():
 
 
 def test_threads_for():
-    assert device.threads_for(num_workers=2, requested=0, cores=8) == 8
-    assert device.threads_for(num_workers=0, requested=3, cores=8) == 3
-    assert device.threads_for(num_workers=4, requested=0, cores=2) == 2
+    assert device.threads_for(requested=0, cores=8) == 8
+    assert device.threads_for(requested=3, cores=8) == 3
+    assert device.threads_for(requested=0, cores=2) == 2
 
 
 def test_cpu_probe_needs_no_cuda():

@@ -16,9 +16,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from workbench import judge, ladder, procs, results, rounds, safe_pickle
+from workbench import results
+from workbench.run import judge, ladder, procs, rounds
+from workbench.training import safe_pickle
 from workbench.config import RunConfig
-from workbench.data import SYNTHETIC_MARKER, write_synthetic_cifar
+from workbench.training.data import SYNTHETIC_MARKER, write_synthetic_cifar
 from workbench.errors import Interrupted, ResultFileError, SaveError, UsageError
 
 TINY = ["--image-size", "8", "--batch-size", "4", "--timed-steps", "1", "--repeats", "1", "--warmup-steps", "1", "--rounds", "2",
@@ -99,7 +101,7 @@ def test_an_existing_run_is_never_overwritten(work, capsys):
 
 
 def test_overwrite_and_resume_are_the_only_ways_in(work):
-    from workbench import run_folders
+    from workbench.run import folders as run_folders
 
     fake_run(work, "r1")
     assert run_folders.check("reports", "profiles", "r1", resume=True, overwrite=False)[0].name == "r1"
@@ -141,7 +143,7 @@ def test_resume_takes_stages_and_mode_from_the_run(work, capsys, monkeypatch):
         seen.update(mode=mode, stages=kwargs["stages"], resume=kwargs["resume"], image_size=cfg.image_size)
         raise UsageError("stop here")
 
-    monkeypatch.setattr("workbench.session.start", fake_start)
+    monkeypatch.setattr("workbench.run.session.start", fake_start)
     one_line(cli(capsys, "run", "--resume", "r1"), "stop here")
     assert seen == {"mode": "ablation", "stages": ["baseline", "amp"], "resume": True, "image_size": 8}
 
@@ -171,7 +173,7 @@ def test_damaged_stage_file_is_one_line_in_report_and_compare(work, capsys, cont
 
 
 def test_resume_sets_a_damaged_stage_file_aside(tmp_path):
-    path = results.stage_result_path(tmp_path, 0, "baseline")
+    path = results.stage_result_path(tmp_path, "baseline")
     path.parent.mkdir(parents=True)
     path.write_text('{"stage": "base')
     logged = []
@@ -193,7 +195,7 @@ def test_failed_save_keeps_the_result_and_says_where(tmp_path, monkeypatch):
     with pytest.raises(SaveError) as caught:
         ladder._save(session, result)
     assert caught.value.result is result and caught.value.exit_code == 74
-    assert "00-baseline.json" in str(caught.value) and "No space left" in str(caught.value)
+    assert "stages/baseline.json" in str(caught.value) and "No space left" in str(caught.value)
 
 
 def test_failed_save_exits_74_with_the_result_on_stdout(work, capsys, monkeypatch):
@@ -205,8 +207,8 @@ def test_failed_save_exits_74_with_the_result_on_stdout(work, capsys, monkeypatc
     def failing_ladder(session, names):
         raise error
 
-    monkeypatch.setattr("workbench.ladder.run_ladder", failing_ladder)
-    monkeypatch.setattr("workbench.session.start", lambda cfg, mode, **kw: SimpleNamespace(run_dir=work / "r"))
+    monkeypatch.setattr("workbench.run.ladder.run_ladder", failing_ladder)
+    monkeypatch.setattr("workbench.run.session.start", lambda cfg, mode, **kw: SimpleNamespace(run_dir=work / "r"))
     proc = cli(capsys, "run", *TINY)
     one_line(proc, "Read-only file system", "00-baseline.json", code=74)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
@@ -226,11 +228,15 @@ def test_write_json_is_atomic_and_readable_by_others(tmp_path):
 
 
 def test_ctrl_c_while_writing_leaves_no_temp_files(tmp_path, monkeypatch):
-    from workbench import plots
-    from workbench.report_table import write_csv
+    from workbench.report import plots
+    from workbench.report.table import write_csv
 
     fig, _ = plots.new_figure()
-    monkeypatch.setattr(type(fig), "savefig", lambda self, path, **kw: (Path(path).write_bytes(b"half"), (_ for _ in ()).throw(KeyboardInterrupt()))[1])
+    def half_then_ctrl_c(self, target, **kw):  # a path or an open file, as matplotlib allows
+        target.write(b"half") if hasattr(target, "write") else Path(target).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(fig), "savefig", half_then_ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         plots.save(fig, tmp_path / "chart.png")
     (tmp_path / "r.csv").write_text("old\n")
@@ -275,7 +281,7 @@ def test_a_stopped_run_stops_the_workers_whole_group(tmp_path, monkeypatch):
 
 
 def test_a_worker_stopped_after_its_timed_steps_keeps_them():
-    from workbench.worker import StoppableProgress, TraceInterrupted, _install_stop_handler
+    from workbench.run.worker import StoppableProgress, TraceInterrupted, _install_stop_handler
 
     progress = StoppableProgress("x", open(os.devnull, "w"))
     previous = procs.install_signal_handlers()
@@ -355,8 +361,8 @@ def test_a_stray_module_in_the_working_folder_is_not_imported(tmp_path):
 def test_generated_script_escapes_what_it_embeds(tmp_path, model):
     import ast
 
-    from workbench.report import render_script
-    from workbench.report_table import RunView
+    from workbench.report.build import render_script
+    from workbench.report.table import RunView
 
     view = RunView(tmp_path, {"run": "r", "config": {"model": model}}, [], [], [])
     tree = ast.parse(render_script(view))
@@ -395,7 +401,7 @@ def test_bad_values_leave_no_folders(work, capsys, args, needle):
 
 
 def test_nproc_is_checked_against_memory_too():
-    from workbench.session import check_host_room
+    from workbench.run.session import check_host_room
 
     with pytest.raises(UsageError, match="nproc=8 needs about 8 GiB"):
         check_host_room(8, cores=16, memory_mb=4096)
@@ -421,23 +427,25 @@ def test_report_into_a_read_only_folder_is_one_line(work, capsys, monkeypatch):
     def read_only(run_dir):
         raise PermissionError(errno.EACCES, "Permission denied", str(run_dir / "optimization_results.csv"))
 
-    monkeypatch.setattr("workbench.report.build_report", read_only)
+    monkeypatch.setattr("workbench.report.build.build_report", read_only)
     one_line(cli(capsys, "report", "r1"), "Permission denied", "optimization_results.csv")
 
 
 def test_a_nan_baseline_is_not_a_reference():
-    result = {"status": "baseline", "reason": "", "metrics": {"loss_finite": False, "final_loss": float("nan")}}
-    judge.refuse_nonfinite_baseline(result)
+    from tests.run.test_judge import comparison, session
+
+    broken = comparison(0.1, 0.1, loss=float("nan"))
+    for raw in broken.b_rounds:
+        raw["metrics"]["loss_finite"] = False
+    result = judge.reference_result(session(), broken, 0.0)
     assert result["status"] == "failed" and "not finite" in result["reason"]
-    fine = {"status": "baseline", "reason": "", "metrics": {"loss_finite": True}}
-    judge.refuse_nonfinite_baseline(fine)
-    assert fine["status"] == "baseline"
+    assert judge.reference_result(session(), comparison(0.1, 0.1), 0.0)["status"] == "baseline"
 
 
 def test_a_single_class_dataset_is_warned_about(tmp_path):
     from PIL import Image
 
-    from workbench.data import load_data
+    from workbench.training.data import load_data
 
     (tmp_path / "only").mkdir()
     for i in range(2):
@@ -456,7 +464,7 @@ def test_result_file_errors_name_the_file(tmp_path):
 
 
 def test_interrupted_setup_removes_only_the_folders_it_made(tmp_path):
-    from workbench.run_folders import Created
+    from workbench.run.folders import Created
 
     (tmp_path / "reports").mkdir()
     with pytest.raises(KeyboardInterrupt):

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from workbench.api import optimize
 from workbench.config import RunConfig
 from workbench.errors import UsageError
-from workbench.train import StepSettings, TrainStep, split_batch
+from workbench.training.step import StepSettings, TrainStep, split_batch
 
 VOCAB, WIDTH, LENGTH = 64, 32, 16
 

@@ -2,7 +2,6 @@
 
     from workbench.api import optimize
     from workbench.config import RunConfig
-from workbench.errors import UsageError
 
     results = optimize(RunConfig(image_size=32, batch_size=64, run_name="mine"),
                        model_factory=lambda num_classes: MyNet(num_classes),
@@ -25,11 +24,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workbench import ladder, session as sessions
-from workbench.config import RunConfig
+from workbench.run import ladder, session as sessions
+from workbench.config import RunConfig, for_machine
 from workbench.errors import UsageError
-from workbench.stages import select
-from workbench.train import UserTask
+from workbench.progress import stderr_log
+from workbench.run.stages import select
+from workbench.training.step import UserTask
 
 
 def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = None, dataset=None,
@@ -43,9 +43,12 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
     process); otherwise each stage runs in its own process, as on the command line. loss_fn(model,
     batch) replaces the built-in cross-entropy on (images, labels); it needs a dataset. A dataset
     without `classes` needs a model_factory (given num_classes=None). An existing run of the same
-    name is refused unless resume (continue it) or overwrite (replace it) says so.
+    name is refused unless resume (continue it) or overwrite (replace it) says so. Without cfg, the
+    machine's defaults apply, as on the command line (224 px on a GPU, 32 px elsewhere).
     """
-    cfg = cfg or RunConfig()
+    if cfg is None:
+        cfg, line = for_machine()
+        (log or stderr_log)(line)
     if loss_fn is not None:
         if dataset is None:
             raise UsageError("loss_fn needs a dataset (it receives that dataset's batches); allowed: pass dataset=")

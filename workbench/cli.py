@@ -7,13 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from workbench.config import RunConfig
+from workbench import __version__
+from workbench.config import RunConfig, for_machine
 from workbench.errors import ResultFileError, StageSkipped, UsageError
-
-# The lab's setting where a GPU can afford it; CIFAR's native size on a CPU, where 224 px runs at
-# ~7 images/s and a ladder would take hours.
-GPU_DEFAULTS = {"image_size": 224, "batch_size": 32}
-CPU_DEFAULTS = {"image_size": 32, "batch_size": 32}
+from workbench.results import STAGES_DIR, experiments_dir
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -44,25 +41,15 @@ def overrides_from(args: argparse.Namespace) -> dict:
     return {key[4:]: value for key, value in vars(args).items() if key.startswith("cfg_") and value is not None}
 
 
-def machine_defaults(device: str) -> tuple[dict, str]:
-    from workbench.device import resolve_device_type
-
-    device_type = resolve_device_type(device)
-    chosen = GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS
-    label = ", ".join(f"{k}={v}" for k, v in chosen.items())
-    return chosen, f"defaults for {device_type}: {label} (override with --image-size/--batch-size)"
-
-
 def config_from(args: argparse.Namespace, base: dict | None = None) -> RunConfig:
     """RunConfig from machine defaults, then a resumed run's settings, then the command line."""
-    given = overrides_from(args)
-    defaults, line = machine_defaults(given.get("device", "auto"))
+    cfg, line = for_machine(**{**(base or {}), **overrides_from(args)})
     print(line, file=sys.stderr)
-    return RunConfig(**{**defaults, **(base or {}), **given})
+    return cfg
 
 
 def cmd_stages(args: argparse.Namespace) -> int:
-    from workbench.stages import STAGES
+    from workbench.run.stages import STAGES
 
     width = max(len(s.name) for s in STAGES)
     for stage in STAGES:
@@ -95,7 +82,7 @@ def _resumed(args: argparse.Namespace) -> dict | None:
 
 
 def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
-    from workbench.stages import select
+    from workbench.run.stages import select
 
     stages = recorded["stages"]
     if args.stages is not None and stages and [s.name for s in select(args.stages)] != stages:
@@ -108,9 +95,9 @@ def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench import procs, session as sessions
+    from workbench.run import procs, session as sessions
     from workbench.names import check_run_name
-    from workbench.stages import select
+    from workbench.run.stages import select
 
     procs.stage_timeout_s()  # a bad WORKBENCH_STAGE_TIMEOUT_S is refused now, not after the baseline
     resumed = _resumed(args) or {}
@@ -129,13 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run_session(session, stage_names: str | None) -> int:
-    from workbench import ladder
+    from workbench.run import ladder
     from workbench.errors import SaveError
 
     try:
         finished = ladder.run_ladder(session, stage_names)
     except KeyboardInterrupt as stop:
-        print(f"\ninterrupted: every finished stage is saved in {session.run_dir}/stages; "
+        print(f"\ninterrupted: every finished stage is saved in {session.run_dir / STAGES_DIR}; "
               f"continue with: workbench run --resume {session.run_dir.name}", file=sys.stderr)
         return getattr(stop, "exit_code", 130)
     except SaveError as error:  # the measurement is not lost: it goes to stdout, the reason to stderr
@@ -150,7 +137,7 @@ def _run_session(session, stage_names: str | None) -> int:
 
 
 def _print_summary(finished: list[dict], run_dir: Path) -> None:
-    from workbench.summary import final_summary
+    from workbench.report.summary import final_summary
 
     print(final_summary(finished))
     traces = [r["trace_file"] for r in finished if r.get("trace_file")]
@@ -159,11 +146,11 @@ def _print_summary(finished: list[dict], run_dir: Path) -> None:
     if traces:
         print("open a trace: drag it into https://ui.perfetto.dev or chrome://tracing (gzip is fine), "
               "or run `make tensorboard` and open http://localhost:6006 -> PYTORCH_PROFILER")
-    print(f"results: {run_dir}/stages/   report: workbench report {run_dir.name}")
+    print(f"results: {run_dir / STAGES_DIR}/   report: workbench report {run_dir.name}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from workbench.report import build_report
+    from workbench.report.build import build_report
 
     run_dir = _run_dir(args.run, args.reports_dir)
     try:
@@ -179,7 +166,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def newest_run(reports_dir: str) -> Path | None:
     """The most recently written run folder (reports/latest, a link, is not a run of its own)."""
-    runs = sorted((p for p in Path(reports_dir).glob("*/run.json") if not p.parent.is_symlink()),
+    from workbench.results import RUN_FILE
+
+    runs = sorted((p for p in Path(reports_dir).glob(f"*/{RUN_FILE}") if not p.parent.is_symlink()),
                   key=lambda p: p.stat().st_mtime)
     return runs[-1].parent if runs else None
 
@@ -192,12 +181,13 @@ def _run_dir(run: str | None, reports_dir: str) -> Path:
             raise UsageError(f"no runs in {reports_dir}/; run `workbench run` (or make ladder) first")
         return newest
     from workbench.names import is_run_name
+    from workbench.results import LATEST_LINK, RUN_FILE
 
     # A plain name (or `latest`, read through, never written through) is always a run under the
     # reports folder, never a same-named folder here.
-    path = root / run if is_run_name(run) or run == "latest" else Path(run)
-    if not (path / "run.json").is_file():
-        raise UsageError(f"run {run!r} not found (looked for {path}/run.json); allowed: a run folder under {reports_dir}/")
+    path = root / run if is_run_name(run) or run == LATEST_LINK else Path(run)
+    if not (path / RUN_FILE).is_file():
+        raise UsageError(f"run {run!r} not found (looked for {path}/{RUN_FILE}); allowed: a run folder under {reports_dir}/")
     return path
 
 
@@ -206,7 +196,7 @@ COMPARE_OK, COMPARE_REGRESSION, COMPARE_BAD_INPUT, COMPARE_INTERNAL_ERROR = 0, 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.compare import compare_runs, format_table
+    from workbench.report.compare import compare_runs, format_table
 
     if not 0 <= args.threshold < 1:
         raise UsageError(f"--threshold {args.threshold} is out of range; allowed: 0 <= threshold < 1 (0.03 is 3%)")
@@ -234,7 +224,7 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
         from workbench.names import check_run_name
 
         return check_run_name(args.cfg_run_name)
-    from workbench.session import default_run_name
+    from workbench.run.session import default_run_name
 
     newest = newest_run(cfg_reports)
     return newest.name if newest else default_run_name()
@@ -242,22 +232,22 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
 
 def cmd_profile_lines(args: argparse.Namespace) -> int:
     try:
-        from workbench import pyprofile
+        from workbench.run import pyprofile
     except ImportError as error:
         raise UsageError(f"profile-lines needs the profiler extras ({error}); "
                          "install them: pip install 'workbench[profilers]'") from None
     from workbench.device import decide, probe, resolve_device_type
-    from workbench.executor import build, warm_up
+    from workbench.run.executor import build, warm_up
     from workbench.progress import Progress
-    from workbench.results import stage_stem
-    from workbench.stages import STAGE_NAMES, StageContext, select
+    from workbench.results import stage_trace_dir
+    from workbench.run.stages import StageContext, select
 
     stage = select(args.stage)[-1]
     cfg = config_from(args)
     device_type = resolve_device_type(cfg.device)
     context = StageContext(device_type, decide(probe(device_type)), cfg.num_workers)
     cfg = stage.apply(cfg, context)
-    out_dir = Path(cfg.profiles_dir) / _lines_target(args, cfg.reports_dir) / stage_stem(STAGE_NAMES.index(stage.name), stage.name)
+    out_dir = stage_trace_dir(Path(cfg.profiles_dir) / _lines_target(args, cfg.reports_dir), stage.name)
     built = build(cfg)
     warm_up(built, Progress(stage.name))
     print(pyprofile.profile_lines(built, out_dir, args.steps).read_text())
@@ -275,17 +265,17 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cfg = config_from(args)
     cfg = cfg.with_overrides(run_name=_lines_target(args, cfg.reports_dir))
     out_dir = run_folder(cfg.reports_dir, cfg.run_name)
-    print(f"experiment {args.name}: results in {out_dir}/experiments/, plots in {out_dir}/", file=sys.stderr)
+    print(f"experiment {args.name}: results in {experiments_dir(out_dir)}/, plots in {out_dir}/", file=sys.stderr)
     try:
         run_experiment(args.name, cfg, out_dir)
     except KeyboardInterrupt as stop:
-        print(f"\ninterrupted: finished configurations are saved in {out_dir}/experiments/", file=sys.stderr)
+        print(f"\ninterrupted: finished configurations are saved in {experiments_dir(out_dir)}/", file=sys.stderr)
         return getattr(stop, "exit_code", 130)  # 143 for SIGTERM
     return 0
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from workbench.explain import print_analysis  # reads files only: no torch import on this path
+    from workbench.trace.explain import print_analysis  # reads files only: no torch import on this path
 
     print_analysis(args.paths, args.json)
     return 0
@@ -300,6 +290,7 @@ def _add_analyze(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="workbench", description="Profiling-driven optimization workbench for PyTorch training loops.")
+    parser.add_argument("--version", action="version", version=f"workbench {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     run = commands.add_parser("run", help="run the optimization ladder (or --ablation), one JSON per stage")
     run.add_argument("--stages", help="comma-separated stages to run (the baseline always runs first)")
@@ -343,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 baseline failed or regression, 2 bad input (one line), 74 a result
     could not be written, 130 Ctrl-C, 143 SIGTERM."""
-    from workbench import procs
+    from workbench.run import procs
 
     previous = procs.install_signal_handlers()
     try:

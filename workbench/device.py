@@ -128,12 +128,11 @@ def _cpu_model_name() -> str:
     return ""
 
 
-def threads_for(num_workers: int, requested: int, cores: int) -> int:
+def threads_for(requested: int, cores: int) -> int:
     """Intra-op threads: what the user asked, else every usable core.
 
-    DataLoader workers run single-threaded and mostly sleep once their prefetch queue is full, so
-    taking cores away from compute for them costs more than the brief oversubscription; the
-    dataloader stage measures the net effect either way.
+    The DataLoader's worker count deliberately plays no part: workers run single-threaded and mostly
+    sleep once their prefetch queue is full, so taking cores away from compute for them costs more
+    than the brief oversubscription; the dataloader stage measures the net effect either way.
     """
-    del num_workers  # kept in the signature: the decision is recorded against it
     return requested or cores

@@ -1,6 +1,6 @@
 """Is this Python environment enough for the workbench? `python -m workbench.environment_check [MODULE...]`
 
-With no names: the core (torch >= 2.11, torchvision, numpy, pandas, matplotlib, psutil). With names:
+With no names: the core (torch >= 2.11, torchvision, numpy, matplotlib, psutil). With names:
 those modules (the profiler extras for the targets that need them). One line per missing piece and
 exit status 2, so `make ... PY=python3` stops before a traceback.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-CORE = ("torch", "torchvision", "numpy", "pandas", "matplotlib", "psutil")
+CORE = ("torch", "torchvision", "numpy", "matplotlib", "psutil")
 MIN_TORCH = (2, 11)
 # Which extra brings a module (pip install 'workbench[NAME]').
 EXTRA_OF = {"line_profiler": "profilers", "memory_profiler": "profilers", "torch_tb_profiler": "profilers",

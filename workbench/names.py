@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 
 from workbench.errors import UsageError
+from workbench.results import LATEST_FILE, LATEST_LINK
 
 # Names the tool manages itself: reports/latest (a link) and reports/LATEST (its fallback file).
-RESERVED = ("latest", "LATEST")
+RESERVED = (LATEST_LINK, LATEST_FILE)
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
-ALLOWED = "letters, digits and . _ + - (up to 100, starting with a letter or digit), not 'latest'"
+ALLOWED = f"letters, digits and . _ + - (up to 100, starting with a letter or digit), not {LATEST_LINK!r}"
 
 
 def check_run_name(name: str) -> str:

@@ -1,18 +1,25 @@
 """Result files: one JSON per stage, written atomically, read back by the report.
 
-Layout of a run (``reports/<run>/``)::
+This module owns the on-disk layout (every path below is built by a function here, nowhere else)
+and the one atomic write every output goes through. Layout of a run (``reports/<run>/``)::
 
     run.json                     the run: name, mode, environment, stage order
     verdicts.json                noise floor (A/A), order taken and why, second look, leave-one-out, headline
-    stages/<NN>-<stage>.json     one result per stage (schema below), NN = the position it was taken at;
-                                 99-final.json is the final configuration measured against the baseline
-    stages/<NN>-<stage>.breakdown.csv     per-step time breakdown from the trace
-    stages/<NN>-<stage>.trace_summary.json  trace summary (analyze.py)
-    experiments/<name>.json      results of `workbench experiment <name>`
+    stages/<stage>.json          one result per stage (schema below), keyed by the stage's name, so a
+                                 new stage renumbers nothing; final.json is the final configuration
+                                 measured against the baseline; "index" inside says when it was taken
+    stages/<stage>.breakdown.csv       per-step time breakdown from the trace
+    stages/<stage>.trace_summary.json  trace summary (workbench/trace/analyze.py)
+    experiments/<name>.json      results of `workbench experiment <name>` (experiments/all.json: the index)
 
-Traces live in ``profiles/<run>/<NN>-<stage>/<worker>.<ts>.pt.trace.json.gz``.
+Traces live in ``profiles/<run>/<stage>/<worker>.<ts>.pt.trace.json.gz``. Runs written before
+stage files were keyed by name (``stages/NN-<stage>.json``, ``99-final.json`` for the headline,
+``profiles/<run>/NN-<stage>/``) are read as they are.
 
-A stage result (all times in seconds, memory in MiB, throughput in samples/s)::
+The stage result's JSON Schema is workbench/schema/stage_result.v<SCHEMA_VERSION>.json.
+
+A stage result, in short (the JSON Schema named above is the published, tested shape; all times in seconds,
+memory in MiB, throughput in samples/s)::
 
     {
       "schema": 1, "run": str, "stage": str, "index": int, "mode": "ladder" | "ablation",
@@ -64,39 +71,71 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 from workbench.errors import ResultFileError
 
+# The version of the stage result's shape (workbench/schema/stage_result.v1.json), written into every
+# result and run.json. The rule for bumping it: bump when a reader of the old version would misread a
+# new file (a field removed or renamed, a unit or a meaning changed, a field made required); adding an
+# optional field, or a new status value readers may ignore, keeps the version. A bump publishes the
+# next schema file beside the old one and teaches read_stage_result to read both.
 SCHEMA_VERSION = 1
 STAGES_DIR = "stages"
 RUN_FILE = "run.json"
 # Beside the stage files: the noise floor, the order taken and why, the second look, leave-one-out and
-# the paired headline (workbench/ladder.py writes it piece by piece).
+# the paired headline (workbench/run/ladder.py writes it piece by piece).
 VERDICTS_FILE = "verdicts.json"
+EXPERIMENTS_DIR = "experiments"
+# Beside the run folders: reports/latest, a link to the newest reported run, and reports/LATEST, the
+# file holding its name where links cannot be made. Neither is a run name (workbench/names.py).
+LATEST_LINK, LATEST_FILE = "latest", "LATEST"
+EXPERIMENTS_INDEX = "all"                  # experiments/all.json: every experiment of the run
+BREAKDOWN_SUFFIX = ".breakdown.csv"
+# A trace file: <worker>.<timestamp>.pt.trace.json, the name torch.profiler's TensorBoard handler
+# gives it and torch-tb-profiler lists (one run per folder); the workbench writes it gzipped.
+TRACE_GLOBS = ("*.pt.trace.json", "*.pt.trace.json.gz")
+TRACE_SUFFIX = ".pt.trace.json.gz"
+TRACE_SUMMARY_SUFFIX = ".trace_summary.json"
+# Before stage files were keyed by name: NN-<stage>, NN the position the stage was taken at.
+LEGACY_STEM = re.compile(r"(\d\d)-(.+)")
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON so a reader never sees half a file: temp file, fsync, rename.
+def write_atomic(path: Path, write: Callable[[IO], Any], binary: bool = False) -> Path:
+    """The one way the workbench writes a file: a reader never sees half of it.
 
-    The temp file is created with mode 0666 less the umask, like every other output (mkstemp would
-    make it 0600). A failed write (disk full, read-only) removes the temp file and raises OSError.
+    write(handle) fills a temp file beside the target (text without newline translation, or bytes);
+    it is flushed, fsynced and renamed over the target. The temp file is created with mode 0666 less
+    the umask, like every other output (mkstemp would make it 0600), and its name starts with a dot
+    and ends in .tmp, so no reader's pattern picks it up. A failed write (disk full, read-only,
+    Ctrl-C) removes the temp file and raises.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="")) as handle:
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    return path
+
+
+def write_json_atomic(path: Path, payload: Any) -> Path:
+    """JSON, indented with sorted keys, through write_atomic."""
+    return write_atomic(path, lambda handle: json.dump(payload, handle, indent=2, sort_keys=True, default=str))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_atomic(path, lambda handle: handle.write(text))
 
 
 def read_json(path: Path, expect: type = dict) -> Any:
@@ -113,22 +152,76 @@ def read_json(path: Path, expect: type = dict) -> Any:
     return payload
 
 
-def stage_stem(index: int, stage: str) -> str:
-    """File stem shared by a stage's result, breakdown and trace folder: '03-amp'."""
-    return f"{index:02d}-{stage}"
+# --- the layout: every path of a run is built here ------------------------------------------------
+
+def stage_stem(stage: str) -> str:
+    """File stem shared by a stage's result, breakdown, trace summary and trace folder: its name."""
+    return stage
 
 
-def stage_result_path(run_dir: Path, index: int, stage: str) -> Path:
-    return Path(run_dir) / STAGES_DIR / f"{stage_stem(index, stage)}.json"
+def stage_result_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / STAGES_DIR / f"{stage_stem(stage)}.json"
+
+
+def breakdown_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / STAGES_DIR / f"{stage_stem(stage)}{BREAKDOWN_SUFFIX}"
+
+
+def trace_summary_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / STAGES_DIR / f"{stage_stem(stage)}{TRACE_SUMMARY_SUFFIX}"
+
+
+def stage_trace_dir(run_profiles_dir: Path, stage: str) -> Path:
+    """profiles/<run>/<stage>/: the stage's traces (and the Python-level views of profile-lines)."""
+    return Path(run_profiles_dir) / stage_stem(stage)
+
+
+def trace_files(folder: Path) -> list[Path]:
+    """The trace files in a folder (one per rank under DDP), by name."""
+    folder = Path(folder)
+    return sorted(path for pattern in TRACE_GLOBS for path in folder.glob(pattern)) if folder.is_dir() else []
+
+
+def experiments_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / EXPERIMENTS_DIR
+
+
+def experiment_path(run_dir: Path, name: str) -> Path:
+    return experiments_dir(run_dir) / f"{name}.json"
+
+
+def stage_files(run_dir: Path, stage: str, suffix: str = ".json") -> list[Path]:
+    """A stage's existing files with this suffix, in both layouts: stages/<stage><suffix> first,
+    then any stages/NN-<stage><suffix> of a run written before files were keyed by name."""
+    folder = Path(run_dir) / STAGES_DIR
+    current = folder / f"{stage_stem(stage)}{suffix}"
+    legacy = sorted(folder.glob(f"[0-9][0-9]-{stage}{suffix}")) if folder.is_dir() else []
+    return [current] * current.is_file() + legacy
+
+
+def _stage_of(path: Path) -> str:
+    """The stage a result file belongs to: its stem, without the old layout's NN- prefix."""
+    legacy = LEGACY_STEM.fullmatch(path.stem)
+    return legacy.group(2) if legacy else path.stem
+
+
+def stage_result_files(run_dir: Path) -> list[Path]:
+    """One result file per stage (the name-keyed one where a stage has both), in no set order."""
+    folder = Path(run_dir) / STAGES_DIR
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("*.json") if not p.name.startswith(".") and not p.name.endswith(TRACE_SUMMARY_SUFFIX)]
+    by_stage: dict[str, Path] = {}
+    for path in sorted(found, key=lambda p: LEGACY_STEM.fullmatch(p.stem) is None):  # legacy first: replaced
+        by_stage[_stage_of(path)] = path
+    return list(by_stage.values())
 
 
 def load_stage_results(run_dir: Path) -> list[dict]:
-    """Every finished stage of a run, in ladder order (ResultFileError on a damaged file)."""
-    stage_dir = Path(run_dir) / STAGES_DIR
-    if not stage_dir.is_dir():
-        return []
-    paths = sorted(p for p in stage_dir.glob("[0-9][0-9]-*.json") if ".trace_summary" not in p.name)
-    return [read_stage_result(p) for p in paths]
+    """Every finished stage of a run, in the order it was taken (the "index" each result records),
+    from either layout (ResultFileError on a damaged file)."""
+    loaded = [read_stage_result(path) for path in stage_result_files(run_dir)]
+    return sorted(loaded, key=lambda result: (result["index"], result["stage"]))
 
 
 # The fields every reader of a stage result relies on, with their types.

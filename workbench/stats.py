@@ -1,10 +1,13 @@
 """Statistics over step times: medians, spread, and 95% intervals (numpy only, no torch).
 
-Step times come as one list per repeat. A repeat is the unit of replication: steps inside one repeat
-share the machine's state of the moment, so they are not independent. With two or more repeats the
-intervals are t-intervals on the log of each repeat's throughput (Welch's for ratios), which stay
-honest with the default 3 repeats where a bootstrap would be too narrow. With a single repeat (a
-brief probe) we fall back to a bootstrap over its steps and say less with it.
+Two levels of replication. Across processes: a comparison's verdict comes from paired rounds (each
+round a fresh process, RunConfig.rounds, default 3) through `paired_ratio`, a t-interval over the
+rounds' log ratios; the round is the replicate, since a process's own offset is shared by all its
+steps. Inside one process: step times come as one list per repeat (RunConfig.repeats, default 1;
+steps inside a repeat share the machine's state of the moment, so they are not independent). With
+two or more repeats `throughput` and `speedup` use t-intervals on the log of each repeat's
+throughput (Welch's for ratios); with the default single repeat they fall back to a bootstrap over
+its steps and say less with it. Defaults live in workbench/config.py, not here.
 """
 from __future__ import annotations
 

@@ -15,9 +15,7 @@ from typing import Callable
 from workbench.config import RunConfig
 from workbench.errors import UsageError
 from workbench.progress import stderr_log
-from workbench.results import write_json_atomic
-
-EXPERIMENTS_DIR = "experiments"
+from workbench.results import EXPERIMENTS_INDEX, experiment_path, write_json_atomic
 
 
 def _lazy(target: str) -> Callable[..., dict]:
@@ -59,7 +57,7 @@ def run_all(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True)
         begun = time.perf_counter()
         try:
             doc = function(cfg, out_dir, log=log, isolate=isolate)
-            entry = {"status": doc["status"], "file": f"{EXPERIMENTS_DIR}/{name}.json", "plots": doc["plots"],
+            entry = {"status": doc["status"], "file": experiment_path(Path(), name).as_posix(), "plots": doc["plots"],
                      "conclusion": doc["summary"].get("conclusion")}
         except Exception as error:  # noqa: BLE001 - one broken experiment must not stop the others
             log(f"[experiment {name}] failed: {type(error).__name__}: {error}")
@@ -68,14 +66,14 @@ def run_all(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True)
         entry["elapsed_s"] = time.perf_counter() - begun
         index["experiments"][name] = entry
         index["elapsed_s"] = time.perf_counter() - started
-        write_json_atomic(Path(out_dir) / EXPERIMENTS_DIR / "all.json", index)
+        write_json_atomic(experiment_path(out_dir, EXPERIMENTS_INDEX), index)
     return index
 
 
 def run_experiment(name: str, cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True) -> dict:
     """Run one experiment by name (or 'all'); an unknown name is a UsageError listing the allowed ones."""
     from workbench.device import usable_cores
-    from workbench.session import busy_warning
+    from workbench.run.session import busy_warning
 
     warning = busy_warning(usable_cores())  # other work skews every figure: say so before measuring
     if warning:

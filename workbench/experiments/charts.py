@@ -1,4 +1,4 @@
-"""Panels the experiments share, drawn from their rows with the generic helpers of workbench.plots.
+"""Panels the experiments share, drawn from their rows with the generic helpers of workbench.report.plots.
 
 A row that was not measured (failed, skipped) keeps its place on the axis and prints its status
 instead of a bar, so a chart never silently drops a configuration.
@@ -9,7 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
 
-from workbench import plots
+from workbench.report import plots
 from workbench.experiments.rows import interval, too_wide, value
 
 INCONCLUSIVE_LABEL = "inconclusive:\ntoo noisy,\nrerun on a\nquiet machine"

@@ -1,6 +1,6 @@
 """Measure one experiment configuration, in a fresh process or (for tests) in this one.
 
-`python -m workbench.experiments.child SPEC.json` is the experiments' counterpart of workbench.worker:
+`python -m workbench.experiments.child SPEC.json` is the experiments' counterpart of workbench.run.worker:
 the spec's "kind" names the measuring function ("module:function"), so an experiment with its own
 loop (gradient norms, validation accuracy) still gets a clean process and its own peak memory.
 Whatever happens, a result file is written, so the experiment can record the reason and go on.
@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from workbench.errors import StageSkipped
-from workbench.procs import safe_environment
+from workbench.run.procs import safe_environment
 from workbench.results import read_json, write_json_atomic
-from workbench.worker import failure
+from workbench.run.worker import failure
 
 KINDS = {
-    "measure": "workbench.worker:run_spec",
+    "measure": "workbench.run.worker:run_spec",
     "clipping": "workbench.experiments.clipping:measure",
     "matrix": "workbench.experiments.matrix:measure",
 }

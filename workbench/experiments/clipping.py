@@ -12,15 +12,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from workbench import plots
+from workbench.report import plots
 from workbench.config import RunConfig
-from workbench.executor import build, measure_config
+from workbench.run.executor import build, measure_config
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import series_stats, value
 from workbench.progress import Progress
-from workbench.train import OPTIMIZER_REGION, TrainStep, region
-from workbench.worker import peak_for
+from workbench.trace.regions import OPTIMIZER_STEP
+from workbench.training.step import TrainStep, region
+from workbench.run.worker import peak_for
 
 CLIPS = (("none", "none", None), ("norm 0.5", "norm", 0.5), ("norm 1", "norm", 1.0), ("norm 2", "norm", 2.0),
          ("value 0.1", "value", 0.1))
@@ -43,7 +44,7 @@ class ClipStep(TrainStep):
             nn.utils.clip_grad_value_(params, self.threshold)
 
     def _optimizer_step(self) -> None:
-        with region(OPTIMIZER_REGION, self.annotate):
+        with region(OPTIMIZER_STEP, self.annotate):
             self.scaler.unscale_(self.optimizer)  # clip true gradients, not loss-scaled ones (fp16)
             params = [p for p in self.model.parameters() if p.grad is not None]
             before = self._norms(params) if self.record else None

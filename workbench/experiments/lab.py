@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Callable
 
 from workbench import device as devices
-from workbench import environment, session
+from workbench import environment
+from workbench.run import session
 from workbench.config import RunConfig
 from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
-from workbench.data import load_data
-from workbench.experiments import EXPERIMENTS_DIR, child, rows
-from workbench.results import SCHEMA_VERSION, write_json_atomic
+from workbench.training.data import load_data
+from workbench.experiments import child, rows
+from workbench.results import SCHEMA_VERSION, experiment_path, write_json_atomic
 
 DEFAULT_TIMEOUT_S = 600.0
 # The fields an experiment may set for its own time budget, when the user left them at their defaults.
@@ -82,7 +83,7 @@ class Lab:
         self.doc = {"schema": SCHEMA_VERSION, "experiment": name, "title": title, "question": question,
                     "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
                     "device": self.device_type, "data": data.description, "base_config": cfg.to_dict(),
-                    "environment": environment.describe(self.facts, devices.threads_for(0, cfg.threads, self.facts.cpu_cores)),
+                    "environment": environment.describe(self.facts, devices.threads_for(cfg.threads, self.facts.cpu_cores)),
                     "decisions": {"amp": f"{self.caps.amp_dtype or 'none'}: {self.caps.amp_reason}"},
                     "settings": {"isolated": isolate, **{k: getattr(cfg, k) for k in BUDGET_FIELDS}},
                     "reference": "", "notes": [], "rows": [], "summary": {}, "plots": [], "elapsed_s": 0.0}
@@ -95,7 +96,7 @@ class Lab:
 
     @property
     def path(self) -> Path:
-        return self.out_dir / EXPERIMENTS_DIR / f"{self.name}.json"
+        return experiment_path(self.out_dir, self.name)
 
     def note(self, text: str) -> None:
         self.doc["notes"].append(text)

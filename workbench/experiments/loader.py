@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench import workers as worker_sweep
+from workbench.training import loader_sweep as worker_sweep
 from workbench.config import RunConfig
 from workbench.experiments import charts
-from workbench.experiments.lab import EXPERIMENTS_DIR, Lab, budgeted, stderr_log
-from workbench.results import read_json
+from workbench.experiments.lab import Lab, budgeted, stderr_log
+from workbench.results import experiment_path, read_json
 
 LAB_WORKERS = (0, 2, 4, 8)
 # Each configuration runs 3 + 10 x 2 steps per round, two interleaved rounds: about 15 s per round
@@ -80,7 +80,7 @@ def run_workers(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = T
 
 def _best_from_workers_json(lab: Lab) -> int | None:
     """The fastest positive worker count of an earlier workers experiment on the same loader, if any."""
-    path = Path(lab.out_dir) / EXPERIMENTS_DIR / "workers.json"
+    path = experiment_path(lab.out_dir, "workers")
     if not path.exists():
         return None
     doc = read_json(path)

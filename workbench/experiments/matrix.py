@@ -15,14 +15,14 @@ import torch
 from matplotlib.patches import Patch
 from torch import nn
 
-from workbench import plots
+from workbench.report import plots
 from workbench.config import RunConfig
-from workbench.executor import build, evaluate, measure_config
+from workbench.run.executor import build, evaluate, measure_config
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import value
 from workbench.progress import Progress
-from workbench.worker import peak_for
+from workbench.run.worker import peak_for
 
 LAB_MODEL = "workbench.experiments.matrix:lab_cnn"
 LAB_BATCH = 256

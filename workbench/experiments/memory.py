@@ -11,7 +11,7 @@ from workbench.config import RunConfig
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import value
-from workbench.plots import BREAKDOWN_COLORS, stacked_bars
+from workbench.report.plots import BREAKDOWN_COLORS, stacked_bars
 
 ACCUMULATION = (1, 2, 4, 8)
 BREAKDOWN_ACCUMULATION = 4

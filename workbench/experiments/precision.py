@@ -11,7 +11,7 @@ from pathlib import Path
 from workbench.config import RunConfig
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, Variant, budgeted, stderr_log
-from workbench.stages import PROBE_TIMED_STEPS, PROBE_WARMUP_STEPS
+from workbench.run.stages import PROBE_TIMED_STEPS, PROBE_WARMUP_STEPS
 
 BUDGET = {"warmup_steps": 3, "timed_steps": 10, "repeats": 1}  # rounds, not repeats, are the replicates
 ROUNDS = 2

@@ -1,0 +1,134 @@
+"""compare_runs: per-stage deltas, sorted by relative change; regressions flagged by threshold."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from workbench.report.compare import compare_runs, format_table
+
+RUNS = Path(__file__).parents[1] / "fixtures" / "runs"
+LADDER = RUNS / "cpu-ladder-20251124"
+
+
+def altered_copy(tmp_path: Path, stage_file: str, change) -> Path:
+    """A copy of the ladder fixture with one stage result edited by `change(result)`."""
+    run_dir = Path(shutil.copytree(LADDER, tmp_path / "run-b"))
+    path = run_dir / "stages" / stage_file
+    result = json.loads(path.read_text())
+    change(result)
+    path.write_text(json.dumps(result))
+    return run_dir
+
+
+def slow_down(factor: float):
+    """Throughput / factor, step time * factor: what a slower machine or a bad commit does."""
+    def change(result: dict) -> None:
+        metrics = result["metrics"]
+        for key in ("median", "ci95_low", "ci95_high"):
+            metrics["throughput"][key] /= factor
+        metrics["step_time_s"]["median"] *= factor
+        metrics["mfu"] /= factor
+        metrics["step_times_s"] = [[t * factor for t in repeat] for repeat in metrics["step_times_s"]]
+    return change
+
+
+def test_identical_runs_do_not_regress():
+    rows, regressed = compare_runs(LADDER, LADDER)
+    assert not regressed
+    assert rows and all(row["relative_change"] == 0 for row in rows if row["relative_change"] is not None)
+    assert {row["metric"] for row in rows} == {"throughput", "step_time", "peak_memory", "mfu"}
+
+
+def test_a_run_slowed_on_purpose_regresses_and_leads_the_table(tmp_path):
+    slowed = altered_copy(tmp_path, "07-compile.json", slow_down(1.25))
+    rows, regressed = compare_runs(LADDER, slowed)
+    assert regressed
+    assert {r["stage"] for r in rows[:3]} == {"compile"}  # step time +25%, throughput and MFU -20%
+    flagged = [r for r in rows if r["regression"]]
+    assert [(r["stage"], r["metric"]) for r in flagged] == [("compile", "throughput")]
+    assert flagged[0]["relative_change"] == pytest.approx(-0.2)
+    table = format_table(rows)
+    assert sum("REGRESSION" in line for line in table.splitlines()) == 1
+
+
+def test_step_time_metric_flags_the_slower_step(tmp_path):
+    slowed = altered_copy(tmp_path, "07-compile.json", slow_down(1.25))
+    rows, regressed = compare_runs(LADDER, slowed, metric="step_time")
+    assert regressed
+    assert {(r["stage"], r["metric"]) for r in rows if r["regression"]} == {("compile", "step_time")}
+
+
+def test_change_within_threshold_is_not_a_regression(tmp_path):
+    slowed = altered_copy(tmp_path, "07-compile.json", slow_down(1.03))
+    assert not compare_runs(LADDER, slowed, threshold=0.05)[1]
+    assert compare_runs(LADDER, slowed, threshold=0.02)[1]
+
+
+def test_faster_run_is_not_a_regression(tmp_path):
+    faster = altered_copy(tmp_path, "07-compile.json", slow_down(0.8))
+    rows, regressed = compare_runs(LADDER, faster)
+    assert not regressed and rows[0]["relative_change"] > 0.2
+
+
+def test_peak_memory_up_regresses_only_for_the_memory_metric(tmp_path):
+    def more_memory(result: dict) -> None:
+        result["metrics"]["peak_memory_mb"] *= 1.10
+    grown = altered_copy(tmp_path, "00-baseline.json", more_memory)
+    assert compare_runs(LADDER, grown, metric="peak_memory")[1]
+    assert not compare_runs(LADDER, grown, metric="throughput")[1]
+
+
+def test_stage_failing_in_the_new_run_is_a_regression(tmp_path):
+    def fail(result: dict) -> None:
+        result.update(status="failed", metrics=None, error="RuntimeError: boom")
+    broken = altered_copy(tmp_path, "04-channels_last.json", fail)
+    rows, regressed = compare_runs(LADDER, broken)
+    assert regressed
+    assert rows[0]["stage"] == "channels_last" and rows[0]["note"] == "status kept -> failed"
+
+
+def test_stages_missing_from_one_run_are_noted_not_flagged():
+    rows, regressed = compare_runs(LADDER, RUNS / "baseline-only")
+    assert not regressed
+    assert {r["note"] for r in rows if r["stage"] == "compile"} == {"only in A"}
+
+
+def test_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="allowed: throughput"):
+        compare_runs(LADDER, LADDER, metric="accuracy")
+
+
+def test_format_table_is_aligned_and_rounded_like_the_report():
+    rows, _ = compare_runs(LADDER, LADDER)
+    lines = format_table(rows).splitlines()
+    assert lines[0].split() == ["stage", "metric", "run", "A", "run", "B", "change", "flag"]
+    assert any("217.6 samples/s" in line for line in lines)
+    assert format_table([]) == "no stage has a figure in either run"
+
+
+def test_cli_exit_status_flags_a_slowed_run(tmp_path, capsys):
+    from workbench.cli import main
+
+    slowed = altered_copy(tmp_path, "07-compile.json", slow_down(1.25))
+    assert main(["compare", str(LADDER), str(slowed)]) == 1
+    assert "REGRESSION" in capsys.readouterr().err
+    assert main(["compare", str(LADDER), str(LADDER)]) == 0
+    assert main(["compare", str(LADDER), str(slowed), "--threshold", "0.5"]) == 0
+
+
+def test_cli_json_and_exit_status_for_corrupt_and_missing_runs(tmp_path, capsys):
+    from workbench.cli import main
+
+    assert main(["compare", str(LADDER), str(LADDER), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["regressed"] is False and doc["rows"][0]["speedup"]["verdict"] == "no significant change"
+    corrupt = Path(shutil.copytree(LADDER, tmp_path / "corrupt"))
+    (corrupt / "stages" / "03-amp.json").write_text('{"stage": "amp", "metrics": ')
+    assert main(["compare", str(LADDER), str(corrupt)]) == 3
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err
+    assert main(["compare", str(LADDER), str(tmp_path / "nowhere")]) == 2
+    assert main(["compare", str(LADDER), str(LADDER), "--threshold", "-1"]) == 2

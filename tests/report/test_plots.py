@@ -1,0 +1,64 @@
+"""Plot helpers and the dashboard: files exist, are real PNGs, and are not blank."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from workbench.report import plots
+from workbench.report.table import load_view
+
+RUNS = Path(__file__).parents[1] / "fixtures" / "runs"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_nontrivial_png(path: Path, min_bytes: int = 10_000) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > min_bytes
+    pixels = matplotlib.image.imread(path)
+    assert pixels.std() > 0.05  # something was drawn, not a blank canvas
+
+
+def test_bar_chart_with_intervals_reference_and_missing_values(tmp_path):
+    fig, ax = plots.new_figure()
+    plots.bar_chart(ax, ["baseline", "workers=2", "workers=4", "failed one"], [100.0, 150.0, 140.0, None],
+                    errors=[(95.0, 105.0), (140.0, 160.0), None, None], colors=["#4C72B0"] * 4,
+                    ylabel="samples/s", title="Throughput by workers", reference=100.0,
+                    missing_label="failed")
+    assert ax.get_title() == "Throughput by workers" and ax.get_ylabel() == "samples/s"
+    assert [t.get_text() for t in ax.get_xticklabels()][-1] == "failed one"
+    assert_nontrivial_png(plots.save(fig, tmp_path / "bars.png"))
+
+
+def test_stacked_bars_and_line_chart(tmp_path):
+    fig, (left, right) = plots.new_figure(1, 2, size=(12, 5))
+    parts = {"weights": [40, 40, 40], "activations": [500, 260, 130]}
+    plots.stacked_bars(left, ["STD", "MP", "GA256-64"], parts, ylabel="MiB", title="Memory breakdown",
+                       totals=["540 MiB", "300 MiB", None])
+    plots.line_chart(right, ["baseline", "dataloader", "compile"], [1.0, 1.2, 1.5],
+                     errors=[None, (1.1, 1.3), None], ylabel="speedup (x)", title="Cumulative",
+                     reference=1.0, reference_label="1x")
+    assert len(left.patches) == 6
+    assert_nontrivial_png(plots.save(fig, tmp_path / "stacked.png"))
+
+
+def test_long_labels_are_rotated():
+    fig, ax = plots.new_figure()
+    labels = ["baseline", "dataloader", "amp", "channels_last", "accumulation", "checkpointing", "compile"]
+    plots.bar_chart(ax, labels, list(range(1, 8)))
+    assert ax.get_xticklabels()[0].get_rotation() == pytest.approx(30)
+
+
+@pytest.mark.parametrize("run", ["cpu-ladder-20251124", "baseline-only"])
+def test_dashboard_is_a_nontrivial_png(tmp_path, run):
+    path = plots.dashboard(load_view(RUNS / run).records, tmp_path / "dashboard.png")
+    assert_nontrivial_png(path, min_bytes=50_000)
+    assert matplotlib.image.imread(path).shape[1] >= 1500  # wide enough for five readable panels
+
+
+def test_save_leaves_no_temporary_files(tmp_path):
+    fig, ax = plots.new_figure()
+    plots.bar_chart(ax, ["a"], [1.0])
+    plots.save(fig, tmp_path / "one.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png"]

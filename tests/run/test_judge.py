@@ -1,0 +1,99 @@
+"""Judging a stage from its paired comparison: kept, rejected, inconclusive or trade-off."""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+from workbench.run import judge
+from workbench.config import RunConfig
+from workbench.run.ladder import LadderState, _advance
+from workbench.run.rounds import Comparison
+from workbench.run.stages import STAGES
+
+STAGE = {s.name: s for s in STAGES}
+JITTER = (1.0, 1.01, 0.99, 1.005)
+
+
+def raw(step_s: float, loss: float = 1.0, peak: float = 100.0, steps: int = 24) -> dict:
+    """One process's result as the worker returns it."""
+    metrics = {"step_times_s": [[step_s] * 5], "samples_per_step": 32, "final_loss": loss, "loss_finite": True,
+               "peak_memory_mb": peak, "trained_steps": steps, "epoch_time_s": 100.0,
+               "throughput": {"median": 32 / step_s, "ci95_low": 32 / step_s, "ci95_high": 32 / step_s},
+               "memory_breakdown_mb": {"weights": 40.0, "gradients": 40.0, "optimizer_state": 80.0,
+                                       "activations_and_other": 0.0}}
+    return {"status": "measured", "metrics": metrics, "trace_file": None}
+
+
+def comparison(before_s: float, after_s: float, jitter=JITTER, after_jitter=None, **after) -> Comparison:
+    after_jitter = after_jitter or jitter
+    return Comparison([raw(before_s * j) for j in jitter], [raw(after_s * j * (1 + 0.001 * i), **after)
+                                                            for i, j in enumerate(after_jitter)])
+
+
+def session() -> SimpleNamespace:
+    return SimpleNamespace(run_dir=Path("/tmp/run"), mode="ladder", decisions={}, data_description="synthetic",
+                           environment={"device_type": "cpu"}, base_cfg=RunConfig(), nproc=1, single_process=None)
+
+
+BASE = {"stage": "baseline", "status": "baseline", "metrics": {**raw(0.1)["metrics"], "round_throughputs": [320.0] * 4}}
+
+
+def judged(stage: str, compared: Comparison, floor: float = 0.0) -> dict:
+    state = LadderState(RunConfig(), baseline=BASE, result=BASE, floor=floor)
+    return judge.stage_result(session(), STAGE[stage], 1, RunConfig(), [stage], compared, BASE, state, "test", 0.0)
+
+
+def test_a_faster_stage_is_kept():
+    result = judged("channels_last", comparison(0.100, 0.080))
+    assert result["status"] == "kept" and "kept" in result["reason"]
+    assert result["metrics"]["speedup_vs_previous"]["verdict"] == "faster"
+    assert result["rounds"]["count"] == 4 and len(result["metrics"]["step_times_s"]) == 4
+
+
+def test_a_slower_stage_is_rejected_and_shown_slower():
+    result = judged("amp", comparison(0.1, 1.3))  # emulated bf16: 13x slower
+    assert result["status"] == "rejected" and "slower" in result["reason"]
+    assert result["metrics"]["speedup_vs_previous"]["verdict"] == "slower"
+
+
+def test_a_small_gain_is_not_kept_on_its_point_estimate():
+    result = judged("compile", comparison(0.100, 0.099))
+    assert result["metrics"]["speedup_vs_previous"]["verdict"] == "no significant change"
+    assert result["status"] == "rejected" and "clear gain" in result["reason"]
+
+
+def test_a_gain_under_the_noise_floor_is_no_significant_change():
+    result = judged("fused_optimizer", comparison(0.100, 0.095), floor=0.08)
+    assert result["status"] == "rejected"
+
+
+def test_a_noisy_comparison_is_inconclusive():
+    result = judged("compile", comparison(0.100, 0.098, after_jitter=(1.0, 1.6, 0.7, 1.3)))
+    assert result["metrics"]["speedup_vs_previous"]["verdict"] == "inconclusive"
+    assert "inconclusive: too noisy, rerun on a quiet machine" in result["reason"]
+
+
+def test_a_stage_that_hurts_training_is_rejected_even_when_faster():
+    result = judged("compile", comparison(0.1, 0.05, loss=2.0))
+    assert result["status"] == "rejected" and "training got worse" in result["reason"]
+    assert result["training_broke"]
+
+
+def test_a_memory_stage_is_a_tradeoff():
+    result = judged("checkpointing", comparison(0.1, 0.13, peak=60.0))
+    assert result["status"] == "tradeoff" and "-40%" in result["reason"]
+
+
+def test_a_failed_side_is_recorded_with_its_reason():
+    failed = Comparison([raw(0.1)], [], failure={"status": "failed", "error": "out of memory: boom"}, failed_side="b")
+    result = judged("compile", failed)
+    assert result["status"] == "failed" and "out of memory" in result["reason"]
+
+
+def test_a_kept_probe_does_not_carry_its_measurement_settings_forward():
+    base = RunConfig()
+    state = LadderState(base, baseline={"config": base.to_dict()})
+    probe = RunConfig(precision="bf16", repeats=1, rounds=1, warmup_steps=1, timed_steps=4).to_dict()
+    _advance(state, {"status": "kept", "config": probe, "applied": ["amp"]}, "ladder", base)
+    assert state.cfg.precision == "bf16"
+    assert (state.cfg.repeats, state.cfg.rounds, state.cfg.warmup_steps, state.cfg.timed_steps) == (1, 3, 3, 12)

@@ -1,0 +1,277 @@
+"""Verdicts that hold: paired rounds stay calibrated where repeats inside one process do not; the keep
+rule needs a clear gain; the trace picks the order; the second look and leave-one-out."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from workbench import stats
+from workbench.run import ladder
+from workbench.config import RunConfig
+from workbench.device import Capabilities
+from workbench.run.rounds import Comparison
+from workbench.run.stages import STAGES, StageContext
+
+STAGE = {s.name: s for s in STAGES}
+
+
+# --- a machine with slow drift and a per-process offset ----------------------------------------------
+
+class Machine:
+    """log throughput = config effect + drift(time) + this process's offset + per-window noise."""
+
+    def __init__(self, rng: np.random.Generator, drift=0.15, offset_sd=0.05, noise_sd=0.01, period_s=600.0):
+        self.rng, self.offset_sd, self.noise_sd = rng, offset_sd, noise_sd
+        self.phase, self.drift, self.period = rng.uniform(0, 2 * np.pi), drift, period_s
+
+    def process(self) -> float:
+        return self.rng.normal(0, self.offset_sd)
+
+    def window(self, effect: float, offset: float, t: float) -> float:
+        drift = self.drift * np.sin(2 * np.pi * t / self.period + self.phase)
+        return float(np.exp(effect + drift + offset + self.rng.normal(0, self.noise_sd)))
+
+
+def old_design(machine: Machine, effect: float, repeats=5, window_s=3.0, apart_s=120.0) -> dict:
+    """Five repeats in one process, then five in another, minutes later; Welch over the repeats."""
+    sides = []
+    for start, eff in ((0.0, 0.0), (apart_s, effect)):
+        offset = machine.process()
+        rates = [machine.window(eff, offset, start + i * window_s) for i in range(repeats)]
+        sides.append([[1.0 / r] for r in rates])
+    return stats.speedup(sides[1], 1, sides[0], 1)
+
+
+def new_design(machine: Machine, effect: float, rounds=3, window_s=3.0) -> dict:
+    """Fresh processes per round, timed back to back in alternating order; paired t over rounds."""
+    a_rates, b_rates, t = [], [], 0.0
+    for index in range(rounds):
+        order = ("a", "b") if index % 2 == 0 else ("b", "a")
+        measured = {}
+        for side in order:
+            measured[side] = machine.window(effect if side == "b" else 0.0, machine.process(), t)
+            t += window_s
+        a_rates.append(measured["a"])
+        b_rates.append(measured["b"])
+        t += 10.0  # start-up of the next round's processes
+    return stats.paired_ratio(a_rates, b_rates)
+
+
+def false_positive_rate(design, trials=1500, seed=0) -> float:
+    rng = np.random.default_rng(seed)
+    called = 0
+    for _ in range(trials):
+        ratio = design(Machine(rng), 0.0)
+        called += ratio["ci95_low"] > 1 or ratio["ci95_high"] < 1
+    return called / trials
+
+
+def test_identical_configurations_old_design_calls_them_different_new_design_stays_calibrated():
+    old, new = false_positive_rate(old_design), false_positive_rate(new_design)
+    assert old > 0.3, f"the old design should be fooled by drift and process offsets (got {old:.1%})"
+    assert new <= 0.05, f"paired rounds must stay calibrated at 95% (got {new:.1%} false positives)"
+
+
+def test_paired_rounds_still_see_a_real_effect():
+    rng = np.random.default_rng(1)
+    found = [new_design(Machine(rng), np.log(1.3), rounds=4)["ci95_low"] > 1 for _ in range(300)]
+    assert np.mean(found) > 0.8
+
+
+# --- the keep rule -------------------------------------------------------------------------------------
+
+def ratio(point, low, high):
+    return {"ratio": point, "ci95_low": low, "ci95_high": high}
+
+
+@pytest.mark.parametrize("interval, min_effect, floor, expected", [
+    (ratio(1.20, 1.10, 1.31), 0.03, 0.0, "faster"),
+    (ratio(1.05, 1.01, 1.09), 0.03, 0.0, "no significant change"),    # above 1, not above 1 + min_effect
+    (ratio(1.04, 0.98, 1.10), 0.03, 0.0, "no significant change"),    # never kept on its point estimate
+    (ratio(1.06, 1.04, 1.08), 0.03, 0.07, "no significant change"),   # under the machine's noise floor
+    (ratio(0.80, 0.70, 0.91), 0.03, 0.0, "slower"),
+    (ratio(1.10, 0.60, 2.00), 0.03, 0.0, "inconclusive"),             # too wide to tell
+    (ratio(1.02, 0.90, 1.15), 0.03, 0.01, "inconclusive"),            # nothing, or a gain worth having
+    (ratio(1.11, 1.02, 1.20), 0.03, 0.0, "inconclusive"),             # a gain, but maybe under 3%: more rounds
+])
+def test_keep_rule(interval, min_effect, floor, expected):
+    assert stats.judged_verdict(interval, min_effect, floor) == expected
+
+
+def test_noise_floor_is_one_rounds_spread_or_the_apparent_effect():
+    aa = stats.paired_ratio([100, 100, 100, 100], [104, 96, 103, 97])
+    assert stats.noise_floor(aa) == pytest.approx(0.0417, abs=1e-3)  # sd of the log ratios, not the CI
+    biased = stats.paired_ratio([100, 100, 100], [110, 110.5, 109.5])
+    assert stats.noise_floor(biased) == pytest.approx(0.10, abs=1e-3)
+    # two noisy rounds do not turn a 5x slowdown into "noise"
+    noisy = stats.paired_ratio([3.2, 2.2], [3.9, 2.1])
+    assert stats.judged_verdict(ratio(0.22, 0.19, 0.25), 0.03, stats.noise_floor(noisy)) == "slower"
+
+
+# --- the order the trace picks ----------------------------------------------------------------------
+
+def finding(rule):
+    return {"rule": rule, "severity": "high", "evidence": "", "action": ""}
+
+
+PENDING = [STAGE[n] for n in ("dataloader", "batched_input", "tf32", "amp", "channels_last", "fused_optimizer",
+                              "compile", "accumulation", "checkpointing")]
+
+
+@pytest.mark.parametrize("findings, order, expected", [
+    ([finding("optimizer_step")], "trace", "fused_optimizer"),
+    ([finding("data_loading")], "trace", "dataloader"),
+    ([finding("launch_bound")], "trace", "compile"),
+    ([], "trace", "dataloader"),
+    ([finding("optimizer_step")], "fixed", "dataloader"),
+])
+def test_next_stage_follows_the_trace(findings, order, expected):
+    stage, why = ladder.next_stage(list(PENDING), findings, order)
+    assert stage.name == expected
+    assert ("optimizer_step" in why) == (expected == "fused_optimizer")
+
+
+# --- second look and leave-one-out on fake comparisons -----------------------------------------------
+
+def raw(rate: float) -> dict:
+    return {"status": "measured", "metrics": {"step_times_s": [[1.0 / rate] * 4], "samples_per_step": 1}}
+
+
+def comparison(gain: float, rounds=4) -> Comparison:
+    jitter = [1.0, 1.01, 0.99, 1.005][:rounds]
+    return Comparison([raw(100 * j) for j in jitter], [raw(100 * j * gain * (1 + 0.002 * i)) for i, j in enumerate(jitter)])
+
+
+CPU_BF16 = Capabilities("bf16", "native", False, False, False, True)
+
+
+def fake_session(logs):
+    cfg = RunConfig(data="synthetic")
+    return SimpleNamespace(base_cfg=cfg, context=StageContext("cpu", CPU_BF16), log=logs.append, mode="ladder")
+
+
+def fake_compare(gains: dict):
+    def compare(session, a, b, label, a_name, b_name, trace_dir=None, rounds=None, measured=None, floor=None):
+        return comparison(gains[label])
+    return compare
+
+
+class Book:
+    def __init__(self):
+        self.doc = {"second_look": [], "leave_one_out": []}
+
+    def add(self, key, entry):
+        self.doc[key].append(entry)
+
+
+def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):
+    logs, book = [], Book()
+    session = fake_session(logs)
+    fused = STAGE["fused_optimizer"].apply(session.base_cfg, session.context)
+    state = ladder.LadderState(fused, applied=["fused_optimizer"])
+    finished = [{"stage": "amp", "status": "rejected", "kind": "speed"},
+                {"stage": "channels_last", "status": "rejected", "kind": "speed"},
+                {"stage": "compile", "status": "rejected", "kind": "speed", "probe": True},
+                {"stage": "checkpointing", "status": "tradeoff", "kind": "memory"}]
+    monkeypatch.setattr(ladder, "_compare", fake_compare({"second look: amp": 1.15, "second look: channels_last": 0.9}))
+    ladder.second_look(session, finished, state, book)
+    assert [e["stage"] for e in book.doc["second_look"]] == ["amp", "channels_last"]
+    assert [e["adopted"] for e in book.doc["second_look"]] == [True, False]
+    assert state.applied == ["fused_optimizer", "amp"] and state.cfg.precision == "bf16"
+
+
+def judged(stage: str, status: str, ratio: float, low: float, high: float, verdict: str) -> dict:
+    return {"stage": stage, "status": status, "kind": "speed",
+            "metrics": {"speedup_vs_previous": {"ratio": ratio, "ci95_low": low, "ci95_high": high, "verdict": verdict}}}
+
+
+def test_second_look_gives_up_only_on_a_slowdown_nothing_since_can_offset(monkeypatch):
+    logs, book = [], Book()
+    session = fake_session(logs)
+    fused = STAGE["fused_optimizer"].apply(session.base_cfg, session.context)
+    state = ladder.LadderState(fused, applied=["fused_optimizer"])
+    finished = [judged("amp", "rejected", 0.97, 0.90, 1.04, "no significant change"),
+                judged("channels_last", "rejected", 0.88, 0.80, 0.97, "slower"),
+                judged("compile", "rejected", 0.80, 0.72, 0.86, "slower"),
+                judged("fused_optimizer", "kept", 1.15, 1.10, 1.20, "faster")]
+    looked = []
+    monkeypatch.setattr(ladder, "_compare", lambda session, a, b, label, *args, **kw: looked.append(label) or comparison(1.0))
+    ladder.second_look(session, finished, state, book)
+    # amp did not help (a look, always); channels_last at best 0.97x * 1.15 > 1.03; compile 0.86 * 1.15 < 1.03
+    assert looked == ["second look: amp", "second look: channels_last"]
+    skipped = book.doc["second_look"][-1]
+    assert skipped["stage"] == "compile" and not skipped["adopted"] and "0.86x" in skipped["not_retried"]
+    assert any("compile: not retried" in line for line in logs)
+
+
+def test_leave_one_out_drops_a_stage_that_no_longer_pays(monkeypatch):
+    logs, book = [], Book()
+    session = fake_session(logs)
+    cfg = session.base_cfg
+    for name in ("channels_last", "fused_optimizer"):
+        cfg = STAGE[name].apply(cfg, session.context)
+    state = ladder.LadderState(cfg, applied=["channels_last", "fused_optimizer"])
+    monkeypatch.setattr(ladder, "_compare", fake_compare({"leave-one-out: channels_last": 1.0,
+                                                          "leave-one-out: fused_optimizer": 1.25}))
+    ladder.leave_one_out(session, state, book)
+    entries = {e["stage"]: e for e in book.doc["leave_one_out"]}
+    assert entries["channels_last"]["dropped"] and not entries["fused_optimizer"].get("dropped")
+    assert state.applied == ["fused_optimizer"] and state.cfg.memory_format == "contiguous"
+
+
+def test_a_comparison_already_made_is_reused_not_measured_again(monkeypatch):
+    calls, logs = [], []
+    monkeypatch.setattr(ladder.paired_rounds, "compare", lambda *args: calls.append(args) or comparison(1.2))
+    session = fake_session(logs)
+    a, b, measured = session.base_cfg, session.base_cfg.with_overrides(fused_optimizer=True), {}
+    first = ladder._compare(session, a, b, "fused_optimizer", "baseline", "fused_optimizer", measured=measured)
+    again = ladder._compare(session, a, b, "leave-one-out: fused_optimizer", "without", "final", measured=measured)
+    assert again is first and len(calls) == 1 and "already made" in logs[-1]
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("rounds", 0, "rounds=0 is too small"),
+    ("min_effect", -0.1, "min_effect=-0.1 is out of range"),
+    ("min_effect", 1.5, "allowed: 0 <= min_effect < 1"),
+    ("order", "random", "order='random' is not allowed; choose one of: trace, fixed"),
+])
+def test_bad_verdict_options_are_one_line_errors(field, value, words):
+    from workbench.errors import UsageError
+
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig(**{field: value})
+
+
+def test_bad_verdict_options_on_the_command_line_exit_2(capsys):
+    from workbench.cli import main
+
+    assert main(["run", "--order", "random"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") <= 2 and "order='random'" in err and "Traceback" not in err
+
+
+def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last(monkeypatch):
+    from workbench.run import rounds as paired
+
+    ratios = iter([1.05, 1.25, 1.05, 1.18, 1.16, 1.17])  # noisy at three rounds, settled with more
+    calls = []
+
+    def one_round(session, a, b, order, last):
+        calls.append((order, last))
+        gain = next(ratios)
+        return {"a": {**raw(100.0), "status": "measured"}, "b": {**raw(100.0 * gain), "status": "measured"}}
+
+    monkeypatch.setattr(paired, "_one_round", one_round)
+    session = SimpleNamespace(log=lambda message: None)
+    more = ladder._still_open(0.0, 0.03)
+    side = paired.Side(RunConfig(), "x")
+    result = paired.compare(session, side, side, 3, "test", more, 6)
+    lasts = [last for _, last in calls]
+    assert 3 < len(result.a_rounds) <= 6 and lasts[:3] == [False, False, True] and not any(lasts[3:])
+    assert [order for order, _ in calls][:2] == [("a", "b"), ("b", "a")]  # alternating
+    assert stats.judged_verdict(result.ratio(), 0.03) == "faster"
+    ratios = iter([1.2, 1.2, 1.2])
+    settled = paired.compare(session, side, side, 3, "test", lambda c: False, 6)
+    assert len(settled.a_rounds) == 3

@@ -1,0 +1,276 @@
+"""optimization_report.md, part 1: text helpers, Executive Summary, Environment, Links.
+
+Every figure is printed through `show`, which uses the CSV's formatter for its column kind, so the
+same number reads the same in the report and in optimization_results.csv. A value that was not
+measured prints as "n/a" next to a sentence saying why, never as a placeholder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from workbench.report.table import RunView, fmt
+from workbench.results import BREAKDOWN_SUFFIX, TRACE_SUMMARY_SUFFIX, stage_files
+
+CSV_NAME = "optimization_results.csv"
+DASHBOARD_NAME = "optimization_dashboard.png"
+REPORT_NAME = "optimization_report.md"
+SCRIPT_NAME = "optimized_training.py"
+
+
+# --- text helpers ----------------------------------------------------------------------------
+
+def show(kind: str, value: Any, unit: str = "") -> str:
+    """A number as the CSV prints it, plus its unit; 'n/a' when missing."""
+    text = fmt(kind, value)
+    if text == "":
+        return "n/a"
+    if text in ("nan", "inf", "-inf"):
+        return "not finite"
+    return f"{text}{unit}"
+
+
+def plain(value: Any) -> str:
+    """A config or decision value as prose: no braces, no Python None."""
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:.3g}"  # findings' raw shares (0.348086) read better at 3 significant digits
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {plain(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(plain(v) for v in value) or "none"
+    return str(value)
+
+
+def speedup_text(record: dict, prefix: str) -> str:
+    """'1.19x (95% CI 1.14x–1.25x, faster)' for speedup_vs_baseline or speedup_vs_previous."""
+    if record.get(prefix) is None:
+        return "n/a"
+    verdict = record.get("verdict" if prefix == "speedup_vs_baseline" else "verdict_vs_previous")
+    interval = f"95% CI {show('ratio', record.get(f'{prefix}_ci95_low'), 'x')}–" \
+               f"{show('ratio', record.get(f'{prefix}_ci95_high'), 'x')}"
+    return f"{show('ratio', record[prefix], 'x')} ({interval}{', ' + verdict if verdict else ''})"
+
+
+def throughput_text(record: dict) -> str:
+    low, high = record.get("throughput_ci95_low"), record.get("throughput_ci95_high")
+    interval = f" (95% CI {show('rate', low)}–{show('rate', high)} samples/s)" if low is not None else ""
+    return f"{show('rate', record.get('throughput_samples_per_s'), ' samples/s')}{interval}"
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def bullet(label: str, text: str) -> str:
+    return f"- **{label}:** {text}"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    return lines + ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+
+
+def device_name(view: RunView) -> str:
+    env = environment(view)
+    name, kind = env.get("device_name"), env.get("device_type")
+    if name and kind:
+        return f"{name} ({kind})"
+    return name or kind or "an unrecorded device"
+
+
+def environment(view: RunView) -> dict:
+    return view.run.get("environment") or next(
+        (r.get("environment") for r in view.results if r.get("environment")), {})
+
+
+def data_used(view: RunView) -> str:
+    return view.run.get("data") or next((r["data"] for r in view.results if r.get("data")), "not recorded")
+
+
+# --- Executive Summary ------------------------------------------------------------------------
+
+def _status_counts(view: RunView) -> str:
+    order = ("kept", "rejected", "tradeoff", "failed", "skipped")
+    counts = [(s, len(view.with_status(s))) for s in order]
+    return ", ".join(f"{n} {s}" for s, n in counts if n) or "no stage beyond the baseline"
+
+
+def _epoch_line(base: dict, final: dict) -> str:
+    before, after = base.get("epoch_time_s"), final.get("epoch_time_s")
+    if before is None or after is None:
+        return "no epoch time was recorded, so the time saved per epoch is unknown"
+    if final is base:
+        return f"{show('seconds', before, ' s')} per epoch; no kept stage, so no time is saved yet"
+    saved = float(fmt("seconds", before)) - float(fmt("seconds", after))
+    share = saved / float(fmt("seconds", before)) * 100 if before else 0.0
+    word = "saved" if saved >= 0 else "lost"
+    return (f"{show('seconds', before, ' s')} → {show('seconds', after, ' s')} per epoch: "
+            f"{show('seconds', abs(saved), ' s')} {word} per epoch ({show('pct', abs(share), '%')})")
+
+
+def _optimized_lines(view: RunView, base: dict, final: dict) -> list[str]:
+    if final is base:
+        return [bullet("Optimized throughput", "no stage was kept, so the best configuration is the "
+                       "baseline itself: " + throughput_text(base))]
+    applied = final.get("applied") or final["stage"]
+    which = "best single stage" if view.run.get("mode") == "ablation" else "last kept stage"
+    return [
+        bullet("Optimized throughput", f"{throughput_text(final)} with `{applied}` "
+               f"({which}: `{final['stage']}`)"),
+        bullet("Final speedup", speedup_text(final, "speedup_vs_baseline")),
+    ]
+
+
+def executive_summary(view: RunView) -> list[str]:
+    run = view.run
+    lines = ["## Executive Summary", "",
+             f"Run `{run.get('run', view.run_dir.name)}` ({run.get('mode', 'ladder')} mode, created "
+             f"{run.get('created', 'at an unrecorded time')}) has results for "
+             f"{count(len(view.records), 'stage')} on {device_name(view)} with {data_used(view)}.", ""]
+    base = view.baseline
+    if base is None or base.get("throughput_samples_per_s") is None:
+        attempt = base or view.record("baseline") or {}
+        reason = attempt.get("error") or attempt.get("reason") or "no baseline result file was written"
+        return lines + [f"The baseline was not measured ({reason}), so no speedup can be computed.", ""]
+    lines += _headline_figures(view, base, view.final)
+    return lines + overview_table(view) + ["", f"![Optimization dashboard]({DASHBOARD_NAME})", ""]
+
+
+def _headline_figures(view: RunView, base: dict, final: dict) -> list[str]:
+    lines = [bullet("Baseline throughput", f"{throughput_text(base)}, "
+                    f"{show('ms', base.get('step_time_median_ms'), ' ms')} per step (median)")]
+    lines += _optimized_lines(view, base, final)
+    lines += [bullet("Epoch time", _epoch_line(base, final)),
+              bullet("Outcome", _status_counts(view))]
+    lines += _accuracy_line(base, final) + _scaling_lines(base, final) + [""]
+    if view.run.get("mode") == "ablation":
+        lines += ["This is an ablation run: each stage was applied alone to the baseline, so the "
+                  "speedups do not compound and the best single stage is reported as optimized.", ""]
+    return lines
+
+
+def _accuracy_line(base: dict, final: dict) -> list[str]:
+    if base.get("eval_accuracy_percent") is None:
+        return []
+    return [bullet("Held-out accuracy", f"{show('pct', base['eval_accuracy_percent'], '%')} (baseline) and "
+                   f"{show('pct', final.get('eval_accuracy_percent'), '%')} (optimized) after "
+                   f"{show('int', final.get('trained_steps'))} training steps: a check that training still "
+                   "works, not a converged accuracy")]
+
+
+def _scaling_lines(base: dict, final: dict) -> list[str]:
+    if base.get("scaling_efficiency_percent") is None:
+        return []
+    return [bullet("Scaling", f"{show('int', base.get('world_size'))} processes: baseline at "
+                   f"{show('pct', base['scaling_efficiency_percent'], '%')} of {show('int', base.get('world_size'))}x "
+                   f"the one-process baseline, optimized at {show('pct', final.get('scaling_efficiency_percent'), '%')}; "
+                   f"collectives take {show('pct', base.get('communication_percent'), '%')} of a baseline step")]
+
+
+def overview_table(view: RunView) -> list[str]:
+    headers = ["stage", "status", "throughput (samples/s)", "speedup vs baseline",
+               "speedup vs previous", "peak memory (MiB)", "impact"]
+    rows = [[r["stage"], r["status"], show("rate", r.get("throughput_samples_per_s")),
+             show("ratio", r.get("speedup_vs_baseline"), "x"),
+             show("ratio", r.get("speedup_vs_previous"), "x"),
+             show("mb", r.get("peak_memory_mb")), r.get("impact") or "n/a"] for r in view.records]
+    note = ("n/a: not measured (failed or skipped stage), or not applicable (the baseline has no "
+            "previous configuration and no impact).")
+    return table(headers, rows) + ["", note]
+
+
+# --- Environment and Links --------------------------------------------------------------------
+
+ENVIRONMENT_LABELS = (
+    ("device_name", "device"), ("device_type", "device type"), ("device_count", "device count"),
+    ("cuda_capability", "CUDA capability"), ("device_memory_mb", "device memory (MiB)"),
+    ("cpu_cores", "usable CPU cores"), ("threads", "intra-op threads"), ("cpu_flags", "CPU flags"),
+    ("torch", "torch"), ("torchvision", "torchvision"), ("python", "Python"),
+    ("platform", "platform"), ("git_revision", "git revision"),
+)
+
+
+def environment_section(view: RunView) -> list[str]:
+    env = environment(view)
+    lines = ["## Environment", ""]
+    if not env:
+        return lines + ["No environment was recorded in run.json or in any stage result.", ""]
+    known = {key for key, _ in ENVIRONMENT_LABELS}
+    rows = [[label, _env_value(key, env.get(key))] for key, label in ENVIRONMENT_LABELS if key in env]
+    rows += [[key, plain(value)] for key, value in sorted(env.items()) if key not in known]
+    rows += [["data", data_used(view)], ["run mode", str(view.run.get("mode", "ladder"))]]
+    return lines + table(["item", "value"], rows) + [""] + _decisions(view)
+
+
+def _env_value(key: str, value: Any) -> str:
+    if value is None:
+        return "not applicable" if key in ("cuda_capability", "device_memory_mb") else "not recorded"
+    if key == "cpu_flags":
+        return plain(value) if value else "none of the flags the workbench checks (avx2, avx512, amx)"
+    return plain(value)
+
+
+def _decisions(view: RunView) -> list[str]:
+    decisions = view.run.get("decisions") or {}
+    if not decisions:
+        return []
+    lines = ["Decisions taken once for the whole run:", ""]
+    return lines + [bullet(key, plain(value)) for key, value in decisions.items()] + [""]
+
+
+def relative_link(view: RunView, recorded: str | None) -> tuple[str, bool] | None:
+    """A path from a result file, as a link relative to the run folder, and whether it exists.
+
+    Recorded paths are absolute or relative to the directory the run started in, which is the
+    parent of the reports folder by default (reports/<run>/): try both.
+    """
+    if not recorded:
+        return None
+    path = Path(recorded)
+    candidates = [path] if path.is_absolute() else [view.run_dir.parent.parent / path, Path.cwd() / path]
+    found = next((c for c in candidates if c.exists()), candidates[0])
+    return os.path.relpath(found, view.run_dir), found.exists()
+
+
+def _link(label: str, target: tuple[str, bool] | None) -> str:
+    if target is None:
+        return f"{label}: not recorded"
+    href, exists = target
+    return f"[{label}]({href})" + ("" if exists else " (not found on this machine)")
+
+
+def links_section(view: RunView) -> list[str]:
+    lines = ["## Links", "", f"- [Results table]({CSV_NAME})", f"- [Dashboard]({DASHBOARD_NAME})",
+             f"- [Optimized training script]({SCRIPT_NAME})"]
+    lines += [f"- [{png.stem.replace('_', ' ')}]({png.name})" for png in sorted(view.run_dir.glob("*.png"))
+              if png.name != DASHBOARD_NAME]
+    lines += ["", "Per stage:", ""]
+    for result in view.results:
+        lines.append(f"- `{result.get('stage')}`: " + ", ".join(_stage_links(view, result)))
+    return lines + [""]
+
+
+def _stage_links(view: RunView, result: dict) -> list[str]:
+    stage = str(result.get("stage"))
+    trace = result.get("trace") or {}
+    links = [_link("result", _local(view, stage, ".json"))]
+    if not trace:
+        return links + ["no trace was recorded for this stage"]
+    return links + [
+        _link("trace folder", relative_link(view, trace.get("dir"))),
+        _link("trace summary", _local(view, stage, TRACE_SUMMARY_SUFFIX)
+              or relative_link(view, trace.get("summary_json"))),
+        _link("step breakdown CSV", _local(view, stage, BREAKDOWN_SUFFIX)
+              or relative_link(view, trace.get("breakdown_csv"))),
+    ]
+
+
+def _local(view: RunView, stage: str, suffix: str) -> tuple[str, bool] | None:
+    """A stage's file in the run's stages/ folder (the documented layout, either form), when it is there."""
+    found = stage_files(view.run_dir, stage, suffix)
+    return (found[0].relative_to(view.run_dir).as_posix(), True) if found else None

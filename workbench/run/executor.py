@@ -1,0 +1,394 @@
+"""Measure one configuration: build, warm up, time the repeats, then trace in a separate pass.
+
+This is the in-process core; the ladder normally runs it in a fresh process per stage (worker.py) so
+each stage starts from a clean allocator and its host peak memory is its own.
+"""
+from __future__ import annotations
+
+import functools
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from workbench import stats
+from workbench.run import distributed, measure
+from workbench.config import RunConfig
+from workbench.training.data import DataSpec, build_loader, load_data
+from workbench.run.distributed import DistInfo
+from workbench.device import probe, resolve_device_type, threads_for
+from workbench.training.batched_input import DeviceAugment
+from workbench.errors import StageSkipped, UsageError
+from workbench.training.model import apply_all, build_model, build_optimizer
+from workbench.progress import Progress, stderr_log
+from workbench.trace.capture import capture
+from workbench.training.step import BatchStream, StepSettings, TrainStep, UserTask, classification_loss, map_tensors
+
+
+@dataclass
+class Built:
+    """Everything a measured loop needs, built from one RunConfig."""
+
+    cfg: RunConfig
+    device: torch.device
+    model: torch.nn.Module
+    eager_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    step: TrainStep
+    stream: BatchStream
+    data_description: str
+    dataset_size: int
+    notes: dict
+    dist: DistInfo = DistInfo()
+    eval_data: object = None
+
+    @property
+    def samples_per_step(self) -> int:
+        """Samples one optimizer step consumes across all processes."""
+        return self.cfg.batch_size * self.dist.world_size
+
+
+EVAL_IMAGES, EVAL_BATCH = 500, 250
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@functools.lru_cache(maxsize=4)
+def shared_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: int, train: bool,
+                batched: bool) -> DataSpec:
+    """Datasets are read-only: the two configurations of a paired round share one copy (and its
+    loading time) when they read the same data the same way."""
+    return load_data(data, data_dir, image_size, per_batch, seed, train=train, log=stderr_log, batched=batched)
+
+
+def user_data_spec(dataset, model_factory: Callable | None = None) -> DataSpec:
+    """A dataset handed in from Python (bare, or a UserTask with its loss). The class count comes
+    from a `classes` attribute where there is one; without it (tokens, regression) num_classes is
+    None and the model must come from model_factory, which is then given None."""
+    classes = getattr(dataset, "classes", None)
+    if not classes and model_factory is None:
+        raise UsageError("the dataset has no 'classes' attribute, so the built-in models cannot size their "
+                         "output; give the dataset `classes` (a list of class names) or pass model_factory")
+    inner = dataset.dataset if isinstance(dataset, UserTask) else dataset
+    return DataSpec(dataset, len(classes) if classes else None,
+                    f"user dataset {type(inner).__name__} ({len(dataset)} samples)")
+
+
+def _loss_fn(dataset):
+    """The loss a UserTask carries; the built-in cross-entropy on (images, labels) otherwise."""
+    return getattr(dataset, "loss_fn", None) or classification_loss
+
+
+def check_device_support(cfg: RunConfig, device_type: str) -> None:
+    if cfg.precision == "fp16" and device_type == "cpu":
+        raise UsageError("precision='fp16' is not supported on a CPU; allowed there: fp32, bf16")
+
+
+def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, log=print,
+          dist: DistInfo = DistInfo()) -> Built:
+    device_type = resolve_device_type(cfg.device)
+    check_device_support(cfg, device_type)
+    device = distributed.device_for(device_type, dist)
+    # Processes on one machine share its cores: each gets its part.
+    torch.set_num_threads(threads_for(cfg.threads, max(1, probe("cpu").cpu_cores // dist.world_size)))
+    use_backend_settings(cfg, device_type)
+    seed_everything(cfg.seed)
+    batched = cfg.input_pipeline == "batched"
+    if batched and dataset is not None:
+        raise StageSkipped("the batched input pipeline needs the workbench's own data (CIFAR format or "
+                           "an ImageFolder); a dataset from Python brings its own transforms")
+    spec = user_data_spec(dataset, model_factory) if dataset is not None else shared_data(
+        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, True, batched)
+    data = spec.dataset
+    loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
+                          cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed))
+    eval_data = _eval_data(cfg, dataset, log)  # before the memory baseline: data is not the model's memory
+    make_model = (lambda: model_factory(spec.num_classes)) if model_factory else (
+        lambda: build_model(cfg.model, spec.num_classes))
+    # The batched pipeline stores uint8 images at their source size: count on what the model sees.
+    augment_on_cpu = (lambda b: (DeviceAugment(cfg.image_size, torch.device("cpu"), cfg.seed)(b[0]), b[1])) if batched else None
+    flops = count_flops(make_model, cfg, data, _loss_fn(dataset), augment_on_cpu)
+    rss_before_model = measure.current_rss_mb()
+    eager = make_model()
+    model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
+                             distribute=lambda m: distributed.wrap(m, device, dist))
+    notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model)
+    optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr, cfg.fused_optimizer)
+    settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
+                            cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",
+                            clip_grad_norm=cfg.clip_grad_norm or None,
+                            device_transform=DeviceAugment(cfg.image_size, device, cfg.seed) if batched else None)
+    # A user's batch travels whole (any structure) to the loss that knows it.
+    return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings, _loss_fn(dataset)),
+                 BatchStream(loader, whole=dataset is not None), spec.description, len(data), notes, dist, eval_data)
+
+
+def _eval_data(cfg: RunConfig, dataset, log):
+    """The held-out split (CIFAR's test_batch) for a quick accuracy check; None where there is none."""
+    if dataset is not None or cfg.data.startswith("imagefolder:"):
+        return None
+    return shared_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, False, False).dataset
+
+
+@torch.no_grad()
+def evaluate(built: Built, max_images: int = EVAL_IMAGES) -> float | None:
+    """Top-1 accuracy on held-out images after the steps run so far: a check that the stage still
+    learns, not a converged accuracy. Runs the eager module (a compiled one would recompile for eval)."""
+    if built.eval_data is None:
+        return None
+    subset = torch.utils.data.Subset(built.eval_data, range(min(max_images, len(built.eval_data))))
+    loader = torch.utils.data.DataLoader(subset, batch_size=EVAL_BATCH)
+    fmt = torch.channels_last if built.cfg.memory_format == "channels_last" else torch.contiguous_format
+    built.eager_model.eval()
+    correct = 0
+    try:
+        for images, labels in loader:
+            with built.step.autocast():
+                logits = built.eager_model(images.to(built.device, memory_format=fmt))
+            correct += (logits.argmax(1).cpu() == labels).sum().item()
+    finally:
+        built.eager_model.train()
+    return correct / len(subset)
+
+
+def _run_steps(built: Built, count: int, progress: Progress, phase: str, clock=None) -> list[torch.Tensor]:
+    losses = []
+    for i in range(count):
+        images, labels = built.stream.next()
+        losses.append(built.step(images, labels))
+        if clock is not None:
+            clock.mark()
+        progress.update(phase, i + 1, count)
+    return losses
+
+
+def warm_up(built: Built, progress: Progress) -> float:
+    """Run the warm-up steps (compile happens here) and return their wall time."""
+    start = time.perf_counter()
+    _run_steps(built, built.cfg.warmup_steps, progress, "warm-up" + (" + compile" if built.cfg.compile != "none" else ""))
+    measure.synchronize(built.device)
+    return time.perf_counter() - start
+
+
+def timed_repeats(built: Built, progress: Progress) -> tuple[list[list[float]], list[float], float]:
+    """Step times of each repeat (seconds), the losses of the last repeat, and the first timed loss."""
+    all_times, losses, first = [], [], None
+    for repeat in range(built.cfg.repeats):
+        clock = measure.StepClock(built.device)
+        clock.mark()
+        losses = _run_steps(built, built.cfg.timed_steps, progress, f"repeat {repeat + 1}/{built.cfg.repeats}", clock)
+        all_times.append(clock.step_times())
+        first = float(losses[0]) if first is None else first
+    return all_times, [float(loss) for loss in losses], first
+
+
+# The compute-only ceiling: a few short repeats on one batch that stays on the device.
+COMPUTE_ONLY_REPEATS, COMPUTE_ONLY_STEPS = 2, 6
+
+
+def compute_only(built: Built, progress: Progress) -> dict:
+    """What the model could do if input cost nothing: steps on one device-resident batch (already
+    copied and augmented), timed like the real ones. Beside the delivered throughput it says whether
+    the configuration is input-bound or compute-bound."""
+    batch = built.step.prepare(*built.stream.next())
+    steps = min(built.cfg.timed_steps, COMPUTE_ONLY_STEPS)
+    times = []
+    repeats = min(built.cfg.repeats, COMPUTE_ONLY_REPEATS)  # a brief probe stays brief
+    for repeat in range(repeats):
+        clock = measure.StepClock(built.device)
+        clock.mark()
+        for i in range(steps):
+            built.step.train_on(batch)
+            clock.mark()
+            progress.update(f"compute-only {repeat + 1}/{repeats}", i + 1, steps)
+        times.append(clock.step_times())
+    return {"throughput": stats.throughput(times, built.samples_per_step, built.cfg.seed),
+            "step_time_s": stats.spread(times)["median"], "steps": steps * repeats,
+            "method": "the same step on one batch kept on the device (no loading, no copy, no augmentation)"}
+
+
+def real_batch(data, size: int):
+    """The first `size` items of the dataset, collated as the DataLoader would: FLOPs are counted on
+    the shapes the model really sees (sequence length, image size, whatever the batch holds)."""
+    return torch.utils.data.default_collate([data[i] for i in range(min(size, len(data)))])
+
+
+def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data, loss_fn, prepare=None) -> float:
+    """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute),
+    from a real batch of the data through the run's own loss.
+
+    Counted on the meta device: no memory, no compute, and no fp32 pass that could run out of memory
+    where the optimized stage would fit. A model that cannot live on meta is counted at batch 1 on
+    the CPU and scaled (FLOPs grow linearly with the batch).
+    """
+    try:
+        batch = real_batch(data, cfg.effective_micro_batch)
+        batch = map_tensors(prepare(batch) if prepare else batch, lambda t: t.to("meta"))
+        with torch.device("meta"):
+            return _step_flops(make_model(), batch, loss_fn) * cfg.accumulation_steps
+    except Exception:  # a factory doing real work at construction (loading weights, say)
+        one = real_batch(data, 1)
+        flops = _step_flops(make_model(), prepare(one) if prepare else one, loss_fn)
+        return flops * cfg.effective_micro_batch * cfg.accumulation_steps
+
+
+def _step_flops(model: torch.nn.Module, batch, loss_fn) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(model, batch).backward()
+    model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def use_backend_settings(cfg: RunConfig, device_type: str) -> None:
+    """Process-wide switches a configuration sets; set again before each of its windows when two
+    configurations share a process (a paired round)."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.benchmark = device_type == "cuda"  # fixed shapes: let cuDNN pick kernels once
+
+
+def _memory(built: Built, window: "Window", rss_before_mb: float) -> dict:
+    parts = measure.memory_parts_mb(built.eager_model, built.optimizer)
+    host_peak_mb = window.host_peak_mb
+    if built.device.type == "cuda":
+        peaks = window.cuda_peaks
+        headline, kind = peaks["allocated_mb"], "cuda max_memory_allocated"
+    else:
+        peaks = {"rss_peak_mb": host_peak_mb, "rss_before_model_mb": rss_before_mb}
+        headline = host_peak_mb - rss_before_mb
+        kind = "host peak RSS of the measuring process during the timed steps, minus its RSS before the model was built"
+    activations = max(0.0, headline - sum(parts.values()))
+    return {"peak_memory_mb": headline, "peak_memory_kind": kind, "peak_memory": peaks,
+            "memory_breakdown_mb": {**parts, "activations_and_other": activations}}
+
+
+def _compile_seconds(warmup_s: float, cfg: RunConfig, median_step_s: float) -> float | None:
+    """Compile time: the warm-up's wall time less what its steps would take when compiled."""
+    if cfg.compile == "none":
+        return None
+    return max(0.0, warmup_s - cfg.warmup_steps * median_step_s)
+
+
+def _guarded(action):
+    """(value, None), or (None, 'Type: message') when the action fails."""
+    try:
+        return action(), None
+    except Exception as error:  # recorded beside the measurement, which stands
+        return None, f"{type(error).__name__}: {str(error).strip()[:300]}"
+
+
+def _flops_metrics(flops: float, mean_step_s: float, peak: float | None, peak_source: str) -> dict:
+    achieved = flops / mean_step_s
+    return {"flops_per_step": flops, "achieved_flops_per_s": achieved,
+            "mfu": achieved / peak if peak else None, "peak_flops_per_s": peak, "peak_flops_source": peak_source}
+
+
+def _trace_pass(built: Built, trace_dir: Path, progress: Progress) -> dict:
+    """Profile a few more steps with named regions; the timed numbers never include this."""
+    built.step.annotate = True
+
+    def one_step(i: int) -> None:
+        images, labels = built.stream.next(annotate=True)
+        built.step(images, labels)
+        progress.update("trace", i + 1, None)
+
+    try:
+        return capture(one_step, trace_dir, built.device.type, built.cfg.trace_with_stack,
+                       built.dist.rank, built.dist.world_size)
+    finally:
+        built.step.annotate = False
+
+
+@dataclass
+class Window:
+    """One timed window of a configuration: step times, losses and the peaks read right after it."""
+
+    step_times: list[list[float]]
+    losses: list[float]
+    first_loss: float
+    host_peak_mb: float
+    cuda_peaks: dict | None
+
+
+def prepare(built: Built, progress: Progress) -> float:
+    """Warm-up (compile happens here), then one untimed step after the cache release; its wall time."""
+    use_backend_settings(built.cfg, built.device.type)
+    warmup_s = warm_up(built, progress)
+    measure.release_cuda_cache(built.device)
+    _run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
+    return warmup_s
+
+
+def timed_window(built: Built, progress: Progress) -> Window:
+    """The timed repeats of a prepared configuration, with the peaks of exactly these steps."""
+    use_backend_settings(built.cfg, built.device.type)
+    measure.reset_cuda_peaks(built.device)
+    with measure.HostPeak() as host_peak:
+        step_times, losses, first_loss = timed_repeats(built, progress)
+    cuda = measure.cuda_peaks(built.device) if built.device.type == "cuda" else None
+    return Window(step_times, losses, first_loss, host_peak.peak_mb, cuda)
+
+
+def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: float | None, peak_source: str,
+                   rss_before_mb: float) -> dict:
+    """Throughput, step time, loss, memory and FLOPs of a timed window."""
+    cfg, step_times, losses = built.cfg, window.step_times, window.losses
+    spread = stats.spread(step_times)
+    samples = built.samples_per_step
+    throughput = stats.throughput(step_times, samples, cfg.seed)
+    return {"samples_per_step": samples, "world_size": built.dist.world_size, "step_times_s": step_times,
+            "step_time_s": spread, "throughput": throughput,
+            "repeat_throughputs": stats.repeat_throughputs(step_times, samples),
+            "warmup_s": warmup_s, "compile_s": _compile_seconds(warmup_s, cfg, spread["median"]),
+            "epoch_time_s": built.dataset_size / throughput["median"],
+            "first_loss": window.first_loss, "final_loss": float(np.mean(losses[-3:])),
+            "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
+            **_memory(built, window, rss_before_mb),
+            **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source),
+            "trained_steps": cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps}
+
+
+# extras="brief": a brief probe (emulated bf16 on a CPU, 30x slower) gets its trace only; its accuracy
+# check and compute-only ceiling would cost minutes and cannot change a verdict its window settled.
+BRIEF = "brief"
+
+
+def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: bool | str = True) -> dict:
+    """The raw result: the window's metrics, plus the untimed extras when asked (BRIEF: the trace only)."""
+    if not extras:  # a timing-only side: the extras come from the configuration's last round
+        return {"metrics": metrics, "trace_file": None, "trace_size_mb": None}
+    return _with_extras(built, metrics, trace_dir, progress, brief=extras == BRIEF)
+
+
+def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | None, peak_source: str,
+                   rss_before_mb: float, progress: Progress, extras: bool | str = True) -> dict:
+    """One configuration alone: warm-up, timed repeats, memory, FLOPs and (optionally) the extras."""
+    warmup_s = prepare(built, progress)
+    window = timed_window(built, progress)
+    metrics = window_metrics(built, window, warmup_s, peak_flops, peak_source, rss_before_mb)
+    return finish(built, metrics, trace_dir, progress, extras)
+
+
+def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, brief: bool = False) -> dict:
+    """The untimed checks after the window: accuracy, compute-only ceiling, trace."""
+    if brief:
+        skipped = "not run for a brief probe (its window already shows the cost)"
+        metrics.update(eval_accuracy=None, eval_error=skipped, compute_only=None, compute_only_error=skipped)
+    else:
+        # The timed figures exist now: a failing accuracy check or trace must not throw them away.
+        metrics["eval_accuracy"], metrics["eval_error"] = _guarded(lambda: evaluate(built))
+        # After the accuracy check: its steps revisit one batch, which says nothing about learning.
+        metrics["compute_only"], metrics["compute_only_error"] = _guarded(lambda: compute_only(built, progress))
+    trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress) if trace_dir else None)
+    metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
+    return {"metrics": metrics, "trace_file": trace["file"] if trace else None,
+            "trace_size_mb": trace["size_mb"] if trace else None}

@@ -1,0 +1,203 @@
+"""A warm parent for paired rounds on a CPU: torch imported once, one forked child per round.
+
+Importing torch, torchvision and the measuring code costs about 5 s in every fresh process on a
+2-core machine: a quarter of a round. The server (`python -m workbench.run.forkserver`) imports them once
+and then forks one child per round. The child is still a fresh process: its own pid, session and
+process group, its own DataLoader workers, a heap that starts from the import state, and nothing
+left over from earlier rounds; only the imported modules are shared, copy-on-write. The server
+runs no torch op and never touches CUDA, so no thread pool or device context is copied into a child
+(fork is unsafe after either). Its imports are checked against that before the first fork.
+
+Used only where it is safe and helps: one process per side (no torchrun) on a CPU. A CUDA round
+still starts from exec (see rounds.py). Protocol: one JSON line per request on a pipe, two answers
+per request ({"pid"} when forked, {"pid", "code"} when it ended).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+import time
+
+from workbench.run import procs
+
+_QUIET_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# The server answers a request once its imports are done (seconds) and a fork takes milliseconds.
+FORK_TIMEOUT_S = 120.0
+
+
+class ServerGone(RuntimeError):
+    """The server died or stopped answering; the caller falls back to a fresh exec'd process."""
+
+
+class ForkServer:
+    """The parent's handle: start the server once, run one worker spec at a time in a forked child."""
+
+    def __init__(self, env: dict):
+        request_read, self._request = os.pipe()
+        self._answers, answer_write = os.pipe()
+        self.proc = procs.start_worker(
+            [sys.executable, "-m", "workbench.run.forkserver", str(request_read), str(answer_write)],
+            env, stdin=open(os.devnull), pass_fds=(request_read, answer_write))
+        os.close(request_read)
+        os.close(answer_write)
+        self._buffer = b""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(self, target: str, args: list, timeout_s: float | None) -> int | None:
+        """Call target ("module:function") with args in a forked child; its exit status (as
+        subprocess gives it: -N for a signal), or None when it ran past timeout_s. However this
+        process is stopped, the child's group goes first, as with procs.run_worker."""
+        try:
+            os.write(self._request, (json.dumps({"target": target, "args": args}) + "\n").encode())
+        except BrokenPipeError:
+            raise ServerGone(f"the fork server exited with status {self.proc.poll()}") from None
+        try:
+            pid = self._answer(timeout_s=FORK_TIMEOUT_S)["pid"]
+        except TimeoutError:
+            raise ServerGone(f"the fork server did not fork within {FORK_TIMEOUT_S:g} s") from None
+        try:
+            return self._answer(timeout_s)["code"]
+        except TimeoutError:
+            _stop_child(pid, grace_s=0)
+            self._answer(timeout_s=procs.GRACE_S)
+            return None
+        except BaseException:
+            _stop_child(pid, grace_s=procs.GRACE_S, wait=lambda s: self._answer(timeout_s=s))
+            raise
+
+    def close(self) -> None:
+        """End of input: the server exits; it is killed if it does not."""
+        try:
+            os.close(self._request)
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except Exception:
+            procs.stop_group(self.proc, grace_s=0)
+        os.close(self._answers)
+
+    def _answer(self, timeout_s: float | None) -> dict:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self._buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self._answers], [], [], left)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(self._answers, 4096)
+            if not chunk:
+                raise ServerGone(f"the fork server exited with status {self.proc.poll()}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return json.loads(line)
+
+
+def _stop_child(pid: int, grace_s: float, wait=None) -> None:
+    """SIGINT to the child's group (it saves what it finished), then SIGKILL to what is left."""
+    if grace_s > 0 and wait is not None:
+        _signal(pid, signal.SIGINT)
+        try:
+            wait(grace_s)
+            return
+        except (TimeoutError, ServerGone, KeyboardInterrupt):
+            pass
+    _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        try:  # forked but not yet its own group leader
+            os.kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+_shared: dict[str, ForkServer] = {}
+
+
+def shared(env: dict) -> ForkServer:
+    """One server per process (and environment), started on first use and closed at exit."""
+    key = json.dumps(sorted(env.items()))
+    server = _shared.get(key)
+    if server is None or not server.alive():
+        if not _shared:
+            import atexit
+
+            atexit.register(close_all)
+        server = _shared[key] = ForkServer(env)
+    return server
+
+
+def close_all() -> None:
+    while _shared:
+        _shared.popitem()[1].close()
+
+
+# --- the server side ---------------------------------------------------------------------------
+
+def _quiet_exit(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _warm_imports() -> None:
+    """Everything a round imports, and nothing that starts a device or a thread pool."""
+    import torch
+
+    from workbench.run import pair, worker  # noqa: F401  (the imports are the point)
+
+    if torch.cuda.is_initialized():
+        raise RuntimeError("CUDA was initialised while importing; forking would copy its context")
+
+
+def _child(target: str, args: list, fds: tuple[int, int]) -> None:
+    """In the forked child: its own session, a quiet stop until the target installs its own
+    handlers (as workbench.run.worker_entry does), then the target; its return value is the exit status."""
+    code = 1
+    try:
+        os.setsid()
+        for fd in fds:
+            os.close(fd)
+        for signum in _QUIET_SIGNALS:
+            signal.signal(signum, _quiet_exit)
+        module, function = target.split(":")
+        result = getattr(importlib.import_module(module), function)(*args)
+        code = result if isinstance(result, int) else 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:
+        import traceback
+
+        traceback.print_exc(limit=3)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(request_fd: int, answer_fd: int) -> int:
+    for signum in _QUIET_SIGNALS:
+        signal.signal(signum, _quiet_exit)
+    _warm_imports()
+    with os.fdopen(request_fd, "rb", buffering=0) as requests:
+        for line in iter(requests.readline, b""):
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                _child(request["target"], request["args"], (request_fd, answer_fd))
+            os.write(answer_fd, (json.dumps({"pid": pid}) + "\n").encode())
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)  # -N for a signal, as subprocess reports it
+            os.write(answer_fd, (json.dumps({"pid": pid, "code": code}) + "\n").encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2])))

@@ -1,0 +1,410 @@
+"""The ladder: stages tried one at a time, each compared in paired rounds, judged, saved as it finishes.
+
+The flow of a run:
+1. noise floor: the baseline against itself (an A/A comparison, the same paired design); its spread
+   is the machine's, and its second side is the baseline's result;
+2. the pass: the next stage is the one the current configuration's trace points at (or the default
+   order where nothing does, or always with order=fixed); a speed stage is carried forward only when
+   its whole interval lies above 1 + min_effect and its effect above the noise floor; memory stages
+   are trade-offs, reported and not carried;
+3. the second look (order=trace): each rejected speed stage is tried once more on the final
+   configuration (effects interact: bf16 pays on a CPU only once the optimizer step is fused);
+4. leave-one-out (order=trace): each kept stage is removed from the final configuration; one that no
+   longer pays there is dropped;
+5. the headline: the final configuration against the baseline, paired, in the same time window.
+Every stage result is written atomically the moment it is judged, and verdicts.json holds the noise
+floor, the order taken and why, both checks and the headline, so an interrupted run keeps what it did.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from workbench import results, stats
+from workbench.run import judge, rounds as paired_rounds
+from workbench.config import RunConfig
+from workbench.errors import ResultFileError, SaveError, StageSkipped
+from workbench.run.executor import BRIEF
+from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
+from workbench.run.rounds import Side
+from workbench.run.session import Session, write_run_file
+from workbench.run.stages import MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
+
+FINAL_STAGE = judge.FINAL_STAGE  # the headline's stage name, spelled once in judge
+
+
+@dataclass
+class LadderState:
+    """What the next stage builds on: the last kept configuration and its measurement."""
+
+    cfg: RunConfig
+    applied: list[str] = field(default_factory=list)
+    result: dict | None = None
+    baseline: dict | None = None
+    floor: float = 0.0
+    position: int = 0              # stages taken so far: the next file's number
+    # Paired comparisons already measured, by (a, b): leave-one-out of the last kept stage and the
+    # headline of a single kept stage are comparisons the pass already made.
+    measured: dict = field(default_factory=dict)
+
+
+@dataclass
+class Verdicts:
+    """The run-level record beside the stage files (verdicts.json), rewritten as each piece lands."""
+
+    session: Session
+    doc: dict = field(default_factory=lambda: {"order": [], "second_look": [], "leave_one_out": []})
+
+    def save(self) -> None:
+        write_json_atomic(self.session.run_dir / VERDICTS_FILE, self.doc)
+
+    def add(self, key: str, entry: dict) -> None:
+        self.doc[key].append(entry)
+        self.save()
+
+    def set(self, key: str, value) -> None:
+        self.doc[key] = value
+        self.save()
+
+
+def _trace_dir(session: Session, cfg: RunConfig, name: str):
+    return results.stage_trace_dir(session.profiles_dir, name) if cfg.trace else None
+
+
+# An inconclusive speed comparison gets more rounds, up to this many times the planned count: a real
+# 10% effect needs more than three rounds to show on a noisy machine; a null one settles sooner.
+EXTRA_ROUNDS_FACTOR = 2
+
+
+def _still_open(floor: float, min_effect: float):
+    def more(comparison: paired_rounds.Comparison) -> bool:
+        if len(comparison.a_rounds) < 2 or comparison.failure is not None or comparison.interrupted is not None:
+            return False
+        return stats.judged_verdict(comparison.ratio(), min_effect, floor) == "inconclusive"
+    return more
+
+
+def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: str, b_name: str,
+             trace_dir=None, rounds: int | None = None, measured: dict | None = None,
+             floor: float | None = None, brief: bool = False) -> paired_rounds.Comparison:
+    """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round. With
+    `measured`, a pair compared before in this run is not measured again; with a noise floor, an
+    inconclusive answer gets more rounds (up to EXTRA_ROUNDS_FACTOR times as many). brief: b is a
+    brief probe, whose extras are its trace only."""
+    if measured is not None and (a, b) in measured:
+        session.log(f"== {label}: {a_name} vs {b_name} is a comparison this run already made: reusing its rounds")
+        return measured[(a, b)]
+    _clear_old_traces(trace_dir)
+    count = rounds or b.rounds
+    session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
+    more = _still_open(floor, session.base_cfg.min_effect) if floor is not None and count > 1 else None
+    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=BRIEF if brief else True), count, label,
+                                       more, count * EXTRA_ROUNDS_FACTOR)
+    if measured is not None and comparison.failure is None and comparison.interrupted is None:
+        measured[(a, b)] = comparison
+    return comparison
+
+
+def _clear_old_traces(trace_dir) -> None:
+    """A re-measured stage replaces its trace; stale ones would mix into the analysis."""
+    for old in results.trace_files(trace_dir) if trace_dir else []:
+        old.unlink()
+
+
+# --- 1. the noise floor and the baseline -----------------------------------------------------------
+
+def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, alone: bool = False) -> dict:
+    """The baseline against itself: the machine's noise floor, and the baseline's own result. Alone
+    (no stage to compare with it, as in `make profile-baseline`) one round measures and traces it."""
+    cfg = session.base_cfg
+    earlier, aa = _previous(session, "baseline", cfg, []), _earlier_floor(session)
+    if earlier and aa:
+        session.log("== baseline and noise floor: kept from the earlier run")
+        state.floor = aa["noise_floor"]
+        verdicts.set("noise_floor", aa)
+        state.baseline = state.result = earlier
+        state.position = 1
+        return earlier
+    started = time.perf_counter()
+    comparison = _compare(session, cfg, cfg, "baseline" if alone else "noise floor (A/A)", "baseline", "baseline",
+                          _trace_dir(session, cfg, "baseline"), 1 if alone else None)
+    result = judge.reference_result(session, comparison, started)
+    if comparison.interrupted is not None:
+        return _saved_then_stop(session, result, comparison)
+    if result["status"] == "baseline" and not alone:
+        aa = judge.aa_summary(comparison)
+        state.floor = aa["noise_floor"]
+        verdicts.set("noise_floor", aa)
+        noisy = aa["noise_floor"] > 0.5
+        session.log(f"noise floor: baseline vs itself {judge.fmt(aa)}; " + (
+            "the machine is too noisy to judge small effects: rerun on a quiet machine" if noisy else
+            f"effects under {aa['noise_floor']:.1%} are 'no significant change'"))
+    state.baseline = state.result = result
+    state.position = 1
+    return _save(session, result)
+
+
+# --- 2. the pass -----------------------------------------------------------------------------------
+
+def next_stage(pending: list[Stage], findings: list[dict], order: str) -> tuple[Stage, str]:
+    """The stage to try next and why: what the trace points at first (speed before memory), then the
+    default order."""
+    if order == "trace":
+        from workbench.trace import diagnose
+
+        for stage in pending:
+            rules = [f["rule"] for f in findings if stage.name in diagnose.predicts([f])]
+            if rules:
+                return stage, f"the trace points at it ({', '.join(rules)})"
+    return pending[0], "default order" if order == "trace" else "fixed order (the lab's sequence)"
+
+
+def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> dict:
+    """Apply, compare against the configuration it would join, judge and save one stage."""
+    before = state.cfg if session.mode == "ladder" else session.base_cfg
+    against = state.result if session.mode == "ladder" else state.baseline
+    position = state.position
+    state.position += 1
+    try:
+        cfg = stage.apply(before, session.context)
+    except StageSkipped as error:
+        return _save(session, judge.skipped(session, stage, position, before, str(error), why))
+    if cfg == before:
+        return _save(session, judge.skipped(session, stage, position, cfg, _nothing_to_change(session, stage, against), why))
+    applied = (state.applied if session.mode == "ladder" else []) + [stage.name]
+    earlier = _previous(session, stage.name, cfg, applied)
+    if earlier is not None:
+        session.log(f"== {stage.name}: kept from the earlier run ({earlier['status']})")
+        return earlier
+    started = time.perf_counter()
+    rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
+    comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
+                          _trace_dir(session, cfg, stage.name), rounds, state.measured,
+                          state.floor if stage.kind == SPEED else None, brief=cfg.rounds < before.rounds)
+    result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
+    return _saved_then_stop(session, result, comparison)
+
+
+def _saved_then_stop(session: Session, result: dict, comparison) -> dict:
+    """Save; then, if the run was stopped after this comparison's windows, stop (130/143)."""
+    _save(session, result)
+    if comparison.interrupted is not None:
+        raise comparison.interrupted
+    return result
+
+
+def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -> dict | None:
+    """A finished result of an interrupted run that measured exactly what this run would now."""
+    if not session.resume:
+        return None
+    for path in results.stage_files(session.run_dir, name):  # a run begun before files were keyed by name too
+        try:
+            found = results.read_stage_result(path)
+        except ResultFileError as error:  # truncated or damaged: set aside and measure again
+            aside = path.with_name(path.name + ".corrupt")
+            path.replace(aside)
+            session.log(f"warning: {error.reason} in {path.name}: moved to {aside.name}; measuring {name} again")
+            continue
+        same_machine = found.get("environment", {}).get("device_name") == session.environment.get("device_name")
+        if (found.get("status") not in ("failed", None) and found.get("config") == cfg.to_dict()
+                and found.get("applied", applied) == applied and same_machine):
+            return found
+    return None
+
+
+def _earlier_floor(session: Session) -> dict | None:
+    path = session.run_dir / VERDICTS_FILE
+    if not (session.resume and path.is_file()):
+        return None
+    try:
+        return results.read_json(path).get("noise_floor")
+    except ResultFileError:
+        return None
+
+
+def _nothing_to_change(session: Session, stage: Stage, against: dict) -> str:
+    """Why a stage whose configuration equals the one before it is not measured (noise could 'keep' it)."""
+    detail = f" ({session.decisions['workers_choice']})" if stage.name == "dataloader" and "workers_choice" in session.decisions else ""
+    return f"nothing to change on this machine{detail}: the configuration is {against['stage']}'s"
+
+
+def _save(session: Session, result: dict) -> dict:
+    path = stage_result_path(session.run_dir, result["stage"])
+    session.log(judge.one_line(result))  # said before the write, so a failed write loses nothing
+    try:
+        for old in [p for p in results.stage_files(session.run_dir, result["stage"]) if p != path]:
+            old.unlink()  # a resumed run begun before files were keyed by name holds it as NN-<stage>
+        write_json_atomic(path, result)
+    except OSError as error:  # disk full, read-only: keep the measurement, say where and why
+        raise SaveError(path, error, result) from None
+    return result
+
+
+# How a configuration is measured, not what it is: a brief probe's settings must not carry forward.
+MEASUREMENT_FIELDS = ("repeats", "rounds", "warmup_steps", "timed_steps")
+
+
+def _advance(state: LadderState, result: dict, mode: str, base: RunConfig) -> None:
+    if mode == "ladder" and result["status"] == "kept":
+        measured = {key: getattr(base, key) for key in MEASUREMENT_FIELDS}
+        state.cfg = RunConfig(**{**result["config"], **measured})
+        state.applied, state.result = result["applied"], result
+
+
+def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdicts: Verdicts) -> list[dict]:
+    pending = [s for s in chosen if s.kind != REFERENCE]
+    pending.sort(key=lambda s: (s.kind != SPEED, STAGE_NAMES.index(s.name)))  # speed stages, then memory
+    finished = []
+    while pending:
+        stage, why = next_stage(pending, (state.result or {}).get("findings") or [], session.base_cfg.order)
+        pending.remove(stage)
+        verdicts.add("order", {"stage": stage.name, "why": why, "builds_on": state.applied or ["baseline"]})
+        result = run_stage(session, stage, state, why)
+        _advance(state, result, session.mode, session.base_cfg)
+        finished.append(result)
+    return finished
+
+
+# --- 3. the second look, 4. leave-one-out ----------------------------------------------------------
+
+def _second_look_candidates(finished: list[dict]) -> list[dict]:
+    """Rejected speed stages worth another try on the final configuration: measured, not a brief
+    probe (emulated bf16), not rejected for breaking training."""
+    return [r for r in finished if r["status"] == "rejected" and r.get("kind") == SPEED
+            and not r.get("probe") and not r.get("training_broke")]
+
+
+def _gained_since(finished: list[dict], rejected: dict) -> float:
+    """How much faster the configuration got after `rejected` was judged: the kept stages' ratios."""
+    later = finished[finished.index(rejected) + 1:]
+    gained = 1.0
+    for result in later:
+        if result["status"] == "kept":
+            gained *= result["metrics"]["speedup_vs_previous"]["ratio"]
+    return gained
+
+
+def cannot_pay(rejected: dict, gained: float, min_effect: float) -> str | None:
+    """Why another look is pointless, or None. Only a stage measured significantly slower is given up
+    on, and only when even its interval's upper end, times everything gained since, stays under the
+    keep threshold; a stage that merely did not help (bf16 before fused Adam) always gets its look."""
+    first = (rejected.get("metrics") or {}).get("speedup_vs_previous") or {}
+    if first.get("verdict") != "slower" or first["ci95_high"] * gained >= 1 + min_effect:
+        return None
+    return (f"significantly slower ({first['ci95_high']:.2f}x at best) and the {gained:.2f}x gained since "
+            f"cannot lift it past {1 + min_effect:.2f}x")
+
+
+def second_look(session: Session, finished: list[dict], state: LadderState, verdicts: Verdicts) -> None:
+    for rejected in _second_look_candidates(finished):
+        stage = _stage(rejected["stage"])
+        why_not = cannot_pay(rejected, _gained_since(finished, rejected), session.base_cfg.min_effect)
+        if why_not:
+            first = rejected["metrics"]["speedup_vs_previous"]
+            verdicts.add("second_look", {"stage": stage.name, **{k: first[k] for k in ("ratio", "ci95_low", "ci95_high", "verdict")},
+                                         "adopted": False, "not_retried": why_not, "text": f"not retried: {why_not}"})
+            session.log(f"-- second look {stage.name}: not retried: {why_not}")
+            continue
+        try:
+            cfg = stage.apply(state.cfg, session.context)
+        except StageSkipped:
+            continue
+        if cfg == state.cfg:
+            continue
+        comparison = _compare(session, state.cfg, cfg, f"second look: {stage.name}", "final so far", f"+{stage.name}",
+                              measured=state.measured, floor=state.floor)
+        entry = judge.check_entry(stage.name, comparison, session.base_cfg.min_effect, state.floor)
+        entry["adopted"] = entry["verdict"] == "faster"
+        if entry["adopted"]:
+            state.cfg, state.applied = cfg, state.applied + [stage.name]
+        verdicts.add("second_look", entry)
+        session.log(f"-- second look {stage.name}: {entry['text']}{'; adopted' if entry['adopted'] else ''}")
+        if comparison.interrupted is not None:
+            raise comparison.interrupted
+
+
+def _without(session: Session, applied: list[str], dropped: str) -> RunConfig:
+    cfg = session.base_cfg
+    for name in applied:
+        if name != dropped:
+            cfg = _stage(name).apply(cfg, session.context)
+    return cfg
+
+
+def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> None:
+    """Does each kept stage still pay in the final mix? One that does not is dropped."""
+    for name in list(state.applied):
+        try:
+            without = _without(session, state.applied, name)
+        except StageSkipped:
+            continue
+        comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final",
+                              measured=state.measured, floor=state.floor)
+        entry = judge.check_entry(name, comparison, session.base_cfg.min_effect, state.floor)
+        entry["still_pays"] = entry["verdict"] in ("faster", "inconclusive")
+        if entry["verdict"] in ("no significant change", "slower"):
+            state.cfg, state.applied = without, [s for s in state.applied if s != name]
+            entry["dropped"] = True
+        verdicts.add("leave_one_out", entry)
+        session.log(f"-- leave-one-out {name}: final vs without it {entry['text']}"
+                    f"{'; dropped from the final configuration' if entry.get('dropped') else ''}")
+        if comparison.interrupted is not None:
+            raise comparison.interrupted
+
+
+def _stage(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
+
+
+# --- 5. the headline ---------------------------------------------------------------------------------
+
+def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict | None:
+    """The final configuration against the baseline, paired: the figure the report leads with."""
+    if not state.applied:
+        verdicts.set("headline", {"text": "no stage was kept: the baseline is the final configuration"})
+        return None
+    started = time.perf_counter()
+    comparison = _compare(session, session.base_cfg, state.cfg, "headline", "baseline", "final",
+                          _trace_dir(session, state.cfg, FINAL_STAGE), measured=state.measured, floor=state.floor)
+    result = judge.final_result(session, state, comparison, started)
+    verdicts.set("headline", {"applied": state.applied, **(result["metrics"] or {}).get("speedup_vs_baseline", {}),
+                              "text": result["reason"]})
+    return _saved_then_stop(session, result, comparison)
+
+
+def measure_single_process(session: Session) -> None:
+    """The baseline in one process: what a multi-process run's scaling efficiency is measured against."""
+    if session.nproc == 1 or session.single_process:
+        return
+    session.log(f"== one-process baseline (the reference for {session.nproc}-process scaling)")
+    one = Side(session.base_cfg.with_overrides(trace=False), "baseline")
+    saved, session.nproc = session.nproc, 1
+    try:
+        raw = paired_rounds.compare(session, one, one, 1, "one-process baseline").b_final or {}
+    finally:
+        session.nproc = saved
+    metrics = raw.get("metrics") or {}
+    session.single_process = {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
+                              "samples_per_step": metrics.get("samples_per_step"), "error": raw.get("error")}
+    write_run_file(session)
+
+
+def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
+    """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result."""
+    measure_single_process(session)
+    state, verdicts = LadderState(session.base_cfg), Verdicts(session)
+    chosen = select(stage_names)
+    alone = all(stage.kind == REFERENCE for stage in chosen)
+    baseline = measure_baseline(session, state, verdicts, alone)  # first: it reads an earlier run's floor
+    verdicts.set("order_mode", session.base_cfg.order)
+    if baseline["status"] != "baseline":
+        session.log("the baseline did not run, so no stage can be compared: stopping")
+        return [baseline]
+    finished = [baseline] + first_pass(session, chosen, state, verdicts)
+    if session.mode == "ladder" and session.base_cfg.order == "trace":
+        second_look(session, finished, state, verdicts)
+        leave_one_out(session, state, verdicts)
+    if session.mode == "ladder":
+        final = headline(session, state, verdicts)
+        finished += [final] if final else []
+    return finished

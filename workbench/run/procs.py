@@ -1,0 +1,112 @@
+"""Worker processes: a safe import path, their own process group, and stopped as a whole.
+
+A stage runs in a fresh process (or torchrun's processes). It gets its own session, so a timeout,
+Ctrl-C or SIGTERM stops every process it started (DataLoader workers, torchrun's children): none
+is left running on its own. Its import path never holds the working folder, so a stray module
+there (a `typing_extensions.py`, say) cannot shadow a real one and run inside the worker.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import threading
+from pathlib import Path
+
+from workbench.errors import Interrupted, UsageError
+
+TIMEOUT_VARIABLE = "WORKBENCH_STAGE_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 3600.0
+# How long a stopped worker may take to write what it finished (a stage interrupted in its trace
+# pass keeps its timings) before its whole group is killed.
+GRACE_S = 15.0
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def stage_timeout_s(environ: dict | None = None) -> float:
+    """WORKBENCH_STAGE_TIMEOUT_S in seconds; a one-line UsageError for anything but a positive number."""
+    text = (os.environ if environ is None else environ).get(TIMEOUT_VARIABLE, "").strip()
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{TIMEOUT_VARIABLE}={text!r} is not allowed; allowed: a positive number of "
+                         f"seconds (default {DEFAULT_TIMEOUT_S:.0f})")
+    return value
+
+
+def safe_environment(env: dict) -> dict:
+    """The worker's environment: the working folder off sys.path, the workbench itself on it.
+
+    PYTHONSAFEPATH (Python 3.11+) is inherited by torchrun's children too; relative PYTHONPATH
+    entries ('' or '.') would put the working folder back, so only absolute ones are kept.
+    """
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and os.path.isabs(p)]
+    paths = [str(PACKAGE_ROOT)] + [p for p in kept if p != str(PACKAGE_ROOT)]
+    return {**env, "PYTHONSAFEPATH": "1", "PYTHONPATH": os.pathsep.join(paths)}
+
+
+def start_worker(command: list[str], env: dict, **popen_args) -> subprocess.Popen:
+    """Popen for any worker (a stage, a paired round, an experiment): its own session, a safe path."""
+    return subprocess.Popen(command, env=safe_environment(env), start_new_session=True, **popen_args)
+
+
+def run_worker(command: list[str], env: dict, timeout_s: float | None) -> int | None:
+    """Run a worker in its own session; its exit status, or None when it ran past timeout_s.
+
+    However this process is stopped (Ctrl-C, SIGTERM, an error), the worker's group goes first.
+    """
+    proc = start_worker(command, env, stdin=subprocess.DEVNULL)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        stop_group(proc, grace_s=0)
+        return None
+    except BaseException:
+        stop_group(proc)
+        raise
+
+
+def stop_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
+    """SIGINT to the worker's group (it saves what it finished), then SIGKILL to whatever is left."""
+    if grace_s > 0:
+        _signal_group(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=grace_s)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass  # a second Ctrl-C means: stop now
+    _signal_group(proc.pid, signal.SIGKILL)  # also DataLoader workers the leader left behind
+    proc.wait()
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
+def install_signal_handlers() -> dict:
+    """SIGTERM and SIGINT raise Interrupted (a KeyboardInterrupt) carrying exit status 143 or 130.
+
+    Returns the handlers they replace (none outside the main thread, where Python allows no handler).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    for signum in previous:
+        signal.signal(signum, _raise_interrupted)
+    return previous
+
+
+def restore_signal_handlers(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

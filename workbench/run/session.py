@@ -1,0 +1,208 @@
+"""A run's shared facts, settled once before any stage: device, capabilities, data, peaks, folders."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from workbench import device as devices
+from workbench import environment
+from workbench.run import folders, measure
+from workbench.training import loader_sweep
+from workbench.config import RunConfig
+from workbench.training.data import load_data
+from workbench.run.executor import check_device_support
+from workbench.training.model import check_model_spec
+from workbench.errors import UsageError
+from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
+from workbench.progress import stderr_log
+from workbench.run.stages import StageContext
+
+
+# Above this 1-minute load per core before a run starts, we warn that timings will be off.
+BUSY_LOAD_PER_CORE = 0.5
+# Host memory one stage process needs at the least (torch, a small model, the loader): ~1 GiB measured.
+MB_PER_PROCESS = 1024
+
+
+@dataclass
+class Session:
+    base_cfg: RunConfig
+    mode: str
+    run_dir: Path
+    profiles_dir: Path
+    context: StageContext
+    environment: dict
+    data_description: str
+    peaks: dict
+    isolate: bool = True
+    resume: bool = False
+    model_factory: Callable | None = None
+    dataset: object = None
+    log: Callable[[str], None] = stderr_log
+    decisions: dict = field(default_factory=dict)
+    stages: list[str] = field(default_factory=list)
+    nproc: int = 1
+    single_process: dict | None = None   # the one-process baseline a multi-process run scales against
+
+
+def default_run_name() -> str:
+    return dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+def check_nproc(nproc: int, device_type: str, can_launch: bool) -> None:
+    import torch
+
+    if nproc < 1:
+        raise UsageError(f"nproc={nproc} is too small; it must be at least 1")
+    if not can_launch:
+        raise UsageError(f"nproc={nproc} needs each stage in fresh processes; a model factory or dataset "
+                         "object from Python cannot be sent there (use nproc=1)")
+    if device_type == "cuda" and nproc > torch.cuda.device_count():
+        raise UsageError(f"nproc={nproc} is more than the {torch.cuda.device_count()} GPUs here; allowed: 1.."
+                         f"{torch.cuda.device_count()}")
+    if device_type != "cuda" and nproc > 1:
+        check_host_room(nproc, devices.usable_cores(), available_memory_mb())
+
+
+def check_host_room(nproc: int, cores: int, memory_mb: float | None) -> None:
+    """On a CPU every process needs a core and about 1 GiB (torch, the model, the loader)."""
+    if nproc > cores:
+        raise UsageError(f"nproc={nproc} is more than the {cores} usable CPU cores here; allowed: 1..{cores}")
+    if memory_mb is not None and nproc * MB_PER_PROCESS > memory_mb:
+        most = max(1, int(memory_mb // MB_PER_PROCESS))
+        raise UsageError(f"nproc={nproc} needs about {nproc * MB_PER_PROCESS / 1024:.0f} GiB of memory, "
+                         f"{memory_mb / 1024:.1f} GiB is available; allowed: 1..{most}")
+
+
+def available_memory_mb() -> float | None:
+    """MemAvailable from /proc/meminfo (None where there is no such file)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities, threads: int = 0) -> dict:
+    """Peak FLOP/s per compute dtype: measured matmuls on a CPU (with the threads a stage gets),
+    datasheet numbers on a GPU."""
+    if facts.type == "cuda":
+        peaks = {}
+        for key in ("fp32", "tf32", "bf16", "fp16"):
+            value, source = measure.gpu_peak_flops(facts.name, key)
+            peaks[key] = {"flops_per_s": value, "source": source}
+        return peaks
+    import torch
+
+    torch.set_num_threads(threads or torch.get_num_threads())
+    peaks = {"fp32": {"flops_per_s": measure.measured_matmul_peak(torch.float32),
+                      "source": f"measured fp32 {measure.MATMUL_PROBE_SIZE}^3 matmul on this CPU"}}
+    if caps.native_bf16_cpu:
+        peaks["bf16"] = {"flops_per_s": measure.measured_matmul_peak(torch.bfloat16),
+                         "source": f"measured bf16 {measure.MATMUL_PROBE_SIZE}^3 matmul on this CPU"}
+    return peaks
+
+
+def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> tuple[int, dict]:
+    if not wanted:
+        return 0, {}
+    batch_bytes = cfg.batch_size * 3 * cfg.image_size ** 2 * 4  # float32 images after the per-sample transforms
+    shm_note = loader_sweep.check_shared_memory(batch_bytes, cores, log)
+    timings, errors = loader_sweep.sweep(dataset, cfg.batch_size, cores, cfg.seed, log)
+    chosen = loader_sweep.best(timings)
+    clamp = f"candidates {loader_sweep.candidates(cores)}, up to the {cores} usable cores"
+    notes = {"workers_sweep_ms_per_batch": {str(k): round(v * 1000, 2) for k, v in timings.items()},
+             "workers_choice": f"num_workers={chosen} (fewest within 5% of the fastest loader; {clamp})"}
+    if errors:
+        notes["workers_sweep_errors"] = {str(k): v for k, v in errors.items()}
+    if shm_note:
+        notes["shared_memory"] = shm_note
+    return chosen, notes
+
+
+def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,
+          model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
+          stages: list[str] | None = None, nproc: int = 1, log=stderr_log, overwrite: bool = False) -> Session:
+    """Settle everything a run shares, print the decisions, and write run.json.
+
+    Everything is checked before the run's folders are made; if setup still fails (or is
+    interrupted) the folders it made are removed again.
+    """
+    load_warning = busy_warning(devices.usable_cores())  # before our own sweep adds load
+    device_type = devices.resolve_device_type(cfg.device)
+    check_device_support(cfg, device_type)
+    check_nproc(nproc, device_type, isolate or nproc == 1)
+    cfg = cfg.with_overrides(run_name=cfg.run_name or default_run_name())
+    run_dir, profiles_dir = folders.check(cfg.reports_dir, cfg.profiles_dir, cfg.run_name, resume, overwrite)
+    facts = devices.probe(device_type)
+    caps = devices.decide(facts)
+    spec = None if dataset is not None else load_data(cfg.data, cfg.data_dir, cfg.image_size,
+                                                      cfg.synthetic_per_batch, cfg.seed, log=log)
+    data = dataset if dataset is not None else spec.dataset
+    if model_factory is None:
+        check_model_spec(cfg.model, spec.num_classes if spec else 10)
+    if len(data) // nproc < cfg.batch_size:
+        raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
+                         f"({len(data)} samples / {nproc} processes); allowed: at most {len(data) // nproc}")
+    description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
+    with folders.Created() as created:
+        created.folder(run_dir, "reports_dir"), created.folder(profiles_dir, "profiles_dir")
+        session = _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
+                          sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc)
+        if overwrite and not resume:
+            folders.clear(run_dir, profiles_dir)
+        write_run_file(session)
+    return session
+
+
+def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning, sweep_workers,
+            log, model_factory, dataset, isolate, resume, stages, nproc) -> Session:
+    """The measured decisions (worker sweep, peak FLOP/s), announced; the Session that holds them."""
+    best_workers, worker_notes = _choose_workers(cfg, data, facts.cpu_cores, sweep_workers, log)
+    threads = devices.threads_for(cfg.threads, facts.cpu_cores)
+    decisions = {"device": f"{facts.type} ({facts.name})", "amp": f"{caps.amp_dtype or 'none'}: {caps.amp_reason}",
+                 "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
+                 "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes,
+                 **({"machine_load": load_warning} if load_warning else {})}
+    context = StageContext(facts.type, caps, best_workers)
+    session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
+                      measure_peaks(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
+                      stages or [], nproc)
+    _announce(session)
+    return session
+
+
+def busy_warning(cores: int) -> str | None:
+    """Other work on the machine skews every figure (by 2-4x when CPU threads contend): say so."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > BUSY_LOAD_PER_CORE * cores:
+        return (f"warning: the machine is busy (1-minute load {load:.1f} on {cores} cores) before we start; "
+                "timings will be slower and noisier than on a quiet machine")
+    return None
+
+
+def _announce(session: Session) -> None:
+    if "machine_load" in session.decisions:
+        session.log(session.decisions["machine_load"])
+    session.log(f"run {session.run_dir.name}: results in {session.run_dir}, traces in {session.profiles_dir}")
+    session.log(f"data: {session.data_description}")
+    for key, value in session.decisions.items():
+        session.log(f"decision {key}: {value}")
+    cfg = session.base_cfg
+    model = f"{getattr(session.model_factory, '__name__', 'factory')} (from Python)" if session.model_factory else cfg.model
+    session.log(f"config: model={model} image_size={cfg.image_size} batch_size={cfg.batch_size} "
+                f"warmup={cfg.warmup_steps} timed_steps={cfg.timed_steps} repeats={cfg.repeats}")
+
+
+def write_run_file(session: Session) -> None:
+    write_json_atomic(session.run_dir / RUN_FILE, {
+        "schema": SCHEMA_VERSION, "run": session.run_dir.name, "mode": session.mode,
+        "created": dt.datetime.now().isoformat(timespec="seconds"), "environment": session.environment,
+        "data": session.data_description, "config": session.base_cfg.to_dict(), "decisions": session.decisions,
+        "peaks": session.peaks, "stages": session.stages,
+        "nproc": session.nproc, "single_process_baseline": session.single_process, "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})
