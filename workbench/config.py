@@ -66,10 +66,11 @@ class RunConfig:
     compile: str = field(default="none", metadata=_doc(
         "torch.compile mode: none, default, reduce-overhead or max-autotune"))
     warmup_steps: int = field(default=3, metadata=_doc("optimizer steps run before timing in each process (absorbs compile)"))
-    timed_steps: int = field(default=12, metadata=_doc(
+    timed_steps: int = field(default=6, metadata=_doc(
         "optimizer steps timed in each window (spend steps on rounds, not on long windows)"))
-    repeats: int = field(default=1, metadata=_doc(
-        "timed repeats inside one process (not replicates: a process's repeats share its offset)"))
+    repeats: int = field(default=2, metadata=_doc(
+        "timed windows per configuration inside one process; in a paired round the two sides' windows "
+        "interleave A B B A, so drift within the round falls on both (not replicates: the rounds are)"))
     rounds: int = field(default=3, metadata=_doc(
         "paired rounds per comparison: each round is a fresh process per configuration, timed one after "
         "the other in alternating order; intervals are taken over the rounds"))

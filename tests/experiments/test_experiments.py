@@ -15,8 +15,9 @@ from workbench.device import decide, probe
 from workbench.config import RunConfig
 from workbench.training.data import write_synthetic_cifar
 from workbench.errors import UsageError
-from workbench.experiments import EXPERIMENTS, child, names, rows, run_all, run_experiment
+from workbench.experiments import EXPERIMENTS, lab, names, rows, run_all, run_experiment
 from workbench.experiments.lab import budgeted
+from workbench.run import harness
 
 ROW_KEYS = {"label", "overrides", "status", "reason", "throughput", "step_time_s", "epoch_time_s", "peak_memory_mb",
             "peak_memory_kind", "final_loss", "speedup", "warmup_s", "extra"}
@@ -58,7 +59,7 @@ def written(out: Path, name: str) -> dict:
 
 
 def fake_raw(step_s: float, memory_mb: float = 100.0, **metrics) -> dict:
-    """A child's result without measuring anything (for the experiment logic around it)."""
+    """A measuring process's result without measuring anything (for the experiment logic around it)."""
     return {"status": "measured", "metrics": {
         "samples_per_step": 8, "step_times_s": [[step_s, step_s * 1.01, step_s * 0.99]],
         "throughput": {"median": 8 / step_s}, "epoch_time_s": 640 * step_s / 8, "peak_memory_mb": memory_mb,
@@ -192,7 +193,7 @@ def test_compile_records_a_failed_mode_and_goes_on(cfg, tmp_path, monkeypatch):
             return {"status": "failed", "error": "BackendCompilerFailed: no"}
         return fake_raw(0.1 if mode == "none" else 0.05)
 
-    monkeypatch.setattr(child, "run_here", fake)
+    monkeypatch.setattr(lab, "run_here", lambda measure, spec: fake(spec))
     doc = EXPERIMENTS["compile"](cfg, tmp_path, log=quiet, isolate=False)
     status = {r["label"]: r["status"] for r in doc["rows"]}
     assert status == {"eager": "ok", "default": "ok", "reduce-overhead": "failed", "max-autotune": "ok"}
@@ -211,7 +212,7 @@ def test_an_interrupted_experiment_keeps_what_it_finished(cfg, tmp_path, monkeyp
             raise KeyboardInterrupt
         return fake_raw(0.1)
 
-    monkeypatch.setattr(child, "run_here", fake)
+    monkeypatch.setattr(lab, "run_here", lambda measure, spec: fake(spec))
     with pytest.raises(KeyboardInterrupt):
         EXPERIMENTS["precision"](cfg, tmp_path, log=quiet, isolate=False)
     doc = json.loads((tmp_path / "experiments" / "precision.json").read_text())
@@ -234,10 +235,27 @@ def test_all_goes_on_past_a_failed_experiment(cfg, tmp_path, monkeypatch):
 
 
 def test_a_configuration_measured_in_a_fresh_process(cfg):
-    spec = {"kind": "measure", "config": cfg.with_overrides(model="workbench.experiments.matrix:lab_cnn").to_dict(),
+    spec = {"measure": "workbench.run.worker:run_spec",
+            "config": cfg.with_overrides(model="workbench.experiments.matrix:lab_cnn").to_dict(),
             "stage": "test/fresh", "peaks": {}, "trace_dir": None, "extra": {}}
-    raw = child.run_isolated(spec, timeout_s=120)
+    raw = harness.measure(spec, on_cpu=True, timeout_s=120)
     assert raw["status"] == "measured", raw.get("error")
     assert raw["metrics"]["peak_memory_mb"] > 0 and raw["metrics"]["peak_memory_kind"]
-    stopped = child.run_isolated(spec, timeout_s=0.5)
+    stopped = harness.measure(spec, on_cpu=True, timeout_s=0.5)
     assert stopped["status"] == "failed" and "timed out" in stopped["error"]
+
+
+def test_cpu_peak_memory_comes_from_the_tensors_not_resident_growth(tmp_path):
+    """The memory experiments' CPU peak: weights + optimizer state + a profiled step's peak (5 MiB in
+    the fixture trace), as the ladder reads it; resident growth stays for reference only."""
+    trace = Path(__file__).resolve().parents[1] / "fixtures" / "traces" / "cpu_only" / "host_100.1000.pt.trace.json"
+    raw = {"status": "measured", "trace_file": str(trace), "metrics": {
+        "peak_memory_mb": 47.0, "peak_memory_kind": "host RSS growth", "peak_memory": {"rss_peak_mb": 300.0},
+        "memory_breakdown_mb": {"weights": 10.0, "gradients": 10.0, "optimizer_state": 20.0, "activations_and_other": 7.0}}}
+    read = lab.with_tensor_peak(raw, tmp_path)
+    assert read["metrics"]["peak_memory_mb"] == pytest.approx(35.0)  # 10 + 20 + 5
+    assert read["metrics"]["peak_memory_kind"].startswith("CPU tensor memory")
+    assert read["metrics"]["peak_memory"]["rss_peak_mb"] == 300.0 and read["trace_file"] is None
+    broken = {**raw, "trace_file": str(tmp_path / "missing.json"), "metrics": dict(raw["metrics"])}
+    kept = lab.with_tensor_peak(broken, tmp_path)
+    assert kept["metrics"]["peak_memory_mb"] == 47.0 and "tensor_peak_error" in kept["metrics"]

@@ -96,4 +96,6 @@ def test_a_kept_probe_does_not_carry_its_measurement_settings_forward():
     probe = RunConfig(precision="bf16", repeats=1, rounds=1, warmup_steps=1, timed_steps=4).to_dict()
     _advance(state, {"status": "kept", "config": probe, "applied": ["amp"]}, "ladder", base)
     assert state.cfg.precision == "bf16"
-    assert (state.cfg.repeats, state.cfg.rounds, state.cfg.warmup_steps, state.cfg.timed_steps) == (1, 3, 3, 12)
+    measured = (base.repeats, base.rounds, base.warmup_steps, base.timed_steps)
+    assert (state.cfg.repeats, state.cfg.rounds, state.cfg.warmup_steps, state.cfg.timed_steps) == measured
+    assert measured != (1, 1, 1, 4)  # the defaults, not the probe's brief settings

@@ -72,7 +72,7 @@ def _norm_pass(built, steps: int, progress: Progress) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    """The child's measuring function for one clipping configuration."""
+    """The measuring function (run by the harness) for one clipping configuration."""
     cfg, extra = RunConfig(**spec["config"]), spec["extra"]
     built = build(cfg, log=lambda m: print(f"[{spec['stage']}] {m}", file=sys.stderr, flush=True))
     built.step = ClipStep(built.model, built.optimizer, built.step.settings, extra["method"], extra["threshold"])
@@ -167,7 +167,7 @@ def run(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True) -> 
     lab.note(f"Norm statistics come from an untimed pass of {norm_steps} steps after the timed ones; a norm-clipped "
              "step counts as clipped when its pre-clip norm exceeds the threshold, a value-clipped one when any "
              "gradient element does.")
-    variants = [lab.variant(label, kind="clipping", extra={"method": method, "threshold": threshold,
+    variants = [lab.variant(label, measure=measure, extra={"method": method, "threshold": threshold,
                                                            "norm_steps": norm_steps}) for label, method, threshold in CLIPS]
     rows = lab.measure(variants, "none", ROUNDS, extra=_extra)
     return lab.finish(_summary(rows), [plot(lab.doc, Path(out_dir))])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,16 +17,39 @@ from typing import Callable
 
 from workbench import device as devices
 from workbench import environment
-from workbench.run import session
+from workbench.run import harness, session, worker
+from workbench.run.result import tensor_peak
 from workbench.config import RunConfig
 from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
 from workbench.training.data import load_data
-from workbench.experiments import child, rows
+from workbench.experiments import rows
 from workbench.results import SCHEMA_VERSION, experiment_path, write_json_atomic
 
 DEFAULT_TIMEOUT_S = 600.0
 # The fields an experiment may set for its own time budget, when the user left them at their defaults.
 BUDGET_FIELDS = ("warmup_steps", "timed_steps", "repeats")
+
+
+def run_here(measure: Callable[[dict], dict], spec: dict) -> dict:
+    """In this process (tests, objects from Python): the harness's failure policy without a process."""
+    return worker.guarded(measure, spec)
+
+
+def with_tensor_peak(raw: dict, scratch: Path) -> dict:
+    """On a CPU, the ladder's peak: weights + optimizer state + the peak allocations of a profiled
+    step (run/result.tensor_peak), not resident growth, which the allocator's reuse of freed pages
+    scrambles (it once put a lower-memory configuration above two larger ones)."""
+    if raw.get("status") != "measured" or not raw.get("trace_file"):
+        return raw
+    from workbench.trace import analyze
+
+    try:
+        summary = analyze.write_analysis(raw["trace_file"], scratch / "breakdown.csv", scratch / "summary.json")
+    except Exception as error:  # the resident figure stays, and says why
+        why = f"{type(error).__name__}: {error}"[:300]
+        return {**raw, "metrics": {**raw["metrics"], "tensor_peak_error": why}, "trace_file": None}
+    # the trace was scratch: the experiments keep no traces
+    return {**raw, "metrics": {**raw["metrics"], **tensor_peak(raw["metrics"], summary, "cpu")}, "trace_file": None}
 
 
 @dataclass
@@ -36,7 +60,7 @@ class Variant:
     cfg: RunConfig
     overrides: dict = field(default_factory=dict)
     skip: str = ""                  # a reason not to measure it (recorded as status "skipped")
-    kind: str = "measure"           # which measuring function the child runs (child.KINDS)
+    measure: Callable[[dict], dict] | None = None  # its own measuring function; None: a ladder stage's
     extra: dict = field(default_factory=dict)   # passed to that function in the spec
     rounds: int | None = None       # cap on rounds (slow or expensive configurations)
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -79,6 +103,7 @@ class Lab:
         self.variants: list[Variant] = []
         self.raws: dict[str, list[dict]] = {}
         self.reference = ""
+        self.tensor_memory = False  # peak memory from the tensors on a CPU: see measure_memory_from_tensors
         self.extra: Callable | None = None
         self.doc = {"schema": SCHEMA_VERSION, "experiment": name, "title": title, "question": question,
                     "status": "running", "created": dt.datetime.now().isoformat(timespec="seconds"),
@@ -100,6 +125,15 @@ class Lab:
 
     def note(self, text: str) -> None:
         self.doc["notes"].append(text)
+
+    def measure_memory_from_tensors(self) -> None:
+        """For the memory experiments: on a CPU, each round adds a trace pass and the peak is the
+        ladder's tensor-based one (with_tensor_peak); on a GPU the allocator's own peak serves."""
+        self.tensor_memory = True
+        if self.device_type == "cpu":
+            self.note("Peak memory on this CPU is the ladder's tensor-based figure: weights + optimizer state "
+                      "(from the tensors) + the peak allocations of a profiled training step. Resident memory "
+                      "growth would not do: the allocator keeps freed pages, so it scrambles the ranking.")
 
     def variant(self, label: str, skip: str = "", **kwargs) -> Variant:
         """A configuration: the base cfg with RunConfig overrides (other kwargs go to Variant)."""
@@ -135,9 +169,15 @@ class Lab:
     def _measure_one(self, variant: Variant, round_index: int, rounds: int, position: int) -> None:
         self.log(f"round {round_index + 1}/{rounds} configuration {position + 1}/{len(self.variants)} "
                  f"'{variant.label}'  elapsed {time.perf_counter() - self.started:6.1f}s")
-        spec = {"kind": variant.kind, "config": variant.cfg.to_dict(), "stage": f"{self.name}/{variant.label}",
-                "peaks": self.peaks, "trace_dir": None, "extra": variant.extra}
-        raw = (child.run_isolated(spec, variant.timeout_s, variant.env) if self.isolate else child.run_here(spec))
+        measure = variant.measure or worker.run_spec
+        spec = {"measure": worker.target_of(measure), "config": variant.cfg.to_dict(), "peaks": self.peaks,
+                "stage": f"{self.name}/{variant.label}", "trace_dir": None, "extra": variant.extra}
+        with tempfile.TemporaryDirectory() as tmp:
+            if self.tensor_memory and self.device_type == "cpu":  # a trace pass for the tensor-based peak
+                spec["trace_dir"] = tmp
+            raw = (harness.measure(spec, harness.on_cpu(spec["config"]), variant.env, variant.timeout_s)
+                   if self.isolate else run_here(measure, spec))
+            raw = with_tensor_peak(raw, Path(tmp))
         self.raws[variant.label].append(raw)
         if raw.get("status") != "measured":
             self.log(f"'{variant.label}' {raw.get('status')}: {raw.get('error')}")

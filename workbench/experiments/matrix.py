@@ -61,11 +61,12 @@ def validate(built) -> dict:
 
 
 def measure(spec: dict) -> dict:
-    """The child's measuring function: train the fixed schedule (timed), then validate."""
+    """The measuring function (run by the harness): train the fixed schedule (timed), then validate."""
     cfg = RunConfig(**spec["config"])
     built = build(cfg, log=lambda m: print(f"[{spec['stage']}] {m}", file=sys.stderr, flush=True))
     peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
-    raw = measure_config(built, None, peak, source, built.notes["rss_before_model_mb"], Progress(spec["stage"]))
+    trace_dir = Path(spec["trace_dir"]) if spec.get("trace_dir") else None  # for the tensor-based peak
+    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], Progress(spec["stage"]))
     raw["metrics"]["validation"] = validate(built)
     raw.update(status="measured", data=built.data_description)
     return raw
@@ -83,7 +84,7 @@ def _variants(lab: Lab, batch: int) -> list:
     amp = lab.caps.amp_dtype
     no_amp = "" if amp else (f"no native mixed precision here ({lab.caps.amp_reason}); emulated it would "
                              "take an order of magnitude longer")
-    return [lab.variant(name, skip=no_amp if mixed else "", kind="matrix", precision=(amp or "fp32") if mixed else "fp32",
+    return [lab.variant(name, skip=no_amp if mixed else "", measure=measure, precision=(amp or "fp32") if mixed else "fp32",
                         micro_batch_size=micro if micro != batch else 0) for name, micro, mixed in matrix_configs(batch)]
 
 
@@ -130,6 +131,7 @@ def run(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True, bat
                                                    micro_batch_size=0, checkpointing="none", compile="none")
     lab = Lab("matrix", base, out_dir, log, isolate, title="Memory matrix (Lightning lab)",
               question="Do mixed precision and smaller micro-batches lower peak memory without hurting accuracy?")
+    lab.measure_memory_from_tensors()
     steps = base.warmup_steps + base.timed_steps * base.repeats
     lab.doc["settings"].update(effective_batch=batch, lab_batch=LAB_BATCH, optimizer_steps=steps, model=model)
     lab.note(f"Each run trains {steps} optimizer steps at effective batch {batch} "

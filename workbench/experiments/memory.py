@@ -79,10 +79,7 @@ def run(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True) -> 
     precision = precision_for(lab)
     lab.note(f"All configurations at precision={precision} and one effective batch of {lab.cfg.batch_size}.")
     lab.note(BATCHNORM_NOTE)
-    if lab.device_type != "cuda":
-        lab.note("Off a GPU the peak is the sampled RSS growth of a fresh process: weights, gradients and Adam "
-                 "state are a fixed floor and freed activations stay with the allocator, so the savings show "
-                 "mainly where activations are large (bigger images or batches).")
+    lab.measure_memory_from_tensors()
     variants = [_accumulation_variant(lab, k, precision) for k in ACCUMULATION]
     variants.append(lab.variant("checkpointing", precision=precision, micro_batch_size=0, checkpointing="blocks"))
     rows = lab.measure(variants, "accumulation=1", rounds=1, extra=_memory_extra)
@@ -126,6 +123,7 @@ def plot_breakdown(doc: dict, out_dir: Path) -> Path:
 def run_breakdown(cfg: RunConfig, out_dir: Path, log=stderr_log, isolate: bool = True) -> dict:
     lab = Lab("memory_breakdown", budgeted(cfg, **BREAKDOWN_BUDGET), out_dir, log, isolate,
               title="Memory breakdown", question="Weights, gradients, optimizer state or activations: what fills memory?")
+    lab.measure_memory_from_tensors()
     lab.note("Weights, gradients and optimizer state are summed from the tensors; 'activations + other' is the "
              "measured peak minus those (on a CPU it also holds the batch, allocator slack and library buffers).")
     rows = lab.measure(_breakdown_variants(lab), "baseline", rounds=1)

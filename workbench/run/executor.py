@@ -179,10 +179,11 @@ def warm_up(built: Built, progress: Progress) -> float:
     return time.perf_counter() - start
 
 
-def timed_repeats(built: Built, progress: Progress) -> tuple[list[list[float]], list[float], float]:
-    """Step times of each repeat (seconds), the losses of the last repeat, and the first timed loss."""
+def timed_repeats(built: Built, progress: Progress, only: int | None = None) -> tuple[list[list[float]], list[float], float]:
+    """Step times of each repeat (seconds), the losses of the last repeat, and the first timed loss;
+    with `only`, that one repeat (paired rounds interleave the two sides' repeats)."""
     all_times, losses, first = [], [], None
-    for repeat in range(built.cfg.repeats):
+    for repeat in range(built.cfg.repeats) if only is None else [only]:
         clock = measure.StepClock(built.device)
         clock.mark()
         losses = _run_steps(built, built.cfg.timed_steps, progress, f"repeat {repeat + 1}/{built.cfg.repeats}", clock)
@@ -292,7 +293,7 @@ def _flops_metrics(flops: float, mean_step_s: float, peak: float | None, peak_so
             "mfu": achieved / peak if peak else None, "peak_flops_per_s": peak, "peak_flops_source": peak_source}
 
 
-def _trace_pass(built: Built, trace_dir: Path, progress: Progress) -> dict:
+def _trace_pass(built: Built, trace_dir: Path, progress: Progress, brief: bool = False) -> dict:
     """Profile a few more steps with named regions; the timed numbers never include this."""
     built.step.annotate = True
 
@@ -303,7 +304,7 @@ def _trace_pass(built: Built, trace_dir: Path, progress: Progress) -> dict:
 
     try:
         return capture(one_step, trace_dir, built.device.type, built.cfg.trace_with_stack,
-                       built.dist.rank, built.dist.world_size)
+                       built.dist.rank, built.dist.world_size, brief)
     finally:
         built.step.annotate = False
 
@@ -323,19 +324,31 @@ def prepare(built: Built, progress: Progress) -> float:
     """Warm-up (compile happens here), then one untimed step after the cache release; its wall time."""
     use_backend_settings(built.cfg, built.device.type)
     warmup_s = warm_up(built, progress)
-    measure.release_cuda_cache(built.device)
-    _run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
+    if built.device.type == "cuda":  # a CPU has no cache to release, so no pool to re-grow
+        measure.release_cuda_cache(built.device)
+        _run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
     return warmup_s
 
 
-def timed_window(built: Built, progress: Progress) -> Window:
-    """The timed repeats of a prepared configuration, with the peaks of exactly these steps."""
+def timed_window(built: Built, progress: Progress, only: int | None = None) -> Window:
+    """The timed repeats of a prepared configuration (or repeat `only`), with the peaks of exactly
+    these steps."""
     use_backend_settings(built.cfg, built.device.type)
     measure.reset_cuda_peaks(built.device)
     with measure.HostPeak() as host_peak:
-        step_times, losses, first_loss = timed_repeats(built, progress)
+        step_times, losses, first_loss = timed_repeats(built, progress, only)
     cuda = measure.cuda_peaks(built.device) if built.device.type == "cuda" else None
     return Window(step_times, losses, first_loss, host_peak.peak_mb, cuda)
+
+
+def joined(parts: list[Window]) -> Window:
+    """One side's repeats, timed apart (interleaved with the other side's), as one window."""
+    cuda = None
+    if parts[0].cuda_peaks is not None:
+        cuda = {key: max(p.cuda_peaks[key] for p in parts) if isinstance(parts[0].cuda_peaks[key], (int, float))
+                else parts[-1].cuda_peaks[key] for key in parts[0].cuda_peaks}
+    return Window([times for p in parts for times in p.step_times], parts[-1].losses, parts[0].first_loss,
+                  max(p.host_peak_mb for p in parts), cuda)
 
 
 def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: float | None, peak_source: str,
@@ -388,7 +401,7 @@ def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: 
         metrics["eval_accuracy"], metrics["eval_error"] = _guarded(lambda: evaluate(built))
         # After the accuracy check: its steps revisit one batch, which says nothing about learning.
         metrics["compute_only"], metrics["compute_only_error"] = _guarded(lambda: compute_only(built, progress))
-    trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress) if trace_dir else None)
+    trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress, brief) if trace_dir else None)
     metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
     return {"metrics": metrics, "trace_file": trace["file"] if trace else None,
             "trace_size_mb": trace["size_mb"] if trace else None}

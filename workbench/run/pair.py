@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 from workbench.config import RunConfig
-from workbench.errors import StageSkipped
-from workbench.run.executor import build, finish, prepare, timed_window, window_metrics
+from workbench.run.executor import build, finish, joined, prepare, timed_window, window_metrics
 from workbench.results import write_json_atomic
-from workbench.run.worker import StoppableProgress, _install_stop_handler, _jsonable, failure, peak_for
+from workbench.run.worker import StoppableProgress, _install_stop_handler, _jsonable, failed_raw, peak_for
 
 CANCELLED = {"status": "cancelled", "error": "not measured: the other configuration of the round failed"}
 
@@ -38,10 +37,16 @@ def _build_side(side: dict, model_factory, dataset):
     return build(RunConfig(**side["config"]), model_factory, dataset, log=log)
 
 
-def failed_raw(error: BaseException) -> dict:
-    if isinstance(error, StageSkipped):
-        return {"status": "skipped", "error": str(error)}
-    return failure("failed", error, out_of_memory=isinstance(error, torch.OutOfMemoryError))
+def interleaved(built: dict, order: list[str], progress: dict) -> dict:
+    """Both sides' timed repeats, interleaved A B B A ...: drift within the round (a neighbour's
+    burst, a clock change) falls on both sides alike instead of on one window. With one repeat
+    each this is the plain A B of a round."""
+    parts = {key: [] for key in order}
+    for repeat in range(max(built[key].cfg.repeats for key in order)):
+        for key in order if repeat % 2 == 0 else order[::-1]:
+            if repeat < built[key].cfg.repeats:
+                parts[key].append(timed_window(built[key], progress[key], only=repeat))
+    return {key: joined(parts[key]) for key in order}
 
 
 def build_sides(sides: dict, order: list[str], model_factory=None, dataset=None) -> tuple[dict, dict | None]:
@@ -72,7 +77,7 @@ def run_pair(spec: dict, model_factory=None, dataset=None, install_handler: bool
     if failed:
         return failed
     warmup = {key: prepare(built[key], progress[key]) for key in order}
-    windows = {key: timed_window(built[key], progress[key]) for key in order}  # back to back, nothing between
+    windows = interleaved(built, order, progress)  # back to back, nothing between
     raws = {key: _timing_only(built[key], sides[key], windows[key], warmup[key]) for key in order}
     _write(sides, raws)  # the round is in: a stop during the extras keeps it
     for key in order:

@@ -95,7 +95,7 @@ def read_trace(session, stage: str, cfg, measurement: Measurement) -> TraceReadi
     csv_path, summary_path = breakdown_path(session.run_dir, stage), trace_summary_path(session.run_dir, stage)
     try:
         summary = analyze.write_analysis(measurement.trace_file, csv_path, summary_path)  # rank 0 under DDP
-        memory = tensor_peak(measurement.metrics, summary, session)
+        memory = tensor_peak(measurement.metrics, summary, session.environment.get("device_type"))
         findings = diagnose.diagnose(summary, diagnosis_context(cfg, {**measurement.metrics, **memory}, session))
     except Exception as error:  # a malformed trace must not lose the measurement
         return TraceReading({"dir": str(trace_dir), "analysis_error": f"{type(error).__name__}: {error}"})
@@ -104,13 +104,13 @@ def read_trace(session, stage: str, cfg, measurement: Measurement) -> TraceReadi
     return TraceReading(trace, tuple(findings), MappingProxyType(memory))
 
 
-def tensor_peak(metrics: Mapping, summary: dict, session) -> dict:
+def tensor_peak(metrics: Mapping, summary: dict, device_type: str | None) -> dict:
     """On a CPU, the headline peak is the tensors' own: weights and optimizer state (measured from
     the tensors) plus the peak of allocations inside a profiled step (the profiler's memory events:
     activations, gradients, temporaries). Resident memory cannot show a memory stage's saving, since
     the C allocator keeps and reuses freed pages; it stays in `peak_memory` for reference."""
     step_peak = (summary.get("peak_memory_mb") or {}).get("cpu")
-    if session.environment.get("device_type") != "cpu" or step_peak is None:
+    if device_type != "cpu" or step_peak is None:
         return {}
     parts = dict(metrics["memory_breakdown_mb"])
     headline = parts["weights"] + parts["optimizer_state"] + step_peak

@@ -2,7 +2,7 @@
 
 A round is one fresh process that builds both configurations, warms both up, then times one window
 of each, back to back, alternating which goes first from round to round, so slow drift of the
-machine falls on both alike (workbench/pair.py). The interval is taken over the rounds' ratios: the
+machine falls on both alike (workbench/run/pair.py). The interval is taken over the rounds' ratios: the
 round, not a repeat inside one process, is the replicate, so process-to-process variation is in it.
 In its last round a side can also run the untimed extras (accuracy, compute-only ceiling, trace).
 
@@ -14,20 +14,15 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import signal
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from workbench import stats
-from workbench.run import distributed, forkserver, procs
+from workbench.run import harness
 from workbench.config import RunConfig
-from workbench.device import resolve_device_type
-from workbench.errors import ResultFileError
-from workbench.results import read_json, write_json_atomic
+from workbench.results import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -158,71 +153,31 @@ def _spec(session, side: Side, out: Path, extras: bool | str) -> dict:
 
 def _in_fresh_process(pair: dict, spec_path: Path) -> dict[str, dict]:
     write_json_atomic(spec_path, pair)
+    sides = pair["pair"].values()
     try:
-        code = _launch(pair, spec_path)
+        code = harness.launch(spec_path, harness.on_cpu(*(spec["config"] for spec in sides)))
     except KeyboardInterrupt as interrupt:  # the worker saved the round if both windows were in
-        interrupt.partial = {key: _saved(spec) for key, spec in pair["pair"].items()}
+        interrupt.partial = {key: harness.saved(Path(spec["out"])) for key, spec in pair["pair"].items()}
         raise
-    return {key: _saved(spec) or _exit_failure(code) for key, spec in pair["pair"].items()}
-
-
-def _launch(pair: dict, spec_path: Path) -> int | None:
-    """The round's exit status: from a child of the warm fork server on a CPU, else a fresh exec."""
-    env, timeout_s = distributed.launch_environment(1), procs.stage_timeout_s()
-    if forkable(pair):
-        try:
-            return forkserver.shared(env).run("workbench.run.worker:main", [str(spec_path)], timeout_s)
-        except forkserver.ServerGone as gone:  # said once; every later round starts from exec
-            _FORK_SERVER_STATE["off"] = str(gone)
-            print(f"note: {gone}; rounds start fresh interpreters from now on", file=sys.stderr)
-    return procs.run_worker([*distributed.launcher(1), "workbench.run.worker_entry", str(spec_path)], env, timeout_s)
-
-
-_FORK_SERVER_STATE: dict[str, str] = {}
-FORK_SERVER_VARIABLE = "WORKBENCH_FORK_SERVER"
-
-
-def forkable(pair: dict) -> bool:
-    """Fork server only for CPU rounds (a forked CUDA context is unusable, and the GPU path was
-    measured with exec'd processes), unless WORKBENCH_FORK_SERVER=0 or it already failed."""
-    if _FORK_SERVER_STATE.get("off") or os.environ.get(FORK_SERVER_VARIABLE, "1").strip() == "0":
-        return False
-    return all(resolve_device_type(spec["config"]["device"]) == "cpu" for spec in pair["pair"].values())
-
-
-def _saved(spec: dict) -> dict | None:
-    try:
-        return read_json(Path(spec["out"])) if Path(spec["out"]).exists() else None
-    except ResultFileError:  # half-written when it was stopped: nothing to keep
-        return None
-
-
-def _exit_failure(code: int | None) -> dict:
-    if code is None:
-        return {"status": "failed", "error": f"timed out after {procs.stage_timeout_s():g} s (a hang in compile "
-                "or in a collective?); set WORKBENCH_STAGE_TIMEOUT_S to allow longer"}
-    if code < 0 and -code == signal.SIGINT:
-        raise KeyboardInterrupt
-    killed = " (killed: out of host memory?)" if code in (-9, 137) else ""
-    return {"status": "failed", "error": f"worker exited with status {code}{killed}"}
+    return {key: harness.saved(Path(spec["out"])) or harness.exit_failure(code) for key, spec in pair["pair"].items()}
 
 
 def _alone(spec: dict, spec_path: Path, nproc: int) -> dict:
     """Under torchrun: the side runs in its own processes, alone, start to end."""
     write_json_atomic(spec_path, spec)
-    code = procs.run_worker([*distributed.launcher(nproc), "workbench.run.worker_entry", str(spec_path)],
-                            distributed.launch_environment(nproc), procs.stage_timeout_s())
-    return _saved(spec) or _exit_failure(code)
+    code = harness.launch(spec_path, on_cpu=False, nproc=nproc)
+    return harness.saved(Path(spec["out"])) or harness.exit_failure(code)
 
 
 def _in_process(session, pair: dict) -> dict[str, dict]:
     """In this process (objects from Python): the same round, without a fresh process."""
     from workbench.run import pair as pairs
+    from workbench.run.worker import failed_raw
 
     try:
         return pairs.run_pair(pair, session.model_factory, session.dataset)
     except (Exception, torch_oom()) as error:  # as in a fresh process: the round fails, the ladder goes on
-        return {key: pairs.failed_raw(error) for key in pair["pair"]}
+        return {key: failed_raw(error) for key in pair["pair"]}
     finally:
         gc.collect()  # a failed stage's tensors must not crowd the next one
         _empty_cuda_cache()

@@ -15,7 +15,7 @@ from workbench.errors import StageSkipped, UsageError
 SPEED, MEMORY, REFERENCE = "speed", "memory", "reference"
 # Emulated bf16 on a CPU runs an order of magnitude slower: measure it briefly (one round, a few
 # steps), enough to show it; the second look does not try it again.
-PROBE_TIMED_STEPS, PROBE_WARMUP_STEPS = 4, 1
+PROBE_TIMED_STEPS, PROBE_WARMUP_STEPS = 2, 1
 ACCUMULATION_MICRO_BATCHES = 2
 # Memory stages are trade-offs, not carried forward: their peak memory needs one process, their speed
 # cost is reported with the interval two rounds give.

@@ -7,11 +7,13 @@ configurations in this one process (workbench/run/pair.py).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import threading
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -97,6 +99,35 @@ def failure(status: str, error: BaseException, out_of_memory: bool = False) -> d
     return {"status": status, "error": f"{prefix}{type(error).__name__}: {message}"[:500]}
 
 
+def failed_raw(error: BaseException) -> dict:
+    """The one reading of a measurement's failure: skipped (the stage does not apply), out of memory,
+    or failed with the error's first line."""
+    if isinstance(error, StageSkipped):
+        return {"status": "skipped", "error": str(error)}
+    return failure("failed", error, out_of_memory=isinstance(error, torch.OutOfMemoryError))
+
+
+def guarded(measure: Callable[[dict], dict], spec: dict) -> dict:
+    """measure(spec), with every failure a result that says why (Ctrl-C still stops)."""
+    try:
+        return measure(spec)
+    except (StageSkipped, torch.OutOfMemoryError) as error:
+        return failed_raw(error)
+    except Exception as error:  # any configuration's failure is recorded; the ladder or experiment goes on
+        traceback.print_exc(limit=3, file=sys.stderr)
+        return failed_raw(error)
+
+
+def measuring_function(target: str) -> Callable[[dict], dict]:
+    """The function a spec names as "module:function" (an experiment's own measuring loop)."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def target_of(function: Callable) -> str:
+    return f"{function.__module__}:{function.__qualname__}"
+
+
 _IN_WORKER_PROCESS = False
 
 
@@ -109,18 +140,17 @@ def main(spec_path: str) -> int:
 
         return pair.main(spec)
     dist = DistInfo()
-    try:
+
+    def measure(spec: dict) -> dict:
+        nonlocal dist
+        if "measure" in spec:  # an experiment's own measuring function, one process
+            return measuring_function(spec["measure"])(spec)
         dist = distributed.setup(resolve_device_type(spec["config"]["device"]))
-        raw = run_spec(spec, dist=dist)
-    except StageSkipped as error:
-        raw = {"status": "skipped", "error": str(error)}
-    except torch.OutOfMemoryError as error:
-        raw = failure("failed", error, out_of_memory=True)
+        return run_spec(spec, dist=dist)
+    try:
+        raw = guarded(measure, spec)
     except KeyboardInterrupt:  # stopped before the timed steps ended: nothing worth writing, no traceback
         return 130
-    except Exception as error:  # any stage failure (a UsageError too) is recorded; the ladder goes on
-        traceback.print_exc(limit=3, file=sys.stderr)
-        raw = failure("failed", error)
     if dist.is_main:
         write_json_atomic(Path(spec["out"]), raw)
     if raw["status"] == "measured":

@@ -1,4 +1,4 @@
-"""`python -m workbench.worker_entry SPEC.json`: a stage worker that stops quietly when told to.
+"""`python -m workbench.run.worker_entry SPEC.json`: a stage worker that stops quietly when told to.
 
 The ladder stops a worker's process group with SIGINT (then SIGKILL). Arriving while torch is still
 being imported, that would print a long traceback from deep inside torch; here the signals end the

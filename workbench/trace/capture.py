@@ -20,11 +20,14 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from workbench.results import TRACE_SUFFIX, write_atomic
 
 WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS = 1, 1, 3
+# A brief probe (emulated bf16 on a CPU: ~9 s a step) records one active step: enough to show where
+# the time goes, without a minute of steps nobody reads.
+BRIEF_SCHEDULE = (0, 1, 1)
 
 
-def trace_steps() -> int:
+def trace_steps(brief: bool = False) -> int:
     """Steps the capture runs: the schedule's wait + warm-up + active, plus one to flush it."""
-    return WAIT_STEPS + WARMUP_STEPS + ACTIVE_STEPS + 1
+    return sum(BRIEF_SCHEDULE if brief else (WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS)) + 1
 
 
 def activities(device_type: str) -> list[ProfilerActivity]:
@@ -61,7 +64,7 @@ def _gzip_to(handle, text: str) -> None:
 
 
 def scheduled_profiler(trace_dir: Path, device_type: str, with_stack: bool = False, rank: int = 0,
-                       world_size: int = 1, written: list[Path] | None = None) -> profile:
+                       world_size: int = 1, written: list[Path] | None = None, brief: bool = False) -> profile:
     """A torch.profiler with the workbench's schedule that writes its trace into trace_dir (appended
     to `written`). The caller enters it and calls .step() once per training step."""
     trace_dir.mkdir(parents=True, exist_ok=True)
@@ -69,16 +72,22 @@ def scheduled_profiler(trace_dir: Path, device_type: str, with_stack: bool = Fal
     on_ready = lambda prof: written.append(_write_trace(prof, trace_dir, rank, world_size))
     return profile(activities=activities(device_type), record_shapes=True, profile_memory=True,
                    with_stack=with_stack, on_trace_ready=on_ready,
-                   schedule=schedule(wait=WAIT_STEPS, warmup=WARMUP_STEPS, active=ACTIVE_STEPS, repeat=1))
+                   schedule=schedule(**_schedule(brief), repeat=1))
+
+
+def _schedule(brief: bool) -> dict:
+    wait, warmup, active = BRIEF_SCHEDULE if brief else (WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS)
+    return {"wait": wait, "warmup": warmup, "active": active}
 
 
 def capture(step_fn: Callable[[int], None], trace_dir: Path, device_type: str, with_stack: bool = False,
-            rank: int = 0, world_size: int = 1) -> dict:
-    """Run step_fn(i) under the profiler's schedule; return the trace path and the pass's wall time."""
+            rank: int = 0, world_size: int = 1, brief: bool = False) -> dict:
+    """Run step_fn(i) under the profiler's schedule (BRIEF_SCHEDULE if brief); return the trace path
+    and the pass's wall time."""
     written: list[Path] = []
     start = time.perf_counter()
-    with scheduled_profiler(trace_dir, device_type, with_stack, rank, world_size, written) as prof:
-        for i in range(trace_steps()):
+    with scheduled_profiler(trace_dir, device_type, with_stack, rank, world_size, written, brief) as prof:
+        for i in range(trace_steps(brief)):
             step_fn(i)
             prof.step()
     return {"file": str(written[-1]) if written else None, "wall_s": time.perf_counter() - start,

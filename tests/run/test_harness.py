@@ -1,10 +1,11 @@
-"""The warm fork server: a child per call, exit status, timeout and fallback, as procs.run_worker."""
+"""The process harness: the warm fork server (a child per call, exit status, timeout, a dead
+server reported), where it is used, and one wording for a worker that left no result."""
 import os
 import time
 
 import pytest
 
-from workbench.run import forkserver, rounds
+from workbench.run import forkserver, harness
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +41,15 @@ def test_a_dead_server_is_reported_not_waited_on():
     gone.close()
 
 
-def test_rounds_fork_only_on_a_cpu_and_not_when_switched_off(monkeypatch):
-    cpu = {"pair": {"a": {"config": {"device": "cpu"}}, "b": {"config": {"device": "cpu"}}}}
-    assert rounds.forkable(cpu)
-    monkeypatch.setenv(rounds.FORK_SERVER_VARIABLE, "0")
-    assert not rounds.forkable(cpu)
+def test_the_harness_forks_only_on_a_cpu_and_not_when_switched_off(monkeypatch):
+    assert harness.forkable(True) and not harness.forkable(False)
+    assert harness.on_cpu({"device": "cpu"}, {"device": "cpu"})
+    monkeypatch.setenv(harness.FORK_SERVER_VARIABLE, "0")
+    assert not harness.forkable(True)
+
+
+def test_one_wording_for_a_worker_that_left_no_result():
+    assert "timed out after 5 s" in harness.exit_failure(None, 5)["error"]
+    assert "out of host memory" in harness.exit_failure(-9)["error"]
+    with pytest.raises(KeyboardInterrupt):  # the user stopped it: not a stage failure
+        harness.exit_failure(-2)
