@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from workbench import results
-from workbench.run import judge, ladder, procs, rounds
+from workbench.run import harness, judge, ladder, procs
 from workbench.training import safe_pickle
 from workbench.config import RunConfig
 from workbench.training.data import SYNTHETIC_MARKER, write_synthetic_cifar
@@ -477,6 +477,6 @@ def test_interrupted_setup_removes_only_the_folders_it_made(tmp_path):
 
 def test_a_damaged_partial_result_does_not_hide_the_interrupt(tmp_path):
     (tmp_path / "raw.json").write_text('{"status": "meas')
-    assert rounds._saved({"out": str(tmp_path / "raw.json")}) is None
+    assert harness.saved(tmp_path / "raw.json") is None
     results.write_json_atomic(tmp_path / "raw.json", {"status": "measured"})
-    assert rounds._saved({"out": str(tmp_path / "raw.json")}) == {"status": "measured"}
+    assert harness.saved(tmp_path / "raw.json") == {"status": "measured"}

@@ -45,9 +45,10 @@ class ForkServer:
         os.close(request_read)
         os.close(answer_write)
         self._buffer = b""
+        self.retired = self._closed = False
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return not self.retired and self.proc.poll() is None
 
     def run(self, target: str, args: list, timeout_s: float | None) -> int | None:
         """Call target ("module:function") with args in a forked child; its exit status (as
@@ -64,19 +65,35 @@ class ForkServer:
         try:
             return self._answer(timeout_s)["code"]
         except TimeoutError:
-            _stop_child(pid, grace_s=0)
-            self._answer(timeout_s=procs.GRACE_S)
+            self._stop(pid, grace_s=0)
             return None
         except BaseException:
-            _stop_child(pid, grace_s=procs.GRACE_S, wait=lambda s: self._answer(timeout_s=s))
+            self._stop(pid, grace_s=procs.GRACE_S)
             raise
 
-    def close(self) -> None:
-        """End of input: the server exits; it is killed if it does not."""
+    def _stop(self, pid: int, grace_s: float) -> None:
+        """SIGINT to the child's group (it saves what it finished) and a grace, then SIGKILL to what
+        is left. The child's exit answer is read so the next request starts clean; when it never
+        comes the server is retired, and the next call starts a new one."""
+        if grace_s > 0:
+            _signal(pid, signal.SIGINT)
+            try:
+                self._answer(timeout_s=grace_s)
+                return
+            except (TimeoutError, ServerGone, KeyboardInterrupt):  # a second Ctrl-C means: now
+                pass
+        _signal(pid, signal.SIGKILL)
         try:
-            os.close(self._request)
-        except OSError:
-            pass
+            self._answer(timeout_s=procs.GRACE_S)
+        except (TimeoutError, ServerGone, KeyboardInterrupt):
+            self.retired = True
+
+    def close(self) -> None:
+        """End of input: the server exits; it is killed if it does not. Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = self.retired = True
+        os.close(self._request)
         try:
             self.proc.wait(timeout=5)
         except Exception:
@@ -98,18 +115,6 @@ class ForkServer:
         return json.loads(line)
 
 
-def _stop_child(pid: int, grace_s: float, wait=None) -> None:
-    """SIGINT to the child's group (it saves what it finished), then SIGKILL to what is left."""
-    if grace_s > 0 and wait is not None:
-        _signal(pid, signal.SIGINT)
-        try:
-            wait(grace_s)
-            return
-        except (TimeoutError, ServerGone, KeyboardInterrupt):
-            pass
-    _signal(pid, signal.SIGKILL)
-
-
 def _signal(pid: int, signum: int) -> None:
     try:
         os.killpg(pid, signum)
@@ -128,6 +133,8 @@ def shared(env: dict) -> ForkServer:
     key = json.dumps(sorted(env.items()))
     server = _shared.get(key)
     if server is None or not server.alive():
+        if server is not None:
+            server.close()
         if not _shared:
             import atexit
 
