@@ -119,9 +119,10 @@ def _optimized_lines(view: RunView, base: dict, final: dict) -> list[str]:
                        "baseline itself: " + throughput_text(base))]
     applied = final.get("applied") or final["stage"]
     which = "best single stage" if view.run.get("mode") == "ablation" else "last kept stage"
+    source = ("the final configuration, paired with the baseline" if final["stage"] == "final"
+              else f"{which}: `{final['stage']}`")
     return [
-        bullet("Optimized throughput", f"{throughput_text(final)} with `{applied}` "
-               f"({which}: `{final['stage']}`)"),
+        bullet("Optimized throughput", f"{throughput_text(final)} with `{applied}` ({source})"),
         bullet("Final speedup", speedup_text(final, "speedup_vs_baseline")),
     ]
 

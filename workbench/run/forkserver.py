@@ -19,6 +19,7 @@ import json
 import os
 import select
 import signal
+import subprocess
 import sys
 import time
 
@@ -41,7 +42,7 @@ class ForkServer:
         self._answers, answer_write = os.pipe()
         self.proc = procs.start_worker(
             [sys.executable, "-m", "workbench.run.forkserver", str(request_read), str(answer_write)],
-            env, stdin=open(os.devnull), pass_fds=(request_read, answer_write))
+            env, stdin=subprocess.DEVNULL, pass_fds=(request_read, answer_write))
         os.close(request_read)
         os.close(answer_write)
         self._buffer = b""
