@@ -381,6 +381,18 @@ def test_bad_stage_timeout_is_one_line(work, capsys, monkeypatch, value):
     assert not (work / "reports").exists()
 
 
+@pytest.mark.parametrize("value", ["yes", "2", "off", "-1"])
+def test_bad_fork_server_switch_is_one_line(work, capsys, monkeypatch, value):
+    monkeypatch.setenv("WORKBENCH_FORK_SERVER", value)
+    one_line(cli(capsys, "run", *TINY), "WORKBENCH_FORK_SERVER", repr(value), "allowed: 1")
+    assert not (work / "reports").exists()
+
+
+def test_fork_server_switch_accepts_0_1_and_unset():
+    assert harness.fork_server_wanted({}) and harness.fork_server_wanted({"WORKBENCH_FORK_SERVER": " 1 "})
+    assert not harness.fork_server_wanted({"WORKBENCH_FORK_SERVER": "0"})
+
+
 def test_stage_timeout_accepts_seconds():
     assert procs.stage_timeout_s({"WORKBENCH_STAGE_TIMEOUT_S": " 90.5 "}) == 90.5
     assert procs.stage_timeout_s({}) == procs.DEFAULT_TIMEOUT_S

@@ -95,11 +95,12 @@ def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench.run import procs, session as sessions
+    from workbench.run import harness, procs, session as sessions
     from workbench.names import check_run_name
     from workbench.run.stages import select
 
     procs.stage_timeout_s()  # a bad WORKBENCH_STAGE_TIMEOUT_S is refused now, not after the baseline
+    harness.fork_server_wanted()  # so is a bad WORKBENCH_FORK_SERVER
     resumed = _resumed(args) or {}
     if args.overwrite and args.resume:
         raise UsageError("--overwrite and --resume contradict each other; choose one")

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from workbench.errors import ResultFileError
+from workbench.errors import ResultFileError, UsageError
 from workbench.results import read_json, write_json_atomic
 from workbench.run import distributed, forkserver, procs
 
@@ -43,11 +43,19 @@ def launch(spec_path: Path, on_cpu: bool, nproc: int = 1, env: dict | None = Non
     return procs.run_worker([*distributed.launcher(nproc), WORKER_MODULE, str(spec_path)], env, timeout_s)
 
 
+def fork_server_wanted(environ: dict | None = None) -> bool:
+    """WORKBENCH_FORK_SERVER: unset or 1 (the default) or 0; a one-line UsageError for anything else."""
+    text = (os.environ if environ is None else environ).get(FORK_SERVER_VARIABLE, "").strip()
+    if text not in ("", "0", "1"):
+        raise UsageError(f"{FORK_SERVER_VARIABLE}={text!r} is not allowed; allowed: 1 (fork CPU rounds from a "
+                         "warm server, the default) or 0 (a fresh interpreter per round)")
+    return text != "0"
+
+
 def forkable(on_cpu: bool) -> bool:
     """The fork server only on a CPU (a forked CUDA context is unusable, and the GPU figures were
     measured from exec'd processes), unless WORKBENCH_FORK_SERVER=0 or it already failed."""
-    switched_off = os.environ.get(FORK_SERVER_VARIABLE, "1").strip() == "0"
-    return on_cpu and not switched_off and not _FORK_SERVER_OFF
+    return on_cpu and fork_server_wanted() and not _FORK_SERVER_OFF
 
 
 def on_cpu(*configs: dict) -> bool:
