@@ -5,8 +5,8 @@ round a fresh process, RunConfig.rounds, default 3) through `paired_ratio`, a t-
 rounds' log ratios; the round is the replicate, since a process's own offset is shared by all its
 steps. Inside one process: step times come as one list per repeat (RunConfig.repeats, default 1;
 steps inside a repeat share the machine's state of the moment, so they are not independent). With
-two or more repeats `throughput` and `speedup` use t-intervals on the log of each repeat's
-throughput (Welch's for ratios); with the default single repeat they fall back to a bootstrap over
+two or more repeats (the default) `throughput` and `speedup` use t-intervals on the log of each
+repeat's throughput (Welch's for ratios); with a single repeat they fall back to a bootstrap over
 its steps and say less with it. Defaults live in workbench/config.py, not here.
 """
 from __future__ import annotations
@@ -134,6 +134,16 @@ def paired_ratio(a_rates: list[float], b_rates: list[float]) -> dict:
     return {"ratio": math.exp(mean), "ci95_low": math.exp(mean - half), "ci95_high": math.exp(mean + half),
             "rounds": n, "log_ratios": logs.tolist(),
             "method": f"paired t-interval over {n} rounds (fresh processes, alternating order)"}
+
+
+def projected(ratio: dict, rounds: int) -> dict:
+    """The interval `ratio` would have after `rounds` rounds if the rounds to come kept its mean and
+    spread: what more rounds can be expected to settle (a futility check, not a verdict)."""
+    logs = np.asarray(ratio.get("log_ratios") or [], dtype=float)
+    if logs.size < 2 or rounds < 2:
+        return ratio
+    mean, half = float(logs.mean()), t_quantile(rounds - 1) * float(logs.std(ddof=1)) / math.sqrt(rounds)
+    return {**ratio, "ci95_low": math.exp(mean - half), "ci95_high": math.exp(mean + half), "rounds": rounds}
 
 
 def half_width(ratio: dict) -> float:

@@ -53,3 +53,15 @@ def test_one_wording_for_a_worker_that_left_no_result():
     assert "out of host memory" in harness.exit_failure(-9)["error"]
     with pytest.raises(KeyboardInterrupt):  # the user stopped it: not a stage failure
         harness.exit_failure(-2)
+
+
+def test_a_warm_function_runs_in_the_server_and_one_that_starts_a_thread_ends_it():
+    """warm runs before the fork; a thread it leaves behind would be copied broken into every child,
+    so the server exits and the caller is told (and goes back to exec)."""
+    warmed = forkserver.ForkServer(dict(os.environ))
+    try:
+        assert warmed.run("os:_exit", [0], timeout_s=60, warm="os:getcwd") == 0  # a harmless warm: served
+        with pytest.raises(forkserver.ServerGone):  # faulthandler's watchdog is a thread
+            warmed.run("os:getcwd", [600], timeout_s=60, warm="faulthandler:dump_traceback_later")
+    finally:
+        warmed.close()

@@ -255,7 +255,7 @@ def test_bad_verdict_options_on_the_command_line_exit_2(capsys):
 def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last(monkeypatch):
     from workbench.run import rounds as paired
 
-    ratios = iter([1.05, 1.25, 1.05, 1.18, 1.16, 1.17])  # noisy at three rounds, settled with more
+    ratios = iter([1.10, 1.22, 1.08, 1.18, 1.16, 1.17])  # open at three rounds, settled with more
     calls = []
 
     def one_round(session, a, b, order, last):
@@ -265,7 +265,7 @@ def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last
 
     monkeypatch.setattr(paired, "_one_round", one_round)
     session = SimpleNamespace(log=lambda message: None)
-    more = ladder._still_open(0.0, 0.03)
+    more = ladder._still_open(0.0, 0.03, 6)
     side = paired.Side(RunConfig(), "x")
     result = paired.compare(session, side, side, 3, "test", more, 6)
     lasts = [last for _, last in calls]
@@ -275,3 +275,26 @@ def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last
     ratios = iter([1.2, 1.2, 1.2])
     settled = paired.compare(session, side, side, 3, "test", lambda c: False, 6)
     assert len(settled.a_rounds) == 3
+
+
+def test_no_extra_rounds_when_even_the_most_rounds_would_leave_it_open(monkeypatch):
+    """A 4% effect in 10% noise: six rounds at that spread would still straddle 1, so the answer
+    stays inconclusive after the planned three and the time goes to the next stage."""
+    from workbench.run import rounds as paired
+
+    ratios = iter([1.15, 0.94, 1.05, 1.20, 1.20, 1.20])
+
+    def one_round(session, a, b, order, last):
+        return {"a": {**raw(100.0), "status": "measured"}, "b": {**raw(100.0 * next(ratios)), "status": "measured"}}
+
+    monkeypatch.setattr(paired, "_one_round", one_round)
+    said = []
+    session = SimpleNamespace(log=said.append, base_cfg=RunConfig())
+    side = paired.Side(RunConfig(), "x")
+    result = paired.compare(session, side, side, 3, "test", ladder._still_open(0.0, 0.03, 6), 6)
+    assert len(result.a_rounds) == 3
+    assert stats.judged_verdict(result.ratio(), 0.03) == "inconclusive"
+    ahead = stats.projected(result.ratio(), 6)
+    assert ahead["ci95_low"] < 1 < ahead["ci95_high"] and ahead["ratio"] == result.ratio()["ratio"]
+    ladder._say_if_futile(session, result, 0.0, 6)
+    assert any("no extra rounds" in line for line in said)

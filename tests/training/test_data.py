@@ -233,3 +233,30 @@ def test_cifar10_on_synthetic_folder_is_usage_error_without_download(fresh_root,
     with pytest.raises(UsageError, match="synthetic"):
         load_data("cifar10", str(fresh_root), image_size=8, per_batch=10, seed=0)
     assert no_download == []
+
+
+def test_a_decoded_split_is_reused_until_its_files_change(fresh_root, monkeypatch):
+    """The fork server decodes a split once and every round forked from it reuses the arrays; an
+    edited file is read again, never served stale."""
+    from workbench.run import worker
+    from workbench.results import write_json_atomic
+
+    spec = fresh_root / "spec.json"
+    write_json_atomic(spec, {"pair": {side: {"config": {"data": "auto", "data_dir": str(fresh_root)}} for side in "ab"}})
+    worker.preload(str(spec))
+    reads = []
+    real_read = data.read_batch
+    monkeypatch.setattr(data, "read_batch", lambda path: reads.append(path.name) or real_read(path))
+    first = WorkbenchCIFAR10(str(fresh_root), train=True)
+    assert reads == [] and len(first) == 5 * 10 and WorkbenchCIFAR10(str(fresh_root), train=False).classes == first.classes
+    batch = fresh_root / CIFAR_FOLDER / TRAIN_FILES[0]
+    entry = pickle.loads(batch.read_bytes())
+    entry["data"] = np.zeros_like(entry["data"])
+    batch.write_bytes(pickle.dumps(entry))
+    again = WorkbenchCIFAR10(str(fresh_root), train=True)
+    assert len(reads) == len(TRAIN_FILES) and not again.data[:10].any()
+
+
+def test_preloading_never_writes_data(tmp_path):
+    data.preload_cifar(str(tmp_path / "nothing-here"))
+    assert not (tmp_path / "nothing-here").exists()

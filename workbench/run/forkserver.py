@@ -9,8 +9,10 @@ runs no torch op and never touches CUDA, so no thread pool or device context is 
 (fork is unsafe after either). Its imports are checked against that before the first fork.
 
 Used only where it is safe and helps: one process per side (no torchrun) on a CPU. A CUDA round
-still starts from exec (see rounds.py). Protocol: one JSON line per request on a pipe, two answers
-per request ({"pid"} when forked, {"pid", "code"} when it ended).
+still starts from exec (see rounds.py). Protocol: one JSON line per request on a pipe ({"target",
+"args", "warm"}), two answers per request ({"pid"} when forked, {"pid", "code"} when it ended).
+"warm" runs in the server before the fork: the worker decodes the round's CIFAR data there
+(worker.preload), so each child inherits the arrays instead of unpickling them again (about 1 s).
 """
 from __future__ import annotations
 
@@ -51,12 +53,14 @@ class ForkServer:
     def alive(self) -> bool:
         return not self.retired and self.proc.poll() is None
 
-    def run(self, target: str, args: list, timeout_s: float | None) -> int | None:
+    def run(self, target: str, args: list, timeout_s: float | None, warm: str | None = None) -> int | None:
         """Call target ("module:function") with args in a forked child; its exit status (as
-        subprocess gives it: -N for a signal), or None when it ran past timeout_s. However this
-        process is stopped, the child's group goes first, as with procs.run_worker."""
+        subprocess gives it: -N for a signal), or None when it ran past timeout_s. warm, a function
+        of the same args, runs in the server first (what it loads, every later child inherits).
+        However this process is stopped, the child's group goes first, as with procs.run_worker."""
+        request = {"target": target, "args": args, "warm": warm}
         try:
-            os.write(self._request, (json.dumps({"target": target, "args": args}) + "\n").encode())
+            os.write(self._request, (json.dumps(request) + "\n").encode())
         except BrokenPipeError:
             raise ServerGone(f"the fork server exited with status {self.proc.poll()}") from None
         try:
@@ -165,6 +169,30 @@ def _warm_imports() -> None:
         raise RuntimeError("CUDA was initialised while importing; forking would copy its context")
 
 
+def _thread_count() -> int:
+    tasks = f"/proc/{os.getpid()}/task"
+    return len(os.listdir(tasks)) if os.path.isdir(tasks) else 1
+
+
+def _warm(target: str | None, args: list) -> None:
+    """The request's warm function, in the server: best effort, but it must leave the server fit to
+    fork. Fork copies one thread: a thread it starts or a device context would be copied broken into
+    every child, so the server exits instead, and the parent goes back to exec. (Counted around the
+    call: numpy's BLAS pool comes and goes with forks, and handles them itself.)"""
+    if not target:
+        return
+    import torch
+
+    threads = _thread_count()
+    module, function = target.split(":")
+    try:
+        getattr(importlib.import_module(module), function)(*args)
+    except Exception:  # the child meets the same problem and reports it in its result
+        pass
+    if torch.cuda.is_initialized() or _thread_count() > threads:
+        raise RuntimeError(f"{target} started a thread or CUDA in the fork server; forking would copy it")
+
+
 def _child(target: str, args: list, fds: tuple[int, int]) -> None:
     """In the forked child: its own session, a quiet stop until the target installs its own
     handlers (as workbench.run.worker_entry does), then the target; its return value is the exit status."""
@@ -197,6 +225,7 @@ def serve(request_fd: int, answer_fd: int) -> int:
     with os.fdopen(request_fd, "rb", buffering=0) as requests:
         for line in iter(requests.readline, b""):
             request = json.loads(line)
+            _warm(request.get("warm"), request["args"])
             pid = os.fork()
             if pid == 0:
                 _child(request["target"], request["args"], (request_fd, answer_fd))

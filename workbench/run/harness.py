@@ -24,6 +24,7 @@ from workbench.results import read_json, write_json_atomic
 from workbench.run import distributed, forkserver, procs
 
 WORKER_TARGET = "workbench.run.worker:main"
+WORKER_PRELOAD = "workbench.run.worker:preload"  # run in the fork server before each fork
 WORKER_MODULE = "workbench.run.worker_entry"
 FORK_SERVER_VARIABLE = "WORKBENCH_FORK_SERVER"
 _FORK_SERVER_OFF: dict[str, str] = {}  # why, once the server failed: later runs start from exec
@@ -36,7 +37,7 @@ def launch(spec_path: Path, on_cpu: bool, nproc: int = 1, env: dict | None = Non
     timeout_s = timeout_s or procs.stage_timeout_s()
     if nproc == 1 and forkable(on_cpu):
         try:
-            return forkserver.shared(env).run(WORKER_TARGET, [str(spec_path)], timeout_s)
+            return forkserver.shared(env).run(WORKER_TARGET, [str(spec_path)], timeout_s, warm=WORKER_PRELOAD)
         except forkserver.ServerGone as gone:  # said once; every later process starts from exec
             _FORK_SERVER_OFF["why"] = str(gone)
             print(f"note: {gone}; measuring processes start fresh interpreters from now on", file=sys.stderr)

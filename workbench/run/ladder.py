@@ -76,11 +76,19 @@ def _trace_dir(session: Session, cfg: RunConfig, name: str):
 EXTRA_ROUNDS_FACTOR = 2
 
 
-def _still_open(floor: float, min_effect: float):
+def _still_open(floor: float, min_effect: float, max_rounds: int):
+    """Whether one more round is worth its time: the answer is inconclusive, and the rounds still
+    allowed could settle it. When even max_rounds rounds with the same mean and spread would leave it
+    inconclusive (a 4% effect in 10% noise), more rounds are futile: it stays inconclusive, said so,
+    and the time goes to the next stage. Stopping here can only end in 'inconclusive', so it cannot
+    make a stage look faster or slower than it is."""
     def more(comparison: paired_rounds.Comparison) -> bool:
         if len(comparison.a_rounds) < 2 or comparison.failure is not None or comparison.interrupted is not None:
             return False
-        return stats.judged_verdict(comparison.ratio(), min_effect, floor) == "inconclusive"
+        ratio = comparison.ratio()
+        if stats.judged_verdict(ratio, min_effect, floor) != "inconclusive":
+            return False
+        return stats.judged_verdict(stats.projected(ratio, max_rounds), min_effect, floor) != "inconclusive"
     return more
 
 
@@ -97,12 +105,27 @@ def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: s
     _clear_old_traces(trace_dir)
     count = rounds or b.rounds
     session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
-    more = _still_open(floor, session.base_cfg.min_effect) if floor is not None and count > 1 else None
+    most = count * EXTRA_ROUNDS_FACTOR
+    more = _still_open(floor, session.base_cfg.min_effect, most) if floor is not None and count > 1 else None
     comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=BRIEF if brief else True), count, label,
-                                       more, count * EXTRA_ROUNDS_FACTOR)
+                                       more, most)
+    if more is not None:
+        _say_if_futile(session, comparison, floor, most)
     if measured is not None and comparison.failure is None and comparison.interrupted is None:
         measured[(a, b)] = comparison
     return comparison
+
+
+def _say_if_futile(session: Session, comparison: paired_rounds.Comparison, floor: float, most: int) -> None:
+    """An open answer that got no more rounds: say why, with the interval more rounds would give."""
+    if comparison.failure is not None or comparison.interrupted is not None or len(comparison.a_rounds) >= most:
+        return
+    ratio, min_effect = comparison.ratio(), session.base_cfg.min_effect
+    if ratio is None or stats.judged_verdict(ratio, min_effect, floor) != "inconclusive":
+        return
+    ahead = stats.projected(ratio, most)
+    session.log(f"   still open after {len(comparison.a_rounds)} rounds; {most} rounds at this spread would give about "
+                f"[{ahead['ci95_low']:.2f}, {ahead['ci95_high']:.2f}], still open: no extra rounds")
 
 
 def _clear_old_traces(trace_dir) -> None:

@@ -128,6 +128,19 @@ def target_of(function: Callable) -> str:
     return f"{function.__module__}:{function.__qualname__}"
 
 
+def preload(spec_path: str) -> None:
+    """Run by the fork server itself before it forks the round for spec_path: decode the CIFAR-format
+    data the spec reads, so the round inherits it (numpy only: no torch op, no thread). Best effort:
+    anything wrong here is left for the round itself to find and report."""
+    from workbench.training.data import preload_cifar
+
+    spec = read_json(Path(spec_path))
+    sides = list(spec["pair"].values()) if "pair" in spec else [spec]
+    for config in (side.get("config") or {} for side in sides):
+        if config.get("data_dir") and not str(config.get("data", "")).startswith("imagefolder:"):
+            preload_cifar(config["data_dir"])
+
+
 _IN_WORKER_PROCESS = False
 
 

@@ -12,6 +12,7 @@ import os
 import socket
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -20,14 +21,15 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from workbench.results import TRACE_SUFFIX, write_atomic
 
 WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS = 1, 1, 3
-# A brief probe (emulated bf16 on a CPU: ~9 s a step) records one active step: enough to show where
-# the time goes, without a minute of steps nobody reads.
-BRIEF_SCHEDULE = (0, 1, 1)
+# A brief probe (emulated bf16 on a CPU: ~9 s a step) records one active step and no profiler
+# warm-up step: its steps are warm already, and the profiler's start-up is small beside 9 s.
+BRIEF_SCHEDULE = (0, 0, 1)
 
 
 def trace_steps(brief: bool = False) -> int:
-    """Steps the capture runs: the schedule's wait + warm-up + active, plus one to flush it."""
-    return sum(BRIEF_SCHEDULE if brief else (WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS)) + 1
+    """Steps the capture runs: the schedule's wait + warm-up + active. With repeat=1 the trace is
+    written at the last active step's prof.step(); a further step would be run and never recorded."""
+    return sum(BRIEF_SCHEDULE if brief else (WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS))
 
 
 def activities(device_type: str) -> list[ProfilerActivity]:
@@ -71,13 +73,14 @@ def scheduled_profiler(trace_dir: Path, device_type: str, with_stack: bool = Fal
     written = [] if written is None else written
     on_ready = lambda prof: written.append(_write_trace(prof, trace_dir, rank, world_size))
     return profile(activities=activities(device_type), record_shapes=True, profile_memory=True,
-                   with_stack=with_stack, on_trace_ready=on_ready,
-                   schedule=schedule(**_schedule(brief), repeat=1))
+                   with_stack=with_stack, on_trace_ready=on_ready, schedule=_schedule(brief))
 
 
-def _schedule(brief: bool) -> dict:
+def _schedule(brief: bool):
     wait, warmup, active = BRIEF_SCHEDULE if brief else (WAIT_STEPS, WARMUP_STEPS, ACTIVE_STEPS)
-    return {"wait": wait, "warmup": warmup, "active": active}
+    with warnings.catch_warnings():  # "won't be using warmup": chosen for the brief probe (see above)
+        warnings.filterwarnings("ignore", message=".*warmup.*", category=UserWarning)
+        return schedule(wait=wait, warmup=warmup, active=active, repeat=1)
 
 
 def capture(step_fn: Callable[[int], None], trace_dir: Path, device_type: str, with_stack: bool = False,

@@ -73,6 +73,13 @@ class WorkbenchCIFAR10(datasets.CIFAR10):
     """
 
     def __init__(self, root: str, train: bool = True, transform=None) -> None:
+        key = _files_key(Path(root) / self.base_folder, train)
+        if key in _DECODED:  # the same files, unchanged since this process (or its parent) read them
+            datasets.VisionDataset.__init__(self, root, transform=transform)
+            self.train = train
+            self.data, self.targets, self.classes = _DECODED[key]
+            self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+            return
         if not (Path(root) / self.base_folder / SYNTHETIC_MARKER).exists():
             super().__init__(root, train=train, transform=transform)  # real CIFAR-10: every MD5 checked
         else:
@@ -80,6 +87,8 @@ class WorkbenchCIFAR10(datasets.CIFAR10):
             self.train = train
             self._load_unverified()
         check_labels(self.targets, self.classes)
+        if key is not None:
+            _DECODED[key] = (self.data, self.targets, self.classes)
 
     def _load_unverified(self) -> None:
         if not self._check_integrity():
@@ -109,6 +118,29 @@ class WorkbenchCIFAR10(datasets.CIFAR10):
             raise ValueError(f"{path.name} holds no list of class names under {self.meta['key']!r}")
         self.classes = names
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+
+# Decoded splits by folder, split and the files' size and modification time. Unpickling the train
+# split takes about 1 s: the fork server decodes it once (run/worker.py:preload) and every round
+# forked from it inherits the arrays, read-only, instead of decoding them again. An edited or
+# replaced file changes the key, so stale pixels are never served.
+_DECODED: dict[tuple, tuple[np.ndarray, list[int], list[str]]] = {}
+
+
+def _files_key(folder: Path, train: bool) -> tuple | None:
+    names = (*(TRAIN_FILES if train else ("test_batch",)), "batches.meta", SYNTHETIC_MARKER)
+    try:
+        stats = [(name, (folder / name).stat()) for name in names if name != SYNTHETIC_MARKER or (folder / name).exists()]
+    except OSError:  # a missing file: no key, and the normal load says what is wrong
+        return None
+    return (str(folder.resolve()), train, *((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+
+
+def preload_cifar(data_dir: str) -> None:
+    """Decode both splits of a CIFAR-format folder that is already there (never writes any)."""
+    if (Path(data_dir) / CIFAR_FOLDER / "batches.meta").is_file():
+        for train in (True, False):
+            WorkbenchCIFAR10(data_dir, train=train)
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, list[int]]:
