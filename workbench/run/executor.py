@@ -203,7 +203,9 @@ def compute_only(built: Built, progress: Progress) -> dict:
     batch = built.step.prepare(*built.stream.next())
     steps = min(built.cfg.timed_steps, COMPUTE_ONLY_STEPS)
     times = []
-    repeats = min(built.cfg.repeats, COMPUTE_ONLY_REPEATS)  # a brief probe stays brief
+    # A brief probe stays brief. On a CPU a compute-only step costs as much as a real one, and one
+    # repeat places the ceiling well within the round-to-round noise: the second is a round's 1.3 s.
+    repeats = 1 if built.device.type == "cpu" else min(built.cfg.repeats, COMPUTE_ONLY_REPEATS)
     for repeat in range(repeats):
         clock = measure.StepClock(built.device)
         clock.mark()
