@@ -1,7 +1,7 @@
 """Statistics over step times: medians, spread, and 95% intervals (numpy only, no torch).
 
 Two levels of replication. Across processes: a comparison's verdict comes from paired rounds (each
-round a fresh process, RunConfig.rounds, default 3) through `paired_ratio`, a t-interval over the
+round a fresh process, RunConfig.rounds, default 4) through `paired_ratio`, a t-interval over the
 rounds' log ratios; the round is the replicate, since a process's own offset is shared by all its
 steps. Inside one process: step times come as one list per repeat (RunConfig.repeats, default 1;
 steps inside a repeat share the machine's state of the moment, so they are not independent). With

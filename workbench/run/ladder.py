@@ -72,7 +72,7 @@ def _trace_dir(session: Session, cfg: RunConfig, name: str):
 
 
 # An inconclusive speed comparison gets more rounds, up to this many times the planned count: a real
-# 10% effect needs more than three rounds to show on a noisy machine; a null one settles sooner.
+# 10% effect needs more than four rounds to show on a noisy machine; a null one settles sooner.
 EXTRA_ROUNDS_FACTOR = 2
 
 
