@@ -87,3 +87,15 @@ def test_speedup_counts_samples_not_steps():
 ])
 def test_verdict(low, high, expected):
     assert stats.verdict(low, high) == expected
+
+
+def test_the_noise_floor_is_taken_at_the_comparisons_precision():
+    """A noisy A/A (10.4% one round to the next) must not turn away a 9% gain whose four rounds agree:
+    over 4 rounds the floor is 5.2%. One round's effect is held to the whole floor."""
+    from workbench import stats
+
+    gain = {"ratio": 1.09, "ci95_low": 1.06, "ci95_high": 1.13, "rounds": 4}
+    assert stats.floor_at(0.104, 4) == pytest.approx(0.052)
+    assert stats.judged_verdict(gain, 0.05, 0.104) == "faster"
+    assert stats.judged_verdict({**gain, "ratio": 1.04, "ci95_low": 1.01, "ci95_high": 1.07}, 0.0, 0.104) != "faster"
+    assert stats.floor_at(0.104, 1) == 0.104

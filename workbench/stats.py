@@ -166,15 +166,25 @@ def noise_floor(aa: dict) -> float:
     return max(math.exp(spread) - 1, abs(aa["ratio"] - 1))
 
 
+def floor_at(floor: float, rounds: int) -> float:
+    """The noise floor at a comparison's precision. The A/A gives one round's spread; a mean over n
+    rounds moves by about that over sqrt(n). Undivided, it made the verdict hang on the A/A's own
+    luck: one run's 4-round A/A came out at 10.4% (the run before, 2.8%) and turned away a 9% gain
+    whose own four rounds agreed within 2%."""
+    return floor / math.sqrt(max(1, rounds or 1))
+
+
 def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:
     """faster, slower, no significant change, or inconclusive.
 
-    faster: the whole interval above 1 + min_effect, and the effect above the noise floor;
-    slower: the whole interval below 1 (and the effect above the floor); inconclusive: too wide to
+    faster: the whole interval above 1 + min_effect, and the effect above the noise floor (one round's
+    A/A spread, at this comparison's number of rounds: floor_at); slower: the whole interval below 1
+    (and the effect above that floor); inconclusive: too wide to
     tell, wider than INCONCLUSIVE_HALF_WIDTH or reaching both below 1 + min_effect and above a
     PLAUSIBLE_GAIN; otherwise no significant change (the interval rules out any gain worth having).
     """
     low, high, point = ratio["ci95_low"], ratio["ci95_high"], ratio["ratio"]
+    floor = floor_at(floor, ratio.get("rounds") or 1)
     if low > 1 + min_effect and point - 1 > floor:
         return "faster"
     if high < 1 and 1 - point > floor:

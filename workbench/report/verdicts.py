@@ -13,7 +13,7 @@ from workbench.errors import ResultFileError
 from workbench.report.markdown import bullet, table
 from workbench.report.table import RunView
 from workbench.results import VERDICTS_FILE, read_json
-from workbench.stats import INCONCLUSIVE_TEXT
+from workbench.stats import INCONCLUSIVE_TEXT, floor_at
 
 # A noise floor above this (+-50%) says the machine, not the stages, decided the numbers.
 TOO_NOISY = 0.5
@@ -52,7 +52,10 @@ def _noise_lines(doc: dict) -> list[str]:
     if floor is None or not math.isfinite(floor) or floor > TOO_NOISY:
         return [bullet("Noise floor", f"{measured}: the machine was too noisy to judge small effects; "
                        "rerun on a quiet machine")]
-    return [bullet("Noise floor", f"{measured}; effects under {floor:.1%} are called 'no significant change'")]
+    rounds = aa.get("rounds") or 1
+    return [bullet("Noise floor", f"{measured}: one round's spread is {floor:.1%}, so over {rounds} rounds effects under "
+                   f"{floor_at(floor, rounds):.1%} are called 'no significant change' (the floor over the square root "
+                   "of a comparison's rounds)")]
 
 
 def _order_rows(view: RunView, doc: dict) -> list[list[str]]:

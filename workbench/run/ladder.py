@@ -161,7 +161,8 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, a
         noisy = aa["noise_floor"] > 0.5
         session.log(f"noise floor: baseline vs itself {judge.fmt(aa)}; " + (
             "the machine is too noisy to judge small effects: rerun on a quiet machine" if noisy else
-            f"effects under {aa['noise_floor']:.1%} are 'no significant change'"))
+            f"one round's spread is {aa['noise_floor']:.1%}: over {cfg.rounds} rounds, effects under "
+            f"{stats.floor_at(aa['noise_floor'], cfg.rounds):.1%} are 'no significant change'"))
     state.baseline = state.result = result
     state.position = 1
     return _save(session, result)
