@@ -3,7 +3,7 @@
 Two levels of replication. Across processes: a comparison's verdict comes from paired rounds (each
 round a fresh process, RunConfig.rounds, default 4) through `paired_ratio`, a t-interval over the
 rounds' log ratios; the round is the replicate, since a process's own offset is shared by all its
-steps. Inside one process: step times come as one list per repeat (RunConfig.repeats, default 1;
+steps. Inside one process: step times come as one list per repeat (RunConfig.repeats, default 2;
 steps inside a repeat share the machine's state of the moment, so they are not independent). With
 two or more repeats (the default) `throughput` and `speedup` use t-intervals on the log of each
 repeat's throughput (Welch's for ratios); with a single repeat they fall back to a bootstrap over
@@ -141,7 +141,8 @@ def projected(ratio: dict, rounds: int) -> dict:
     spread: what more rounds can be expected to settle (a futility check, not a verdict). Optimistic
     on purpose (a normal quantile, as if the spread were known), so that a real effect is given up on
     only when even that could not settle it: simulated, a 12% effect in 4% round-to-round noise is
-    still found 97% of the time (98% with every extra round run), at 3.65 rounds instead of 3.8."""
+    still found 97% of the time (98% with every extra round run), at 3.65 rounds instead of 3.8
+    (3 planned, up to 6)."""
     logs = np.asarray(ratio.get("log_ratios") or [], dtype=float)
     if logs.size < 2 or rounds < 2:
         return ratio
