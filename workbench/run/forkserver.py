@@ -169,6 +169,12 @@ def _warm_imports() -> None:
         raise RuntimeError("CUDA was initialised while importing; forking would copy its context")
 
 
+def resolve(target: str):
+    """The function a "module:function" target names (a request's target and warm, a spec's measure)."""
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
 def _thread_count() -> int:
     tasks = f"/proc/{os.getpid()}/task"
     return len(os.listdir(tasks)) if os.path.isdir(tasks) else 1
@@ -184,9 +190,8 @@ def _warm(target: str | None, args: list) -> None:
     import torch
 
     threads = _thread_count()
-    module, function = target.split(":")
     try:
-        getattr(importlib.import_module(module), function)(*args)
+        resolve(target)(*args)
     except Exception:  # the child meets the same problem and reports it in its result
         pass
     if torch.cuda.is_initialized() or _thread_count() > threads:
@@ -203,8 +208,7 @@ def _child(target: str, args: list, fds: tuple[int, int]) -> None:
             os.close(fd)
         for signum in _QUIET_SIGNALS:
             signal.signal(signum, _quiet_exit)
-        module, function = target.split(":")
-        result = getattr(importlib.import_module(module), function)(*args)
+        result = resolve(target)(*args)
         code = result if isinstance(result, int) else 0
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)

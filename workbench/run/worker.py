@@ -7,7 +7,6 @@ configurations in this one process (workbench/run/pair.py).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
@@ -17,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from workbench.run import distributed
+from workbench.run import distributed, forkserver
 from workbench.config import RunConfig
 from workbench.device import resolve_device_type
 from workbench.run.distributed import DistInfo
@@ -118,12 +117,6 @@ def guarded(measure: Callable[[dict], dict], spec: dict) -> dict:
         return failed_raw(error)
 
 
-def measuring_function(target: str) -> Callable[[dict], dict]:
-    """The function a spec names as "module:function" (an experiment's own measuring loop)."""
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
 def target_of(function: Callable) -> str:
     return f"{function.__module__}:{function.__qualname__}"
 
@@ -157,7 +150,7 @@ def main(spec_path: str) -> int:
     def measure(spec: dict) -> dict:
         nonlocal dist
         if "measure" in spec:  # an experiment's own measuring function, one process
-            return measuring_function(spec["measure"])(spec)
+            return forkserver.resolve(spec["measure"])(spec)  # an experiment's own measuring loop
         dist = distributed.setup(resolve_device_type(spec["config"]["device"]))
         return run_spec(spec, dist=dist)
     try:
