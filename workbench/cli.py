@@ -9,6 +9,7 @@ from pathlib import Path
 
 from workbench import __version__
 from workbench.config import RunConfig, for_machine
+from workbench.environment_check import install_hint
 from workbench.errors import ResultFileError, StageSkipped, UsageError
 from workbench.results import STAGES_DIR, experiments_dir
 
@@ -236,7 +237,7 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
         from workbench.run import pyprofile
     except ImportError as error:
         raise UsageError(f"profile-lines needs the profiler extras ({error}); "
-                         "install them: pip install 'workbench[profilers]'") from None
+                         f"install them: {install_hint('profilers')}") from None
     from workbench.device import decide, probe, resolve_device_type
     from workbench.run.executor import build, warm_up
     from workbench.progress import Progress

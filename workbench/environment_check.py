@@ -11,9 +11,15 @@ import sys
 
 CORE = ("torch", "torchvision", "numpy", "matplotlib", "psutil")
 MIN_TORCH = (2, 11)
-# Which extra brings a module (pip install 'workbench[NAME]').
+# Which extra brings a module. The distribution is torch-workbench (PyPI's "workbench" is another
+# project), installed from the checkout: install_hint says how.
 EXTRA_OF = {"line_profiler": "profilers", "memory_profiler": "profilers", "torch_tb_profiler": "profilers",
             "tensorboard": "profilers"}
+
+
+def install_hint(extra: str) -> str:
+    """The install line for an extra: from the checkout (the distribution, torch-workbench, is not on PyPI)."""
+    return f"pip install -c constraints.txt -e '.[{extra}]' (from the workbench checkout)"
 
 
 def torch_version_ok(version: str) -> bool:
@@ -32,7 +38,7 @@ def missing(modules: tuple[str, ...]) -> list[str]:
             module = importlib.import_module(name)
         except ImportError as error:
             extra = EXTRA_OF.get(name)
-            hint = f"pip install 'workbench[{extra}]'" if extra else f"pip install {name}"
+            hint = install_hint(extra) if extra else f"pip install {name}"
             problems.append(f"{name} is missing ({error}); install it: {hint}")
             continue
         if name == "torch" and not torch_version_ok(module.__version__):

@@ -60,16 +60,22 @@ def test_every_written_result_matches_the_published_schema(ladder_run):
 def test_one_json_per_stage_with_the_figures(ladder_run):
     cwd, out, err = ladder_run
     results = stage_results(cwd, "tiny")
-    assert [name for name in results if name != "final"] == ["baseline", "amp", "accumulation"]
+    # Which stage goes first follows the trace's findings, and an open speed comparison earns extra
+    # rounds: both depend on measured speed, so neither is asserted here (tests/run/test_verdicts.py
+    # controls them with injected timings).
+    assert {name for name in results if name != "final"} == {"baseline", "amp", "accumulation"}
     for result in results.values():
         assert result["status"] in ("baseline", "kept", "rejected", "tradeoff", "final"), result["reason"]
         assert all(key in result["metrics"] for key in REQUIRED_METRICS)
         assert "synthetic" in result["data"]
         assert result["environment"]["torch"] and result["environment"]["git_revision"]
-        # one timed window per round (one fresh process each), 2 rounds, 1 for a brief probe
-        assert len(result["metrics"]["step_times_s"]) == result["rounds"]["count"] == (1 if result.get("probe") else 2)
+        # one timed window per round (one fresh process each): 1 for a brief probe; otherwise the
+        # 2 planned, and up to twice that when the answer was open
+        count = result["rounds"]["count"]
+        assert len(result["metrics"]["step_times_s"]) == count
+        assert count == 1 if result.get("probe") else 2 <= count <= 4
     verdicts = json.loads((cwd / "reports/tiny/verdicts.json").read_text())
-    assert verdicts["noise_floor"]["rounds"] == 2 and [e["stage"] for e in verdicts["order"]] == ["amp", "accumulation"]
+    assert verdicts["noise_floor"]["rounds"] >= 2 and sorted(e["stage"] for e in verdicts["order"]) == ["accumulation", "amp"]
     assert "headline" in verdicts
     assert results["accumulation"]["status"] == "tradeoff"
     assert results["accumulation"]["config"]["micro_batch_size"] == 4

@@ -141,17 +141,19 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     run_dir, profiles_dir = folders.check(cfg.reports_dir, cfg.profiles_dir, cfg.run_name, resume, overwrite)
     facts = devices.probe(device_type)
     caps = devices.decide(facts)
-    spec = None if dataset is not None else load_data(cfg.data, cfg.data_dir, cfg.image_size,
-                                                      cfg.synthetic_per_batch, cfg.seed, log=log)
-    data = dataset if dataset is not None else spec.dataset
-    if model_factory is None:
-        check_model_spec(cfg.model, spec.num_classes if spec else 10)
-    if len(data) // nproc < cfg.batch_size:
-        raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
-                         f"({len(data)} samples / {nproc} processes); allowed: at most {len(data) // nproc}")
-    description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
+    # The run's folders are made (and proved writable) before the data: a refused reports folder must
+    # not leave 50,000 synthetic images behind. Whatever fails below removes what was made here.
     with folders.Created() as created:
         created.folder(run_dir, "reports_dir"), created.folder(profiles_dir, "profiles_dir")
+        spec = None if dataset is not None else load_data(cfg.data, cfg.data_dir, cfg.image_size,
+                                                          cfg.synthetic_per_batch, cfg.seed, log=log)
+        data = dataset if dataset is not None else spec.dataset
+        if model_factory is None:
+            check_model_spec(cfg.model, spec.num_classes if spec else 10)
+        if len(data) // nproc < cfg.batch_size:
+            raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
+                             f"({len(data)} samples / {nproc} processes); allowed: at most {len(data) // nproc}")
+        description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
         session = _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
                           sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc)
         if overwrite and not resume:

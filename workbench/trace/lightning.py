@@ -4,7 +4,7 @@ breakdown and findings at the end of fit.
     from workbench.trace.lightning import WorkbenchCallback
     trainer = Trainer(callbacks=[WorkbenchCallback("profiles/my-fit")])
 
-Lightning is an optional extra (pip install workbench[lightning]); only this module imports it, so
+Lightning is an optional extra (pip install -e '.[lightning]' from the checkout); only this module imports it, so
 import it only where Lightning is installed. Regions follow Lightning's hooks, in the order its
 automatic optimization calls them (training_step runs inside optimizer_step's closure):
 
