@@ -22,11 +22,10 @@ from torch import nn  # noqa: E402
 
 from workbench import stats  # noqa: E402
 from workbench.config import RunConfig  # noqa: E402
-from workbench.device import decide, probe  # noqa: E402
+from workbench.device import decide, probe, resolve_device_type  # noqa: E402
 from workbench.progress import Progress  # noqa: E402
 from workbench.results import load_stage_results  # noqa: E402
-from workbench.run.harness import on_cpu  # noqa: E402
-from workbench.run.executor import build, timed_repeats, warm_up  # noqa: E402
+from workbench.measure.executor import build, timed_repeats, warm_up  # noqa: E402
 
 GOAL = 0.95
 
@@ -71,7 +70,7 @@ def harness(cfg: RunConfig):
 
 def compare(run_dir: Path, rounds: int = 6, steps: int = 12) -> dict:
     baseline, final = configs(run_dir)
-    if not on_cpu(final.to_dict()):  # the bare loop reads host batches: a CPU comparison only
+    if resolve_device_type(final.device) != "cpu":  # the bare loop reads host batches: a CPU comparison only
         raise SystemExit(f"best_loop: error: {run_dir} ran on {final.device}; allowed: a run on the CPU")
     native = decide(probe("cpu")).amp_dtype == "bf16"
     loops = {"hand-written": hand_written(baseline, native), "final": harness(final)}

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from workbench.config import RunConfig
-from workbench.run.executor import build, timed_repeats, warm_up
+from workbench.measure.executor import build, timed_repeats, warm_up
 from workbench.progress import Progress
 
 

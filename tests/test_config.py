@@ -195,7 +195,7 @@ def test_machine_defaults_live_with_the_config():
 
 
 def test_clip_grad_norm_reaches_the_step(tmp_path):
-    from workbench.run.executor import build
+    from workbench.measure.executor import build
 
     with pytest.raises(UsageError, match="clip_grad_norm"):
         RunConfig(clip_grad_norm=-1.0)

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from workbench import results
-from workbench.run import harness, judge, ladder, procs
+from workbench.launch import channel, launchers, procs
+from workbench.run import judge, ladder
 from workbench.training import safe_pickle
 from workbench.config import RunConfig
 from workbench.training.data import SYNTHETIC_MARKER, write_synthetic_cifar
@@ -281,12 +282,12 @@ def test_a_stopped_run_stops_the_workers_whole_group(tmp_path, monkeypatch):
 
 
 def test_a_worker_stopped_after_its_timed_steps_keeps_them():
-    from workbench.run.worker import StoppableProgress, TraceInterrupted, _install_stop_handler
+    from workbench.measure.stopping import StoppableProgress, TraceInterrupted, install_stop_handler
 
     progress = StoppableProgress("x", open(os.devnull, "w"))
     previous = procs.install_signal_handlers()
     try:
-        _install_stop_handler(progress)
+        install_stop_handler(progress)
         progress.update("repeat 1/2", 1, 1)
         with pytest.raises(KeyboardInterrupt):  # mid-timing: stop at once
             os.kill(os.getpid(), signal.SIGINT)
@@ -389,8 +390,8 @@ def test_bad_fork_server_switch_is_one_line(work, capsys, monkeypatch, value):
 
 
 def test_fork_server_switch_accepts_0_1_and_unset():
-    assert harness.fork_server_wanted({}) and harness.fork_server_wanted({"WORKBENCH_FORK_SERVER": " 1 "})
-    assert not harness.fork_server_wanted({"WORKBENCH_FORK_SERVER": "0"})
+    assert launchers.fork_server_wanted({}) and launchers.fork_server_wanted({"WORKBENCH_FORK_SERVER": " 1 "})
+    assert not launchers.fork_server_wanted({"WORKBENCH_FORK_SERVER": "0"})
 
 
 def test_stage_timeout_accepts_seconds():
@@ -447,8 +448,8 @@ def test_a_nan_baseline_is_not_a_reference():
     from tests.run.test_judge import comparison, session
 
     broken = comparison(0.1, 0.1, loss=float("nan"))
-    for raw in broken.b_rounds:
-        raw["metrics"]["loss_finite"] = False
+    for report in broken.b_rounds:
+        report.metrics["loss_finite"] = False
     result = judge.reference_result(session(), broken, 0.0)
     assert result["status"] == "failed" and "not finite" in result["reason"]
     assert judge.reference_result(session(), comparison(0.1, 0.1), 0.0)["status"] == "baseline"
@@ -487,8 +488,6 @@ def test_interrupted_setup_removes_only_the_folders_it_made(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["reports"] and not any((tmp_path / "reports").iterdir())
 
 
-def test_a_damaged_partial_result_does_not_hide_the_interrupt(tmp_path):
-    (tmp_path / "raw.json").write_text('{"status": "meas')
-    assert harness.saved(tmp_path / "raw.json") is None
-    results.write_json_atomic(tmp_path / "raw.json", {"status": "measured"})
-    assert harness.saved(tmp_path / "raw.json") == {"status": "measured"}
+def test_a_damaged_partial_report_does_not_hide_the_interrupt(tmp_path):
+    (tmp_path / "reports.jsonl").write_text('{"kind": "side_report", "status": "meas')
+    assert channel.received(tmp_path / "reports.jsonl") == {}

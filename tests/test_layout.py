@@ -1,5 +1,7 @@
-"""The shape of the package: imports run one way between its blocks, and the report and the trace
-analysis never import torch (a report builds, and `workbench analyze` reads a trace, without it)."""
+"""The shape of the package: imports run one way between its blocks, no module is in an import circle,
+no private name crosses a module, and the report, the trace analysis and the launchers never import
+torch (a report builds, `workbench analyze` reads a trace, and a parent starts a measuring process,
+without it)."""
 from __future__ import annotations
 
 import ast
@@ -15,16 +17,20 @@ PACKAGE = ROOT / "workbench"
 # The modules of workbench.trace that capture a trace and so need torch; nothing else there may.
 CAPTURE_MODULES = {"workbench.trace.capture", "workbench.trace.instrument", "workbench.trace.lightning"}
 # Each block and the blocks it may import: leaf modules (core) at the bottom, entry points on top.
+# The process boundary: the parent's loop (run) starts measurements through the launchers (launch) and
+# never imports the child (measure); the child imports the launchers' messages, never the parent.
 ALLOWED = {
     "core": set(),
     "trace": {"core"},
     "training": {"core", "trace"},
-    "run": {"core", "trace", "training"},
+    "launch": {"core"},
+    "measure": {"core", "trace", "training", "launch"},
+    "run": {"core", "trace", "training", "launch"},
     "report": {"core", "trace"},
-    "experiments": {"core", "trace", "training", "run", "report"},
-    "entry": {"core", "trace", "training", "run", "report", "experiments"},
+    "experiments": {"core", "trace", "training", "launch", "measure", "run", "report"},
+    "entry": {"core", "trace", "training", "launch", "measure", "run", "report", "experiments"},
 }
-SUBPACKAGES = ("run", "trace", "training", "report", "experiments")
+SUBPACKAGES = ("run", "launch", "measure", "trace", "training", "report", "experiments")
 ENTRY_MODULES = ("cli", "api", "__main__")
 
 
@@ -62,15 +68,68 @@ def test_imports_run_one_way_between_blocks():
     assert not wrong, "\n".join(wrong)
 
 
+def test_no_module_is_in_an_import_circle():
+    graph = {module_name(path): {known(m) for m in imported_modules(path)} - {None} for path in PACKAGE.rglob("*.py")}
+    circles = [sorted(group) for group in strongly_connected(graph) if len(group) > 1]
+    assert not circles, circles
+
+
+def test_no_private_name_is_imported_from_another_module():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workbench"):
+                found += [f"{module_name(path)} imports {node.module}.{a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, "\n".join(found)
+
+
+MODULES = {module_name(path) for path in PACKAGE.rglob("*.py")}
+
+
+def known(target: str) -> str | None:
+    """The module an import reaches: `from workbench.launch import RoundSpec` reaches workbench.launch."""
+    return target if target in MODULES else (target.rsplit(".", 1)[0] if target.rsplit(".", 1)[0] in MODULES else None)
+
+
+def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Tarjan's strongly connected components: a group of more than one module is an import circle."""
+    index, low, stack, on_stack, groups = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.add(member)
+                if member == node:
+                    break
+            groups.append(group)
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return groups
+
+
 def torch_free_modules() -> list[str]:
     names = []
-    for package in ("report", "trace"):
+    for package in ("report", "trace", "launch"):
         found = pkgutil.walk_packages([str(PACKAGE / package)], f"workbench.{package}.")
         names += [f"workbench.{package}"] + [m.name for m in found if m.name not in CAPTURE_MODULES]
     return names
 
 
-def test_report_and_trace_packages_never_import_torch():
+def test_report_trace_and_launch_packages_never_import_torch():
     modules = torch_free_modules()
     assert "workbench.report.build" in modules and "workbench.trace.analyze" in modules
     code = (f"import importlib, sys\nfor name in {modules!r}:\n    importlib.import_module(name)\n"

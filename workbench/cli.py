@@ -96,12 +96,13 @@ def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from workbench.run import harness, procs, session as sessions
+    from workbench.launch import launchers, procs
     from workbench.names import check_run_name
+    from workbench.run import session as sessions
     from workbench.run.stages import select
 
     procs.stage_timeout_s()  # a bad WORKBENCH_STAGE_TIMEOUT_S is refused now, not after the baseline
-    harness.fork_server_wanted()  # so is a bad WORKBENCH_FORK_SERVER
+    launchers.fork_server_wanted()  # so is a bad WORKBENCH_FORK_SERVER
     resumed = _resumed(args) or {}
     if args.overwrite and args.resume:
         raise UsageError("--overwrite and --resume contradict each other; choose one")
@@ -234,12 +235,12 @@ def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
 
 def cmd_profile_lines(args: argparse.Namespace) -> int:
     try:
-        from workbench.run import pyprofile
+        from workbench.measure import pyprofile
     except ImportError as error:
         raise UsageError(f"profile-lines needs the profiler extras ({error}); "
                          f"install them: {install_hint('profilers')}") from None
     from workbench.device import decide, probe, resolve_device_type
-    from workbench.run.executor import build, warm_up
+    from workbench.measure.executor import build, warm_up
     from workbench.progress import Progress
     from workbench.results import stage_trace_dir
     from workbench.run.stages import StageContext, select
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Exit status: 0 done, 1 baseline failed or regression, 2 bad input (one line), 74 a result
     could not be written, 130 Ctrl-C, 143 SIGTERM."""
-    from workbench.run import procs
+    from workbench.launch import procs
 
     previous = procs.install_signal_handlers()
     try:

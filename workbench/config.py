@@ -206,3 +206,8 @@ def _validate_data(data: str) -> None:
 
 def divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_device_support(cfg: RunConfig, device_type: str) -> None:
+    if cfg.precision == "fp16" and device_type == "cpu":
+        raise UsageError("precision='fp16' is not supported on a CPU; allowed there: fp32, bf16")

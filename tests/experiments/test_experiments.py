@@ -17,7 +17,7 @@ from workbench.training.data import write_synthetic_cifar
 from workbench.errors import UsageError
 from workbench.experiments import EXPERIMENTS, lab, names, rows, run_all, run_experiment
 from workbench.experiments.lab import budgeted
-from workbench.run import harness
+from workbench.launch import RoundSpec, SideSpec, choose
 
 ROW_KEYS = {"label", "overrides", "status", "reason", "throughput", "step_time_s", "epoch_time_s", "peak_memory_mb",
             "peak_memory_kind", "final_loss", "speedup", "warmup_s", "extra"}
@@ -235,14 +235,15 @@ def test_all_goes_on_past_a_failed_experiment(cfg, tmp_path, monkeypatch):
 
 
 def test_a_configuration_measured_in_a_fresh_process(cfg):
-    spec = {"measure": "workbench.run.worker:run_spec",
-            "config": cfg.with_overrides(model="workbench.experiments.matrix:lab_cnn").to_dict(),
-            "stage": "test/fresh", "peaks": {}, "trace_dir": None, "extra": {}}
-    raw = harness.measure(spec, on_cpu=True, timeout_s=120)
-    assert raw["status"] == "measured", raw.get("error")
-    assert raw["metrics"]["peak_memory_mb"] > 0 and raw["metrics"]["peak_memory_kind"]
-    stopped = harness.measure(spec, on_cpu=True, timeout_s=0.5)
-    assert stopped["status"] == "failed" and "timed out" in stopped["error"]
+    side = SideSpec("test/fresh", cfg.with_overrides(model="workbench.experiments.matrix:lab_cnn").to_dict(),
+                    measure="workbench.experiments.matrix:measure")
+    request = RoundSpec({"only": side}, ("only",))
+    report = choose(on_cpu=True).run(request, timeout_s=120).report("only")
+    assert report.status == "measured", report.error
+    assert report.metrics["peak_memory_mb"] > 0 and report.metrics["peak_memory_kind"]
+    assert report.metrics["validation"]["split"] == "test"  # the experiment's own function ran
+    stopped = choose(on_cpu=True).run(request, timeout_s=0.5).report("only")
+    assert stopped.status == "failed" and "timed out" in stopped.error
 
 
 def test_cpu_peak_memory_comes_from_the_tensors_not_resident_growth(tmp_path):

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 from workbench.run import judge
 from workbench.config import RunConfig
+from workbench.launch import SideReport
 from workbench.run.ladder import LadderState, _advance
 from workbench.run.rounds import Comparison
 from workbench.run.stages import STAGES
@@ -14,14 +15,14 @@ STAGE = {s.name: s for s in STAGES}
 JITTER = (1.0, 1.01, 0.99, 1.005)
 
 
-def raw(step_s: float, loss: float = 1.0, peak: float = 100.0, steps: int = 24) -> dict:
+def raw(step_s: float, loss: float = 1.0, peak: float = 100.0, steps: int = 24) -> SideReport:
     """One process's result as the worker returns it."""
     metrics = {"step_times_s": [[step_s] * 5], "samples_per_step": 32, "final_loss": loss, "loss_finite": True,
                "peak_memory_mb": peak, "trained_steps": steps, "epoch_time_s": 100.0,
                "throughput": {"median": 32 / step_s, "ci95_low": 32 / step_s, "ci95_high": 32 / step_s},
                "memory_breakdown_mb": {"weights": 40.0, "gradients": 40.0, "optimizer_state": 80.0,
                                        "activations_and_other": 0.0}}
-    return {"status": "measured", "metrics": metrics, "trace_file": None}
+    return SideReport("b", "measured", metrics=metrics)
 
 
 def comparison(before_s: float, after_s: float, jitter=JITTER, after_jitter=None, **after) -> Comparison:
@@ -35,7 +36,7 @@ def session() -> SimpleNamespace:
                            environment={"device_type": "cpu"}, base_cfg=RunConfig(), nproc=1, single_process=None)
 
 
-BASE = {"stage": "baseline", "status": "baseline", "metrics": {**raw(0.1)["metrics"], "round_throughputs": [320.0] * 4}}
+BASE = {"stage": "baseline", "status": "baseline", "metrics": {**raw(0.1).metrics, "round_throughputs": [320.0] * 4}}
 
 
 def judged(stage: str, compared: Comparison, floor: float = 0.0) -> dict:
@@ -85,7 +86,7 @@ def test_a_memory_stage_is_a_tradeoff():
 
 
 def test_a_failed_side_is_recorded_with_its_reason():
-    failed = Comparison([raw(0.1)], [], failure={"status": "failed", "error": "out of memory: boom"}, failed_side="b")
+    failed = Comparison([raw(0.1)], [], failure=SideReport.failed("b", "out of memory: boom"), failed_side="b")
     result = judged("compile", failed)
     assert result["status"] == "failed" and "out of memory" in result["reason"]
 

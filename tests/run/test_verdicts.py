@@ -12,6 +12,7 @@ from workbench import stats
 from workbench.run import ladder
 from workbench.config import RunConfig
 from workbench.device import Capabilities
+from workbench.launch import SideReport
 from workbench.run.rounds import Comparison
 from workbench.run.stages import STAGES, StageContext
 
@@ -136,8 +137,8 @@ def test_next_stage_follows_the_trace(findings, order, expected):
 
 # --- second look and leave-one-out on fake comparisons -----------------------------------------------
 
-def raw(rate: float) -> dict:
-    return {"status": "measured", "metrics": {"step_times_s": [[1.0 / rate] * 4], "samples_per_step": 1}}
+def raw(rate: float, side: str = "b") -> SideReport:
+    return SideReport(side, "measured", metrics={"step_times_s": [[1.0 / rate] * 4], "samples_per_step": 1})
 
 
 def comparison(gain: float, rounds=4) -> Comparison:
@@ -259,12 +260,13 @@ def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last
     ratios = iter([1.10, 1.22, 1.08, 1.18, 1.16, 1.17])  # open at three rounds, settled with more
     calls = []
 
-    def one_round(session, a, b, order, last):
+    def one_round(session, launcher, a, b, order, last):
         calls.append((order, last))
         gain = next(ratios)
-        return {"a": {**raw(100.0), "status": "measured"}, "b": {**raw(100.0 * gain), "status": "measured"}}
+        return {"a": raw(100.0, "a"), "b": raw(100.0 * gain)}, None
 
     monkeypatch.setattr(paired, "_one_round", one_round)
+    monkeypatch.setattr(paired, "launcher_for", lambda *args: None)
     session = SimpleNamespace(log=lambda message: None)
     more = ladder._still_open(0.0, 0.03, 6)
     side = paired.Side(RunConfig(), "x")
@@ -285,10 +287,11 @@ def test_no_extra_rounds_when_even_the_most_rounds_would_leave_it_open(monkeypat
 
     ratios = iter([1.15, 0.94, 1.05, 1.20, 1.20, 1.20])
 
-    def one_round(session, a, b, order, last):
-        return {"a": {**raw(100.0), "status": "measured"}, "b": {**raw(100.0 * next(ratios)), "status": "measured"}}
+    def one_round(session, launcher, a, b, order, last):
+        return {"a": raw(100.0, "a"), "b": raw(100.0 * next(ratios))}, None
 
     monkeypatch.setattr(paired, "_one_round", one_round)
+    monkeypatch.setattr(paired, "launcher_for", lambda *args: None)
     said = []
     session = SimpleNamespace(log=said.append, base_cfg=RunConfig())
     side = paired.Side(RunConfig(), "x")

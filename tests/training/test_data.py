@@ -1,6 +1,7 @@
 """data.py: synthetic CIFAR-10 in the real on-disk format, loading it, and every user-facing data error."""
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -238,12 +239,13 @@ def test_cifar10_on_synthetic_folder_is_usage_error_without_download(fresh_root,
 def test_a_decoded_split_is_reused_until_its_files_change(fresh_root, monkeypatch):
     """The fork server decodes a split once and every round forked from it reuses the arrays; an
     edited file is read again, never served stale."""
-    from workbench.run import worker
-    from workbench.results import write_json_atomic
+    from workbench.launch import RoundSpec, SideSpec
+    from workbench.measure import entry
 
-    spec = fresh_root / "spec.json"
-    write_json_atomic(spec, {"pair": {side: {"config": {"data": "auto", "data_dir": str(fresh_root)}} for side in "ab"}})
-    worker.preload(str(spec))
+    spec = fresh_root / "request.json"
+    config = {"device": "cpu", "data": "auto", "data_dir": str(fresh_root)}
+    spec.write_text(json.dumps(RoundSpec({side: SideSpec(side, config) for side in "ab"}, ("a", "b")).to_json()))
+    entry.preload(str(spec))
     reads = []
     real_read = data.read_batch
     monkeypatch.setattr(data, "read_batch", lambda path: reads.append(path.name) or real_read(path))

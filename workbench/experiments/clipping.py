@@ -14,14 +14,15 @@ from torch import nn
 
 from workbench.report import plots
 from workbench.config import RunConfig
-from workbench.run.executor import build, measure_config
+from workbench.measure.executor import build, measure_config
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import series_stats, value
 from workbench.progress import Progress
 from workbench.trace.regions import OPTIMIZER_STEP
 from workbench.training.step import TrainStep, region
-from workbench.run.worker import peak_for
+from workbench.launch import SideSpec
+from workbench.peaks import peak_for
 
 CLIPS = (("none", "none", None), ("norm 0.5", "norm", 0.5), ("norm 1", "norm", 1.0), ("norm 2", "norm", 2.0),
          ("value 0.1", "value", 0.1))
@@ -71,13 +72,13 @@ def _norm_pass(built, steps: int, progress: Progress) -> dict:
     return {"before": [r[0] for r in table], "after": [r[1] for r in table], "max_abs_before": [r[2] for r in table]}
 
 
-def measure(spec: dict) -> dict:
-    """The measuring function (run by the harness) for one clipping configuration."""
-    cfg, extra = RunConfig(**spec["config"]), spec["extra"]
-    built = build(cfg, log=lambda m: print(f"[{spec['stage']}] {m}", file=sys.stderr, flush=True))
+def measure(side: SideSpec) -> dict:
+    """The measuring function (run in the measuring process) for one clipping configuration."""
+    cfg, extra = RunConfig(**side.config), side.options
+    built = build(cfg, log=lambda m: print(f"[{side.stage}] {m}", file=sys.stderr, flush=True))
     built.step = ClipStep(built.model, built.optimizer, built.step.settings, extra["method"], extra["threshold"])
-    peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
-    progress = Progress(spec["stage"])
+    peak, source = peak_for(cfg.precision, cfg.tf32, dict(side.peaks))
+    progress = Progress(side.stage)
     raw = measure_config(built, None, peak, source, built.notes["rss_before_model_mb"], progress)
     raw["metrics"]["grad_norms"] = _norm_pass(built, extra["norm_steps"], progress)
     raw.update(status="measured", data=built.data_description)

@@ -1,12 +1,15 @@
 """What every experiment shares: the device facts, the budget, measuring rounds, and the JSON file.
 
 An experiment is a list of Variants (a label and the RunConfig to measure). `Lab.measure` runs them
-in interleaved rounds (A B C, A B C: drift on a shared machine then hits every configuration alike),
-each in a fresh process by default, and rewrites experiments/<name>.json atomically after every
-measurement, so an interrupted experiment keeps what it finished.
+in interleaved rounds (A B C, A B C: drift on a shared machine then hits every configuration alike)
+through the ladder's round loop (run/rounds.loop) and launchers (workbench/launch: a fresh process
+by default, each configuration alone, so its peak memory is its own), and rewrites
+experiments/<name>.json atomically after every measurement, so an interrupted experiment keeps what
+it finished.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import tempfile
@@ -16,8 +19,10 @@ from pathlib import Path
 from typing import Callable
 
 from workbench import device as devices
-from workbench import environment
-from workbench.run import harness, session, worker
+from workbench import environment, peaks
+from workbench.launch import Launcher, RoundSpec, SideSpec, choose
+from workbench.launch.launchers import InProcess
+from workbench.run import rounds as round_loop
 from workbench.run.result import tensor_peak
 from workbench.config import RunConfig
 from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
@@ -30,9 +35,9 @@ DEFAULT_TIMEOUT_S = 600.0
 BUDGET_FIELDS = ("warmup_steps", "timed_steps", "repeats")
 
 
-def run_here(measure: Callable[[dict], dict], spec: dict) -> dict:
-    """In this process (tests, objects from Python): the harness's failure policy without a process."""
-    return worker.guarded(measure, spec)
+def target_of(function: Callable) -> str:
+    """The "module:function" name a measuring process finds a function by."""
+    return f"{function.__module__}:{function.__qualname__}"
 
 
 def with_tensor_peak(raw: dict, scratch: Path) -> dict:
@@ -60,8 +65,8 @@ class Variant:
     cfg: RunConfig
     overrides: dict = field(default_factory=dict)
     skip: str = ""                  # a reason not to measure it (recorded as status "skipped")
-    measure: Callable[[dict], dict] | None = None  # its own measuring function; None: a ladder stage's
-    extra: dict = field(default_factory=dict)   # passed to that function in the spec
+    measure: Callable[[SideSpec], dict] | None = None  # its own measuring function; None: a ladder stage's
+    extra: dict = field(default_factory=dict)   # passed to that function as the side's options
     rounds: int | None = None       # cap on rounds (slow or expensive configurations)
     timeout_s: float = DEFAULT_TIMEOUT_S
     env: dict = field(default_factory=dict)     # environment of the fresh process
@@ -86,7 +91,7 @@ def _device(device: str) -> tuple[devices.DeviceFacts, devices.Capabilities, dic
     """Facts, capability decisions and peak FLOP/s, settled once per process (`all` reuses them)."""
     facts = devices.probe(devices.resolve_device_type(device))
     caps = devices.decide(facts)
-    return facts, caps, session.measure_peaks(facts, caps)
+    return facts, caps, peaks.measure(facts, caps)
 
 
 class Lab:
@@ -152,11 +157,13 @@ class Lab:
         self.raws = {v.label: [] for v in variants}
         self.doc["reference"], self.doc["settings"]["rounds"] = reference, rounds
         self.save()
+        def one_round(index: int, last: bool) -> bool:
+            for position, variant in enumerate(variants):
+                if self._wanted(variant, index):
+                    self._measure_one(variant, index, rounds, position)
+            return True
         try:
-            for round_index in range(rounds):
-                for position, variant in enumerate(variants):
-                    if self._wanted(variant, round_index):
-                        self._measure_one(variant, round_index, rounds, position)
+            round_loop.loop(rounds, one_round)
         except KeyboardInterrupt:
             self.save("interrupted")
             raise
@@ -169,19 +176,23 @@ class Lab:
     def _measure_one(self, variant: Variant, round_index: int, rounds: int, position: int) -> None:
         self.log(f"round {round_index + 1}/{rounds} configuration {position + 1}/{len(self.variants)} "
                  f"'{variant.label}'  elapsed {time.perf_counter() - self.started:6.1f}s")
-        measure = variant.measure or worker.run_spec
-        spec = {"measure": worker.target_of(measure), "config": variant.cfg.to_dict(), "peaks": self.peaks,
-                "stage": f"{self.name}/{variant.label}", "trace_dir": None, "extra": variant.extra}
         with tempfile.TemporaryDirectory() as tmp:
-            if self.tensor_memory and self.device_type == "cpu":  # a trace pass for the tensor-based peak
-                spec["trace_dir"] = tmp
-            raw = (harness.measure(spec, harness.on_cpu(spec["config"]), variant.env, variant.timeout_s)
-                   if self.isolate else run_here(measure, spec))
-            raw = with_tensor_peak(raw, Path(tmp))
+            # On a CPU the memory experiments' peak comes from a trace pass (with_tensor_peak).
+            traced = self.tensor_memory and self.device_type == "cpu"
+            side = SideSpec(f"{self.name}/{variant.label}", variant.cfg.to_dict(), self.peaks, tmp if traced else None,
+                            "full", target_of(variant.measure) if variant.measure else None, variant.extra)
+            outcome = self.launcher().run(RoundSpec({"only": side}, ("only",)), variant.timeout_s, variant.env)
+            raw = with_tensor_peak(dataclasses.asdict(outcome.report("only")), Path(tmp))
         self.raws[variant.label].append(raw)
         if raw.get("status") != "measured":
             self.log(f"'{variant.label}' {raw.get('status')}: {raw.get('error')}")
         self.save()
+        if outcome.stopped is not None:  # what it measured is saved; then the experiment stops
+            raise outcome.stopped
+
+    def launcher(self) -> Launcher:
+        """Each configuration alone in a fresh process (its peak memory its own), or here (isolate=False)."""
+        return choose(self.device_type == "cpu") if self.isolate else InProcess()
 
     def rows(self) -> list[dict]:
         reference = self.raws.get(self.reference)

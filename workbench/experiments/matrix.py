@@ -17,12 +17,13 @@ from torch import nn
 
 from workbench.report import plots
 from workbench.config import RunConfig
-from workbench.run.executor import build, evaluate, measure_config
+from workbench.measure.executor import build, evaluate, measure_config
 from workbench.experiments import charts
 from workbench.experiments.lab import Lab, budgeted, stderr_log
 from workbench.experiments.rows import value
 from workbench.progress import Progress
-from workbench.run.worker import peak_for
+from workbench.launch import SideSpec
+from workbench.peaks import peak_for
 
 LAB_MODEL = "workbench.experiments.matrix:lab_cnn"
 LAB_BATCH = 256
@@ -60,13 +61,13 @@ def validate(built) -> dict:
     return {"accuracy": accuracy, "samples": samples, "split": "test", "eval_s": time.perf_counter() - started}
 
 
-def measure(spec: dict) -> dict:
-    """The measuring function (run by the harness): train the fixed schedule (timed), then validate."""
-    cfg = RunConfig(**spec["config"])
-    built = build(cfg, log=lambda m: print(f"[{spec['stage']}] {m}", file=sys.stderr, flush=True))
-    peak, source = peak_for(cfg, built.device.type, spec.get("peaks", {}))
-    trace_dir = Path(spec["trace_dir"]) if spec.get("trace_dir") else None  # for the tensor-based peak
-    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], Progress(spec["stage"]))
+def measure(side: SideSpec) -> dict:
+    """The measuring function (run in the measuring process): train the fixed schedule (timed), then validate."""
+    cfg = RunConfig(**side.config)
+    built = build(cfg, log=lambda m: print(f"[{side.stage}] {m}", file=sys.stderr, flush=True))
+    peak, source = peak_for(cfg.precision, cfg.tf32, dict(side.peaks))
+    trace_dir = Path(side.trace_dir) if side.trace_dir else None  # for the tensor-based peak
+    raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], Progress(side.stage))
     raw["metrics"]["validation"] = validate(built)
     raw.update(status="measured", data=built.data_description)
     return raw

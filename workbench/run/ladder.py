@@ -18,13 +18,12 @@ floor, the order taken and why, both checks and the headline, so an interrupted 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from workbench import results, stats
 from workbench.run import judge, rounds as paired_rounds
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
-from workbench.run.executor import BRIEF
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.run.rounds import Side
 from workbench.run.session import Session, write_run_file
@@ -107,7 +106,7 @@ def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: s
     session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
     most = count * EXTRA_ROUNDS_FACTOR
     more = _still_open(floor, session.base_cfg.min_effect, most) if floor is not None and count > 1 else None
-    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras=BRIEF if brief else True), count, label,
+    comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras="brief" if brief else "full"), count, label,
                                        more, most)
     if more is not None:
         _say_if_futile(session, comparison, floor, most)
@@ -396,26 +395,25 @@ def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict |
     return _saved_then_stop(session, result, comparison)
 
 
-def measure_single_process(session: Session) -> None:
-    """The baseline in one process: what a multi-process run's scaling efficiency is measured against."""
+def measure_single_process(session: Session) -> Session:
+    """The baseline in one process: what a multi-process run's scaling efficiency is measured against.
+    The session it returns holds it (a session is read-only once built)."""
     if session.nproc == 1 or session.single_process:
-        return
+        return session
     session.log(f"== one-process baseline (the reference for {session.nproc}-process scaling)")
     one = Side(session.base_cfg.with_overrides(trace=False), "baseline")
-    saved, session.nproc = session.nproc, 1
-    try:
-        raw = paired_rounds.compare(session, one, one, 1, "one-process baseline").b_final or {}
-    finally:
-        session.nproc = saved
-    metrics = raw.get("metrics") or {}
-    session.single_process = {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
-                              "samples_per_step": metrics.get("samples_per_step"), "error": raw.get("error")}
+    report = paired_rounds.compare(replace(session, nproc=1), one, one, 1, "one-process baseline").b_final
+    metrics = (report.metrics if report else None) or {}
+    single = {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
+              "samples_per_step": metrics.get("samples_per_step"), "error": report.error if report else None}
+    session = replace(session, single_process=single)
     write_run_file(session)
+    return session
 
 
 def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result."""
-    measure_single_process(session)
+    session = measure_single_process(session)
     state, verdicts = LadderState(session.base_cfg), Verdicts(session)
     chosen = select(stage_names)
     alone = all(stage.kind == REFERENCE for stage in chosen)

@@ -21,7 +21,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from workbench.launch import SideReport
 from workbench.results import SCHEMA_VERSION, breakdown_path, trace_summary_path
+from workbench.run.rounds import Comparison, pooled
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -46,12 +48,12 @@ class Measurement:
     failed_side: str | None = None                # "a": the configuration it was compared with failed
 
     @classmethod
-    def from_raw(cls, raw: dict, **extra: Any) -> "Measurement":
-        """From a worker's raw result (a copy: the rounds stay as measured)."""
-        metrics = raw.get("metrics")
-        return cls(raw.get("status", "failed"), MappingProxyType(copy.deepcopy(metrics)) if metrics else None,
-                   raw.get("error"), raw.get("data"), MappingProxyType(dict(raw.get("notes") or {})),
-                   raw.get("trace_file"), raw.get("trace_size_mb"), **extra)
+    def from_report(cls, report: SideReport, **extra: Any) -> "Measurement":
+        """From the child's report of a side (a copy: the rounds stay as measured)."""
+        metrics = report.metrics
+        return cls(report.status, MappingProxyType(copy.deepcopy(dict(metrics))) if metrics else None,
+                   report.error, report.data, MappingProxyType(dict(report.notes or {})),
+                   report.trace_file, report.trace_size_mb, **extra)
 
     @property
     def measured(self) -> bool:
@@ -63,15 +65,13 @@ class Measurement:
         return self.error or self.status
 
 
-def measured(comparison, started: float) -> Measurement:
+def measured(comparison: Comparison, started: float) -> Measurement:
     """The candidate's side of a paired comparison, pooled over its rounds, or the failed side's reason."""
-    from workbench.run import rounds as paired_rounds
-
     if comparison.failure is not None:
-        return Measurement.from_raw(comparison.failure, failed_side=comparison.failed_side)
+        return Measurement.from_report(comparison.failure, failed_side=comparison.failed_side)
     rounds = {"count": len(comparison.b_rounds), "a": comparison.rates("a"), "b": comparison.rates("b")}
-    return Measurement.from_raw(paired_rounds.pooled(comparison.b_rounds), rounds=MappingProxyType(rounds),
-                                wall_s=time.perf_counter() - started)
+    return Measurement.from_report(pooled(comparison.b_rounds), rounds=MappingProxyType(rounds),
+                                   wall_s=time.perf_counter() - started)
 
 
 @dataclass(frozen=True)

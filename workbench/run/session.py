@@ -9,11 +9,12 @@ from typing import Callable
 
 from workbench import device as devices
 from workbench import environment
-from workbench.run import folders, measure
+from workbench import peaks
+from workbench.run import folders
 from workbench.training import loader_sweep
 from workbench.config import RunConfig
 from workbench.training.data import load_data
-from workbench.run.executor import check_device_support
+from workbench.config import check_device_support
 from workbench.training.model import check_model_spec
 from workbench.errors import UsageError
 from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
@@ -27,8 +28,10 @@ BUSY_LOAD_PER_CORE = 0.5
 MB_PER_PROCESS = 1024
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
+    """A run's shared facts, read-only once built (a changed fact is a new Session: dataclasses.replace)."""
+
     base_cfg: RunConfig
     mode: str
     run_dir: Path
@@ -86,26 +89,6 @@ def available_memory_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
-
-
-def measure_peaks(facts: devices.DeviceFacts, caps: devices.Capabilities, threads: int = 0) -> dict:
-    """Peak FLOP/s per compute dtype: measured matmuls on a CPU (with the threads a stage gets),
-    datasheet numbers on a GPU."""
-    if facts.type == "cuda":
-        peaks = {}
-        for key in ("fp32", "tf32", "bf16", "fp16"):
-            value, source = measure.gpu_peak_flops(facts.name, key)
-            peaks[key] = {"flops_per_s": value, "source": source}
-        return peaks
-    import torch
-
-    torch.set_num_threads(threads or torch.get_num_threads())
-    peaks = {"fp32": {"flops_per_s": measure.measured_matmul_peak(torch.float32),
-                      "source": f"measured fp32 {measure.MATMUL_PROBE_SIZE}^3 matmul on this CPU"}}
-    if caps.native_bf16_cpu:
-        peaks["bf16"] = {"flops_per_s": measure.measured_matmul_peak(torch.bfloat16),
-                         "source": f"measured bf16 {measure.MATMUL_PROBE_SIZE}^3 matmul on this CPU"}
-    return peaks
 
 
 def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> tuple[int, dict]:
@@ -173,7 +156,7 @@ def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, lo
                  **({"machine_load": load_warning} if load_warning else {})}
     context = StageContext(facts.type, caps, best_workers)
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
-                      measure_peaks(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
+                      peaks.measure(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
                       stages or [], nproc)
     _announce(session)
     return session

@@ -1,4 +1,4 @@
-"""Worker processes: a safe import path, their own process group, and stopped as a whole.
+"""Worker processes: a safe import path, their own process group, stopped as a whole, one way.
 
 A stage runs in a fresh process (or torchrun's processes). It gets its own session, so a timeout,
 Ctrl-C or SIGTERM stops every process it started (DataLoader workers, torchrun's children): none
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
+from typing import Callable
 
 from workbench.errors import Interrupted, UsageError
 
@@ -64,30 +65,63 @@ def run_worker(command: list[str], env: dict, timeout_s: float | None) -> int | 
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        stop_group(proc, grace_s=0)
+        stop_group(proc.pid, waiter(proc), grace_s=0)
         return None
     except BaseException:
-        stop_group(proc)
+        stop_group(proc.pid, waiter(proc))
         raise
 
 
-def stop_group(proc: subprocess.Popen, grace_s: float = GRACE_S) -> None:
-    """SIGINT to the worker's group (it saves what it finished), then SIGKILL to whatever is left."""
-    if grace_s > 0:
-        _signal_group(proc.pid, signal.SIGINT)
+def waiter(proc: subprocess.Popen) -> Callable[[float], bool]:
+    def wait(timeout_s: float) -> bool:
         try:
-            proc.wait(timeout=grace_s)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            pass  # a second Ctrl-C means: stop now
-    _signal_group(proc.pid, signal.SIGKILL)  # also DataLoader workers the leader left behind
-    proc.wait()
+            proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    return wait
 
 
-def _signal_group(pgid: int, signum: int) -> None:
+def stop_group(pgid: int, wait: Callable[[float], bool], grace_s: float = GRACE_S) -> bool:
+    """The one way a worker's process group is stopped: SIGINT (it saves what it finished) and a
+    grace, then SIGKILL to whatever is left (DataLoader workers the leader left behind too).
+    wait(seconds) says whether the leader ended in time; returns whether it was seen to end."""
+    if grace_s > 0:
+        signal_group(pgid, signal.SIGINT)
+        try:
+            if wait(grace_s):
+                signal_group(pgid, signal.SIGKILL)
+                return True
+        except KeyboardInterrupt:  # a second Ctrl-C means: stop now
+            pass
+    signal_group(pgid, signal.SIGKILL)
+    try:
+        return wait(GRACE_S)
+    except KeyboardInterrupt:
+        return False
+
+
+def signal_group(pgid: int, signum: int) -> None:
+    """A signal to a process group; to the process alone when it is not (yet) a group leader."""
     try:
         os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
-        pass
+        try:
+            os.kill(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def quiet_exit(signum: int, frame) -> None:
+    """A signal handler that ends a starting worker at once, silently, with 128 + the signal number
+    (a traceback from deep inside torch's import says nothing to the user)."""
+    raise SystemExit(128 + signum)
+
+
+def quiet_until_ready() -> None:
+    """SIGINT and SIGTERM end this process quietly until the measuring code installs its own handlers."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, quiet_exit)
 
 
 def _raise_interrupted(signum: int, frame) -> None:

@@ -1,4 +1,5 @@
-"""More than one process: torchrun launch, DistributedDataParallel, DistributedSampler.
+"""More than one process, inside each of torchrun's processes: the process group, DistributedDataParallel,
+DistributedSampler. (Starting them is the launcher's job: launch/launchers.Torchrun.)
 
 Each process trains on its own shard with `batch_size` samples per step (the DDP convention), so a
 step of N processes handles N x batch_size samples. Gloo on a CPU, NCCL on GPUs.
@@ -6,7 +7,6 @@ step of N processes handles N x batch_size samples. Gloo on a CPU, NCCL on GPUs.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -71,18 +71,3 @@ def sampler(dataset, info: DistInfo, seed: int):
         return None
     return torch.utils.data.DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
                                                shuffle=True, seed=seed, drop_last=True)
-
-
-def launcher(nproc: int) -> list[str]:
-    """The command prefix that runs a module in `nproc` processes on this machine."""
-    if nproc <= 1:
-        return [sys.executable, "-m"]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
-
-
-def launch_environment(nproc: int) -> dict:
-    """Environment for the launched processes: the cores split between them (torchrun would say 1)."""
-    env = dict(os.environ)
-    if nproc > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    return env

@@ -1,7 +1,7 @@
 """A warm parent for paired rounds on a CPU: torch imported once, one forked child per round.
 
 Importing torch, torchvision and the measuring code costs about 5 s in every fresh process on a
-2-core machine: a quarter of a round. The server (`python -m workbench.run.forkserver`) imports them once
+2-core machine: a quarter of a round. The server (`python -m workbench.launch.forkserver`) imports them once
 and then forks one child per round. The child is still a fresh process: its own pid, session and
 process group, its own DataLoader workers, a heap that starts from the import state, and nothing
 left over from earlier rounds; only the imported modules are shared, copy-on-write. The server
@@ -9,10 +9,12 @@ runs no torch op and never touches CUDA, so no thread pool or device context is 
 (fork is unsafe after either). Its imports are checked against that before the first fork.
 
 Used only where it is safe and helps: one process per side (no torchrun) on a CPU. A CUDA round
-still starts from exec (see rounds.py). Protocol: one JSON line per request on a pipe ({"target",
-"args", "warm"}), two answers per request ({"pid"} when forked, {"pid", "code"} when it ended).
-"warm" runs in the server before the fork: the worker decodes the round's CIFAR data there
-(worker.preload), so each child inherits the arrays instead of unpickling them again (about 1 s).
+still starts from exec (launch/launchers.py). Protocol: one JSON line per request on a pipe
+({"target", "args", "warm"}), two answers per request ({"pid"} when forked, {"pid", "code"} when it
+ended). "warm" runs in the server before the fork: the measuring code decodes the round's CIFAR
+data there (workbench.measure.entry.preload), so each child inherits the arrays instead of
+unpickling them again (about 1 s). What the server imports is named when it starts (`preload`):
+this module imports no measuring code and no torch itself.
 """
 from __future__ import annotations
 
@@ -20,14 +22,12 @@ import importlib
 import json
 import os
 import select
-import signal
 import subprocess
 import sys
 import time
 
-from workbench.run import procs
+from workbench.launch import procs
 
-_QUIET_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # The server answers a request once its imports are done (seconds) and a fork takes milliseconds.
 FORK_TIMEOUT_S = 120.0
 
@@ -39,11 +39,12 @@ class ServerGone(RuntimeError):
 class ForkServer:
     """The parent's handle: start the server once, run one worker spec at a time in a forked child."""
 
-    def __init__(self, env: dict):
+    def __init__(self, env: dict, preload: tuple[str, ...] = ()):
+        """preload: the modules the server imports once, for every child to inherit."""
         request_read, self._request = os.pipe()
         self._answers, answer_write = os.pipe()
         self.proc = procs.start_worker(
-            [sys.executable, "-m", "workbench.run.forkserver", str(request_read), str(answer_write)],
+            [sys.executable, "-m", "workbench.launch.forkserver", str(request_read), str(answer_write), *preload],
             env, stdin=subprocess.DEVNULL, pass_fds=(request_read, answer_write))
         os.close(request_read)
         os.close(answer_write)
@@ -77,20 +78,16 @@ class ForkServer:
             raise
 
     def _stop(self, pid: int, grace_s: float) -> None:
-        """SIGINT to the child's group (it saves what it finished) and a grace, then SIGKILL to what
-        is left. The child's exit answer is read so the next request starts clean; when it never
-        comes the server is retired, and the next call starts a new one."""
-        if grace_s > 0:
-            _signal(pid, signal.SIGINT)
+        """The child's group stopped the one way (procs.stop_group). Its exit answer is read so the
+        next request starts clean; when it never comes the server is retired, and the next call
+        starts a new one."""
+        def answered(timeout_s: float) -> bool:
             try:
-                self._answer(timeout_s=grace_s)
-                return
-            except (TimeoutError, ServerGone, KeyboardInterrupt):  # a second Ctrl-C means: now
-                pass
-        _signal(pid, signal.SIGKILL)
-        try:
-            self._answer(timeout_s=procs.GRACE_S)
-        except (TimeoutError, ServerGone, KeyboardInterrupt):
+                self._answer(timeout_s)
+                return True
+            except (TimeoutError, ServerGone):
+                return False
+        if not procs.stop_group(pid, answered, grace_s):
             self.retired = True
 
     def close(self) -> None:
@@ -102,7 +99,7 @@ class ForkServer:
         try:
             self.proc.wait(timeout=5)
         except Exception:
-            procs.stop_group(self.proc, grace_s=0)
+            procs.stop_group(self.proc.pid, procs.waiter(self.proc), grace_s=0)
         os.close(self._answers)
 
     def _answer(self, timeout_s: float | None) -> dict:
@@ -120,22 +117,12 @@ class ForkServer:
         return json.loads(line)
 
 
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.killpg(pid, signum)
-    except (ProcessLookupError, PermissionError):
-        try:  # forked but not yet its own group leader
-            os.kill(pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
 _shared: dict[str, ForkServer] = {}
 
 
-def shared(env: dict) -> ForkServer:
+def shared(env: dict, preload: tuple[str, ...] = ()) -> ForkServer:
     """One server per process (and environment), started on first use and closed at exit."""
-    key = json.dumps(sorted(env.items()))
+    key = json.dumps([sorted(env.items()), list(preload)])
     server = _shared.get(key)
     if server is None or not server.alive():
         if server is not None:
@@ -144,7 +131,7 @@ def shared(env: dict) -> ForkServer:
             import atexit
 
             atexit.register(close_all)
-        server = _shared[key] = ForkServer(env)
+        server = _shared[key] = ForkServer(env, preload)
     return server
 
 
@@ -155,18 +142,17 @@ def close_all() -> None:
 
 # --- the server side ---------------------------------------------------------------------------
 
-def _quiet_exit(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _warm_imports() -> None:
+def _warm_imports(modules: list[str]) -> None:
     """Everything a round imports, and nothing that starts a device or a thread pool."""
-    import torch
-
-    from workbench.run import pair, worker  # noqa: F401  (the imports are the point)
-
-    if torch.cuda.is_initialized():
+    for module in modules:
+        importlib.import_module(module)
+    if _cuda_initialized():
         raise RuntimeError("CUDA was initialised while importing; forking would copy its context")
+
+
+def _cuda_initialized() -> bool:
+    torch = sys.modules.get("torch")  # never imported here: only what the preloaded modules brought
+    return bool(torch is not None and torch.cuda.is_initialized())
 
 
 def resolve(target: str):
@@ -187,27 +173,24 @@ def _warm(target: str | None, args: list) -> None:
     call: numpy's BLAS pool comes and goes with forks, and handles them itself.)"""
     if not target:
         return
-    import torch
-
     threads = _thread_count()
     try:
         resolve(target)(*args)
     except Exception:  # the child meets the same problem and reports it in its result
         pass
-    if torch.cuda.is_initialized() or _thread_count() > threads:
+    if _cuda_initialized() or _thread_count() > threads:
         raise RuntimeError(f"{target} started a thread or CUDA in the fork server; forking would copy it")
 
 
 def _child(target: str, args: list, fds: tuple[int, int]) -> None:
     """In the forked child: its own session, a quiet stop until the target installs its own
-    handlers (as workbench.run.worker_entry does), then the target; its return value is the exit status."""
+    handlers (as a fresh interpreter's entry does), then the target; its return value is the exit status."""
     code = 1
     try:
         os.setsid()
         for fd in fds:
             os.close(fd)
-        for signum in _QUIET_SIGNALS:
-            signal.signal(signum, _quiet_exit)
+        procs.quiet_until_ready()
         result = resolve(target)(*args)
         code = result if isinstance(result, int) else 0
     except SystemExit as stop:
@@ -222,10 +205,9 @@ def _child(target: str, args: list, fds: tuple[int, int]) -> None:
         os._exit(code)
 
 
-def serve(request_fd: int, answer_fd: int) -> int:
-    for signum in _QUIET_SIGNALS:
-        signal.signal(signum, _quiet_exit)
-    _warm_imports()
+def serve(request_fd: int, answer_fd: int, preload: list[str]) -> int:
+    procs.quiet_until_ready()
+    _warm_imports(preload)
     with os.fdopen(request_fd, "rb", buffering=0) as requests:
         for line in iter(requests.readline, b""):
             request = json.loads(line)
@@ -241,4 +223,4 @@ def serve(request_fd: int, answer_fd: int) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]))

@@ -1,4 +1,4 @@
-"""Measuring a training loop honestly: synchronized clocks, peak memory, FLOPs and MFU."""
+"""Measuring a training loop honestly: synchronized clocks, peak memory and FLOPs."""
 from __future__ import annotations
 
 import re
@@ -11,30 +11,6 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-# Dense peak FLOP/s from NVIDIA's datasheets (SXM parts unless named), keyed by a substring of the
-# device name and the compute dtype. fp32 means plain fp32 (no TF32); tf32/bf16/fp16 are tensor-core,
-# dense (no sparsity). Sources: H100/H200 datasheet (2023/2024), A100 datasheet (2021),
-# L4/A10/T4/V100 product briefs. H200 NVL: NVIDIA H200 datasheet (NVL column, 2024; its tensor
-# figures are quoted with sparsity, halved here). GH200: NVIDIA GH200 Grace Hopper Superchip datasheet
-# (2023), the same Hopper GPU at the SXM figures. Most specific names first: "H200 NVL" before "H200",
-# and "GH200" is its own word ("H200" does not match inside it).
-GPU_PEAK_FLOPS = {
-    "H100 NVL": {"fp32": 60e12, "tf32": 417.5e12, "bf16": 835e12, "fp16": 835e12},
-    "H200 NVL": {"fp32": 60e12, "tf32": 417.5e12, "bf16": 835.5e12, "fp16": 835.5e12},
-    "GH200": {"fp32": 67e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
-    "H200": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
-    "H100 PCIe": {"fp32": 51.2e12, "tf32": 378e12, "bf16": 756e12, "fp16": 756e12},
-    "H100": {"fp32": 66.9e12, "tf32": 494.7e12, "bf16": 989.4e12, "fp16": 989.4e12},
-    "A100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "fp16": 312e12},
-    "L40S": {"fp32": 91.6e12, "tf32": 183e12, "bf16": 362e12, "fp16": 362e12},
-    "L40": {"fp32": 90.5e12, "tf32": 90.5e12, "bf16": 181e12, "fp16": 181e12},
-    "L4": {"fp32": 30.3e12, "tf32": 60e12, "bf16": 121e12, "fp16": 121e12},
-    "A10G": {"fp32": 31.2e12, "tf32": 62.5e12, "bf16": 125e12, "fp16": 125e12},
-    "A10": {"fp32": 31.2e12, "tf32": 62.5e12, "bf16": 125e12, "fp16": 125e12},
-    "V100": {"fp32": 15.7e12, "fp16": 125e12},
-    "T4": {"fp32": 8.1e12, "fp16": 65e12},
-}
-MATMUL_PROBE_SIZE = 2048
 RSS_SAMPLE_INTERVAL_S = 0.005
 
 
@@ -163,22 +139,3 @@ def training_flops(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
         loss.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
-
-
-def measured_matmul_peak(dtype: torch.dtype = torch.float32, repeats: int = 3) -> float:
-    """FLOP/s of a large CPU matmul: the practical peak the MFU of a CPU run is measured against."""
-    a = torch.randn(MATMUL_PROBE_SIZE, MATMUL_PROBE_SIZE, dtype=dtype)
-    b = torch.randn(MATMUL_PROBE_SIZE, MATMUL_PROBE_SIZE, dtype=dtype)
-    a @ b  # first call allocates and picks kernels
-    start = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return 2 * MATMUL_PROBE_SIZE**3 * repeats / (time.perf_counter() - start)
-
-
-def gpu_peak_flops(device_name: str, dtype_key: str) -> tuple[float | None, str]:
-    """Documented dense peak for a GPU, and the name of the denominator."""
-    for key, table in GPU_PEAK_FLOPS.items():  # most specific names first: "L40S" before "L40" before "L4"
-        if re.search(rf"\b{re.escape(key)}\b", device_name) and dtype_key in table:
-            return table[dtype_key], f"{key} datasheet dense {dtype_key} peak"
-    return None, f"no documented peak for {device_name!r} ({dtype_key}); MFU not reported"

@@ -1,7 +1,7 @@
 """Measure one configuration: build, warm up, time the repeats, then trace in a separate pass.
 
-This is the in-process core; the ladder normally runs it in a fresh process per stage (worker.py) so
-each stage starts from a clean allocator and its host peak memory is its own.
+The core of a measuring process: a paired round (pair.py) or a single measurement (single.py) builds
+its configurations here, and the ladder never runs it in its own process.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from workbench import stats
-from workbench.run import distributed, measure
-from workbench.config import RunConfig
+from workbench.measure import clocks, distributed
+from workbench.config import RunConfig, check_device_support
 from workbench.training.data import DataSpec, build_loader, load_data
-from workbench.run.distributed import DistInfo
+from workbench.measure.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
 from workbench.training.batched_input import DeviceAugment
 from workbench.errors import StageSkipped, UsageError
@@ -88,11 +88,6 @@ def _loss_fn(dataset):
     return getattr(dataset, "loss_fn", None) or classification_loss
 
 
-def check_device_support(cfg: RunConfig, device_type: str) -> None:
-    if cfg.precision == "fp16" and device_type == "cpu":
-        raise UsageError("precision='fp16' is not supported on a CPU; allowed there: fp32, bf16")
-
-
 def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, log=print,
           dist: DistInfo = DistInfo()) -> Built:
     device_type = resolve_device_type(cfg.device)
@@ -117,7 +112,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     # The batched pipeline stores uint8 images at their source size: count on what the model sees.
     augment_on_cpu = (lambda b: (DeviceAugment(cfg.image_size, torch.device("cpu"), cfg.seed)(b[0]), b[1])) if batched else None
     flops = count_flops(make_model, cfg, data, _loss_fn(dataset), augment_on_cpu)
-    rss_before_model = measure.current_rss_mb()
+    rss_before_model = clocks.current_rss_mb()
     eager = make_model()
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist))
@@ -160,7 +155,7 @@ def evaluate(built: Built, max_images: int = EVAL_IMAGES) -> float | None:
     return correct / len(subset)
 
 
-def _run_steps(built: Built, count: int, progress: Progress, phase: str, clock=None) -> list[torch.Tensor]:
+def run_steps(built: Built, count: int, progress: Progress, phase: str, clock=None) -> list[torch.Tensor]:
     losses = []
     for i in range(count):
         images, labels = built.stream.next()
@@ -174,8 +169,8 @@ def _run_steps(built: Built, count: int, progress: Progress, phase: str, clock=N
 def warm_up(built: Built, progress: Progress) -> float:
     """Run the warm-up steps (compile happens here) and return their wall time."""
     start = time.perf_counter()
-    _run_steps(built, built.cfg.warmup_steps, progress, "warm-up" + (" + compile" if built.cfg.compile != "none" else ""))
-    measure.synchronize(built.device)
+    run_steps(built, built.cfg.warmup_steps, progress, "warm-up" + (" + compile" if built.cfg.compile != "none" else ""))
+    clocks.synchronize(built.device)
     return time.perf_counter() - start
 
 
@@ -184,9 +179,9 @@ def timed_repeats(built: Built, progress: Progress, only: int | None = None) -> 
     with `only`, that one repeat (paired rounds interleave the two sides' repeats)."""
     all_times, losses, first = [], [], None
     for repeat in range(built.cfg.repeats) if only is None else [only]:
-        clock = measure.StepClock(built.device)
+        clock = clocks.StepClock(built.device)
         clock.mark()
-        losses = _run_steps(built, built.cfg.timed_steps, progress, f"repeat {repeat + 1}/{built.cfg.repeats}", clock)
+        losses = run_steps(built, built.cfg.timed_steps, progress, f"repeat {repeat + 1}/{built.cfg.repeats}", clock)
         all_times.append(clock.step_times())
         first = float(losses[0]) if first is None else first
     return all_times, [float(loss) for loss in losses], first
@@ -207,7 +202,7 @@ def compute_only(built: Built, progress: Progress) -> dict:
     # repeat places the ceiling well within the round-to-round noise: the second is a round's 1.3 s.
     repeats = 1 if built.device.type == "cpu" else min(built.cfg.repeats, COMPUTE_ONLY_REPEATS)
     for repeat in range(repeats):
-        clock = measure.StepClock(built.device)
+        clock = clocks.StepClock(built.device)
         clock.mark()
         for i in range(steps):
             built.step.train_on(batch)
@@ -260,7 +255,7 @@ def use_backend_settings(cfg: RunConfig, device_type: str) -> None:
 
 
 def _memory(built: Built, window: "Window", rss_before_mb: float) -> dict:
-    parts = measure.memory_parts_mb(built.eager_model, built.optimizer)
+    parts = clocks.memory_parts_mb(built.eager_model, built.optimizer)
     host_peak_mb = window.host_peak_mb
     if built.device.type == "cuda":
         peaks = window.cuda_peaks
@@ -327,8 +322,8 @@ def prepare(built: Built, progress: Progress) -> float:
     use_backend_settings(built.cfg, built.device.type)
     warmup_s = warm_up(built, progress)
     if built.device.type == "cuda":  # a CPU has no cache to release, so no pool to re-grow
-        measure.release_cuda_cache(built.device)
-        _run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
+        clocks.release_cuda_cache(built.device)
+        run_steps(built, 1, progress, "re-grow the memory pool")  # untimed: the first step after a release re-grows it
     return warmup_s
 
 
@@ -336,10 +331,10 @@ def timed_window(built: Built, progress: Progress, only: int | None = None) -> W
     """The timed repeats of a prepared configuration (or repeat `only`), with the peaks of exactly
     these steps."""
     use_backend_settings(built.cfg, built.device.type)
-    measure.reset_cuda_peaks(built.device)
-    with measure.HostPeak() as host_peak:
+    clocks.reset_cuda_peaks(built.device)
+    with clocks.HostPeak() as host_peak:
         step_times, losses, first_loss = timed_repeats(built, progress, only)
-    cuda = measure.cuda_peaks(built.device) if built.device.type == "cuda" else None
+    cuda = clocks.cuda_peaks(built.device) if built.device.type == "cuda" else None
     return Window(step_times, losses, first_loss, host_peak.peak_mb, cuda)
 
 
@@ -372,20 +367,17 @@ def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: fl
             "trained_steps": cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps}
 
 
-# extras="brief": a brief probe (emulated bf16 on a CPU, 30x slower) gets its trace only; its accuracy
-# check and compute-only ceiling would cost minutes and cannot change a verdict its window settled.
-BRIEF = "brief"
-
-
-def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: bool | str = True) -> dict:
-    """The raw result: the window's metrics, plus the untimed extras when asked (BRIEF: the trace only)."""
-    if not extras:  # a timing-only side: the extras come from the configuration's last round
+def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: str = "full") -> dict:
+    """The raw result: the window's metrics, plus the untimed extras when asked. extras "brief": a
+    brief probe (emulated bf16 on a CPU, 30x slower) gets its trace only; its accuracy check and
+    compute-only ceiling would cost minutes and cannot change a verdict its window settled."""
+    if extras == "none":  # a timing-only side: the extras come from the configuration's last round
         return {"metrics": metrics, "trace_file": None, "trace_size_mb": None}
-    return _with_extras(built, metrics, trace_dir, progress, brief=extras == BRIEF)
+    return _with_extras(built, metrics, trace_dir, progress, brief=extras == "brief")
 
 
 def measure_config(built: Built, trace_dir: Path | None, peak_flops: float | None, peak_source: str,
-                   rss_before_mb: float, progress: Progress, extras: bool | str = True) -> dict:
+                   rss_before_mb: float, progress: Progress, extras: str = "full") -> dict:
     """One configuration alone: warm-up, timed repeats, memory, FLOPs and (optionally) the extras."""
     warmup_s = prepare(built, progress)
     window = timed_window(built, progress)

@@ -1,10 +1,10 @@
 """Python-level views: line_profiler names real lines of the loop and the data path; memory over time."""
 from __future__ import annotations
 
-from workbench.run import pyprofile
+from workbench.measure import pyprofile
 from workbench.config import RunConfig
 from workbench.training.data import write_synthetic_cifar
-from workbench.run.executor import build
+from workbench.measure.executor import build
 
 
 def test_line_and_memory_profiles_name_real_lines(tmp_path):

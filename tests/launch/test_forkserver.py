@@ -1,11 +1,11 @@
-"""The process harness: the warm fork server (a child per call, exit status, timeout, a dead
-server reported), where it is used, and one wording for a worker that left no result."""
+"""The warm fork server: a child per call, its exit status, a timeout, a dead server reported, and a
+warm function that would make forking unsafe."""
 import os
 import time
 
 import pytest
 
-from workbench.run import forkserver, harness
+from workbench.launch import forkserver
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +39,6 @@ def test_a_dead_server_is_reported_not_waited_on():
     with pytest.raises(forkserver.ServerGone):
         gone.run("os:_exit", [0], timeout_s=60)
     gone.close()
-
-
-def test_the_harness_forks_only_on_a_cpu_and_not_when_switched_off(monkeypatch):
-    assert harness.forkable(True) and not harness.forkable(False)
-    assert harness.on_cpu({"device": "cpu"}, {"device": "cpu"})
-    monkeypatch.setenv(harness.FORK_SERVER_VARIABLE, "0")
-    assert not harness.forkable(True)
-
-
-def test_one_wording_for_a_worker_that_left_no_result():
-    assert "timed out after 5 s" in harness.exit_failure(None, 5)["error"]
-    assert "out of host memory" in harness.exit_failure(-9)["error"]
-    with pytest.raises(KeyboardInterrupt):  # the user stopped it: not a stage failure
-        harness.exit_failure(-2)
 
 
 def test_a_warm_function_runs_in_the_server_and_one_that_starts_a_thread_ends_it():

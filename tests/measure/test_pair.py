@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from workbench.config import RunConfig
-from workbench.run import pair
-from workbench.run.executor import Window, joined
+from workbench.measure import pair
+from workbench.measure.executor import Window, joined
 
 
 def fake_sides(repeats: int) -> dict:

@@ -16,7 +16,7 @@ from memory_profiler import memory_usage
 from torchvision import datasets, transforms
 
 from workbench.trace.callprofile import function_profile
-from workbench.run.executor import Built, _run_steps
+from workbench.measure.executor import Built, run_steps
 from workbench.progress import Progress
 from workbench.results import write_atomic, write_text_atomic
 from workbench.training.step import BatchStream, TrainStep
@@ -59,7 +59,7 @@ def profile_lines(built: Built, out_dir: Path, steps: int) -> Path:
     start = time.perf_counter()
     profiler.enable_by_count()
     try:
-        _run_steps(built, steps, progress, "line_profiler")
+        run_steps(built, steps, progress, "line_profiler")
     finally:
         profiler.disable_by_count()
     wall_ms = (time.perf_counter() - start) * 1000
@@ -82,14 +82,14 @@ def profile_functions(built: Built, out_dir: Path, steps: int) -> Path:
     """cProfile over `steps` training steps: cumulative and self time per function, with callers."""
     path = out_dir / "function_profile.txt"
     with function_profile(path, f"{steps} training steps"):
-        _run_steps(built, steps, Progress("functions"), "cProfile")
+        run_steps(built, steps, Progress("functions"), "cProfile")
     return path
 
 
 def profile_memory(built: Built, out_dir: Path, steps: int) -> tuple[Path, Path]:
     """Host memory (MiB) over time while `steps` training steps run: a CSV and a plot."""
     progress = Progress("memory")
-    samples = memory_usage((_run_steps, (built, steps, progress, "memory_profiler"), {}),
+    samples = memory_usage((run_steps, (built, steps, progress, "memory_profiler"), {}),
                            interval=MEMORY_SAMPLE_INTERVAL_S, timestamps=True, include_children=True)
     start = samples[0][1]
     points = [(t - start, mib) for mib, t in samples]

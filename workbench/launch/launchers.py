@@ -1,0 +1,196 @@
+"""One protocol for running a measurement: `launcher.run(request) -> Outcome`, four ways to do it.
+
+- `InProcess`: here, with objects from Python (a model factory, a dataset) that cannot cross a
+  process boundary; also the experiments' isolate=False;
+- `FreshInterpreter`: `python -m <entry> REQUEST.json`, in its own session, with a safe import path;
+- `ForkServer`: a child forked from the warm server (torch imported once: launch/forkserver.py); only
+  on a CPU with one process, and back to a fresh interpreter if the server fails;
+- `Torchrun`: `torch.distributed.run --standalone --nproc_per_node=N -m <entry> REQUEST.json`.
+`choose` picks one. Every one writes the request, lets the child report through the channel
+(launch/channel.py), and returns what arrived as an Outcome; a stopped parent (Ctrl-C, SIGTERM)
+stops the child's group the one way (procs.stop_group) and says so in the Outcome, never in an
+exception that carries data. The wording of a failure (timeout, kill, crash) is `failure_text`.
+
+The child is named, not imported (no torch here): the entry module provides `main(path)` (a
+process, started by launch/bootstrap.py or forked), `run_request(path, objects)` (in this process)
+and `preload(path)` (run in the fork server before each fork).
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Protocol
+
+from workbench.errors import UsageError
+from workbench.launch import channel, forkserver, procs
+from workbench.launch.forkserver import resolve
+from workbench.launch.messages import RoundSpec, SideReport
+
+CHILD_ENTRY = "workbench.measure.entry"
+FORK_SERVER_VARIABLE = "WORKBENCH_FORK_SERVER"
+_FORK_SERVER_OFF: dict[str, str] = {}  # why, once the server failed: later runs start from exec
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What came back from one measuring process (or torchrun's group of them)."""
+
+    reports: Mapping[str, SideReport]   # the latest complete report per side
+    code: int | None                    # exit status (-N: killed by signal N); None: ran past its timeout
+    timeout_s: float
+    stopped: KeyboardInterrupt | None = None   # the parent was stopped meanwhile: re-raise once saved
+    error: str | None = None            # in this process: the error that escaped the child's own guard
+
+    def report(self, side: str) -> SideReport:
+        """The side's latest report, or why there is none, in the one wording."""
+        found = self.reports.get(side)
+        if found is not None:
+            return found
+        return SideReport.failed(side, self.error or failure_text(self.code, self.timeout_s))
+
+    def timed(self, *sides: str) -> bool:
+        """Whether every named side's timed windows are in."""
+        return all(self.report(side).measured for side in sides)
+
+
+def failure_text(code: int | None, timeout_s: float) -> str:
+    """Why a measuring process left no report: one wording for the ladder and the experiments."""
+    if code is None:
+        return (f"timed out after {timeout_s:g} s (a hang in compile or in a collective?); "
+                f"set {procs.TIMEOUT_VARIABLE} to allow longer")
+    if code < 0 and -code == signal.SIGINT:
+        return "stopped (SIGINT) before its timed steps were in"
+    killed = " (killed: out of host memory?)" if code in (-9, 137) else ""
+    return f"worker exited with status {code}{killed}"
+
+
+class Launcher(Protocol):
+    name: str
+
+    def run(self, request: RoundSpec, timeout_s: float | None = None, env: Mapping[str, str] | None = None) -> Outcome:
+        """Measure the request's sides; what they reported, however the process ended."""
+
+
+@dataclass
+class _Launched:
+    """What every launcher does around starting the child: the request file, the channel, the stop."""
+
+    entry: str = CHILD_ENTRY
+    name: ClassVar[str] = "launcher"
+
+    def run(self, request: RoundSpec, timeout_s: float | None = None, env: Mapping[str, str] | None = None) -> Outcome:
+        timeout_s = timeout_s or procs.stage_timeout_s()
+        with tempfile.TemporaryDirectory(prefix="workbench-round-") as tmp:
+            request = replace(request, channel=str(Path(tmp) / "reports.jsonl"))
+            path = Path(tmp) / "request.json"
+            path.write_text(json.dumps(request.to_json()))
+            code, stopped, error = None, None, None
+            try:
+                code, error = self._start(path, timeout_s, {**os.environ, **(env or {})})
+            except KeyboardInterrupt as interrupt:  # the child's group was stopped first; what it reported stays
+                stopped = interrupt
+            return Outcome(channel.received(request.channel), code, timeout_s, stopped, error)
+
+    def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
+        raise NotImplementedError
+
+
+@dataclass
+class InProcess(_Launched):
+    """In this process: objects from Python travel as they are; the child's signal handling is not installed."""
+
+    objects: Mapping[str, Any] = field(default_factory=dict)
+    name = "in this process"
+
+    def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
+        try:
+            return resolve(f"{self.entry}:run_request")(str(path), dict(self.objects)), None
+        except Exception as error:  # as in a fresh process: the round fails, the caller goes on
+            return 1, f"{type(error).__name__}: {str(error).strip()[:300]}"
+        finally:
+            _release_memory()
+
+
+def _release_memory() -> None:
+    """A failed configuration's tensors must not crowd the next one measured in this process."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class FreshInterpreter(_Launched):
+    name = "a fresh interpreter"
+
+    def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
+        return procs.run_worker([*bootstrap(self.entry), str(path)], env, timeout_s), None
+
+
+@dataclass
+class Torchrun(_Launched):
+    """N processes on this machine under torchrun, the cores split between them."""
+
+    nproc: int = 2
+    name = "torchrun"
+
+    def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
+                   *bootstrap(self.entry)[1:], str(path)]
+        return procs.run_worker(command, split_cores(env, self.nproc), timeout_s), None
+
+
+def bootstrap(entry: str) -> list[str]:
+    """The command that runs entry's main in a fresh interpreter (launch/bootstrap.py)."""
+    return [sys.executable, "-m", "workbench.launch.bootstrap", f"{entry}:main"]
+
+
+def split_cores(env: dict, nproc: int) -> dict:
+    """The cores split between the processes (torchrun itself would give each one thread)."""
+    if nproc > 1 and "OMP_NUM_THREADS" not in env:
+        return {**env, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
+    return env
+
+
+@dataclass
+class ForkServer(_Launched):
+    name = "the fork server"
+
+    def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
+        if not _FORK_SERVER_OFF:
+            try:
+                server = forkserver.shared(env, preload=(self.entry,))
+                return server.run(f"{self.entry}:main", [str(path)], timeout_s, warm=f"{self.entry}:preload"), None
+            except forkserver.ServerGone as gone:  # said once; every later process starts from exec
+                _FORK_SERVER_OFF["why"] = str(gone)
+                print(f"note: {gone}; measuring processes start fresh interpreters from now on", file=sys.stderr)
+        return FreshInterpreter(entry=self.entry)._start(path, timeout_s, env)
+
+
+def fork_server_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """WORKBENCH_FORK_SERVER: unset or 1 (the default) or 0; a one-line UsageError for anything else."""
+    text = (os.environ if environ is None else environ).get(FORK_SERVER_VARIABLE, "").strip()
+    if text not in ("", "0", "1"):
+        raise UsageError(f"{FORK_SERVER_VARIABLE}={text!r} is not allowed; allowed: 1 (fork CPU rounds from a "
+                         "warm server, the default) or 0 (a fresh interpreter per round)")
+    return text != "0"
+
+
+def choose(on_cpu: bool, nproc: int = 1, objects: Mapping[str, Any] | None = None) -> Launcher:
+    """Where a measurement runs. Objects from Python cannot cross a process: here. Several processes:
+    torchrun. One process on a CPU: the fork server (a forked CUDA context is unusable, and the GPU
+    figures were measured from exec'd processes), unless WORKBENCH_FORK_SERVER=0. Else exec."""
+    if objects:
+        return InProcess(objects=objects)
+    if nproc > 1:
+        return Torchrun(nproc=nproc)
+    if on_cpu and fork_server_wanted() and not _FORK_SERVER_OFF:
+        return ForkServer()
+    return FreshInterpreter()
+

@@ -1,0 +1,85 @@
+"""The child's one entry point: a request (launch/messages.RoundSpec) in, one report per side out.
+
+Called by a launcher (workbench/launch/launchers.py): `main(path)` in a measuring process of its own
+(forked from the warm server, or exec'd through launch/bootstrap.py, or one of torchrun's ranks),
+`run_request(path, objects)` in the parent's own process, `preload(path)` in the fork server before
+it forks. Two sides are a paired round (pair.py); one side is measured alone (single.py). Whatever
+happens (out of memory, a compile error, a stage that does not apply) each side gets a report that
+says why, so the parent records the reason and goes on.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from workbench.launch import channel
+from workbench.launch.messages import RoundSpec, SideReport
+from workbench.measure import distributed, failures
+from workbench.measure.distributed import DistInfo
+from workbench.measure.pair import run_pair
+from workbench.measure.single import measure_alone
+from workbench.training.data import preload_cifar
+
+
+def read_request(path: str) -> RoundSpec:
+    return RoundSpec.from_json(json.loads(Path(path).read_text()))
+
+
+def main(path: str) -> int:
+    """In a measuring process of its own: its exit status (0 when every side measured)."""
+    try:
+        return _measure(read_request(path), {}, in_own_process=True)
+    except KeyboardInterrupt:  # stopped before the timed steps ended: nothing more to report, no traceback
+        return 130
+
+
+def run_request(path: str, objects: dict | None = None) -> int:
+    """In the caller's process (objects from Python: a model factory, a dataset)."""
+    return _measure(read_request(path), objects or {}, in_own_process=False)
+
+
+def _measure(request: RoundSpec, objects: dict, in_own_process: bool) -> int:
+    send = lambda report: channel.send(request.channel, report)
+    if request.paired:
+        return _pair(request, send, objects, in_own_process)
+    key = request.order[0]
+    dist = DistInfo()
+
+    def alone() -> SideReport:
+        nonlocal dist
+        report, dist = measure_alone(key, request.sides[key], objects, in_own_process)
+        return report
+    report = failures.guarded(alone, key)
+    if dist.is_main:
+        send(report)
+    if report.measured:
+        distributed.teardown(dist)
+        return 0
+    # A failed rank must not wait at a barrier its peers never reach: exit non-zero, torchrun stops the rest.
+    return 1 if dist.enabled else 0
+
+
+def _pair(request: RoundSpec, send, objects: dict, in_own_process: bool) -> int:
+    sent: dict[str, SideReport] = {}
+
+    def keep(report: SideReport) -> None:
+        sent[report.side] = report
+        send(report)
+    try:
+        run_pair(request, keep, objects, in_own_process)
+    except (Exception, torch.OutOfMemoryError) as error:  # reported for the sides not yet timed; timed ones stand
+        for key in request.sides:
+            if key not in sent:
+                keep(failures.failed(key, error))
+    return 0 if all(sent[key].measured for key in request.sides) else 1
+
+
+def preload(path: str) -> None:
+    """Run by the fork server itself before it forks the round for path: decode the CIFAR-format data
+    the request reads, so the round inherits it (numpy only: no torch op, no thread). Best effort:
+    anything wrong here is left for the round itself to find and report."""
+    for config in read_request(path).configs():
+        if config.get("data_dir") and not str(config.get("data", "")).startswith("imagefolder:"):
+            preload_cifar(config["data_dir"])
