@@ -8,6 +8,7 @@ from workbench.run import judge
 from workbench.config import RunConfig
 from workbench.launch import SideReport
 from workbench.run.ladder import LadderState, _advance
+from workbench.run.record import StageRecord
 from workbench.run.rounds import Comparison
 from workbench.run.stages import STAGES
 
@@ -40,7 +41,7 @@ BASE = {"stage": "baseline", "status": "baseline", "metrics": {**raw(0.1).metric
 
 
 def judged(stage: str, compared: Comparison, floor: float = 0.0) -> dict:
-    state = LadderState(RunConfig(), baseline=BASE, result=BASE, floor=floor)
+    state = LadderState(RunConfig(), baseline=StageRecord.of(BASE), result=StageRecord.of(BASE), floor=floor)
     return judge.stage_result(session(), STAGE[stage], 1, RunConfig(), [stage], compared, BASE, state, "test", 0.0)
 
 
@@ -93,9 +94,9 @@ def test_a_failed_side_is_recorded_with_its_reason():
 
 def test_a_kept_probe_does_not_carry_its_measurement_settings_forward():
     base = RunConfig()
-    state = LadderState(base, baseline={"config": base.to_dict()})
+    state = LadderState(base)
     probe = RunConfig(precision="bf16", repeats=1, rounds=1, warmup_steps=1, timed_steps=4).to_dict()
-    _advance(state, {"status": "kept", "config": probe, "applied": ["amp"]}, "ladder", base)
+    _advance(state, StageRecord.of({"stage": "amp", "status": "kept", "config": probe, "applied": ["amp"]}), "ladder", base)
     assert state.cfg.precision == "bf16"
     measured = (base.repeats, base.rounds, base.warmup_steps, base.timed_steps)
     assert (state.cfg.repeats, state.cfg.rounds, state.cfg.warmup_steps, state.cfg.timed_steps) == measured

@@ -13,6 +13,7 @@ from workbench.run import ladder
 from workbench.config import RunConfig
 from workbench.device import Capabilities
 from workbench.launch import SideReport
+from workbench.run.record import StageRecord
 from workbench.run.rounds import Comparison
 from workbench.run.stages import STAGES, StageContext
 
@@ -173,10 +174,11 @@ def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):
     session = fake_session(logs)
     fused = STAGE["fused_optimizer"].apply(session.base_cfg, session.context)
     state = ladder.LadderState(fused, applied=["fused_optimizer"])
-    finished = [{"stage": "amp", "status": "rejected", "kind": "speed"},
-                {"stage": "channels_last", "status": "rejected", "kind": "speed"},
-                {"stage": "compile", "status": "rejected", "kind": "speed", "probe": True},
-                {"stage": "checkpointing", "status": "tradeoff", "kind": "memory"}]
+    finished = [StageRecord.of(doc) for doc in (
+        {"stage": "amp", "status": "rejected", "kind": "speed"},
+        {"stage": "channels_last", "status": "rejected", "kind": "speed"},
+        {"stage": "compile", "status": "rejected", "kind": "speed", "probe": True},
+        {"stage": "checkpointing", "status": "tradeoff", "kind": "memory"})]
     monkeypatch.setattr(ladder, "_compare", fake_compare({"second look: amp": 1.15, "second look: channels_last": 0.9}))
     ladder.second_look(session, finished, state, book)
     assert [e["stage"] for e in book.doc["second_look"]] == ["amp", "channels_last"]
@@ -184,9 +186,9 @@ def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):
     assert state.applied == ["fused_optimizer", "amp"] and state.cfg.precision == "bf16"
 
 
-def judged(stage: str, status: str, ratio: float, low: float, high: float, verdict: str) -> dict:
-    return {"stage": stage, "status": status, "kind": "speed",
-            "metrics": {"speedup_vs_previous": {"ratio": ratio, "ci95_low": low, "ci95_high": high, "verdict": verdict}}}
+def judged(stage: str, status: str, ratio: float, low: float, high: float, verdict: str) -> StageRecord:
+    return StageRecord.of({"stage": stage, "status": status, "kind": "speed", "metrics": {
+        "speedup_vs_previous": {"ratio": ratio, "ci95_low": low, "ci95_high": high, "verdict": verdict}}})
 
 
 def test_second_look_gives_up_only_on_a_slowdown_nothing_since_can_offset(monkeypatch):

@@ -23,7 +23,7 @@ from workbench import environment, peaks
 from workbench.launch import Launcher, RoundSpec, SideSpec, choose
 from workbench.launch.launchers import InProcess
 from workbench.run import rounds as round_loop
-from workbench.run.result import tensor_peak
+from workbench.run.reading import tensor_peak
 from workbench.config import RunConfig
 from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
 from workbench.training.data import load_data
@@ -42,7 +42,7 @@ def target_of(function: Callable) -> str:
 
 def with_tensor_peak(raw: dict, scratch: Path) -> dict:
     """On a CPU, the ladder's peak: weights + optimizer state + the peak allocations of a profiled
-    step (run/result.tensor_peak), not resident growth, which the allocator's reuse of freed pages
+    step (run/reading.tensor_peak), not resident growth, which the allocator's reuse of freed pages
     scrambles (it once put a lower-memory configuration above two larger ones)."""
     if raw.get("status") != "measured" or not raw.get("trace_file"):
         return raw

@@ -6,25 +6,19 @@ result, once.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Mapping
 
 from workbench import stats
-from workbench.run.result import Measurement, Verdict, assemble, judged_metrics, measured, read_trace
+from workbench.run.console import fmt
+from workbench.run.reading import read_trace
+from workbench.run.result import Measurement, Verdict, assemble, judged_metrics, measured
 from workbench.run.stages import MEMORY, REFERENCE, Stage
 
 FINAL_STAGE = "final"
 # The headline's position: after every stage (runs in the old layout named its file 99-final.json).
 FINAL_INDEX = 99
 
-
-def fmt(ratio: dict) -> str:
-    high = ratio["ci95_high"]
-    return f"{ratio['ratio']:.2f}x [{ratio['ci95_low']:.2f}, {high:.2f}]" if math.isfinite(high) else f"{ratio['ratio']:.2f}x"
-
-
-_fmt = fmt
 
 # The baseline against itself, as the baseline's own speedup: exactly 1 by definition.
 SAME = {"ratio": 1.0, "ci95_low": 1.0, "ci95_high": 1.0, "verdict": "no significant change"}
@@ -78,7 +72,7 @@ def _memory_verdict(metrics: Mapping, previous: dict) -> tuple[str, str, dict]:
     before = previous["metrics"]
     change = metrics["peak_memory_mb"] / before["peak_memory_mb"] - 1 if before["peak_memory_mb"] else 0.0
     return "tradeoff", (f"peak memory {metrics['peak_memory_mb']:.0f} MiB vs {before['peak_memory_mb']:.0f} MiB "
-                        f"({change:+.0%}), speed {_fmt(metrics['speedup_vs_previous'])} vs {previous['stage']}; "
+                        f"({change:+.0%}), speed {fmt(metrics['speedup_vs_previous'])} vs {previous['stage']}; "
                         "a memory/speed trade-off, not carried forward"), {}
 
 
@@ -150,7 +144,7 @@ def stage_result(session, stage: Stage, position: int, cfg, applied: list[str], 
         return _not_measured(session, stage.name, position, cfg, applied, why, measurement, stage.kind, probe=probe)
     floor, min_effect = state.floor, session.base_cfg.min_effect
     speedups = {"speedup_vs_previous": {**paired_speedup(comparison, min_effect, floor), "against": against["stage"]},
-                "speedup_vs_baseline": _unpaired_vs_baseline(measurement.metrics, state.baseline)}
+                "speedup_vs_baseline": _unpaired_vs_baseline(measurement.metrics, state.baseline.doc if state.baseline else None)}
     # The trace first: on a CPU it settles which peak-memory figure a memory stage is judged on.
     reading = read_trace(session, stage.name, cfg, measurement)
     status, reason, marks = _status(judged_metrics(measurement, reading, **speedups), stage.kind, against)
@@ -211,21 +205,3 @@ def _scaling(measurement: Measurement, session) -> dict | None:
         except Exception as error:  # the scaling figure stands without the trace's view of it
             scaling["communication_error"] = f"{type(error).__name__}: {error}"
     return scaling
-
-
-def one_line(result: dict) -> str:
-    """The console line for a finished stage."""
-    metrics = result.get("metrics")
-    if not metrics:
-        return f"-- {result['stage']}: {result['status']}: {result['reason']}"
-    tp = metrics["throughput"]
-    mfu = f", MFU {metrics['mfu']:.1%}" if metrics.get("mfu") else ""
-    return (f"-- {result['stage']}: {result['status']}: {tp['median']:.1f} samples/s "
-            f"[{tp['ci95_low']:.1f}, {tp['ci95_high']:.1f}], step {metrics['step_time_s']['median'] * 1000:.1f} ms, "
-            f"peak {metrics['peak_memory_mb']:.0f} MiB{mfu}, loss {metrics['final_loss']:.3f}{_accuracy(metrics)}; "
-            f"{result['reason']}")
-
-
-def _accuracy(metrics: dict) -> str:
-    value = metrics.get("eval_accuracy")
-    return f", held-out accuracy {value:.1%}" if value is not None else ""

@@ -18,13 +18,14 @@ floor, the order taken and why, both checks and the headline, so an interrupted 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from workbench import results, stats
-from workbench.run import judge, rounds as paired_rounds
+from workbench.run import console, judge, rounds as paired_rounds
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
+from workbench.run.record import StageRecord
 from workbench.run.rounds import Side
 from workbench.run.session import Session, write_run_file
 from workbench.run.stages import MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
@@ -38,8 +39,8 @@ class LadderState:
 
     cfg: RunConfig
     applied: list[str] = field(default_factory=list)
-    result: dict | None = None
-    baseline: dict | None = None
+    result: StageRecord | None = None
+    baseline: StageRecord | None = None
     floor: float = 0.0
     position: int = 0              # stages taken so far: the next file's number
     # Paired comparisons already measured, by (a, b): leave-one-out of the last kept stage and the
@@ -135,7 +136,7 @@ def _clear_old_traces(trace_dir) -> None:
 
 # --- 1. the noise floor and the baseline -----------------------------------------------------------
 
-def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, alone: bool = False) -> dict:
+def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, alone: bool = False) -> StageRecord:
     """The baseline against itself: the machine's noise floor, and the baseline's own result. Alone
     (no stage to compare with it, as in `make profile-baseline`) one round measures and traces it."""
     cfg = session.base_cfg
@@ -153,18 +154,18 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, a
     result = judge.reference_result(session, comparison, started)
     if comparison.interrupted is not None:
         return _saved_then_stop(session, result, comparison)
-    if result["status"] == "baseline" and not alone:
+    if result["status"] == "baseline" and not alone:  # the judged document, before it is saved
         aa = judge.aa_summary(comparison)
         state.floor = aa["noise_floor"]
         verdicts.set("noise_floor", aa)
         noisy = aa["noise_floor"] > 0.5
-        session.log(f"noise floor: baseline vs itself {judge.fmt(aa)}; " + (
+        session.log(f"noise floor: baseline vs itself {console.fmt(aa)}; " + (
             "the machine is too noisy to judge small effects: rerun on a quiet machine" if noisy else
             f"one round's spread is {aa['noise_floor']:.1%}: over {cfg.rounds} rounds, effects under "
             f"{stats.floor_at(aa['noise_floor'], cfg.rounds):.1%} are 'no significant change'"))
-    state.baseline = state.result = result
+    state.baseline = state.result = record = _save(session, result)
     state.position = 1
-    return _save(session, result)
+    return record
 
 
 # --- 2. the pass -----------------------------------------------------------------------------------
@@ -182,10 +183,10 @@ def next_stage(pending: list[Stage], findings: list[dict], order: str) -> tuple[
     return pending[0], "default order" if order == "trace" else "fixed order (the lab's sequence)"
 
 
-def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> dict:
+def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> StageRecord:
     """Apply, compare against the configuration it would join, judge and save one stage."""
     before = state.cfg if session.mode == "ladder" else session.base_cfg
-    against = state.result if session.mode == "ladder" else state.baseline
+    against: StageRecord = state.result if session.mode == "ladder" else state.baseline
     position = state.position
     state.position += 1
     try:
@@ -197,26 +198,26 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> d
     applied = (state.applied if session.mode == "ladder" else []) + [stage.name]
     earlier = _previous(session, stage.name, cfg, applied)
     if earlier is not None:
-        session.log(f"== {stage.name}: kept from the earlier run ({earlier['status']})")
+        session.log(f"== {stage.name}: kept from the earlier run ({earlier.status})")
         return earlier
     started = time.perf_counter()
     rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
-    comparison = _compare(session, before, cfg, stage.name, against["stage"], stage.name,
+    comparison = _compare(session, before, cfg, stage.name, against.stage, stage.name,
                           _trace_dir(session, cfg, stage.name), rounds, state.measured,
                           state.floor if stage.kind == SPEED else None, brief=cfg.rounds < before.rounds)
-    result = judge.stage_result(session, stage, position, cfg, applied, comparison, against, state, why, started)
+    result = judge.stage_result(session, stage, position, cfg, applied, comparison, against.doc, state, why, started)
     return _saved_then_stop(session, result, comparison)
 
 
-def _saved_then_stop(session: Session, result: dict, comparison) -> dict:
+def _saved_then_stop(session: Session, result: dict, comparison) -> StageRecord:
     """Save; then, if the run was stopped after this comparison's windows, stop (130/143)."""
-    _save(session, result)
+    record = _save(session, result)
     if comparison.interrupted is not None:
         raise comparison.interrupted
-    return result
+    return record
 
 
-def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -> dict | None:
+def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -> StageRecord | None:
     """A finished result of an interrupted run that measured exactly what this run would now."""
     if not session.resume:
         return None
@@ -231,7 +232,7 @@ def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -
         same_machine = found.get("environment", {}).get("device_name") == session.environment.get("device_name")
         if (found.get("status") not in ("failed", None) and found.get("config") == cfg.to_dict()
                 and found.get("applied", applied) == applied and same_machine):
-            return found
+            return StageRecord.of(found)
     return None
 
 
@@ -245,41 +246,42 @@ def _earlier_floor(session: Session) -> dict | None:
         return None
 
 
-def _nothing_to_change(session: Session, stage: Stage, against: dict) -> str:
+def _nothing_to_change(session: Session, stage: Stage, against: StageRecord) -> str:
     """Why a stage whose configuration equals the one before it is not measured (noise could 'keep' it)."""
     detail = f" ({session.decisions['workers_choice']})" if stage.name == "dataloader" and "workers_choice" in session.decisions else ""
-    return f"nothing to change on this machine{detail}: the configuration is {against['stage']}'s"
+    return f"nothing to change on this machine{detail}: the configuration is {against.stage}'s"
 
 
-def _save(session: Session, result: dict) -> dict:
+def _save(session: Session, result: dict) -> StageRecord:
+    """Write the judged document (atomically) and return it as the ladder reads it."""
     path = stage_result_path(session.run_dir, result["stage"])
-    session.log(judge.one_line(result))  # said before the write, so a failed write loses nothing
+    session.log(console.one_line(result))  # said before the write, so a failed write loses nothing
     try:
         for old in [p for p in results.stage_files(session.run_dir, result["stage"]) if p != path]:
             old.unlink()  # a resumed run begun before files were keyed by name holds it as NN-<stage>
         write_json_atomic(path, result)
     except OSError as error:  # disk full, read-only: keep the measurement, say where and why
         raise SaveError(path, error, result) from None
-    return result
+    return StageRecord.of(result)
 
 
 # How a configuration is measured, not what it is: a brief probe's settings must not carry forward.
 MEASUREMENT_FIELDS = ("repeats", "rounds", "warmup_steps", "timed_steps")
 
 
-def _advance(state: LadderState, result: dict, mode: str, base: RunConfig) -> None:
-    if mode == "ladder" and result["status"] == "kept":
+def _advance(state: LadderState, result: StageRecord, mode: str, base: RunConfig) -> None:
+    if mode == "ladder" and result.status == "kept":
         measured = {key: getattr(base, key) for key in MEASUREMENT_FIELDS}
-        state.cfg = RunConfig(**{**result["config"], **measured})
-        state.applied, state.result = result["applied"], result
+        state.cfg = result.config.with_overrides(**measured)
+        state.applied, state.result = list(result.applied), result
 
 
-def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdicts: Verdicts) -> list[dict]:
+def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdicts: Verdicts) -> list[StageRecord]:
     pending = [s for s in chosen if s.kind != REFERENCE]
     pending.sort(key=lambda s: (s.kind != SPEED, STAGE_NAMES.index(s.name)))  # speed stages, then memory
     finished = []
     while pending:
-        stage, why = next_stage(pending, (state.result or {}).get("findings") or [], session.base_cfg.order)
+        stage, why = next_stage(pending, list(state.result.findings) if state.result else [], session.base_cfg.order)
         pending.remove(stage)
         verdicts.add("order", {"stage": stage.name, "why": why, "builds_on": state.applied or ["baseline"]})
         result = run_stage(session, stage, state, why)
@@ -290,41 +292,39 @@ def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdic
 
 # --- 3. the second look, 4. leave-one-out ----------------------------------------------------------
 
-def _second_look_candidates(finished: list[dict]) -> list[dict]:
+def _second_look_candidates(finished: list[StageRecord]) -> list[StageRecord]:
     """Rejected speed stages worth another try on the final configuration: measured, not a brief
     probe (emulated bf16), not rejected for breaking training."""
-    return [r for r in finished if r["status"] == "rejected" and r.get("kind") == SPEED
-            and not r.get("probe") and not r.get("training_broke")]
+    return [r for r in finished if r.status == "rejected" and r.kind == SPEED and not r.probe and not r.training_broke]
 
 
-def _gained_since(finished: list[dict], rejected: dict) -> float:
+def _gained_since(finished: list[StageRecord], rejected: StageRecord) -> float:
     """How much faster the configuration got after `rejected` was judged: the kept stages' ratios."""
     later = finished[finished.index(rejected) + 1:]
     gained = 1.0
     for result in later:
-        if result["status"] == "kept":
-            gained *= result["metrics"]["speedup_vs_previous"]["ratio"]
+        if result.status == "kept":
+            gained *= result.vs_previous.ratio
     return gained
 
 
-def cannot_pay(rejected: dict, gained: float, min_effect: float) -> str | None:
+def cannot_pay(rejected: StageRecord, gained: float, min_effect: float) -> str | None:
     """Why another look is pointless, or None. Only a stage measured significantly slower is given up
     on, and only when even its interval's upper end, times everything gained since, stays under the
     keep threshold; a stage that merely did not help (bf16 before fused Adam) always gets its look."""
-    first = (rejected.get("metrics") or {}).get("speedup_vs_previous") or {}
-    if first.get("verdict") != "slower" or first["ci95_high"] * gained >= 1 + min_effect:
+    first = rejected.vs_previous
+    if first is None or first.verdict != "slower" or first.ci95_high * gained >= 1 + min_effect:
         return None
-    return (f"significantly slower ({first['ci95_high']:.2f}x at best) and the {gained:.2f}x gained since "
+    return (f"significantly slower ({first.ci95_high:.2f}x at best) and the {gained:.2f}x gained since "
             f"cannot lift it past {1 + min_effect:.2f}x")
 
 
-def second_look(session: Session, finished: list[dict], state: LadderState, verdicts: Verdicts) -> None:
+def second_look(session: Session, finished: list[StageRecord], state: LadderState, verdicts: Verdicts) -> None:
     for rejected in _second_look_candidates(finished):
-        stage = _stage(rejected["stage"])
+        stage = _stage(rejected.stage)
         why_not = cannot_pay(rejected, _gained_since(finished, rejected), session.base_cfg.min_effect)
         if why_not:
-            first = rejected["metrics"]["speedup_vs_previous"]
-            verdicts.add("second_look", {"stage": stage.name, **{k: first[k] for k in ("ratio", "ci95_low", "ci95_high", "verdict")},
+            verdicts.add("second_look", {"stage": stage.name, **asdict(rejected.vs_previous),
                                          "adopted": False, "not_retried": why_not, "text": f"not retried: {why_not}"})
             session.log(f"-- second look {stage.name}: not retried: {why_not}")
             continue
@@ -381,7 +381,7 @@ def _stage(name: str) -> Stage:
 
 # --- 5. the headline ---------------------------------------------------------------------------------
 
-def headline(session: Session, state: LadderState, verdicts: Verdicts) -> dict | None:
+def headline(session: Session, state: LadderState, verdicts: Verdicts) -> StageRecord | None:
     """The final configuration against the baseline, paired: the figure the report leads with."""
     if not state.applied:
         verdicts.set("headline", {"text": "no stage was kept: the baseline is the final configuration"})
@@ -412,16 +412,17 @@ def measure_single_process(session: Session) -> Session:
 
 
 def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
-    """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result."""
+    """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result
+    (the documents as written)."""
     session = measure_single_process(session)
     state, verdicts = LadderState(session.base_cfg), Verdicts(session)
     chosen = select(stage_names)
     alone = all(stage.kind == REFERENCE for stage in chosen)
     baseline = measure_baseline(session, state, verdicts, alone)  # first: it reads an earlier run's floor
     verdicts.set("order_mode", session.base_cfg.order)
-    if baseline["status"] != "baseline":
+    if baseline.status != "baseline":
         session.log("the baseline did not run, so no stage can be compared: stopping")
-        return [baseline]
+        return [dict(baseline.doc)]
     finished = [baseline] + first_pass(session, chosen, state, verdicts)
     if session.mode == "ladder" and session.base_cfg.order == "trace":
         second_look(session, finished, state, verdicts)
@@ -429,4 +430,4 @@ def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     if session.mode == "ladder":
         final = headline(session, state, verdicts)
         finished += [final] if final else []
-    return finished
+    return [dict(record.doc) for record in finished]
