@@ -17,7 +17,7 @@ from workbench.training.data import write_synthetic_cifar
 from workbench.errors import UsageError
 from workbench.experiments import EXPERIMENTS, lab, names, rows, run_all, run_experiment
 from workbench.experiments.lab import budgeted
-from workbench.launch import RoundSpec, SideSpec, choose
+from workbench.launch import Outcome, RoundSpec, SideReport, SideSpec, choose
 
 ROW_KEYS = {"label", "overrides", "status", "reason", "throughput", "step_time_s", "epoch_time_s", "peak_memory_mb",
             "peak_memory_kind", "final_loss", "speedup", "warmup_s", "extra"}
@@ -64,6 +64,23 @@ def fake_raw(step_s: float, memory_mb: float = 100.0, **metrics) -> dict:
         "samples_per_step": 8, "step_times_s": [[step_s, step_s * 1.01, step_s * 0.99]],
         "throughput": {"median": 8 / step_s}, "epoch_time_s": 640 * step_s / 8, "peak_memory_mb": memory_mb,
         "peak_memory_kind": "fake", "warmup_s": 1.0, "final_loss": 2.0, "loss_finite": True, **metrics}}
+
+
+class FakeLauncher:
+    """A launcher that measures nothing: the side's report is fake(side); a Ctrl-C in it is an Outcome."""
+
+    name = "fake"
+
+    def __init__(self, fake):
+        self.fake = fake
+
+    def run(self, request: RoundSpec, timeout_s=None, env=None) -> Outcome:
+        key = request.order[0]
+        try:
+            raw = self.fake(request.sides[key])
+        except KeyboardInterrupt as stop:
+            return Outcome({}, None, 1.0, stop)
+        return Outcome({key: SideReport(key, raw["status"], "final", raw.get("metrics"), raw.get("error"))}, 0, 1.0)
 
 
 # --- rows and budget (pure) ------------------------------------------------------------------------
@@ -188,12 +205,12 @@ def test_memory_breakdown_parts_come_from_the_tensors(cfg, tmp_path):
 
 def test_compile_records_a_failed_mode_and_goes_on(cfg, tmp_path, monkeypatch):
     def fake(spec):
-        mode = spec["config"]["compile"]
+        mode = spec.config["compile"]
         if mode == "reduce-overhead":
             return {"status": "failed", "error": "BackendCompilerFailed: no"}
         return fake_raw(0.1 if mode == "none" else 0.05)
 
-    monkeypatch.setattr(lab, "run_here", lambda measure, spec: fake(spec))
+    monkeypatch.setattr(lab.Lab, "launcher", lambda self: FakeLauncher(fake))
     doc = EXPERIMENTS["compile"](cfg, tmp_path, log=quiet, isolate=False)
     status = {r["label"]: r["status"] for r in doc["rows"]}
     assert status == {"eager": "ok", "default": "ok", "reduce-overhead": "failed", "max-autotune": "ok"}
@@ -207,12 +224,12 @@ def test_an_interrupted_experiment_keeps_what_it_finished(cfg, tmp_path, monkeyp
     calls = []
 
     def fake(spec):
-        calls.append(spec["stage"])
+        calls.append(spec.stage)
         if len(calls) == 2:
             raise KeyboardInterrupt
         return fake_raw(0.1)
 
-    monkeypatch.setattr(lab, "run_here", lambda measure, spec: fake(spec))
+    monkeypatch.setattr(lab.Lab, "launcher", lambda self: FakeLauncher(fake))
     with pytest.raises(KeyboardInterrupt):
         EXPERIMENTS["precision"](cfg, tmp_path, log=quiet, isolate=False)
     doc = json.loads((tmp_path / "experiments" / "precision.json").read_text())

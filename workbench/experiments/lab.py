@@ -182,6 +182,8 @@ class Lab:
             side = SideSpec(f"{self.name}/{variant.label}", variant.cfg.to_dict(), self.peaks, tmp if traced else None,
                             "full", target_of(variant.measure) if variant.measure else None, variant.extra)
             outcome = self.launcher().run(RoundSpec({"only": side}, ("only",)), variant.timeout_s, variant.env)
+            if outcome.stopped is not None and "only" not in outcome.reports:
+                raise outcome.stopped  # stopped before it measured: nothing to record
             raw = with_tensor_peak(dataclasses.asdict(outcome.report("only")), Path(tmp))
         self.raws[variant.label].append(raw)
         if raw.get("status") != "measured":

@@ -1,7 +1,8 @@
-"""The flow of a run: a session settles the shared facts, the ladder orders the stages, each
-comparison runs in paired rounds (rounds, pair) in fresh processes (procs, worker_entry, worker),
-the executor measures one configuration, and judge turns the measurements into verdicts.
+"""The parent's loop: a session settles the shared facts, the ladder orders the stages, each
+comparison runs in paired rounds (rounds) through a launcher (workbench.launch), the judge turns the
+measurements into verdicts, and result/record hold the stage result, written and read back typed.
 
 Imports run one way: this package uses the leaf modules (config, results, stats, ...), the training
-step (workbench.training) and the trace (workbench.trace); it never imports the report.
+data (workbench.training), the trace analysis (workbench.trace) and the launchers (workbench.launch);
+it never imports the measuring child (workbench.measure) nor the report.
 """

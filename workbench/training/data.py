@@ -121,7 +121,7 @@ class WorkbenchCIFAR10(datasets.CIFAR10):
 
 
 # Decoded splits by folder, split and the files' size and modification time. Unpickling the train
-# split takes about 1 s: the fork server decodes it once (run/worker.py:preload) and every round
+# split takes about 1 s: the fork server decodes it once (measure/entry.py:preload) and every round
 # forked from it inherits the arrays, read-only, instead of decoding them again. An edited or
 # replaced file changes the key, so stale pixels are never served.
 _DECODED: dict[tuple, tuple[np.ndarray, list[int], list[str]]] = {}
