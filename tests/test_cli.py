@@ -91,6 +91,14 @@ def test_unwritable_output_folder(tmp_path, monkeypatch, capsys):
     assert_one_line_error(proc, "reports_dir=", "not writable")
 
 
+def test_a_refused_reports_folder_writes_no_data(tmp_path, monkeypatch, capsys):
+    """Everything is checked before anything is written: the synthetic data is not written first."""
+    monkeypatch.chdir(tmp_path)
+    proc = run_in_process(capsys, "run", "--reports-dir", "/proc/forbidden")
+    assert_one_line_error(proc, "reports_dir=", "/proc/forbidden")
+    assert not (tmp_path / "data").exists() and list(tmp_path.iterdir()) == []
+
+
 def test_report_of_missing_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert_one_line_error(run_in_process(capsys, "report", "ghost"), "'ghost'")

@@ -18,7 +18,7 @@ import pytest
 
 from workbench import results
 from workbench.launch import channel, launchers, procs
-from workbench.run import judge, ladder
+from workbench.run import ladder, stage_results
 from workbench.training import safe_pickle
 from workbench.config import RunConfig
 from workbench.training.data import SYNTHETIC_MARKER, write_synthetic_cifar
@@ -450,9 +450,9 @@ def test_a_nan_baseline_is_not_a_reference():
     broken = comparison(0.1, 0.1, loss=float("nan"))
     for report in broken.b_rounds:
         report.metrics["loss_finite"] = False
-    result = judge.reference_result(session(), broken, 0.0)
+    result = stage_results.reference(session(), broken, 0.0)
     assert result["status"] == "failed" and "not finite" in result["reason"]
-    assert judge.reference_result(session(), comparison(0.1, 0.1), 0.0)["status"] == "baseline"
+    assert stage_results.reference(session(), comparison(0.1, 0.1), 0.0)["status"] == "baseline"
 
 
 def test_a_single_class_dataset_is_warned_about(tmp_path):

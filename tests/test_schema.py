@@ -11,7 +11,7 @@ import pytest
 
 from workbench import results
 from workbench.config import RunConfig
-from workbench.run import judge
+from workbench.run import stage_results
 from workbench.run.stages import STAGES
 from tests.run.test_judge import comparison, judged, session
 
@@ -74,7 +74,7 @@ def test_judged_results_match_the_schema(schema):
     stage = {s.name: s for s in STAGES}
     written = [judged("channels_last", comparison(0.100, 0.080)), judged("compile", comparison(0.1, 0.05, loss=2.0)),
                judged("accumulation", comparison(0.100, 0.120, peak=60.0)),
-               judge.skipped(session(), stage["tf32"], 3, RunConfig(), "TF32 needs an Ampere GPU", "default order")]
+               stage_results.skipped(session(), stage["tf32"], 3, RunConfig(), "TF32 needs an Ampere GPU", "default order")]
     for result in written:
         assert problems(_written(result), schema, schema) == [], result["stage"]
 

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+
+import pytest
 from types import SimpleNamespace
 
-from workbench.run import judge
+from workbench.run import judge, stage_results
 from workbench.config import RunConfig
 from workbench.launch import SideReport
 from workbench.run.ladder import LadderState, _advance
@@ -42,7 +44,7 @@ BASE = {"stage": "baseline", "status": "baseline", "metrics": {**raw(0.1).metric
 
 def judged(stage: str, compared: Comparison, floor: float = 0.0) -> dict:
     state = LadderState(RunConfig(), baseline=StageRecord.of(BASE), result=StageRecord.of(BASE), floor=floor)
-    return judge.stage_result(session(), STAGE[stage], 1, RunConfig(), [stage], compared, BASE, state, "test", 0.0)
+    return stage_results.stage(session(), STAGE[stage], 1, RunConfig(), [stage], compared, BASE, state, "test", 0.0)
 
 
 def test_a_faster_stage_is_kept():
@@ -101,3 +103,22 @@ def test_a_kept_probe_does_not_carry_its_measurement_settings_forward():
     measured = (base.repeats, base.rounds, base.warmup_steps, base.timed_steps)
     assert (state.cfg.repeats, state.cfg.rounds, state.cfg.warmup_steps, state.cfg.timed_steps) == measured
     assert measured != (1, 1, 1, 4)  # the defaults, not the probe's brief settings
+
+
+def test_a_one_round_probe_is_judged_on_its_steps():
+    """A brief probe has one round: its speedup is a bootstrap over that round's steps."""
+    one = Comparison([raw(0.1)], [raw(0.4)])
+    ratio = judge.paired_speedup(one, 0.05, 0.0)
+    assert ratio["ratio"] == pytest.approx(0.25) and ratio["verdict"] == "slower"
+
+
+def test_a_failed_check_says_why():
+    failed = Comparison([raw(0.1)], [], failure=SideReport.failed("b", "worker exited with status 1"), failed_side="b")
+    entry = judge.check_entry("amp", failed, 0.05, 0.0)
+    assert entry["verdict"] == "failed" and "status 1" in entry["text"]
+
+
+def test_judging_is_pure():
+    """The judge reads nothing and writes nothing: no file, trace or process module in reach."""
+    source = Path(judge.__file__).read_text()
+    assert "open(" not in source and "read_trace" not in source and "launch" not in source

@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from workbench import results, stats
-from workbench.run import console, judge, rounds as paired_rounds
+from workbench.run import console, judge, rounds as paired_rounds, stage_results
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
@@ -30,7 +30,7 @@ from workbench.run.rounds import Side
 from workbench.run.session import Session, write_run_file
 from workbench.run.stages import MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
 
-FINAL_STAGE = judge.FINAL_STAGE  # the headline's stage name, spelled once in judge
+FINAL_STAGE = stage_results.FINAL_STAGE  # the headline's stage name, spelled once
 
 
 @dataclass
@@ -151,7 +151,7 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, a
     started = time.perf_counter()
     comparison = _compare(session, cfg, cfg, "baseline" if alone else "noise floor (A/A)", "baseline", "baseline",
                           _trace_dir(session, cfg, "baseline"), 1 if alone else None)
-    result = judge.reference_result(session, comparison, started)
+    result = stage_results.reference(session, comparison, started)
     if comparison.interrupted is not None:
         return _saved_then_stop(session, result, comparison)
     if result["status"] == "baseline" and not alone:  # the judged document, before it is saved
@@ -192,9 +192,9 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     try:
         cfg = stage.apply(before, session.context)
     except StageSkipped as error:
-        return _save(session, judge.skipped(session, stage, position, before, str(error), why))
+        return _save(session, stage_results.skipped(session, stage, position, before, str(error), why))
     if cfg == before:
-        return _save(session, judge.skipped(session, stage, position, cfg, _nothing_to_change(session, stage, against), why))
+        return _save(session, stage_results.skipped(session, stage, position, cfg, _nothing_to_change(session, stage, against), why))
     applied = (state.applied if session.mode == "ladder" else []) + [stage.name]
     earlier = _previous(session, stage.name, cfg, applied)
     if earlier is not None:
@@ -205,7 +205,7 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     comparison = _compare(session, before, cfg, stage.name, against.stage, stage.name,
                           _trace_dir(session, cfg, stage.name), rounds, state.measured,
                           state.floor if stage.kind == SPEED else None, brief=cfg.rounds < before.rounds)
-    result = judge.stage_result(session, stage, position, cfg, applied, comparison, against.doc, state, why, started)
+    result = stage_results.stage(session, stage, position, cfg, applied, comparison, against.doc, state, why, started)
     return _saved_then_stop(session, result, comparison)
 
 
@@ -389,7 +389,7 @@ def headline(session: Session, state: LadderState, verdicts: Verdicts) -> StageR
     started = time.perf_counter()
     comparison = _compare(session, session.base_cfg, state.cfg, "headline", "baseline", "final",
                           _trace_dir(session, state.cfg, FINAL_STAGE), measured=state.measured, floor=state.floor)
-    result = judge.final_result(session, state, comparison, started)
+    result = stage_results.final(session, state, comparison, started)
     verdicts.set("headline", {"applied": state.applied, **(result["metrics"] or {}).get("speedup_vs_baseline", {}),
                               "text": result["reason"]})
     return _saved_then_stop(session, result, comparison)

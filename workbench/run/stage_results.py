@@ -1,0 +1,98 @@
+"""A stage's result, built once: its measurement pooled over the rounds, what its trace says, the
+judge's verdict (pure: workbench/run/judge.py), assembled into the document that is written.
+
+The I/O of judging lives here, not in the judge: reading the trace (run/reading.py) and the
+communication per rank of a multi-process run (trace/comm.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench import stats
+from workbench.run import judge
+from workbench.run.reading import read_trace
+from workbench.run.result import Measurement, RunFacts, Verdict, assemble, judged_metrics, measured
+from workbench.run.rounds import Comparison
+from workbench.run.stages import REFERENCE, Stage
+from workbench.trace import comm
+
+FINAL_STAGE = "final"
+# The headline's position: after every stage (runs in the old layout named its file 99-final.json).
+FINAL_INDEX = 99
+
+
+def skipped(facts: RunFacts, stage: Stage, position: int, cfg, reason: str, why: str) -> dict:
+    verdict = Verdict("skipped", reason, stage.kind)
+    return assemble(facts, stage.name, position, cfg, [], why, Measurement("skipped", error=reason), None, verdict)
+
+
+def _not_measured(facts: RunFacts, name: str, position: int, cfg, applied: list[str], why: str,
+                  measurement: Measurement, kind: str | None, **marks) -> dict:
+    """A side that did not measure: its own reason, or that of the configuration it was compared with."""
+    verdict = Verdict(measurement.status, measurement.failure_reason(), kind, marks=marks)
+    return assemble(facts, name, position, cfg, applied, why, measurement, None, verdict)
+
+
+def reference(facts: RunFacts, comparison: Comparison, started: float) -> dict:
+    """The baseline: the second side of the A/A comparison, pooled over its rounds."""
+    cfg, measurement = facts.base_cfg, measured(comparison, started)
+    if not measurement.measured:
+        return _not_measured(facts, "baseline", 0, cfg, [], "the reference", measurement, None)
+    reading = read_trace(facts, "baseline", cfg, measurement)
+    status, reason = judge.reference_status(measurement.metrics)
+    verdict = Verdict(status, reason, REFERENCE, {"speedup_vs_baseline": judge.SAME, "speedup_vs_previous": None},
+                      scaling(measurement, facts))
+    return assemble(facts, "baseline", 0, cfg, [], "the reference", measurement, reading, verdict)
+
+
+def stage(facts: RunFacts, stage: Stage, position: int, cfg, applied: list[str], comparison: Comparison,
+          against: dict, state, why: str, started: float) -> dict:
+    """One stage from its paired comparison with the configuration it would join (against)."""
+    measurement = measured(comparison, started)
+    probe = len(comparison.b_rounds) == 1 and cfg.rounds == 1
+    if not measurement.measured:
+        return _not_measured(facts, stage.name, position, cfg, applied, why, measurement, stage.kind, probe=probe)
+    floor, min_effect = state.floor, facts.base_cfg.min_effect
+    baseline = state.baseline.doc if state.baseline else None
+    speedups = {"speedup_vs_previous": {**judge.paired_speedup(comparison, min_effect, floor), "against": against["stage"]},
+                "speedup_vs_baseline": judge.unpaired_vs_baseline(measurement.metrics, baseline)}
+    # The trace first: on a CPU it settles which peak-memory figure a memory stage is judged on.
+    reading = read_trace(facts, stage.name, cfg, measurement)
+    status, reason, marks = judge.status(judged_metrics(measurement, reading, **speedups), stage.kind, against)
+    prediction = judge.prediction(stage.name, speedups["speedup_vs_previous"], against)
+    verdict = Verdict(status, reason, stage.kind, speedups, scaling(measurement, facts),
+                      {"probe": probe, **marks, "prediction": prediction})
+    return assemble(facts, stage.name, position, cfg, applied, why, measurement, reading, verdict)
+
+
+def final(facts: RunFacts, state, comparison: Comparison, started: float) -> dict:
+    """The final configuration, measured against the baseline in the same time window."""
+    measurement, why = measured(comparison, started), "the headline"
+    if not measurement.measured:
+        return _not_measured(facts, FINAL_STAGE, FINAL_INDEX, state.cfg, state.applied, why, measurement, "final")
+    ratio = {**judge.paired_speedup(comparison, 0.0, state.floor), "against": "baseline", "paired": True}
+    verdict = Verdict("final", judge.headline_reason(state.applied, ratio), "final",
+                      {"speedup_vs_baseline": ratio, "speedup_vs_previous": ratio}, scaling(measurement, facts))
+    reading = read_trace(facts, FINAL_STAGE, state.cfg, measurement)
+    return assemble(facts, FINAL_STAGE, FINAL_INDEX, state.cfg, state.applied, why, measurement, reading, verdict)
+
+
+def scaling(measurement: Measurement, facts: RunFacts) -> dict | None:
+    """Multi-process runs: efficiency against the one-process baseline, and time in collectives."""
+    single = facts.single_process
+    if facts.nproc == 1 or not single or not single.get("throughput"):
+        return None
+    metrics = measurement.metrics
+    one = single["throughput"]["median"]
+    figures = {"world_size": facts.nproc, "one_process_baseline_throughput": one,
+               "efficiency": metrics["throughput"]["median"] / (facts.nproc * one),
+               "speedup_vs_one_process_baseline": stats.speedup(
+                   metrics["step_times_s"], metrics["samples_per_step"], single["step_times_s"], single["samples_per_step"])}
+    if measurement.trace_file:
+        try:
+            ranks = comm.per_rank(Path(measurement.trace_file).parent)
+            figures["communication_per_rank"] = ranks
+            figures["communication_share"] = max((r["share"] for r in ranks), default=None)
+        except Exception as error:  # the scaling figure stands without the trace's view of it
+            figures["communication_error"] = f"{type(error).__name__}: {error}"
+    return figures
