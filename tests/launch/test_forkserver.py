@@ -51,3 +51,18 @@ def test_a_warm_function_runs_in_the_server_and_one_that_starts_a_thread_ends_it
             warmed.run("os:getcwd", [600], timeout_s=60, warm="faulthandler:dump_traceback_later")
     finally:
         warmed.close()
+
+
+def test_a_stop_while_the_server_warms_up_waits_for_the_fork_and_stops_the_child(server):
+    """Ctrl-C before the child's pid is in: the fork still comes (the server is warming up), so the
+    caller waits for it and stops it, and never removes a request the child has yet to read."""
+    import signal
+    import threading
+
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    started = time.monotonic()
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        server.run("time:sleep", [2], timeout_s=60, warm="time:sleep")
+    assert 1.5 < time.monotonic() - started < 30  # it waited for the warm-up's fork, then stopped the child
+    assert server.run("os:_exit", [0], timeout_s=60) == 0  # and the server still serves

@@ -68,6 +68,9 @@ class ForkServer:
             pid = self._answer(timeout_s=FORK_TIMEOUT_S)["pid"]
         except TimeoutError:
             raise ServerGone(f"the fork server did not fork within {FORK_TIMEOUT_S:g} s") from None
+        except BaseException:  # stopped while the server warms up: the fork still comes; stop it first
+            self._stop_pending()
+            raise
         try:
             return self._answer(timeout_s)["code"]
         except TimeoutError:
@@ -76,6 +79,18 @@ class ForkServer:
         except BaseException:
             self._stop(pid, grace_s=procs.GRACE_S)
             raise
+
+    def _stop_pending(self) -> None:
+        """The request is out but its child's pid is not in: wait for the fork, then stop the child,
+        so the caller never removes a request its child has yet to read. A second stop, or a server
+        that does not answer, retires the server instead."""
+        try:
+            pid = self._answer(timeout_s=FORK_TIMEOUT_S)["pid"]
+        except (TimeoutError, ServerGone, KeyboardInterrupt):
+            self.retired = True
+            procs.stop_group(self.proc.pid, procs.waiter(self.proc), grace_s=0)  # its children are their own groups
+            return
+        self._stop(pid, grace_s=procs.GRACE_S)
 
     def _stop(self, pid: int, grace_s: float) -> None:
         """The child's group stopped the one way (procs.stop_group). Its exit answer is read so the
