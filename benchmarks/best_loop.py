@@ -21,7 +21,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from workbench import stats  # noqa: E402
-from workbench.config import RunConfig  # noqa: E402
+from workbench.config import RunConfig
+from workbench.machine_lock import MachineLock  # noqa: E402
 from workbench.device import decide, probe, resolve_device_type  # noqa: E402
 from workbench.progress import Progress  # noqa: E402
 from workbench.results import load_stage_results  # noqa: E402
@@ -106,4 +107,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with MachineLock("benchmarks/best_loop.py"):  # one measuring run per machine
+        sys.exit(main())

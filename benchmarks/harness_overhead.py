@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from workbench.config import RunConfig
+from workbench.machine_lock import MachineLock
 from workbench.measure.executor import build, timed_repeats, warm_up
 from workbench.progress import Progress
 
@@ -71,4 +72,5 @@ def report(results: dict, cfg: RunConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with MachineLock("benchmarks/harness_overhead.py"):  # one measuring run per machine
+        main()

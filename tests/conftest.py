@@ -1,9 +1,18 @@
 """Shared fixtures: tiny models and inputs that keep the CPU suite fast."""
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
+
+
+# The suite's measuring runs take their own machine lock (workbench/machine_lock.py): a test never
+# waits on a user's run, and the lock's own tests hold it on purpose. Inherited by every subprocess.
+os.environ.setdefault("WORKBENCH_LOCK_FILE", str(Path(tempfile.mkdtemp(prefix="workbench-tests-")) / "lock"))
 
 
 def tiny_convnet(num_classes: int = 10) -> nn.Sequential:

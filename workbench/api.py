@@ -27,6 +27,7 @@ from typing import Callable
 from workbench.run import ladder, session as sessions
 from workbench.config import RunConfig, for_machine
 from workbench.errors import UsageError
+from workbench.machine_lock import MachineLock
 from workbench.progress import stderr_log
 from workbench.run.stages import select
 from workbench.training.step import UserTask
@@ -56,8 +57,9 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
     isolate = (model_factory is None and dataset is None) if isolate is None else isolate
     chosen = select(stages)
     extra = {"log": log} if log else {}
-    session = sessions.start(cfg, "ablation" if ablation else "ladder", resume=resume, isolate=isolate,
-                             model_factory=model_factory, dataset=dataset,
-                             sweep_workers=any(s.name == "dataloader" for s in chosen),
-                             stages=[s.name for s in chosen], overwrite=overwrite, **extra)
-    return ladder.run_ladder(session, stages)
+    with MachineLock("workbench.api.optimize", log=log):  # one measuring run per machine: waits, says for whom
+        session = sessions.start(cfg, "ablation" if ablation else "ladder", resume=resume, isolate=isolate,
+                                 model_factory=model_factory, dataset=dataset,
+                                 sweep_workers=any(s.name == "dataloader" for s in chosen),
+                                 stages=[s.name for s in chosen], overwrite=overwrite, **extra)
+        return ladder.run_ladder(session, stages)

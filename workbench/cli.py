@@ -11,6 +11,7 @@ from workbench import __version__
 from workbench.config import RunConfig, for_machine
 from workbench.environment_check import install_hint
 from workbench.errors import ResultFileError, StageSkipped, UsageError
+from workbench.machine_lock import MachineLock
 from workbench.results import STAGES_DIR, experiments_dir
 
 
@@ -113,9 +114,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = select(stage_names)
     mode = resumed.get("mode") or ("ablation" if args.ablation else "ladder")
     nproc = resumed.get("nproc") or (1 if args.nproc is None else args.nproc)
-    session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
-                             stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite)
-    return _run_session(session, stage_names)
+    with MachineLock(f"workbench run {cfg.run_name or ''}".strip(), wait=not args.no_wait):
+        session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
+                                 stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite)
+        return _run_session(session, stage_names)
 
 
 def _run_session(session, stage_names: str | None) -> int:
@@ -270,7 +272,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     out_dir = run_folder(cfg.reports_dir, cfg.run_name)
     print(f"experiment {args.name}: results in {experiments_dir(out_dir)}/, plots in {out_dir}/", file=sys.stderr)
     try:
-        run_experiment(args.name, cfg, out_dir)
+        with MachineLock(f"workbench experiment {args.name}", wait=not args.no_wait):
+            run_experiment(args.name, cfg, out_dir)
     except KeyboardInterrupt as stop:
         print(f"\ninterrupted: finished configurations are saved in {experiments_dir(out_dir)}/", file=sys.stderr)
         return getattr(stop, "exit_code", 130)  # 143 for SIGTERM
@@ -291,6 +294,11 @@ def _add_analyze(commands) -> None:
     analyze.set_defaults(handler=cmd_analyze)
 
 
+def _add_no_wait(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--no-wait", action="store_true", help="refuse (exit 75) instead of waiting when another "
+                         "measuring run holds this machine (two at once wreck each other's timings)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="workbench", description="Profiling-driven optimization workbench for PyTorch training loops.")
     parser.add_argument("--version", action="version", version=f"workbench {__version__}")
@@ -303,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(without it, an existing run is never overwritten)")
     run.add_argument("--nproc", type=int, default=None, help="processes per stage under torchrun with DDP "
                      "(gloo on CPU, NCCL on GPU); adds scaling efficiency and communication share")
+    _add_no_wait(run)
     add_config_options(run)
     run.set_defaults(handler=cmd_run)
     commands.add_parser("stages", help="list the stages").set_defaults(handler=cmd_stages)
@@ -314,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment = commands.add_parser("experiment", help="one of the lab's experiments (or all), into a run folder")
     experiment.add_argument("name", help="workers, pipeline, precision, memory, matrix, compile, clipping, "
                             "memory_breakdown or all")
+    _add_no_wait(experiment)
     add_config_options(experiment)
     experiment.set_defaults(handler=cmd_experiment)
     report = commands.add_parser("report", help="CSV, plots and optimization_report.md for a run")
