@@ -1,7 +1,7 @@
 """A warm parent for paired rounds on a CPU: torch imported once, one forked child per round.
 
 Importing torch, torchvision and the measuring code costs about 5 s in every fresh process on a
-2-core machine: a quarter of a round. The server (`python -m workbench.launch.forkserver`) imports them once
+2-core machine: a quarter of a round. The server (`python -m workbench.launch.serve`) imports them once
 and then forks one child per round. The child is still a fresh process: its own pid, session and
 process group, its own DataLoader workers, a heap that starts from the import state, and nothing
 left over from earlier rounds; only the imported modules are shared, copy-on-write. The server
@@ -44,7 +44,7 @@ class ForkServer:
         request_read, self._request = os.pipe()
         self._answers, answer_write = os.pipe()
         self.proc = procs.start_worker(
-            [sys.executable, "-m", "workbench.launch.forkserver", str(request_read), str(answer_write), *preload],
+            [sys.executable, "-m", "workbench.launch.serve", str(request_read), str(answer_write), *preload],
             env, stdin=subprocess.DEVNULL, pass_fds=(request_read, answer_write))
         os.close(request_read)
         os.close(answer_write)
@@ -235,7 +235,3 @@ def serve(request_fd: int, answer_fd: int, preload: list[str]) -> int:
             code = os.waitstatus_to_exitcode(status)  # -N for a signal, as subprocess reports it
             os.write(answer_fd, (json.dumps({"pid": pid, "code": code}) + "\n").encode())
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]))
