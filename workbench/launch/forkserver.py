@@ -18,6 +18,7 @@ this module imports no measuring code and no torch itself.
 """
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -25,6 +26,7 @@ import select
 import subprocess
 import sys
 import time
+import traceback
 
 from workbench.launch import procs
 
@@ -143,8 +145,6 @@ def shared(env: dict, preload: tuple[str, ...] = ()) -> ForkServer:
         if server is not None:
             server.close()
         if not _shared:
-            import atexit
-
             atexit.register(close_all)
         server = _shared[key] = ForkServer(env, preload)
     return server
@@ -211,8 +211,6 @@ def _child(target: str, args: list, fds: tuple[int, int]) -> None:
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     except BaseException:
-        import traceback
-
         traceback.print_exc(limit=3)
     finally:
         sys.stdout.flush()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import linecache
+import time
 from pathlib import Path
 
 from line_profiler import LineProfiler
@@ -54,7 +55,6 @@ def profile_lines(built: Built, out_dir: Path, steps: int) -> Path:
     """Line-profile `steps` training steps (data loading in the main process included)."""
     profiler = LineProfiler(*_profiled_functions())
     progress = Progress("lines")
-    import time
 
     start = time.perf_counter()
     profiler.enable_by_count()

@@ -28,6 +28,7 @@ from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomi
 from workbench.run.record import StageRecord
 from workbench.run.rounds import Side
 from workbench.run.session import Session, write_run_file
+from workbench.trace import diagnose
 from workbench.run.stages import MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
 
 FINAL_STAGE = stage_results.FINAL_STAGE  # the headline's stage name, spelled once
@@ -174,8 +175,6 @@ def next_stage(pending: list[Stage], findings: list[dict], order: str) -> tuple[
     """The stage to try next and why: what the trace points at first (speed before memory), then the
     default order."""
     if order == "trace":
-        from workbench.trace import diagnose
-
         for stage in pending:
             rules = [f["rule"] for f in findings if stage.name in diagnose.predicts([f])]
             if rules:

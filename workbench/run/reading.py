@@ -8,6 +8,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from workbench.results import breakdown_path, trace_summary_path
+from workbench.trace import analyze, diagnose
 
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -31,8 +32,6 @@ def read_trace(session, stage: str, cfg, measurement) -> TraceReading | None:
     Analysis never fails a stage: a malformed trace is recorded as an analysis error."""
     if not measurement.trace_file:
         return None
-    from workbench.trace import analyze, diagnose
-
     trace_dir = Path(measurement.trace_file).parent
     csv_path, summary_path = breakdown_path(session.run_dir, stage), trace_summary_path(session.run_dir, stage)
     try:

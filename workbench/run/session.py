@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from workbench import device as devices
 from workbench import environment
 from workbench import peaks
@@ -56,8 +58,6 @@ def default_run_name() -> str:
 
 
 def check_nproc(nproc: int, device_type: str, can_launch: bool) -> None:
-    import torch
-
     if nproc < 1:
         raise UsageError(f"nproc={nproc} is too small; it must be at least 1")
     if not can_launch:
