@@ -36,7 +36,7 @@ from workbench.training.step import UserTask
 def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = None, dataset=None,
              stages: str | None = None, ablation: bool = False, isolate: bool | None = None,
              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
-             loss_fn: Callable | None = None) -> list[dict]:
+             loss_fn: Callable | None = None, time_budget_s: float = sessions.DEFAULT_TIME_BUDGET_S) -> list[dict]:
     """Run the ladder (or the ablation) and return every stage result, baseline first.
 
     model_factory(num_classes) -> nn.Module replaces cfg.model; dataset replaces cfg.data. Stages run
@@ -45,7 +45,8 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
     batch) replaces the built-in cross-entropy on (images, labels); it needs a dataset. A dataset
     without `classes` needs a model_factory (given num_classes=None). An existing run of the same
     name is refused unless resume (continue it) or overwrite (replace it) says so. Without cfg, the
-    machine's defaults apply, as on the command line (224 px on a GPU, 32 px elsewhere).
+    machine's defaults apply, as on the command line (224 px on a GPU, 32 px elsewhere). Extra rounds
+    for open answers are spent only within time_budget_s seconds from the start (--time-budget).
     """
     if cfg is None:
         cfg, line = for_machine()
@@ -61,5 +62,6 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
         session = sessions.start(cfg, "ablation" if ablation else "ladder", resume=resume, isolate=isolate,
                                  model_factory=model_factory, dataset=dataset,
                                  sweep_workers=any(s.name == "dataloader" for s in chosen),
-                                 stages=[s.name for s in chosen], overwrite=overwrite, **extra)
+                                 stages=[s.name for s in chosen], overwrite=overwrite,
+                                 time_budget_s=time_budget_s, **extra)
         return ladder.run_ladder(session, stages)

@@ -114,9 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = select(stage_names)
     mode = resumed.get("mode") or ("ablation" if args.ablation else "ladder")
     nproc = resumed.get("nproc") or (1 if args.nproc is None else args.nproc)
+    budget = args.time_budget if args.time_budget is not None else resumed.get("time_budget_s", sessions.DEFAULT_TIME_BUDGET_S)
+    sessions.check_time_budget(budget)  # refused now, not after waiting for the machine
     with MachineLock(f"workbench run {cfg.run_name or ''}".strip(), wait=not args.no_wait):
         session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
-                                 stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite)
+                                 stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite,
+                                 time_budget_s=budget)
         return _run_session(session, stage_names)
 
 
@@ -311,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "(without it, an existing run is never overwritten)")
     run.add_argument("--nproc", type=int, default=None, help="processes per stage under torchrun with DDP "
                      "(gloo on CPU, NCCL on GPU); adds scaling efficiency and communication share")
+    run.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="extra rounds for open "
+                     "answers are spent only within this many seconds from the run's start, first where an interval "
+                     "reaches the largest gain (default 480)")
     _add_no_wait(run)
     add_config_options(run)
     run.set_defaults(handler=cmd_run)

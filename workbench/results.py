@@ -22,8 +22,8 @@ A stage result, in short (the JSON Schema named above is the published, tested s
 memory in MiB, throughput in samples/s)::
 
     {
-      "schema": 1, "run": str, "stage": str, "index": int, "mode": "ladder" | "ablation",
-      "status": "baseline" | "kept" | "rejected" | "tradeoff" | "final" | "failed" | "skipped",
+      "schema": 2, "run": str, "stage": str, "index": int, "mode": "ladder" | "ablation",
+      "status": "baseline" | "kept" | "rejected" | "undecided" | "tradeoff" | "final" | "failed" | "skipped",
       "why_now": str,                   # why this stage was tried at this point (the trace, or the order)
       "rounds": {"count", "a": [float], "b": [float]} | null,  # per-round throughputs of both sides
       "reason": str,                    # why kept/rejected/failed/skipped, one sentence
@@ -78,12 +78,14 @@ from typing import IO, Any, Callable
 
 from workbench.errors import ResultFileError
 
-# The version of the stage result's shape (workbench/schema/stage_result.v1.json), written into every
+# The version of the stage result's shape (workbench/schema/stage_result.v2.json), written into every
 # result and run.json. The rule for bumping it: bump when a reader of the old version would misread a
 # new file (a field removed or renamed, a unit or a meaning changed, a field made required); adding an
 # optional field, or a new status value readers may ignore, keeps the version. A bump publishes the
 # next schema file beside the old one and teaches read_stage_result to read both.
-SCHEMA_VERSION = 1
+# Version 2: 'rejected' no longer covers a speed stage its interval could not decide; that one is
+# 'undecided' (a v1 reader would count it as measured and turned away). v1 files read as they are.
+SCHEMA_VERSION = 2
 STAGES_DIR = "stages"
 RUN_FILE = "run.json"
 # Beside the stage files: the noise floor, the order taken and why, the second look, leave-one-out and

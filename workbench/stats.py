@@ -197,6 +197,26 @@ def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:
 
 
 INCONCLUSIVE_TEXT = "inconclusive: too noisy, rerun on a quiet machine"
+# How far "what it would take" looks: more rounds than this at one spread is a quieter machine's job.
+MOST_ROUNDS_ASKED = 24
+
+
+def rounds_to_decide(ratio: dict, min_effect: float, floor: float = 0.0, most: int = MOST_ROUNDS_ASKED) -> int | None:
+    """The fewest rounds in all that would decide an inconclusive comparison if the rounds to come
+    kept its mean and spread (projected: optimistic); None when even `most` would not."""
+    for rounds in range(max(2, (ratio.get("rounds") or 1) + 1), most + 1):
+        if judged_verdict(projected(ratio, rounds), min_effect, floor) != "inconclusive":
+            return rounds
+    return None
+
+
+def would_take(ratio: dict, min_effect: float, floor: float = 0.0) -> dict:
+    """What deciding an inconclusive comparison would take, in words and rounds."""
+    rounds, had = rounds_to_decide(ratio, min_effect, floor), ratio.get("rounds") or 1
+    if rounds is None or len(ratio.get("log_ratios") or []) < 2:
+        return {"rounds": None, "text": f"more rounds at this spread would not decide it (even {MOST_ROUNDS_ASKED}): "
+                                        "a quieter machine"}
+    return {"rounds": rounds, "text": f"about {rounds - had} more rounds ({rounds} in all) at this spread"}
 
 
 def welch_rates(new_rates: list[float], old_rates: list[float]) -> dict:

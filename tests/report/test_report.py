@@ -224,3 +224,24 @@ def test_report_modules_and_a_build_never_import_torch(tmp_path):
             f"build.build_report({str(run_dir)!r}); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+
+def test_an_undecided_stage_is_shown_as_such_everywhere(tmp_path):
+    """Undecided is not rejected: its own status in the CSV, the outcome line, the advice and the dashboard."""
+    from workbench.report.summary import outcome
+    from workbench.results import load_stage_results
+
+    run_dir = copy_run(LADDER, tmp_path)
+    stage_file = next((run_dir / "stages").glob("*channels_last.json"))
+    doc = json.loads(stage_file.read_text())
+    doc["status"] = "undecided"
+    doc["metrics"]["speedup_vs_previous"].update(verdict="inconclusive", would_take={"rounds": 9, "text": "about 5 more rounds (9 in all) at this spread"})
+    doc["reason"] = "1.04x [0.90, 1.20] vs amp: undecided, about 5 more rounds (9 in all) at this spread"
+    stage_file.write_text(json.dumps(doc))
+    report.build_report(run_dir)
+    with open(run_dir / "optimization_results.csv", newline="") as handle:
+        rows = {row["stage"]: row for row in csv.DictReader(handle)}
+    assert rows["channels_last"]["status"] == "undecided"
+    text = (run_dir / "optimization_report.md").read_text()
+    assert "1 undecided" in text and "Undecided: `channels_last`" in text
+    assert "1 undecided" in outcome(load_stage_results(run_dir))

@@ -3,6 +3,7 @@ rule needs a clear gain; the trace picks the order; the second look and leave-on
 from __future__ import annotations
 
 import math
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -156,7 +157,7 @@ def fake_session(logs):
 
 
 def fake_compare(gains: dict):
-    def compare(session, a, b, label, a_name, b_name, trace_dir=None, rounds=None, measured=None, floor=None):
+    def compare(session, a, b, label, a_name, b_name, trace_dir=None, rounds=None, measured=None, floor=None, **kw):
         return comparison(gains[label])
     return compare
 
@@ -256,6 +257,17 @@ def test_bad_verdict_options_on_the_command_line_exit_2(capsys):
     assert err.count("\n") <= 2 and "order='random'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("value", ["-5", "0", "nan", "inf"])
+def test_a_bad_time_budget_is_one_line_before_anything_is_written(value, capsys, tmp_path, monkeypatch):
+    from workbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--time-budget", value, "--data", "synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert "time_budget_s=" in err and "a positive number of seconds" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last(monkeypatch):
     from workbench.run import rounds as paired
 
@@ -340,3 +352,91 @@ def test_the_futility_check_saves_rounds_without_losing_a_real_effect():
             assert found(new) >= found(old) - 0.03 and found(new) > 0.9
         else:
             assert found(new) <= 0.05
+
+
+# --- rounds where they pay: undecided stages settled first by reach, within the time budget ----------
+
+def test_undecided_stages_get_their_second_look_first_the_widest_reach_first_and_afresh(monkeypatch):
+    logs, book, looked = [], Book(), []
+    session = fake_session(logs)
+    state = ladder.LadderState(session.base_cfg, applied=[])
+    finished = [judged("batched_input", "rejected", 1.02, 0.99, 1.04, "no significant change"),
+                StageRecord.of({"stage": "channels_last", "status": "undecided", "kind": "speed", "metrics": {
+                    "speedup_vs_previous": {"ratio": 1.01, "ci95_low": 0.95, "ci95_high": 1.08, "verdict": "inconclusive"}}}),
+                StageRecord.of({"stage": "amp", "status": "undecided", "kind": "speed", "metrics": {
+                    "speedup_vs_previous": {"ratio": 1.10, "ci95_low": 0.92, "ci95_high": 1.33, "verdict": "inconclusive"}}})]
+
+    def compare(session, a, b, label, *args, **kw):
+        looked.append((label, kw.get("fresh", False), kw.get("extra")))
+        return comparison(1.0)
+    monkeypatch.setattr(ladder, "_compare", compare)
+    ladder.second_look(session, finished, state, book)
+    assert looked == [("second look: amp", True, ladder.SETTLING_ROUNDS_FACTOR),
+                      ("second look: channels_last", True, ladder.SETTLING_ROUNDS_FACTOR),
+                      ("second look: batched_input", False, ladder.EXTRA_ROUNDS_FACTOR)]
+
+
+def test_extra_rounds_stop_where_the_time_budget_ends():
+    said = []
+    session = SimpleNamespace(time_budget_s=100.0, started=time.monotonic() - 99.0, log=said.append)
+    taken = SimpleNamespace(a_rounds=[1, 2, 3, 4])
+    more = ladder._within_budget(session, lambda c: True, begun=time.monotonic() - 8.0)  # 2 s a round, 1 s left
+    assert not more(taken) and "time budget (100 s" in said[-1]
+    roomy = SimpleNamespace(time_budget_s=100.0, started=time.monotonic(), log=said.append)
+    assert ladder._within_budget(roomy, lambda c: True, begun=time.monotonic() - 8.0)(taken)
+    assert not ladder._within_budget(roomy, lambda c: False, begun=time.monotonic())(taken)  # settled: no more
+
+
+def simulated_round(rng, effect: float, noise: float = 0.12, burst_p: float = 0.15, burst: float = 0.35) -> tuple[float, float]:
+    """One paired round's throughputs: round-to-round noise on the log ratio, slow drift common to
+    both sides (it cancels in the ratio), and now and then a burst that hits one side's window."""
+    drift = rng.normal(0, 0.2)
+    hit = rng.random() < burst_p
+    a = 100 * math.exp(drift - (burst if hit and rng.random() < 0.5 else 0.0))
+    b = 100 * math.exp(drift + effect + rng.normal(0, noise) - (burst if hit and rng.random() < 0.5 else 0.0))
+    return a, b
+
+
+def decided(rng, effect: float, planned: int, most: int, floor: float) -> tuple[str, int]:
+    """A comparison under the ladder's own round rule (ladder._still_open, projected to `most`)."""
+    a, b = [], []
+    more = ladder._still_open(floor, 0.05, most)
+    def ratio():
+        return stats.paired_ratio(a, b)
+    def one_round(index, last):
+        x, y = simulated_round(rng, effect)
+        a.append(x), b.append(y)
+        return True
+    view = SimpleNamespace(a_rounds=a, failure=None, interrupted=None, ratio=ratio)
+    from workbench.run import rounds as paired
+    taken = paired.loop(planned, one_round, lambda: more(view), most)
+    return stats.judged_verdict(ratio(), 0.05, floor), taken
+
+
+def found_rates(effect: float, trials: int = 400, seed: int = 7) -> tuple[float, float, float]:
+    """How often a stage with `effect` is kept: today's rule (4 rounds, up to 8 when they could settle
+    it, no fresh look) against the new one (4 in the pass; undecided, a fresh second look of up to 12)."""
+    rng = np.random.default_rng(seed)
+    floor = 0.12  # the A/A's one-round spread on such a machine
+    old = new = rounds_new = 0
+    for _ in range(trials):
+        verdict, _ = decided(rng, effect, 4, 8, floor)
+        old += verdict == "faster"
+        first, taken = decided(rng, effect, 4, 4, floor)
+        if first == "inconclusive":
+            first, more_taken = decided(rng, effect, 4, 12, floor)
+            taken += more_taken
+        new += first == "faster"
+        rounds_new += taken
+    return old / trials, new / trials, rounds_new / trials
+
+
+def test_a_15_percent_effect_in_12_percent_noise_is_found_more_often_than_today():
+    old, new, mean_rounds = found_rates(math.log(1.15))
+    assert new > old + 0.1, (old, new)
+    assert mean_rounds < 14
+
+
+def test_settling_rounds_keep_false_faster_verdicts_at_5_percent_or_below():
+    _, new, _ = found_rates(0.0, trials=600, seed=11)
+    assert new <= 0.05, new

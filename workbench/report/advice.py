@@ -20,7 +20,7 @@ def recommendations_section(view: RunView) -> list[str]:
         return lines + ["No recommendation can be made: the baseline was not measured, so nothing "
                         "can be compared with it.", ""]
     lines += [_headline(view, base, final)] + [_keep(r) for r in view.with_status("kept")]
-    lines += [_reject(view, r) for r in view.with_status("rejected")]
+    lines += [_reject(view, r) for r in view.with_status("rejected", "undecided")]
     lines += [_tradeoff(r) for r in view.with_status("tradeoff")]
     lines += [f"- Fix `{r['stage']}` before relying on it: it failed with "
               f"`{r.get('error') or r.get('reason')}`." for r in view.with_status("failed")]
@@ -53,9 +53,9 @@ def _reject(view: RunView, record: dict) -> str:
     """The measured reason, plus what the stage's own trace said about why (its serious findings)."""
     findings = (view.result(record["stage"]) or {}).get("findings") or []
     why = " ".join(f.get("evidence", "") for f in findings if f.get("severity") in ("high", "medium"))
-    if record.get("verdict_vs_previous") == "inconclusive":
-        return (f"- Not settled: `{record['stage']}` could not be judged ({record.get('reason')}). "
-                "Rerun on a quiet machine (or with more --rounds) before deciding.")
+    if record.get("status") == "undecided" or record.get("verdict_vs_previous") == "inconclusive":
+        return (f"- Undecided: `{record['stage']}` could not be judged ({record.get('reason')}). It is not "
+                "carried forward; decide it before relying on it (more --rounds, or a quieter machine).")
     if record.get("verdict_vs_previous") == "no significant change":
         text = f"- `{record['stage']}` gave no clear gain here ({record.get('reason')}): leave it off unless it helps elsewhere."
     else:

@@ -24,8 +24,18 @@ def final_summary(finished: list[dict]) -> str:
              f"({f.get('peak_flops_source', '')})",
              f"speedup vs baseline: {_ratio(ratio)} ({ratio['verdict']}; "
              f"{'paired, same time window' if ratio.get('paired') else 'the baseline itself' if final is baseline else 'unpaired, indicative'})"]
+    lines.append(f"outcome: {outcome(finished)}")
     lines += [f"  {r['stage']:<14} {r['status']:<9} {r['reason']}" for r in finished]
     return "\n".join(lines)
+
+
+# Undecided is counted apart from rejected: it was not measured as no better, only not decided.
+OUTCOME_ORDER = ("kept", "rejected", "undecided", "tradeoff", "failed", "skipped")
+
+
+def outcome(finished: list[dict]) -> str:
+    counts = [(status, sum(r["status"] == status for r in finished)) for status in OUTCOME_ORDER]
+    return ", ".join(f"{n} {status}" for status, n in counts if n) or "no stage beyond the baseline"
 
 
 def _ratio(ratio: dict) -> str:

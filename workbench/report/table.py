@@ -15,7 +15,7 @@ from workbench.trace.regions import BREAKDOWN_PARTS
 from workbench.results import (RUN_FILE, TRACE_SUMMARY_SUFFIX, load_stage_results, read_json, read_run_file, stage_files,
                                write_atomic)
 
-MEASURED_STATUSES = ("baseline", "kept", "rejected", "tradeoff", "final")
+MEASURED_STATUSES = ("baseline", "kept", "rejected", "undecided", "tradeoff", "final")
 CARRIED_STATUSES = ("baseline", "kept")
 BREAKDOWN_KEYS = BREAKDOWN_PARTS  # the CSV's <region>_percent columns, in the trace's order
 

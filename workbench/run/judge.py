@@ -28,14 +28,17 @@ def paired_speedup(comparison, min_effect: float, floor: float) -> dict:
     else:
         a, b = comparison.a_final.metrics, comparison.b_final.metrics
         ratio = stats.speedup(b["step_times_s"], b["samples_per_step"], a["step_times_s"], a["samples_per_step"])
-    return {**ratio, "verdict": stats.judged_verdict(ratio, min_effect, floor), "min_effect": min_effect,
-            "noise_floor": floor}
+    verdict = stats.judged_verdict(ratio, min_effect, floor)
+    judged = {**ratio, "verdict": verdict, "min_effect": min_effect, "noise_floor": floor}
+    if verdict == "inconclusive":
+        judged["would_take"] = stats.would_take(ratio, min_effect, floor)
+    return judged
 
 
 def verdict_text(ratio: dict, against: str) -> str:
     text = f"{fmt(ratio)} vs {against}"
     if ratio["verdict"] == "inconclusive":
-        return f"{text}: {stats.INCONCLUSIVE_TEXT}"
+        return f"{text}: undecided, {(ratio.get('would_take') or {}).get('text', stats.INCONCLUSIVE_TEXT)}"
     return f"{text}: {ratio['verdict']}"
 
 
@@ -57,6 +60,8 @@ def _speed_verdict(metrics: Mapping, previous: dict) -> tuple[str, str, dict]:
         return "kept", f"{text} (whole interval above {1 + vs_prev['min_effect']:.2f}x), kept", {}
     if vs_prev["verdict"] == "slower":
         return "rejected", f"{text}, not carried forward", {}
+    if vs_prev["verdict"] == "inconclusive":  # not measured as no better: not decided either way
+        return "undecided", f"{text}; not carried forward until it is decided", {}
     return "rejected", f"{text}, not carried forward (a stage is kept only on a clear gain)", {}
 
 

@@ -73,8 +73,10 @@ def _trace_dir(session: Session, cfg: RunConfig, name: str):
 
 
 # An inconclusive speed comparison gets more rounds, up to this many times the planned count: a real
-# 10% effect needs more than four rounds to show on a noisy machine; a null one settles sooner.
+# 10% effect needs more than four rounds to show on a noisy machine; a null one settles sooner. An
+# undecided stage's second look, measured afresh, may take more: it is where the rounds pay most.
 EXTRA_ROUNDS_FACTOR = 2
+SETTLING_ROUNDS_FACTOR = 3
 
 
 def _still_open(floor: float, min_effect: float, max_rounds: int):
@@ -95,26 +97,54 @@ def _still_open(floor: float, min_effect: float, max_rounds: int):
 
 def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: str, b_name: str,
              trace_dir=None, rounds: int | None = None, measured: dict | None = None,
-             floor: float | None = None, brief: bool = False) -> paired_rounds.Comparison:
+             floor: float | None = None, brief: bool = False, extra: int = EXTRA_ROUNDS_FACTOR,
+             fresh: bool = False) -> paired_rounds.Comparison:
     """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round. With
-    `measured`, a pair compared before in this run is not measured again; with a noise floor, an
-    inconclusive answer gets more rounds (up to EXTRA_ROUNDS_FACTOR times as many). brief: b is a
-    brief probe, whose extras are its trace only."""
-    if measured is not None and (a, b) in measured:
+    `measured`, a pair compared before in this run is not measured again (unless fresh); with a noise
+    floor, an inconclusive answer gets more rounds, up to `extra` times as many, while the run's time
+    budget lasts (session.time_budget_s). brief: b is a brief probe, whose extras are its trace only."""
+    if measured is not None and (a, b) in measured and not fresh:
         session.log(f"== {label}: {a_name} vs {b_name} is a comparison this run already made: reusing its rounds")
         return measured[(a, b)]
     _clear_old_traces(trace_dir)
     count = rounds or b.rounds
     session.log(f"== {label}: {a_name} vs {b_name}, {count} paired round{'s' if count > 1 else ''}")
-    most = count * EXTRA_ROUNDS_FACTOR
-    more = _still_open(floor, session.base_cfg.min_effect, most) if floor is not None and count > 1 else None
+    most = count * max(1, extra)
+    open_now = _still_open(floor, session.base_cfg.min_effect, most) if floor is not None and count > 1 else None
+    more = _within_budget(session, open_now, time.monotonic()) if open_now is not None and most > count else None
     comparison = paired_rounds.compare(session, Side(a, a_name), Side(b, b_name, trace_dir, extras="brief" if brief else "full"), count, label,
                                        more, most)
     if more is not None:
         _say_if_futile(session, comparison, floor, most)
+    elif open_now is not None:
+        _say_if_open(session, comparison, floor)
     if measured is not None and comparison.failure is None and comparison.interrupted is None:
         measured[(a, b)] = comparison
     return comparison
+
+
+def _within_budget(session: Session, open_now, begun: float):
+    """Another round while the answer is open, if it fits in what is left of the run's time budget
+    (judged from this comparison's own rounds so far); said once when the budget stops it."""
+    def more(comparison: paired_rounds.Comparison) -> bool:
+        if not open_now(comparison):
+            return False
+        per_round = (time.monotonic() - begun) / max(1, len(comparison.a_rounds))
+        left = session.time_budget_s - (time.monotonic() - session.started)
+        if per_round <= left:
+            return True
+        session.log(f"   still open, but the time budget ({session.time_budget_s:.0f} s, --time-budget) has "
+                    f"{max(0.0, left):.0f} s left, under one round ({per_round:.0f} s): no extra rounds")
+        return False
+    return more
+
+
+def _say_if_open(session: Session, comparison: paired_rounds.Comparison, floor: float) -> None:
+    """An open answer in the pass: its extra rounds come later, where they pay most (the second look)."""
+    ratio = comparison.ratio() if comparison.failure is None and comparison.a_rounds else None
+    if ratio is not None and stats.judged_verdict(ratio, session.base_cfg.min_effect, floor) == "inconclusive":
+        session.log("   still open: undecided for now; the second look measures it afresh, with more rounds "
+                    "where its interval reaches the largest gain")
 
 
 def _say_if_futile(session: Session, comparison: paired_rounds.Comparison, floor: float, most: int) -> None:
@@ -201,9 +231,12 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
         return earlier
     started = time.perf_counter()
     rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
+    # With a second look to come, an open answer waits for it: its extra rounds go, within the time
+    # budget, to the undecided stages whose intervals reach the largest gains, on the final configuration.
+    extra = 1 if _second_look_ahead(session) else EXTRA_ROUNDS_FACTOR
     comparison = _compare(session, before, cfg, stage.name, against.stage, stage.name,
                           _trace_dir(session, cfg, stage.name), rounds, state.measured,
-                          state.floor if stage.kind == SPEED else None, brief=cfg.rounds < before.rounds)
+                          state.floor if stage.kind == SPEED else None, brief=cfg.rounds < before.rounds, extra=extra)
     result = stage_results.stage(session, stage, position, cfg, applied, comparison, against.doc, state, why, started)
     return _saved_then_stop(session, result, comparison)
 
@@ -291,10 +324,22 @@ def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdic
 
 # --- 3. the second look, 4. leave-one-out ----------------------------------------------------------
 
+def _second_look_ahead(session: Session) -> bool:
+    return session.mode == "ladder" and session.base_cfg.order == "trace"
+
+
 def _second_look_candidates(finished: list[StageRecord]) -> list[StageRecord]:
-    """Rejected speed stages worth another try on the final configuration: measured, not a brief
-    probe (emulated bf16), not rejected for breaking training."""
-    return [r for r in finished if r.status == "rejected" and r.kind == SPEED and not r.probe and not r.training_broke]
+    """Speed stages worth another try on the final configuration (measured, not a brief probe of
+    emulated bf16, not rejected for breaking training): the undecided ones first, the one whose
+    interval reaches the largest gain first (the rounds pay most there), then the rejected ones."""
+    looked = [r for r in finished if r.kind == SPEED and not r.probe and not r.training_broke]
+    undecided = sorted((r for r in looked if r.status == "undecided"), key=_reach, reverse=True)
+    return undecided + [r for r in looked if r.status == "rejected"]
+
+
+def _reach(record: StageRecord) -> float:
+    """The largest gain an undecided stage's interval still allows."""
+    return record.vs_previous.ci95_high if record.vs_previous else 0.0
 
 
 def _gained_since(finished: list[StageRecord], rejected: StageRecord) -> float:
@@ -333,8 +378,10 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             continue
         if cfg == state.cfg:
             continue
+        undecided = rejected.status == "undecided"  # measured afresh, with the most rounds the budget allows
         comparison = _compare(session, state.cfg, cfg, f"second look: {stage.name}", "final so far", f"+{stage.name}",
-                              measured=state.measured, floor=state.floor)
+                              measured=state.measured, floor=state.floor, fresh=undecided,
+                              extra=SETTLING_ROUNDS_FACTOR if undecided else EXTRA_ROUNDS_FACTOR)
         entry = judge.check_entry(stage.name, comparison, session.base_cfg.min_effect, state.floor)
         entry["adopted"] = entry["verdict"] == "faster"
         if entry["adopted"]:

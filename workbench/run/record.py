@@ -1,6 +1,6 @@
 """A stage result as the ladder reads it: typed fields over the document that was written.
 
-The document (results.py's stage result, schema/stage_result.v1.json) stays what is written and what
+The document (results.py's stage result, schema/stage_result.v2.json) stays what is written and what
 the report reads; the ladder decides on these fields instead of reaching into nested dicts.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ they are built:
 - Verdict: what judging (workbench/run/judge.py) adds beside them: status, reason, the speedups,
   the multi-process scaling and the marks the ladder reads back (probe, training_broke, prediction).
 The assembled dict is the stage result of workbench/results.py (JSON Schema:
-workbench/schema/stage_result.v1.json); the measured figures in it are the Measurement's own, with
+workbench/schema/stage_result.v2.json); the measured figures in it are the Measurement's own, with
 the TraceReading's headline memory and the Verdict's speedups added beside them.
 """
 from __future__ import annotations

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,6 +30,9 @@ from workbench.run.stages import StageContext
 BUSY_LOAD_PER_CORE = 0.5
 # Host memory one stage process needs at the least (torch, a small model, the loader): ~1 GiB measured.
 MB_PER_PROCESS = 1024
+# The default ladder's time budget: extra rounds only while the run stays under about 8 minutes on
+# two cores (its planned rounds take 3-7 minutes there, by CPU kind).
+DEFAULT_TIME_BUDGET_S = 480.0
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,19 @@ class Session:
     stages: list[str] = field(default_factory=list)
     nproc: int = 1
     single_process: dict | None = None   # the one-process baseline a multi-process run scales against
+    # Extra rounds for open answers are spent only within this many seconds from the run's start.
+    time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    started: float = field(default_factory=time.monotonic)
 
 
 def default_run_name() -> str:
     return dt.datetime.now().strftime("run-%Y%m%d-%H%M%S")
+
+
+def check_time_budget(seconds: float) -> None:
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise UsageError(f"time_budget_s={seconds!r} is not allowed; allowed: a positive number of seconds "
+                         f"(default {DEFAULT_TIME_BUDGET_S:.0f})")
 
 
 def check_nproc(nproc: int, device_type: str, can_launch: bool) -> None:
@@ -110,12 +124,14 @@ def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> t
 
 def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,
           model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
-          stages: list[str] | None = None, nproc: int = 1, log=stderr_log, overwrite: bool = False) -> Session:
+          stages: list[str] | None = None, nproc: int = 1, log=stderr_log, overwrite: bool = False,
+          time_budget_s: float = DEFAULT_TIME_BUDGET_S) -> Session:
     """Settle everything a run shares, print the decisions, and write run.json.
 
     Everything is checked before the run's folders are made; if setup still fails (or is
     interrupted) the folders it made are removed again.
     """
+    check_time_budget(time_budget_s)
     load_warning = busy_warning(devices.usable_cores())  # before our own sweep adds load
     device_type = devices.resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
@@ -137,8 +153,9 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
             raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
                              f"({len(data)} samples / {nproc} processes); allowed: at most {len(data) // nproc}")
         description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
-        session = _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
-                          sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc)
+        session = replace(_settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
+                                  sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc),
+                          time_budget_s=time_budget_s)
         if overwrite and not resume:
             folders.clear(run_dir, profiles_dir)
         write_run_file(session)
@@ -190,4 +207,4 @@ def write_run_file(session: Session) -> None:
         "created": dt.datetime.now().isoformat(timespec="seconds"), "environment": session.environment,
         "data": session.data_description, "config": session.base_cfg.to_dict(), "decisions": session.decisions,
         "peaks": session.peaks, "stages": session.stages,
-        "nproc": session.nproc, "single_process_baseline": session.single_process, "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})
+        "nproc": session.nproc, "time_budget_s": session.time_budget_s, "single_process_baseline": session.single_process, "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})
