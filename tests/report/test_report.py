@@ -93,9 +93,9 @@ def test_overview_table_cells_are_csv_values(markdown, csv_rows):
                   if line.startswith("| ") and line.split("|")[1].strip() in by_stage]
     assert len(table_rows) == len(csv_rows)
     for cells in table_rows:
-        stage, _, throughput, vs_base, *_ = (cell.strip() for cell in cells)
+        stage, _, throughput, source, vs_base, *_ = (cell.strip() for cell in cells)
         row = by_stage[stage]
-        assert throughput == (row["throughput_samples_per_s"] or "n/a")
+        assert throughput == (row["throughput_samples_per_s"] or "n/a") and source == (row["throughput_from"] or "n/a")
         assert vs_base == (row["speedup_vs_baseline"] + "x" if row["speedup_vs_baseline"] else "n/a")
 
 
@@ -245,3 +245,19 @@ def test_an_undecided_stage_is_shown_as_such_everywhere(tmp_path):
     text = (run_dir / "optimization_report.md").read_text()
     assert "1 undecided" in text and "Undecided: `channels_last`" in text
     assert "1 undecided" in outcome(load_stage_results(run_dir))
+
+
+def test_input_against_compute_is_said_only_where_the_intervals_decide_it():
+    from workbench.report.verdicts import bound_verdict
+
+    rate = lambda median, low, high: {"median": median, "ci95_low": low, "ci95_high": high}
+    assert bound_verdict(rate(50, 45, 55), rate(100, 95, 105))[1] == "input-bound"
+    assert bound_verdict(rate(98, 95, 101), rate(100, 99, 101))[1] == "compute-bound"
+    share, verdict = bound_verdict(rate(107, 80, 130), rate(100, 90, 110))
+    assert share == "100% (within noise)" and verdict.startswith("not decided")  # never a share over 100%
+
+
+def test_each_row_says_which_comparison_its_throughput_comes_from(csv_rows):
+    by_stage = {row["stage"]: row for row in csv_rows}
+    assert by_stage["baseline"]["throughput_from"].startswith("the A/A")
+    assert by_stage["channels_last"]["throughput_from"].startswith("its comparison with ")

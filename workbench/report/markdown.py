@@ -174,14 +174,17 @@ def _scaling_lines(base: dict, final: dict) -> list[str]:
 
 
 def overview_table(view: RunView) -> list[str]:
-    headers = ["stage", "status", "throughput (samples/s)", "speedup vs baseline",
+    headers = ["stage", "status", "throughput (samples/s)", "measured in", "speedup vs baseline",
                "speedup vs previous", "peak memory (MiB)", "impact"]
-    rows = [[r["stage"], r["status"], show("rate", r.get("throughput_samples_per_s")),
+    rows = [[r["stage"], r["status"], show("rate", r.get("throughput_samples_per_s")), r.get("throughput_from") or "n/a",
              show("ratio", r.get("speedup_vs_baseline"), "x"),
              show("ratio", r.get("speedup_vs_previous"), "x"),
              show("mb", r.get("peak_memory_mb")), r.get("impact") or "n/a"] for r in view.records]
     note = ("n/a: not measured (failed or skipped stage), or not applicable (the baseline has no "
-            "previous configuration and no impact).")
+            "previous configuration and no impact). Each throughput is one side of its own paired "
+            "comparison, in its own time window: compare stages by their speedups, not by these figures. "
+            "The final configuration's speedup vs baseline is the paired headline; the other stages' are "
+            "unpaired (measured minutes apart) and indicative only.")
     return table(headers, rows) + ["", note]
 
 

@@ -27,7 +27,7 @@ IMPACT_RULES = (("High", 1.30, 30.0), ("Medium", 1.10, 10.0))
 COLUMNS = (
     ("stage", "text"), ("index", "int"), ("status", "text"), ("reason", "text"), ("applied", "text"),
     ("throughput_samples_per_s", "rate"), ("throughput_ci95_low", "rate"),
-    ("throughput_ci95_high", "rate"), ("step_time_median_ms", "ms"), ("step_time_iqr_ms", "ms"),
+    ("throughput_ci95_high", "rate"), ("throughput_from", "text"), ("step_time_median_ms", "ms"), ("step_time_iqr_ms", "ms"),
     ("epoch_time_s", "seconds"), ("peak_memory_mb", "mb"), ("peak_memory_kind", "text"),
     ("memory_change_vs_previous_percent", "signed_pct"), ("speedup_vs_baseline", "ratio"),
     ("speedup_vs_baseline_ci95_low", "ratio"), ("speedup_vs_baseline_ci95_high", "ratio"),
@@ -215,6 +215,21 @@ def stage_record(result: dict, summary: dict | None) -> dict:
     return record
 
 
+def throughput_source(result: dict, previous_stage: str | None) -> str | None:
+    """Which comparison a row's throughput comes from: each is one side of its own paired rounds, in
+    its own time window, so two rows' throughputs are not a comparison (their speedups are)."""
+    metrics, rounds = result.get("metrics") or {}, (result.get("rounds") or {}).get("count")
+    if not metrics.get("throughput"):
+        return None
+    against = (metrics.get("speedup_vs_previous") or {}).get("against") or previous_stage
+    counted = f", {rounds} paired round{'s' if rounds != 1 else ''}" if rounds else ""
+    if result.get("status") == "baseline":
+        return f"the A/A (baseline vs itself{counted})"
+    if result.get("status") == "final":
+        return f"the headline (final vs baseline{counted})"
+    return f"its comparison with {against}{counted}" if against else None
+
+
 def _first_line(text: Any) -> str | None:
     return str(text).strip().splitlines()[0] if text else None
 
@@ -226,6 +241,7 @@ def build_records(results: list[dict], summaries: list[dict | None]) -> list[dic
     for position, record in enumerate(records):
         previous = previous_result(results, position) if record["status"] != "baseline" else None
         record["previous_stage"] = previous and previous.get("stage")
+        record["throughput_from"] = throughput_source(results[position], record["previous_stage"])
         record["memory_change_vs_previous_percent"] = memory_change_percent(
             record, by_stage.get(record["previous_stage"]))
         record["impact"] = impact(record)

@@ -107,22 +107,36 @@ def verdicts_section(view: RunView) -> list[str]:
     return lines
 
 
-def _ceiling(result: dict | None) -> tuple[float | None, float | None]:
+def _ceiling(result: dict | None) -> tuple[dict | None, dict | None]:
     metrics = (result or {}).get("metrics") or {}
-    delivered = (metrics.get("throughput") or {}).get("median")
-    ceiling = ((metrics.get("compute_only") or {}).get("throughput") or {}).get("median")
-    return delivered, ceiling
+    return metrics.get("throughput"), (metrics.get("compute_only") or {}).get("throughput")
+
+
+def bound_verdict(delivered: dict, ceiling: dict) -> tuple[str, str]:
+    """(share, verdict): input-bound only when even the delivered interval's top stays under
+    INPUT_BOUND_SHARE of the ceiling interval's bottom; compute-bound only when the delivered bottom
+    reaches that share of the ceiling's top; otherwise not decided. A share over 100% (the two
+    figures come from different windows) is shown as within noise, never as a finding."""
+    low = delivered.get("ci95_low", delivered["median"]) / max(ceiling.get("ci95_high", ceiling["median"]), 1e-12)
+    high = delivered.get("ci95_high", delivered["median"]) / max(ceiling.get("ci95_low", ceiling["median"]), 1e-12)
+    point = delivered["median"] / ceiling["median"]
+    share = f"{point:.0%}" if point <= 1 else "100% (within noise)"
+    if high < INPUT_BOUND_SHARE:
+        return share, "input-bound"
+    if low >= INPUT_BOUND_SHARE:
+        return share, "compute-bound"
+    return share, f"not decided (share {max(low, 0):.0%}-{min(high, 9.99):.0%})"
 
 
 def ceiling_lines(view: RunView) -> list[str]:
-    """Input-bound or compute-bound, said plainly: each stage's compute-only ceiling beside what the
-    real input pipeline delivered."""
+    """Input-bound or compute-bound, said only where the intervals decide it: each stage's compute-only
+    ceiling beside what the real input pipeline delivered."""
     rows = []
     for result in view.results:
         delivered, ceiling = _ceiling(result)
-        if delivered and ceiling:
-            bound = "input-bound" if delivered < INPUT_BOUND_SHARE * ceiling else "compute-bound"
-            rows.append([result["stage"], f"{ceiling:.1f}", f"{delivered:.1f}", f"{delivered / ceiling:.0%}", bound])
+        if delivered and ceiling and delivered.get("median") and ceiling.get("median"):
+            share, bound = bound_verdict(delivered, ceiling)
+            rows.append([result["stage"], f"{ceiling['median']:.1f}", f"{delivered['median']:.1f}", share, bound])
     if not rows:
         return []
     lines = ["## Input pipeline against compute", "",
