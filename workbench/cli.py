@@ -336,8 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run", nargs="?", help="run name or folder (default: the newest run)")
     report.add_argument("--reports-dir", default="reports")
     report.set_defaults(handler=cmd_report)
-    compare = commands.add_parser("compare", help="per-stage verdicts between two runs; exit 0 no regression, "
-                                  "1 a significant regression, 2 bad input, 3 a corrupt result file")
+    compare = commands.add_parser("compare", help="per-stage verdicts between two runs, judged on each run's paired "
+                                  "speedups; exit 0 no regression, 1 a significant regression, 2 bad input, "
+                                  "3 a corrupt result file")
     compare.add_argument("run_a")
     compare.add_argument("run_b")
     compare.add_argument("--metric", default="throughput", choices=("throughput", "step_time", "peak_memory", "mfu"))

@@ -74,6 +74,13 @@ def throughput(step_times: list[list[float]], samples_per_step: int, seed: int =
             "method": f"t-interval over {n} repeats"}
 
 
+def welch_logs(new_logs: list[float], old_logs: list[float]) -> tuple[float, float, float]:
+    """Welch on two samples already on the log scale (two runs' per-round log ratios): the difference
+    of their means, its standard error and the degrees of freedom."""
+    stat = lambda xs: (float(np.mean(xs)), float(np.var(xs, ddof=1)), len(xs))
+    return _welch(stat(new_logs), stat(old_logs))
+
+
 def _welch(new: tuple[float, float, int], old: tuple[float, float, int]) -> tuple[float, float, float]:
     """Difference of log means, its standard error, and Welch-Satterthwaite degrees of freedom."""
     (m1, v1, n1), (m2, v2, n2) = new, old

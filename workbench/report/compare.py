@@ -1,16 +1,20 @@
-"""Two runs side by side: per-stage deltas with intervals, and whether the chosen metric regressed.
+"""Two runs side by side: per-stage deltas, and whether the chosen metric regressed.
 
-Stages are matched by name. Speed (throughput, step time, MFU) is judged with the ladder's own
-statistics: each stage's rounds (or, in older results, its repeats) give a throughput per process, and
-the ratio B/A gets a Welch t-interval on the log scale. A speed regression is an interval that lies
-wholly below 1 - threshold: a slowdown the spread cannot explain and large enough to matter; an
-interval that holds 1 is "no significant change", one too wide to tell is "inconclusive". Peak
-memory has no spread to speak of and regresses when it grows by more than the threshold. A stage
-measured in A that failed in B is a regression too, since its number is gone. Reads only the runs'
-result files (no torch), through the same records and rounding as the report.
+Stages are matched by name. Speed (throughput, step time, MFU) is judged on what each run measured
+paired, never on raw throughputs taken minutes or days apart (two runs of one revision differ there
+by more than any threshold): each stage's speedup against the configuration before it in its own run
+(the final configuration's: the paired headline against the baseline), and the gate asks whether B's
+speedup is smaller than A's, with an interval that carries both runs' spread. A speed regression is
+that interval lying wholly below 1 - threshold; a stage the two runs compared against different
+configurations, and the baseline (nothing paired to hold it against), are shown and not judged:
+`compare --remeasure` measures the two runs' configurations in paired rounds for absolute figures.
+MFU rows use one denominator (run A's peak) or say that they cannot. Peak memory regresses when it
+grows by more than the threshold. A stage measured in A that failed in B is a regression too, since
+its number is gone. Reads only the runs' result files (no torch), through the report's records.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,36 +44,78 @@ def compare_runs(run_a_dir: Path, run_b_dir: Path, metric: str = "throughput",
     if metric not in METRICS:
         raise ValueError(f"metric={metric!r} is not known; allowed: {', '.join(METRICS)}")
     a_view, b_view = load_view(Path(run_a_dir)), load_view(Path(run_b_dir))
-    a_records = {r["stage"]: r for r in a_view.records}
-    b_records = {r["stage"]: r for r in b_view.records}
-    a_rates, b_rates = _rates_by_stage(a_view.results), _rates_by_stage(b_view.results)
+    a_flops, b_flops = _flops_by_stage(a_view), _flops_by_stage(b_view)
+    a_records = {r["stage"]: _one_denominator(r, a_flops.get(r["stage"]), a_flops.get(r["stage"])) for r in a_view.records}
+    b_records = {r["stage"]: _one_denominator(r, b_flops.get(r["stage"]), a_flops.get(r["stage"])) for r in b_view.records}
+    a_paired, b_paired = _paired_by_stage(a_view), _paired_by_stage(b_view)
     stages = list(a_records) + [s for s in b_records if s not in a_records]
     rows = [row for stage in stages for name in METRICS
             if (row := delta_row(stage, name, a_records.get(stage), b_records.get(stage),
-                                 metric, threshold, _speed(a_rates.get(stage), b_rates.get(stage), threshold)))
+                                 metric, threshold, gain_change(a_paired.get(stage), b_paired.get(stage), threshold)))
             is not None]
     rows.sort(key=_sort_key)
     return rows, any(row["regression"] for row in rows)
 
 
-def _rates_by_stage(results: list[dict]) -> dict[str, list[float]]:
-    """Throughput per process (per round), or per repeat in results written before rounds existed."""
-    rates = {}
-    for result in results:
+Z_95 = 1.959964
+
+
+def _paired_by_stage(view) -> dict[str, dict]:
+    """Each stage's speedup as its own run measured it, paired: against the configuration before it
+    (the final's: against the baseline, the headline). The baseline has none."""
+    paired = {}
+    for result, record in zip(view.results, view.records):
         metrics = result.get("metrics") or {}
-        if metrics.get("round_throughputs"):
-            rates[result["stage"]] = metrics["round_throughputs"]
-        elif metrics.get("step_times_s"):
-            rates[result["stage"]] = stats.repeat_throughputs(metrics["step_times_s"], metrics["samples_per_step"])
-    return rates
+        key = "speedup_vs_baseline" if result.get("status") == "final" else "speedup_vs_previous"
+        ratio = metrics.get(key) or {}
+        if result.get("status") != "baseline" and _finite(ratio):
+            against = "baseline" if key == "speedup_vs_baseline" else ratio.get("against") or record.get("previous_stage")
+            paired[result["stage"]] = {**ratio, "against": against}
+    return paired
 
 
-def _speed(a: list[float] | None, b: list[float] | None, threshold: float) -> dict | None:
-    """B/A throughput with its interval and verdict; None when a side has no measurement."""
-    if not a or not b:
+def _finite(ratio: dict) -> bool:
+    return bool(ratio.get("ratio")) and (ratio.get("ci95_low") or 0) > 0 and math.isfinite(ratio.get("ci95_high", math.inf))
+
+
+def gain_change(a: dict | None, b: dict | None, threshold: float) -> dict | None:
+    """B's paired speedup over A's, with a 95% interval that carries both runs' spread: a Welch
+    t-interval on the two runs' per-round log ratios where they are recorded, else one built from
+    each run's own interval. None when a side has none; a note when the two runs measured the stage
+    against different configurations."""
+    if a is None or b is None:
         return None
-    ratio = stats.welch_rates(b, a)
+    if a["against"] != b["against"]:
+        return {"not_judged": f"A measured it against {a['against']}, B against {b['against']}"}
+    if len(a.get("log_ratios") or []) > 1 and len(b.get("log_ratios") or []) > 1:
+        diff, se, df = stats.welch_logs(b["log_ratios"], a["log_ratios"])
+        half, method = stats.t_quantile(df) * se, "Welch t-interval on the two runs' per-round log ratios"
+    else:
+        diff = math.log(b["ratio"]) - math.log(a["ratio"])
+        half, method = Z_95 * math.hypot(_log_se(a), _log_se(b)), "from each run's own 95% interval"
+    ratio = {"ratio": math.exp(diff), "ci95_low": math.exp(diff - half), "ci95_high": math.exp(diff + half),
+             "method": f"B's paired speedup vs {a['against']} over A's: {method}"}
     return {**ratio, "verdict": stats.judged_verdict(ratio, threshold)}
+
+
+def _log_se(ratio: dict) -> float:
+    """A run's own interval as a standard error on the log scale (its t quantile taken out)."""
+    quantile = stats.t_quantile(ratio["rounds"] - 1) if (ratio.get("rounds") or 0) > 1 else Z_95
+    return (math.log(ratio["ci95_high"]) - math.log(ratio["ci95_low"])) / (2 * quantile)
+
+
+def _flops_by_stage(view) -> dict[str, tuple[float | None, float | None]]:
+    return {r["stage"]: ((r.get("metrics") or {}).get("achieved_flops_per_s"), (r.get("metrics") or {}).get("peak_flops_per_s"))
+            for r in view.results}
+
+
+def _one_denominator(record: dict, own: tuple | None, reference: tuple | None) -> dict:
+    """B's MFU against run A's denominator (each run measures its own matmul peak on a CPU, so two
+    runs' MFUs moved by 100-225% with nothing else changed); as recorded where either is missing."""
+    achieved, peak = (own or (None, None))[0], (reference or (None, None))[1]
+    if not achieved or not peak:
+        return record
+    return {**record, "mfu_percent": achieved / peak * 100, "mfu_denominator": "run A's peak"}
 
 
 def delta_row(stage: str, name: str, a: dict | None, b: dict | None, chosen: str,
@@ -81,16 +127,16 @@ def delta_row(stage: str, name: str, a: dict | None, b: dict | None, chosen: str
         return None
     relative = (after - before) / before if before and after is not None else None
     worse = relative is not None and (-relative if spec.higher_is_better else relative) > 0
-    statistical = speed if name != "peak_memory" else None
-    if statistical is not None:
-        beyond = statistical["ci95_high"] < 1 - threshold  # the whole interval below a practical loss
-    else:
+    statistical = speed if name != "peak_memory" and speed and "not_judged" not in speed else None
+    if name == "peak_memory":
         beyond = relative is not None and abs(relative) > threshold
+    else:  # speed: only a paired change of gain is judged; raw figures minutes apart are shown, not judged
+        beyond = statistical is not None and statistical["ci95_high"] < 1 - threshold
     regression = name == chosen and ((worse and beyond) or _lost(a, b))
     return {"stage": stage, "metric": name, "unit": spec.unit, "a": before, "b": after,
             "change": None if relative is None else after - before, "relative_change": relative,
             "worse": worse, "regression": regression, "status_a": (a or {}).get("status"),
-            "status_b": (b or {}).get("status"), "note": _note(a, b),
+            "status_b": (b or {}).get("status"), "note": _note(a, b, name, speed),
             "speedup": statistical}
 
 
@@ -99,13 +145,19 @@ def _lost(a: dict | None, b: dict | None) -> bool:
     return bool(a and b and a.get("throughput_samples_per_s") is not None and b.get("status") == "failed")
 
 
-def _note(a: dict | None, b: dict | None) -> str:
+def _note(a: dict | None, b: dict | None, name: str = "", speed: dict | None = None) -> str:
     if a is None:
         return "only in B"
     if b is None:
         return "only in A"
     if a.get("status") != b.get("status"):
         return f"status {a.get('status')} -> {b.get('status')}"
+    if name == "mfu" and b.get("mfu_denominator"):
+        return "both against run A's peak FLOP/s"
+    if name in ("throughput", "step_time", "mfu") and speed is None and b.get("throughput_samples_per_s") is not None:
+        return "raw figures, minutes apart: not judged (no paired speedup; compare --remeasure)"
+    if speed is not None and "not_judged" in speed:
+        return f"not judged: {speed['not_judged']}"
     return ""
 
 
