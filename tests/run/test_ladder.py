@@ -65,7 +65,7 @@ def test_one_json_per_stage_with_the_figures(ladder_run):
     # controls them with injected timings).
     assert {name for name in results if name != "final"} == {"baseline", "amp", "accumulation"}
     for result in results.values():
-        assert result["status"] in ("baseline", "kept", "rejected", "tradeoff", "final"), result["reason"]
+        assert result["status"] in ("baseline", "kept", "rejected", "undecided", "tradeoff", "final"), result["reason"]
         assert all(key in result["metrics"] for key in REQUIRED_METRICS)
         assert "synthetic" in result["data"]
         assert result["environment"]["torch"] and result["environment"]["git_revision"]
