@@ -209,6 +209,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not 0 <= args.threshold < 1:
         raise UsageError(f"--threshold {args.threshold} is out of range; allowed: 0 <= threshold < 1 (0.03 is 3%)")
     run_a, run_b = _run_dir(args.run_a, args.reports_dir), _run_dir(args.run_b, args.reports_dir)
+    if args.remeasure:
+        return _remeasure(run_a, run_b, args)
     try:
         rows, regressed = compare_runs(run_a, run_b, metric=args.metric, threshold=args.threshold)
     except (ResultFileError, ValueError, KeyError, TypeError, AttributeError, OSError, ZeroDivisionError) as error:
@@ -224,6 +226,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if regressed:
         print(f"REGRESSION: {args.metric} got significantly worse (interval beyond {args.threshold:.0%})", file=sys.stderr)
     return COMPARE_REGRESSION if regressed else COMPARE_OK
+
+
+def _remeasure(run_a: Path, run_b: Path, args: argparse.Namespace) -> int:
+    """Both runs' final configurations measured again in paired rounds, here and now."""
+    from workbench.run.remeasure import remeasure
+
+    if args.rounds < 2:
+        raise UsageError(f"--rounds {args.rounds} is too few; allowed: at least 2 (an interval needs two rounds)")
+    with MachineLock(f"workbench compare --remeasure {run_a.name} {run_b.name}", wait=not args.no_wait):
+        outcome = remeasure(run_a, run_b, args.rounds, args.threshold)
+    if args.json:
+        print(json.dumps({"run_a": str(run_a), "run_b": str(run_b), **outcome}, indent=2, default=str))
+    else:
+        print(outcome.get("text") or f"failed: {outcome.get('error')}")
+    if outcome["regressed"]:
+        print(f"REGRESSION: B's configuration is slower than A's beyond {args.threshold:.0%} "
+              "(paired, same time window)", file=sys.stderr)
+    return COMPARE_REGRESSION if outcome["regressed"] else COMPARE_OK
 
 
 def _lines_target(args: argparse.Namespace, cfg_reports: str) -> str:
@@ -345,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--threshold", type=float, default=0.03, help="smallest relative slowdown counted as a "
                          "regression: speed regresses when its whole 95%% interval lies beyond it")
     compare.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    compare.add_argument("--remeasure", action="store_true", help="measure both runs' final configurations again, "
+                         "here and now, in paired rounds (absolute figures in one time window)")
+    compare.add_argument("--rounds", type=int, default=4, help="paired rounds for --remeasure")
+    _add_no_wait(compare)
     compare.add_argument("--reports-dir", default="reports")
     compare.set_defaults(handler=cmd_compare)
     _add_analyze(commands)

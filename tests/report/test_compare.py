@@ -180,3 +180,26 @@ def test_cli_json_and_exit_status_for_corrupt_and_missing_runs(tmp_path, capsys)
     assert "corrupt" in err and "Traceback" not in err
     assert main(["compare", str(LADDER), str(tmp_path / "nowhere")]) == 2
     assert main(["compare", str(LADDER), str(LADDER), "--threshold", "-1"]) == 2
+
+
+def test_remeasure_measures_both_final_configurations_paired_and_gates_on_them(monkeypatch, capsys):
+    """--remeasure: A's and B's configurations in paired rounds here and now (the rounds are faked:
+    B 12% slower in every round), one verdict, exit 1 for a regression and 0 otherwise."""
+    from workbench.cli import main
+    from workbench.launch import SideReport
+    from workbench.run import remeasure
+    from workbench.run.rounds import Comparison
+
+    def rounds_of(ratio):
+        def compare(bench, a, b, count, label):
+            side = lambda key, rate: SideReport(key, "measured", metrics={"step_times_s": [[1 / rate] * 4], "samples_per_step": 1})
+            jitter = (1.0, 1.01, 0.99, 1.005)[:count]
+            return Comparison([side("a", 100 * j) for j in jitter], [side("b", 100 * j * ratio) for j in jitter])
+        return compare
+    monkeypatch.setattr(remeasure.paired_rounds, "compare", rounds_of(0.88))
+    assert main(["compare", str(LADDER), str(LADDER), "--remeasure", "--rounds", "4"]) == 1
+    out = capsys.readouterr()
+    assert "B/A 0.88x" in out.out and "paired, same time window" in out.err
+    monkeypatch.setattr(remeasure.paired_rounds, "compare", rounds_of(1.0))
+    assert main(["compare", str(LADDER), str(LADDER), "--remeasure"]) == 0
+    assert main(["compare", str(LADDER), str(LADDER), "--remeasure", "--rounds", "1"]) == 2
