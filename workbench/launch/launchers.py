@@ -54,10 +54,6 @@ class Outcome:
             return found
         return SideReport.failed(side, self.error or failure_text(self.code, self.timeout_s))
 
-    def timed(self, *sides: str) -> bool:
-        """Whether every named side's timed windows are in."""
-        return all(self.report(side).measured for side in sides)
-
 
 def failure_text(code: int | None, timeout_s: float) -> str:
     """Why a measuring process left no report: one wording for the ladder and the experiments."""

@@ -53,7 +53,3 @@ class StageRecord:
     @property
     def config(self) -> RunConfig:
         return RunConfig(**self.doc["config"])
-
-    @property
-    def measured(self) -> bool:
-        return bool(self.doc.get("metrics"))
