@@ -5,7 +5,8 @@
 
 Prints each stage's status per run and whether the runs agree, the kept set of each run, and the
 headline speedup (final configuration against the baseline, paired) with its interval per run, and
-whether the headline intervals overlap. Then the last run's final configuration against the best
+whether the headline intervals overlap; then `workbench compare` between every pair of the runs (one
+revision: the gate should pass). Then the last run's final configuration against the best
 loop a person would write by hand (benchmarks/best_loop.py: fused Adam, + bf16 where the CPU has it
 natively), alternating in one process. Exit status 0 when the runs agree on the kept set, their
 headline intervals overlap and the final configuration reaches 0.95x the hand-written loop; 1
@@ -80,6 +81,20 @@ def print_table(outcomes: list[dict], walls: list[float]) -> bool:
     return same_kept and overlapping
 
 
+def compare_pairs(run_dirs: list[Path]) -> bool:
+    """`workbench compare` between every pair of runs of this one revision: the gate should pass."""
+    from workbench.report.compare import compare_runs
+
+    passes = True
+    for i, a in enumerate(run_dirs):
+        for b in run_dirs[i + 1:]:
+            rows, regressed = compare_runs(a, b)
+            flagged = [f"{r['stage']} {r['speedup']['ratio']:.2f}x" for r in rows if r["regression"] and r.get("speedup")]
+            print(f"compare {a.name[-1]} -> {b.name[-1]}: {'REGRESSION ' + ', '.join(flagged) if regressed else 'passes (exit 0)'}")
+            passes = passes and not regressed
+    return passes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -93,6 +108,7 @@ def main() -> int:
     walls = [run_ladder(name, args.extra, reports) for name in names]
     outcomes = [outcome(reports / name) for name in names]
     agreed = print_table(outcomes, walls)
+    gate_passes = compare_pairs([reports / name for name in names])
     if args.no_best_loop:
         return 0 if agreed else 1
     import best_loop  # beside this file; imports torch, so only when asked
