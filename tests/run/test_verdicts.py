@@ -162,6 +162,13 @@ def fake_compare(gains: dict):
     return compare
 
 
+def saving(monkeypatch) -> list[dict]:
+    """ladder._save without a run folder: the documents it would write, in order."""
+    saved = []
+    monkeypatch.setattr(ladder, "_save", lambda session, doc: saved.append(doc) or StageRecord.of(doc))
+    return saved
+
+
 class Book:
     def __init__(self):
         self.doc = {"second_look": [], "leave_one_out": []}
@@ -181,10 +188,14 @@ def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):
         {"stage": "compile", "status": "rejected", "kind": "speed", "probe": True},
         {"stage": "checkpointing", "status": "tradeoff", "kind": "memory"})]
     monkeypatch.setattr(ladder, "_compare", fake_compare({"second look: amp": 1.15, "second look: channels_last": 0.9}))
+    saved = saving(monkeypatch)
     ladder.second_look(session, finished, state, book)
     assert [e["stage"] for e in book.doc["second_look"]] == ["amp", "channels_last"]
     assert [e["adopted"] for e in book.doc["second_look"]] == [True, False]
     assert state.applied == ["fused_optimizer", "amp"] and state.cfg.precision == "bf16"
+    # amp's own file now says it was kept, on the comparison that decided it; channels_last's is untouched
+    assert [d["stage"] for d in saved] == ["amp"] and saved[0]["status"] == "kept" and finished[0].status == "kept"
+    assert saved[0]["metrics"]["speedup_vs_previous"]["against"].startswith("final so far")
 
 
 def judged(stage: str, status: str, ratio: float, low: float, high: float, verdict: str) -> StageRecord:
@@ -370,7 +381,10 @@ def test_undecided_stages_get_their_second_look_first_the_widest_reach_first_and
         looked.append((label, kw.get("fresh", False), kw.get("extra")))
         return comparison(1.0)
     monkeypatch.setattr(ladder, "_compare", compare)
+    saved = saving(monkeypatch)
     ladder.second_look(session, finished, state, book)
+    # both undecided stages were decided "no significant change" on their second look: rejected now
+    assert {d["stage"]: d["status"] for d in saved} == {"amp": "rejected", "channels_last": "rejected"}
     assert looked == [("second look: amp", True, ladder.SETTLING_ROUNDS_FACTOR),
                       ("second look: channels_last", True, ladder.SETTLING_ROUNDS_FACTOR),
                       ("second look: batched_input", False, ladder.EXTRA_ROUNDS_FACTOR)]

@@ -388,8 +388,27 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             state.cfg, state.applied = cfg, state.applied + [stage.name]
         verdicts.add("second_look", entry)
         session.log(f"-- second look {stage.name}: {entry['text']}{'; adopted' if entry['adopted'] else ''}")
+        _record_second_look(session, finished, rejected, entry)
         if comparison.interrupted is not None:
             raise comparison.interrupted
+
+
+def _record_second_look(session: Session, finished: list[StageRecord], looked: StageRecord, entry: dict) -> None:
+    """The stage's own file says where it ended: adopted on its second look (kept, with the comparison
+    that decided it), or an undecided stage the second look found no better (rejected); a stage still
+    open stays undecided, with what deciding it would take now. So the outcome line, the CSV and the
+    report agree with verdicts.json."""
+    decided = entry.get("verdict") in ("faster", "no significant change", "slower")
+    if entry.get("verdict") == "failed" or not (entry["adopted"] or looked.status == "undecided"):
+        return
+    status = "kept" if entry["adopted"] else ("rejected" if decided else "undecided")
+    doc = {**looked.doc, "status": status, "second_look": entry,
+           "reason": f"{looked.doc.get('reason', '')}; second look on the final configuration: {entry['text']}"
+                     f"{', adopted' if entry['adopted'] else ''}"}
+    if entry["adopted"]:  # the comparison that decided it is the one its figures now stand on
+        ratio = {key: entry[key] for key in ("ratio", "ci95_low", "ci95_high", "verdict") if key in entry}
+        doc["metrics"] = {**(doc.get("metrics") or {}), "speedup_vs_previous": {**ratio, "against": "final so far (second look)"}}
+    finished[finished.index(looked)] = _save(session, doc)
 
 
 def _without(session: Session, applied: list[str], dropped: str) -> RunConfig:
