@@ -76,3 +76,13 @@ def test_the_command_line_refuses_with_no_wait_before_writing_anything(tmp_path,
     err = capsys.readouterr().err
     assert code == 75 and err.count("workbench: error:") == 1 and "--no-wait" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lock"]  # no data, no reports
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
+    from workbench.errors import UsageError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UsageError, match="WORKBENCH_LOCK_FILE=.*cannot be opened"):
+        with MachineLock("x", path=blocker / "lock"):
+            pass

@@ -58,8 +58,7 @@ class MachineLock:
         self._file: TextIO | None = None
 
     def __enter__(self) -> "MachineLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")
+        self._file = self._open()
         if not self._try():
             if not self.wait:
                 self._close()
@@ -71,6 +70,20 @@ class MachineLock:
 
     def __exit__(self, *exc) -> None:
         self._close()
+
+    def _open(self) -> TextIO:
+        """The lock file, readable and writable by every user of the machine (one lock for all of them)."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                os.fchmod(fd, 0o666)  # the umask would keep other users out
+            except OSError:
+                pass  # another user's file: it is theirs to set, and it already lets us in
+            return os.fdopen(fd, "r+")
+        except OSError as error:
+            raise UsageError(f"{LOCK_VARIABLE}={str(self.path)!r}: the machine lock cannot be opened ({error.strerror}); "
+                             "allowed: a file every measuring run on this machine can write") from None
 
     def _try(self) -> bool:
         try:
