@@ -57,8 +57,6 @@ def compare_runs(run_a_dir: Path, run_b_dir: Path, metric: str = "throughput",
     return rows, any(row["regression"] for row in rows)
 
 
-Z_95 = 1.959964
-
 
 def _paired_by_stage(view) -> dict[str, dict]:
     """Each stage's speedup as its own run measured it, paired: against the configuration before it
@@ -92,7 +90,7 @@ def gain_change(a: dict | None, b: dict | None, threshold: float) -> dict | None
         half, method = stats.t_quantile(df) * se, "Welch t-interval on the two runs' per-round log ratios"
     else:
         diff = math.log(b["ratio"]) - math.log(a["ratio"])
-        half, method = Z_95 * math.hypot(_log_se(a), _log_se(b)), "from each run's own 95% interval"
+        half, method = stats.Z_975 * math.hypot(_log_se(a), _log_se(b)), "from each run's own 95% interval"
     ratio = {"ratio": math.exp(diff), "ci95_low": math.exp(diff - half), "ci95_high": math.exp(diff + half),
              "method": f"B's paired speedup vs {a['against']} over A's: {method}"}
     return {**ratio, "verdict": stats.judged_verdict(ratio, threshold)}
@@ -100,7 +98,7 @@ def gain_change(a: dict | None, b: dict | None, threshold: float) -> dict | None
 
 def _log_se(ratio: dict) -> float:
     """A run's own interval as a standard error on the log scale (its t quantile taken out)."""
-    quantile = stats.t_quantile(ratio["rounds"] - 1) if (ratio.get("rounds") or 0) > 1 else Z_95
+    quantile = stats.t_quantile(ratio["rounds"] - 1) if (ratio.get("rounds") or 0) > 1 else stats.Z_975
     return (math.log(ratio["ci95_high"]) - math.log(ratio["ci95_low"])) / (2 * quantile)
 
 

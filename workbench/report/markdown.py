@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench.report.summary import OUTCOME_ORDER
+from workbench.report.summary import outcome
 from workbench.report.table import RunView, fmt
 from workbench.results import BREAKDOWN_SUFFIX, TRACE_SUMMARY_SUFFIX, stage_files
 
@@ -96,8 +96,7 @@ def data_used(view: RunView) -> str:
 # --- Executive Summary ------------------------------------------------------------------------
 
 def _status_counts(view: RunView) -> str:
-    counts = [(s, len(view.with_status(s))) for s in OUTCOME_ORDER]
-    return ", ".join(f"{n} {s}" for s, n in counts if n) or "no stage beyond the baseline"
+    return outcome(view.records)  # the console's outcome line, word for word
 
 
 def _epoch_line(base: dict, final: dict) -> str:
