@@ -18,7 +18,7 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_MODES = ("none", "blocks")
-INPUT_PIPELINES = ("per_sample", "batched")
+INPUT_PIPELINES = ("per_sample", "batched", "decode_on_device")
 ORDERS = ("trace", "fixed")
 
 # The lab's setting where a GPU can afford it; CIFAR's native size elsewhere, where 224 px runs at
@@ -54,7 +54,9 @@ class RunConfig:
     prefetch_factor: int = field(default=2, metadata=_doc("batches each worker loads ahead (num_workers > 0)"))
     input_pipeline: str = field(default="per_sample", metadata=_doc(
         "per_sample: the lab's PIL crop/flip/normalize per image in the DataLoader; batched: uint8 batches "
-        "copied once, then crop/flip/normalize as batched tensor ops on the device"))
+        "copied once, then crop/flip/normalize as batched tensor ops on the device; decode_on_device (ImageFolder "
+        "of JPEGs): the loader reads the files' bytes only, torchvision.io.decode_jpeg decodes them on the device, "
+        "then the batched crop/flip/normalize"))
     precision: str = field(default="fp32", metadata=_doc(
         "fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)"))
     tf32: bool = field(default=False, metadata=_doc("allow TF32 matmuls and convolutions (CUDA, Ampere and newer)"))
@@ -184,6 +186,9 @@ def validate(cfg: RunConfig) -> None:
     _validate_data(cfg.data)
     if cfg.persistent_workers and cfg.num_workers == 0:
         raise UsageError("persistent_workers=True needs num_workers > 0 (got num_workers=0)")
+    if cfg.input_pipeline == "decode_on_device" and not cfg.data.startswith("imagefolder:"):
+        raise UsageError(f"input_pipeline=decode_on_device needs data=imagefolder:PATH (JPEG files); got "
+                         f"data={cfg.data!r}; allowed with other data: per_sample, batched")
 
 
 def _validate_batches(cfg: RunConfig) -> None:
