@@ -23,6 +23,7 @@ from workbench.training.data import DataSpec, build_loader, load_data
 from workbench.measure.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
 from workbench.training.batched_input import DeviceAugment
+from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
 from workbench.training.model import apply_all, build_model, build_optimizer
 from workbench.progress import Progress, stderr_log
@@ -64,10 +65,30 @@ def seed_everything(seed: int) -> None:
 
 @functools.lru_cache(maxsize=4)
 def shared_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: int, train: bool,
-                batched: bool) -> DataSpec:
+                pipeline: str) -> DataSpec:
     """Datasets are read-only: the two configurations of a paired round share one copy (and its
-    loading time) when they read the same data the same way."""
-    return load_data(data, data_dir, image_size, per_batch, seed, train=train, log=stderr_log, batched=batched)
+    loading time) when they read the same data the same way (`pipeline`: the input_pipeline)."""
+    file_loader = read_encoded if pipeline == "decode_on_device" else None
+    return load_data(data, data_dir, image_size, per_batch, seed, train=train, log=stderr_log,
+                     batched=pipeline == "batched", file_loader=file_loader)
+
+
+def device_transform(cfg: RunConfig, device: torch.device) -> Callable | None:
+    """What turns the loader's images into the model's input on `device`; None where the loader's
+    own transforms already did (per_sample)."""
+    if cfg.input_pipeline == "batched":
+        return DeviceAugment(cfg.image_size, device, cfg.seed)
+    if cfg.input_pipeline == "decode_on_device":
+        return DecodeAugment(cfg.image_size, device, cfg.seed)
+    return None
+
+
+def _check_files(cfg: RunConfig, data) -> dict:
+    """decode_on_device on a folder with non-JPEG files: refused, or a note that they are re-encoded."""
+    if cfg.input_pipeline != "decode_on_device":
+        return {}
+    note = check_jpeg_folder([path for path, _ in data.samples], cfg.data.split(":", 1)[1])
+    return {"non_jpeg_files": note} if note else {}
 
 
 def user_data_spec(dataset, model_factory: Callable | None = None) -> DataSpec:
@@ -97,31 +118,38 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     torch.set_num_threads(threads_for(cfg.threads, max(1, probe("cpu").cpu_cores // dist.world_size)))
     use_backend_settings(cfg, device_type)
     seed_everything(cfg.seed)
-    batched = cfg.input_pipeline == "batched"
-    if batched and dataset is not None:
-        raise StageSkipped("the batched input pipeline needs the workbench's own data (CIFAR format or "
+    if cfg.input_pipeline != "per_sample" and dataset is not None:
+        raise StageSkipped(f"input_pipeline={cfg.input_pipeline} needs the workbench's own data (CIFAR format or "
                            "an ImageFolder); a dataset from Python brings its own transforms")
     spec = user_data_spec(dataset, model_factory) if dataset is not None else shared_data(
-        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, True, batched)
+        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, True, cfg.input_pipeline)
     data = spec.dataset
+    file_notes = _check_files(cfg, data)
+    # decode_on_device: files' bytes of many lengths, packed into one tensor a batch.
+    collate = collate_encoded if cfg.input_pipeline == "decode_on_device" else None
     loader = build_loader(data, cfg.batch_size, cfg.num_workers, cfg.pin_memory and device_type == "cuda",
-                          cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed))
+                          cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed),
+                          collate)
     eval_data = _eval_data(cfg, dataset, log)  # before the memory baseline: data is not the model's memory
     make_model = (lambda: model_factory(spec.num_classes)) if model_factory else (
         lambda: build_model(cfg.model, spec.num_classes))
-    # The batched pipeline stores uint8 images at their source size: count on what the model sees.
-    augment_on_cpu = (lambda b: (DeviceAugment(cfg.image_size, torch.device("cpu"), cfg.seed)(b[0]), b[1])) if batched else None
-    flops = count_flops(make_model, cfg, data, _loss_fn(dataset), augment_on_cpu)
+    # The batched pipelines load uint8 images at their source size, or files' bytes: count on what
+    # the model sees, the same transform run on the CPU.
+    on_cpu = device_transform(cfg, torch.device("cpu"))
+    augment_on_cpu = (lambda b: (on_cpu(b[0]), b[1])) if on_cpu else None
+    flops = count_flops(make_model, cfg, data, _loss_fn(dataset), augment_on_cpu, collate)
     rss_before_model = clocks.current_rss_mb()
     eager = make_model()
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist))
-    notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model)
+    notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes)
     optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr, cfg.fused_optimizer)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",
                             clip_grad_norm=cfg.clip_grad_norm or None,
-                            device_transform=DeviceAugment(cfg.image_size, device, cfg.seed) if batched else None)
+                            device_transform=device_transform(cfg, device),
+                            # decode_jpeg(device=...) takes the files' bytes from host memory itself.
+                            transform_moves_images=cfg.input_pipeline == "decode_on_device")
     # A user's batch travels whole (any structure) to the loss that knows it.
     return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings, _loss_fn(dataset)),
                  BatchStream(loader, whole=dataset is not None), spec.description, len(data), notes, dist, eval_data)
@@ -131,7 +159,7 @@ def _eval_data(cfg: RunConfig, dataset, log):
     """The held-out split (CIFAR's test_batch) for a quick accuracy check; None where there is none."""
     if dataset is not None or cfg.data.startswith("imagefolder:"):
         return None
-    return shared_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, False, False).dataset
+    return shared_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, False, "per_sample").dataset
 
 
 @torch.no_grad()
@@ -214,13 +242,14 @@ def compute_only(built: Built, progress: Progress) -> dict:
             "method": "the same step on one batch kept on the device (no loading, no copy, no augmentation)"}
 
 
-def real_batch(data, size: int):
+def real_batch(data, size: int, collate: Callable | None = None):
     """The first `size` items of the dataset, collated as the DataLoader would: FLOPs are counted on
     the shapes the model really sees (sequence length, image size, whatever the batch holds)."""
-    return torch.utils.data.default_collate([data[i] for i in range(min(size, len(data)))])
+    return (collate or torch.utils.data.default_collate)([data[i] for i in range(min(size, len(data)))])
 
 
-def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data, loss_fn, prepare=None) -> float:
+def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data, loss_fn, prepare=None,
+                collate: Callable | None = None) -> float:
     """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute),
     from a real batch of the data through the run's own loss.
 
@@ -229,12 +258,12 @@ def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data,
     the CPU and scaled (FLOPs grow linearly with the batch).
     """
     try:
-        batch = real_batch(data, cfg.effective_micro_batch)
+        batch = real_batch(data, cfg.effective_micro_batch, collate)
         batch = map_tensors(prepare(batch) if prepare else batch, lambda t: t.to("meta"))
         with torch.device("meta"):
             return _step_flops(make_model(), batch, loss_fn) * cfg.accumulation_steps
     except Exception:  # a factory doing real work at construction (loading weights, say)
-        one = real_batch(data, 1)
+        one = real_batch(data, 1, collate)
         flops = _step_flops(make_model(), prepare(one) if prepare else one, loss_fn)
         return flops * cfg.effective_micro_batch * cfg.accumulation_steps
 

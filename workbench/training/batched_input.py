@@ -24,22 +24,41 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-def crop_boxes(batch: int, height: int, width: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def crop_boxes(batch: int, height: int | torch.Tensor, width: int | torch.Tensor, generator: torch.Generator,
+               device: torch.device) -> torch.Tensor:
     """One random box per image, (index, x1, y1, x2, y2), sampled as RandomResizedCrop does.
 
-    torchvision retries a sample that does not fit up to ten times; here a box is clamped to the
-    image instead, which keeps the step free of loops and host syncs.
+    height and width: one size for the whole batch, or one per image (float tensors of length batch,
+    on `device`: decoded JPEGs differ in size). torchvision retries a sample that does not fit up to
+    ten times; here a box is clamped to the image instead, which keeps the step free of loops and
+    host syncs.
     """
     area = height * width * torch.empty(batch, device=device).uniform_(*CROP_SCALE, generator=generator)
     log_ratio = torch.empty(batch, device=device).uniform_(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]),
                                                            generator=generator)
     ratio = torch.exp(log_ratio)
-    w = torch.sqrt(area * ratio).clamp(1, width)
-    h = torch.sqrt(area / ratio).clamp(1, height)
+    # clamp(max=...) takes a number or a tensor, so one line serves both kinds of size.
+    w = torch.sqrt(area * ratio).clamp(min=1).clamp(max=width)
+    h = torch.sqrt(area / ratio).clamp(min=1).clamp(max=height)
     x1 = torch.rand(batch, device=device, generator=generator) * (width - w)
     y1 = torch.rand(batch, device=device, generator=generator) * (height - h)
     index = torch.arange(batch, device=device, dtype=torch.float32)
     return torch.stack([index, x1, y1, x1 + w, y1 + h], dim=1)
+
+
+class FlipNormalize:
+    """RandomHorizontalFlip and Normalize on a float NCHW batch of 0-255 pixels, batched on the device."""
+
+    def __init__(self, device: torch.device, generator: torch.Generator) -> None:
+        self.device, self.generator = device, generator
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(shape) * 255
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        flip = torch.rand(pixels.shape[0], device=self.device, generator=self.generator) < 0.5
+        pixels = torch.where(flip.view(-1, 1, 1, 1), pixels.flip(-1), pixels)
+        return (pixels - self.mean) / self.std
 
 
 class DeviceAugment:
@@ -48,15 +67,11 @@ class DeviceAugment:
     def __init__(self, image_size: int, device: torch.device, seed: int) -> None:
         self.image_size, self.device = image_size, device
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        shape = (1, 3, 1, 1)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(shape) * 255
+        self.flip_normalize = FlipNormalize(device, self.generator)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = images.shape
         pixels = images.float()
         boxes = crop_boxes(batch, height, width, self.generator, self.device)
         cropped = roi_align(pixels, boxes, self.image_size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
-        flip = torch.rand(batch, device=self.device, generator=self.generator) < 0.5
-        cropped = torch.where(flip.view(-1, 1, 1, 1), cropped.flip(-1), cropped)
-        return (cropped - self.mean) / self.std
+        return self.flip_normalize(cropped)

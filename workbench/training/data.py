@@ -14,6 +14,7 @@ import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -281,12 +282,13 @@ def _open_cifar(data_dir: Path, train: bool, transform) -> WorkbenchCIFAR10:
                          "allowed: a complete cifar-10-batches-py folder (delete it to regenerate)") from None
 
 
-def _open_imagefolder(path: str, transform) -> datasets.ImageFolder:
+def _open_imagefolder(path: str, transform, file_loader: Callable[[str], object] | None) -> datasets.ImageFolder:
     root = Path(path)
     if not root.is_dir():
         raise UsageError(f"data=imagefolder:{path}: no such folder; allowed: a folder with one sub-folder per class")
+    loader = {"loader": file_loader} if file_loader else {}  # PIL (ImageFolder's own) unless told otherwise
     try:
-        return datasets.ImageFolder(str(root), transform=transform)
+        return datasets.ImageFolder(str(root), transform=transform, **loader)
     except (FileNotFoundError, RuntimeError) as error:
         raise UsageError(f"data=imagefolder:{path} holds no images ({error}); "
                          "allowed: a folder with one sub-folder of images per class") from None
@@ -299,13 +301,16 @@ def _transform(image_size: int, train: bool, batched: bool, fixed_size: bool):
 
 
 def load_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: int,
-              train: bool = True, log=print, batched: bool = False) -> DataSpec:
+              train: bool = True, log=print, batched: bool = False,
+              file_loader: Callable[[str], object] | None = None) -> DataSpec:
     """The dataset a RunConfig names, with its transforms and a description of what it is.
-    batched=True yields uint8 images for the on-device augmentation (workbench/training/batched_input.py)."""
+    batched=True yields uint8 images for the on-device augmentation (workbench/training/batched_input.py);
+    file_loader (an ImageFolder only) turns each file into a sample as it is, with no transform
+    (the file's bytes for decode_on_device: workbench/training/jpeg_input.py)."""
     transform = _transform(image_size, train, batched, fixed_size=not data.startswith("imagefolder:"))
     if data.startswith("imagefolder:"):
         path = data.split(":", 1)[1]
-        dataset = _open_imagefolder(path, transform)
+        dataset = _open_imagefolder(path, None if file_loader else transform, file_loader)
         if len(dataset.classes) < 2:
             log(f"warning: data=imagefolder:{path} has only {len(dataset.classes)} class: the loss trains "
                 "to 0 and accuracy means nothing; add a sub-folder per class")
@@ -318,10 +323,11 @@ def load_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: i
 
 def build_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool,
                  persistent_workers: bool, prefetch_factor: int, seed: int,
-                 sampler=None) -> torch.utils.data.DataLoader:
+                 sampler=None, collate_fn: Callable | None = None) -> torch.utils.data.DataLoader:
     """A shuffling loader with full batches only, so every step has the same shape.
 
-    With a sampler (one shard per process under DDP) the sampler does the shuffling.
+    With a sampler (one shard per process under DDP) the sampler does the shuffling; collate_fn
+    (None: the default collation) packs samples that do not stack, such as files' bytes.
     """
     if len(dataset) < batch_size:
         raise UsageError(f"batch_size={batch_size} is larger than the dataset ({len(dataset)} samples)")
@@ -329,4 +335,4 @@ def build_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool,
     order = {"sampler": sampler} if sampler is not None else {
         "shuffle": True, "generator": torch.Generator().manual_seed(seed)}
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, drop_last=True, num_workers=num_workers,
-                                       pin_memory=pin_memory, **order, **extra)
+                                       pin_memory=pin_memory, collate_fn=collate_fn, **order, **extra)

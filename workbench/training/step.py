@@ -93,8 +93,11 @@ class StepSettings:
     channels_last: bool = False
     non_blocking: bool = False
     clip_grad_norm: float | None = None
-    # Augmentation that runs on the device after the copy (the batched input pipeline), or None.
-    device_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # Augmentation that runs on the device after the copy (the batched input pipelines), or None.
+    device_transform: Callable[[Any], torch.Tensor] | None = None
+    # The transform takes the images as the loader gave them and puts them on the device itself
+    # (decode_on_device: decode_jpeg reads the files' bytes from host memory); labels still move.
+    transform_moves_images: bool = False
 
 
 class TrainStep:
@@ -122,10 +125,14 @@ class TrainStep:
     def move(self, batch):
         """Every tensor of a nested batch on the step's device (augmented there by the batched pipeline)."""
         with region(regions.HOST_TO_DEVICE, self.annotate):
+            if self.settings.transform_moves_images:
+                images, labels = batch
+                return self._augment((images, self._move(labels)))
             return self._augment(map_tensors(batch, self._move))
 
     def _augment(self, batch):
-        """The batched input pipeline: uint8 (images, labels) cropped, flipped and normalized on the device."""
+        """The batched input pipelines: (images, labels) decoded where needed, cropped, flipped and
+        normalized on the device."""
         transform = self.settings.device_transform
         if transform is None:
             return batch
