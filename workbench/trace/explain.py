@@ -11,7 +11,7 @@ import json
 import zlib
 from pathlib import Path
 
-from workbench.trace import analyze, diagnose
+from workbench.trace import analyze, comm, diagnose, ranks
 from workbench.errors import UsageError
 from workbench.results import TRACE_GLOBS
 
@@ -50,26 +50,40 @@ def context_of(trace: dict, summary: dict) -> dict:
             "tensor_cores": bool(majors) and max(majors) >= TENSOR_CORE_MAJOR}
 
 
-def analyze_file(path: Path) -> dict:
-    """summary + findings for one trace; a bad file is a UsageError naming it."""
+def _read(path: Path, with_communication: bool) -> tuple[dict, dict | None]:
+    """(summary + findings, communication or None) for one trace; a bad file is a UsageError naming it."""
     try:
         trace = analyze.load_trace(path)
         if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
             raise analyze.TraceFormatError("no traceEvents list")
         summary = analyze.analyze_loaded(trace, path)[0]
+        communication = comm.communication(trace) if with_communication else None
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError, ValueError, KeyError,
             TypeError) as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise UsageError(f"{str(path)!r} is not a readable torch.profiler trace ({reason}); allowed: {ALLOWED}") from None
-    return {**summary, "findings": diagnose.diagnose(summary, context_of(trace, summary))}
+    return {**summary, "findings": diagnose.diagnose(summary, context_of(trace, summary))}, communication
+
+
+def analyze_file(path: Path) -> dict:
+    """summary + findings for one trace; a bad file is a UsageError naming it."""
+    return _read(path, with_communication=False)[0]
 
 
 def document(paths: list[str]) -> dict:
-    """One JSON-ready document: the lowest rank's analysis, and every rank's under "ranks" when several."""
-    docs = sorted((analyze_file(path) for path in trace_files(paths)), key=lambda d: (d["rank"], d["trace_file"]))
+    """One JSON-ready document: the lowest rank's analysis, and with several ranks every rank's under
+    "ranks" and the per-rank reading under "per_rank", whose findings (the straggler, exposed
+    communication) lead the document's."""
+    files = trace_files(paths)
+    read = sorted((_read(path, len(files) > 1) for path in files), key=lambda pair: (pair[0]["rank"], pair[0]["trace_file"]))
+    docs = [doc for doc, _ in read]
     if len(docs) == 1:
         return docs[0]
-    return {**docs[0], "ranks": docs}
+    if not ranks.one_per_rank(docs):  # several traces of one process: each read alone, as before
+        return {**docs[0], "ranks": docs}
+    per_rank = ranks.reading([ranks.rank_row(doc, found) for doc, found in read])
+    findings = sorted(per_rank["findings"] + docs[0]["findings"], key=lambda f: diagnose.SEVERITY_ORDER.index(f["severity"]))
+    return {**docs[0], "findings": findings, "ranks": docs, "per_rank": per_rank}
 
 
 def _breakdown_lines(doc: dict) -> list[str]:
@@ -101,9 +115,39 @@ def _finding_lines(findings: list[dict]) -> list[str]:
     return lines
 
 
+# The per-rank table's columns: (heading, key in ranks.TABLE_COLUMNS); ms per step.
+RANK_COLUMNS = (("step", "step_ms"), ("data", "data_loading_ms"), ("h2d", "host_to_device_ms"),
+                ("fwd", "forward_ms"), ("bwd", "backward_ms"), ("opt", "optimizer_step_ms"), ("other", "other_ms"),
+                ("coll", "collective_ms"), ("wait", "waiting_ms"), ("work", "work_ms"))
+SHARE_COLUMNS = (("coll%", "collective_share"), ("overlap", "overlap_share"), ("gpu%", "gpu_collective_share"))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+def _skew_line(label: str, skew: dict, key: str, shown) -> str:
+    return f"{label:<8}" + "".join(f"{shown(skew[column][key]):>8}" for _, column in RANK_COLUMNS)
+
+
+def _per_rank_lines(per_rank: dict) -> list[str]:
+    """The per-rank table, its skew, and the findings across ranks."""
+    lines = [f"per rank ({len(per_rank['ranks'])} traces; ms per step; coll: in collectives, wait: the part "
+             "of it with nothing else running, work: step - wait):",
+             f"{'rank':<8}" + "".join(f"{head:>8}" for head, _ in RANK_COLUMNS + SHARE_COLUMNS)]
+    for row in per_rank["ranks"]:
+        lines.append(f"{row['rank']:<8}" + "".join(f"{row[key]:>8.1f}" for _, key in RANK_COLUMNS)
+                     + "".join(f"{_percent(row[key]):>8}" for _, key in SHARE_COLUMNS))
+    lines.append(_skew_line("max/med", per_rank["skew"], "max_over_median", lambda v: "-" if v is None else f"{v:.2f}x"))
+    lines.append(_skew_line("max-min", per_rank["skew"], "max_minus_min_ms", lambda v: f"{v:.1f}"))
+    if not per_rank["findings"]:
+        return lines + ["findings across ranks: none (no straggler; communication small or hidden)"]
+    return lines + ["findings across ranks:"] + _finding_lines(per_rank["findings"])[1:]
+
+
 def format_text(doc: dict) -> str:
-    """The readable form: one block per rank."""
-    blocks = []
+    """The readable form: with several ranks the per-rank table first, then one block per rank."""
+    blocks = ["\n".join(_per_rank_lines(doc["per_rank"]))] if "per_rank" in doc else []
     for one in doc.get("ranks", [doc]):
         head = [f"trace: {one['trace_file']} (rank {one['rank']})",
                 f"steps: {one['steps']} ({one['markers']['steps']}), {one['step_time_ms']:.2f} ms per step"]
