@@ -182,3 +182,16 @@ def test_overlap_counts_each_instant_once():
     # Buckets overlapping each other count once; the intersection with the work is exact.
     assert comm.overlap_us([(0, 10), (5, 15), (20, 30)], [(8, 22), (25, 26)]) == 7 + 2 + 1
     assert comm.overlap_us([], [(0, 5)]) == 0
+
+
+def test_the_reports_bottleneck_section_names_the_straggler_from_rank_traces(tmp_path):
+    from workbench.report.bottlenecks import ranks_block  # the report's use of the reading
+
+    write(tmp_path, ddp_traces(fetch=[1, 61], backward=[10, 10]))
+    trace_file = str(next(tmp_path.glob("rank0_*")))
+    lines = ranks_block({"trace_file": trace_file}, tmp_path / "reports" / "run")
+    assert lines[0] == "### Ranks" and any(line.startswith("| 1 |") for line in lines)
+    assert any(line.startswith("- **straggler** (high): Rank 1 holds the others back (input)") for line in lines)
+    # One trace (a one-process run), or traces no longer on disk: no block.
+    assert ranks_block({"trace_file": str(tmp_path / "gone" / "rank0.json")}, tmp_path) == []
+    assert ranks_block({"trace_file": None}, tmp_path) == []

@@ -2,12 +2,16 @@
 
 Each claim carries its evidence (the measured share, time or size) and, where the verdict comes from
 a rule, the threshold of the rule in workbench/trace/diagnose.py that judged it, so report and diagnosis
-never disagree about what counts as a bottleneck.
+never disagree about what counts as a bottleneck. An --nproc run's baseline adds its ranks side by side
+and the straggler, read from its rank traces (workbench/trace/ranks.py).
 """
 from __future__ import annotations
 
-from workbench.trace import diagnose, regions
-from workbench.report.markdown import bullet, plain, show
+import zlib
+from pathlib import Path
+
+from workbench.trace import diagnose, ranks, regions
+from workbench.report.markdown import bullet, plain, show, table
 from workbench.report.table import RunView
 
 TOP_OPS_SHOWN = 3
@@ -26,6 +30,7 @@ def bottlenecks(view: RunView) -> list[str]:
     lines += data_loading_block(summary, result)
     lines += compute_block(base, summary, result, view)
     lines += memory_block(base, result, view)
+    lines += ranks_block(result, view.run_dir)
     return lines + findings_block(result, summary is not None)
 
 
@@ -156,8 +161,45 @@ def findings_block(result: dict, traced: bool) -> list[str]:
         why = "no rule in workbench/trace/diagnose.py fired on the baseline trace" if traced else \
             "no trace summary, so the diagnosis rules did not run"
         return lines + [f"No findings: {why}.", ""]
-    for finding in findings:
-        lines.append(f"- **{finding.get('rule')}** ({finding.get('severity')}): {finding.get('evidence')} "
-                     f"Measured {plain(finding.get('value'))} against a threshold of "
-                     f"{plain(finding.get('threshold'))}. Action: {finding.get('action')}")
-    return lines + [""]
+    return lines + [_finding_line(finding) for finding in findings] + [""]
+
+
+def _finding_line(finding: dict) -> str:
+    return (f"- **{finding.get('rule')}** ({finding.get('severity')}): {finding.get('evidence')} "
+            f"Measured {plain(finding.get('value'))} against a threshold of "
+            f"{plain(finding.get('threshold'))}. Action: {finding.get('action')}")
+
+
+# The per-rank table's columns: (heading, key of a ranks.rank_row), ms per step.
+RANK_COLUMNS = (("step", "step_ms"), ("data loading", "data_loading_ms"), ("backward", "backward_ms"),
+                ("in collectives", "collective_ms"), ("waiting in them", "waiting_ms"), ("own work", "work_ms"))
+
+
+def ranks_block(result: dict, run_dir: Path) -> list[str]:
+    """An --nproc run: the baseline's ranks side by side and the findings across them (trace/ranks.py),
+    read from the rank traces beside the baseline's trace while they are on disk (a run folder copied
+    without its profiles has none: then the block is left out)."""
+    try:
+        reading = _rank_reading(result.get("trace_file"), run_dir)
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as error:  # a damaged trace
+        return ["### Ranks", "", bullet("Rank traces", f"could not be read ({type(error).__name__}: "
+                                        f"{str(error)[:200]}), so no straggler can be named."), ""]
+    if not reading:
+        return []
+    rows = [[str(row["rank"]), *(show("ms", row[key], "") for _, key in RANK_COLUMNS)] for row in reading["ranks"]]
+    lines = ["### Ranks", "", "Per profiled step, ms; own work is the step minus the time waiting in collectives.", ""]
+    lines += table(["rank", *(head for head, _ in RANK_COLUMNS)], rows) + [""]
+    if not reading["findings"]:
+        lines.append("No straggler (no rank's own work stands out), and communication is small or hidden.")
+    return lines + [_finding_line(finding) for finding in reading["findings"]] + [""]
+
+
+def _rank_reading(trace_file: str | None, run_dir: Path) -> dict | None:
+    """The per-rank reading of the folder holding trace_file (as recorded: from the working directory,
+    or from the run's root), or None when it does not hold one trace per rank."""
+    if not trace_file:
+        return None
+    for folder in (Path(trace_file).parent, Path(run_dir).parent.parent / Path(trace_file).parent):
+        if folder.is_dir():
+            return ranks.read_folder(folder)
+    return None

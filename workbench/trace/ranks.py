@@ -174,5 +174,6 @@ def read_trace(path: Path) -> dict:
 
 def read_folder(folder: Path) -> dict | None:
     """The per-rank reading of a stage's trace folder; None unless it holds one trace per rank."""
-    rows = [read_trace(path) for path in trace_files(folder)]
+    paths = trace_files(folder)
+    rows = [read_trace(path) for path in paths] if len(paths) > 1 else []
     return reading(rows) if one_per_rank(rows) else None
