@@ -96,6 +96,6 @@ def test_the_noise_floor_is_taken_at_the_comparisons_precision():
 
     gain = {"ratio": 1.09, "ci95_low": 1.06, "ci95_high": 1.13, "rounds": 4}
     assert stats.floor_at(0.104, 4) == pytest.approx(0.052)
-    assert stats.judged_verdict(gain, 0.05, 0.104) == "faster"
-    assert stats.judged_verdict({**gain, "ratio": 1.04, "ci95_low": 1.01, "ci95_high": 1.07}, 0.0, 0.104) != "faster"
+    assert stats.judged_verdict(gain, 0.05, stats.NoiseFloor(0.104)) == "faster"
+    assert stats.judged_verdict({**gain, "ratio": 1.04, "ci95_low": 1.01, "ci95_high": 1.07}, 0.0, stats.NoiseFloor(0.104)) != "faster"
     assert stats.floor_at(0.104, 1) == 0.104

@@ -12,6 +12,7 @@ its steps and say less with it. Defaults live in workbench/config.py, not here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -174,6 +175,13 @@ def noise_floor(aa: dict) -> float:
     return max(math.exp(spread) - 1, abs(aa["ratio"] - 1))
 
 
+def round_spread(ratio: dict) -> float | None:
+    """One round's spread of a paired comparison: the standard deviation of its rounds' log ratios
+    (None with fewer than two rounds)."""
+    logs = np.asarray(ratio.get("log_ratios") or [], dtype=float)
+    return float(logs.std(ddof=1)) if logs.size > 1 else None
+
+
 def floor_at(floor: float, rounds: int) -> float:
     """The noise floor at a comparison's precision. The A/A gives one round's spread; a mean over n
     rounds moves by about that over sqrt(n). Undivided, it made the verdict hang on the A/A's own
@@ -182,20 +190,63 @@ def floor_at(floor: float, rounds: int) -> float:
     return floor / math.sqrt(max(1, rounds or 1))
 
 
-def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:
+@dataclass(frozen=True)
+class NoiseFloor:
+    """The A/A's noise floor, fitted to each comparison it judges.
+
+    The A/A runs where the baseline is: on a loader-bound baseline its rounds spread 18% (one H200
+    run), while a compute-bound pair later in the ladder spread a quarter of that, and the A/A's
+    floor hid a 12% TF32 gain there. So the floor a comparison is judged against is the A/A's, scaled
+    by the comparison's own round-to-round spread against the A/A's (never above the A/A's: a noisier
+    pair already has a wider interval), then divided by the square root of its rounds (floor_at).
+    A comparison with one round, or an A/A without a spread, keeps the A/A's floor as it is.
+    The keep rule's guard against noise is the paired interval, which uses the pair's own rounds
+    anyway; the floor guards against the A/A's systematic part, and scales with the noise it sits in.
+    """
+
+    value: float = 0.0              # noise_floor(aa): one round's A/A spread, as a relative change
+    spread: float | None = None     # round_spread(aa): the A/A's log-ratio standard deviation
+
+    @classmethod
+    def from_aa(cls, aa: dict | None) -> "NoiseFloor":
+        """From an A/A comparison (stats.paired_ratio), or its record in verdicts.json."""
+        if not aa:
+            return cls()
+        return cls(aa["noise_floor"] if "noise_floor" in aa else noise_floor(aa), round_spread(aa))
+
+    def scale(self, ratio: dict) -> float:
+        """How much of the A/A's floor applies to this comparison: its spread over the A/A's, at most 1."""
+        own = round_spread(ratio)
+        if own is None or not self.spread:
+            return 1.0
+        return min(1.0, own / self.spread)
+
+    def fitted(self, ratio: dict) -> float:
+        """The floor for this comparison, before the square root of its rounds (floor_at)."""
+        return self.value * self.scale(ratio)
+
+    def at(self, ratio: dict) -> float:
+        """The floor an effect of this comparison must clear: fitted, at its number of rounds."""
+        return floor_at(self.fitted(ratio), ratio.get("rounds") or 1)
+
+
+NO_FLOOR = NoiseFloor()
+
+
+def judged_verdict(ratio: dict, min_effect: float, floor: NoiseFloor = NO_FLOOR) -> str:
     """faster, slower, no significant change, or inconclusive.
 
-    faster: the whole interval above 1 + min_effect, and the effect above the noise floor (one round's
-    A/A spread, at this comparison's number of rounds: floor_at); slower: the whole interval below 1
-    (and the effect above that floor); inconclusive: too wide to
+    faster: the whole interval above 1 + min_effect, and the effect above the noise floor (the A/A's
+    one-round spread fitted to this comparison's own spread, at its number of rounds: NoiseFloor.at);
+    slower: the whole interval below 1 (and the effect above that floor); inconclusive: too wide to
     tell, wider than INCONCLUSIVE_HALF_WIDTH or reaching both below 1 + min_effect and above a
     PLAUSIBLE_GAIN; otherwise no significant change (the interval rules out any gain worth having).
     """
     low, high, point = ratio["ci95_low"], ratio["ci95_high"], ratio["ratio"]
-    floor = floor_at(floor, ratio.get("rounds") or 1)
-    if low > 1 + min_effect and point - 1 > floor:
+    floor_now = floor.at(ratio)
+    if low > 1 + min_effect and point - 1 > floor_now:
         return "faster"
-    if high < 1 and 1 - point > floor:
+    if high < 1 and 1 - point > floor_now:
         return "slower"
     # Open: the interval reaches both below the keep threshold and up to a gain worth having.
     if half_width(ratio) > INCONCLUSIVE_HALF_WIDTH or (low < 1 + min_effect and high > 1 + max(PLAUSIBLE_GAIN, min_effect)):
@@ -203,12 +254,20 @@ def judged_verdict(ratio: dict, min_effect: float, floor: float = 0.0) -> str:
     return "no significant change"
 
 
+def still_open(ratio: dict, min_effect: float, floor: NoiseFloor, most_rounds: int) -> bool:
+    """Whether one more round is worth its time: the answer is inconclusive, and `most_rounds` rounds
+    with the same mean and spread (projected: optimistic) could settle it."""
+    if judged_verdict(ratio, min_effect, floor) != "inconclusive":
+        return False
+    return judged_verdict(projected(ratio, most_rounds), min_effect, floor) != "inconclusive"
+
+
 INCONCLUSIVE_TEXT = "inconclusive: too noisy, rerun on a quiet machine"
 # How far "what it would take" looks: more rounds than this at one spread is a quieter machine's job.
 MOST_ROUNDS_ASKED = 24
 
 
-def rounds_to_decide(ratio: dict, min_effect: float, floor: float = 0.0, most: int = MOST_ROUNDS_ASKED) -> int | None:
+def rounds_to_decide(ratio: dict, min_effect: float, floor: NoiseFloor = NO_FLOOR, most: int = MOST_ROUNDS_ASKED) -> int | None:
     """The fewest rounds in all that would decide an inconclusive comparison if the rounds to come
     kept its mean and spread (projected: optimistic); None when even `most` would not."""
     for rounds in range(max(2, (ratio.get("rounds") or 1) + 1), most + 1):
@@ -217,7 +276,7 @@ def rounds_to_decide(ratio: dict, min_effect: float, floor: float = 0.0, most: i
     return None
 
 
-def would_take(ratio: dict, min_effect: float, floor: float = 0.0) -> dict:
+def would_take(ratio: dict, min_effect: float, floor: NoiseFloor = NO_FLOOR) -> dict:
     """What deciding an inconclusive comparison would take, in words and rounds."""
     rounds, had = rounds_to_decide(ratio, min_effect, floor), ratio.get("rounds") or 1
     if rounds is None or len(ratio.get("log_ratios") or []) < 2:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from types import SimpleNamespace
 
+from workbench import stats
 from workbench.run import judge, stage_results
 from workbench.config import RunConfig
 from workbench.launch import SideReport
@@ -43,7 +44,8 @@ BASE = {"stage": "baseline", "status": "baseline", "metrics": {**raw(0.1).metric
 
 
 def judged(stage: str, compared: Comparison, floor: float = 0.0) -> dict:
-    state = LadderState(RunConfig(), baseline=StageRecord.of(BASE), result=StageRecord.of(BASE), floor=floor)
+    state = LadderState(RunConfig(), baseline=StageRecord.of(BASE), result=StageRecord.of(BASE),
+                        floor=stats.NoiseFloor(floor))
     return stage_results.stage(session(), STAGE[stage], 1, RunConfig(), [stage], compared, BASE, state, "test", 0.0)
 
 
@@ -114,13 +116,13 @@ def test_a_kept_probe_does_not_carry_its_measurement_settings_forward():
 def test_a_one_round_probe_is_judged_on_its_steps():
     """A brief probe has one round: its speedup is a bootstrap over that round's steps."""
     one = Comparison([raw(0.1)], [raw(0.4)])
-    ratio = judge.paired_speedup(one, 0.05, 0.0)
+    ratio = judge.paired_speedup(one, 0.05, stats.NO_FLOOR)
     assert ratio["ratio"] == pytest.approx(0.25) and ratio["verdict"] == "slower"
 
 
 def test_a_failed_check_says_why():
     failed = Comparison([raw(0.1)], [], failure=SideReport.failed("b", "worker exited with status 1"), failed_side="b")
-    entry = judge.check_entry("amp", failed, 0.05, 0.0)
+    entry = judge.check_entry("amp", failed, 0.05, stats.NO_FLOOR)
     assert entry["verdict"] == "failed" and "status 1" in entry["text"]
 
 

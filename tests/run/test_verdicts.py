@@ -101,7 +101,7 @@ def ratio(point, low, high):
     (ratio(1.11, 1.02, 1.20), 0.03, 0.0, "inconclusive"),             # a gain, but maybe under 3%: more rounds
 ])
 def test_keep_rule(interval, min_effect, floor, expected):
-    assert stats.judged_verdict(interval, min_effect, floor) == expected
+    assert stats.judged_verdict(interval, min_effect, stats.NoiseFloor(floor)) == expected
 
 
 def test_noise_floor_is_one_rounds_spread_or_the_apparent_effect():
@@ -111,7 +111,7 @@ def test_noise_floor_is_one_rounds_spread_or_the_apparent_effect():
     assert stats.noise_floor(biased) == pytest.approx(0.10, abs=1e-3)
     # two noisy rounds do not turn a 5x slowdown into "noise"
     noisy = stats.paired_ratio([3.2, 2.2], [3.9, 2.1])
-    assert stats.judged_verdict(ratio(0.22, 0.19, 0.25), 0.03, stats.noise_floor(noisy)) == "slower"
+    assert stats.judged_verdict(ratio(0.22, 0.19, 0.25), 0.03, stats.NoiseFloor.from_aa(noisy)) == "slower"
 
 
 # --- the order the trace picks ----------------------------------------------------------------------
@@ -293,7 +293,7 @@ def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last
     monkeypatch.setattr(paired, "_one_round", one_round)
     monkeypatch.setattr(paired, "launcher_for", lambda *args: None)
     session = SimpleNamespace(log=lambda message: None)
-    more = ladder._still_open(0.0, 0.03, 6)
+    more = ladder._still_open(stats.NO_FLOOR, 0.03, 6)
     side = paired.Side(RunConfig(), "x")
     result = paired.compare(session, side, side, 3, "test", more, 6)
     lasts = [last for _, last in calls]
@@ -320,12 +320,12 @@ def test_no_extra_rounds_when_even_the_most_rounds_would_leave_it_open(monkeypat
     said = []
     session = SimpleNamespace(log=said.append, base_cfg=RunConfig())
     side = paired.Side(RunConfig(), "x")
-    result = paired.compare(session, side, side, 3, "test", ladder._still_open(0.0, 0.03, 6), 6)
+    result = paired.compare(session, side, side, 3, "test", ladder._still_open(stats.NO_FLOOR, 0.03, 6), 6)
     assert len(result.a_rounds) == 3
     assert stats.judged_verdict(result.ratio(), 0.03) == "inconclusive"
     ahead = stats.projected(result.ratio(), 6)
     assert ahead["ci95_low"] < 1 < ahead["ci95_high"] and ahead["ratio"] == result.ratio()["ratio"]
-    ladder._say_if_futile(session, result, 0.0, 6)
+    ladder._say_if_futile(session, result, stats.NO_FLOOR, 6)
     assert any("no extra rounds" in line for line in said)
 
 
@@ -352,7 +352,7 @@ def test_the_futility_check_saves_rounds_without_losing_a_real_effect():
         return stats.judged_verdict(ratio, 0.03), len(taken)
 
     every_round = lambda c: stats.judged_verdict(c.ratio(), 0.03) == "inconclusive"
-    futile = ladder._still_open(0.0, 0.03, 6)
+    futile = ladder._still_open(stats.NO_FLOOR, 0.03, 6)
     for effect, sigma in ((1.12, 0.04), (1.0, 0.08)):
         old = [trial(effect, sigma, every_round) for _ in range(400)]
         new = [trial(effect, sigma, futile) for _ in range(400)]
@@ -411,7 +411,7 @@ def simulated_round(rng, effect: float, noise: float = 0.12, burst_p: float = 0.
     return a, b
 
 
-def decided(rng, effect: float, planned: int, most: int, floor: float) -> tuple[str, int]:
+def decided(rng, effect: float, planned: int, most: int, floor: stats.NoiseFloor) -> tuple[str, int]:
     """A comparison under the ladder's own round rule (ladder._still_open, projected to `most`)."""
     a, b = [], []
     more = ladder._still_open(floor, 0.05, most)
@@ -431,7 +431,7 @@ def found_rates(effect: float, trials: int = 400, seed: int = 7) -> tuple[float,
     """How often a stage with `effect` is kept: today's rule (4 rounds, up to 8 when they could settle
     it, no fresh look) against the new one (4 in the pass; undecided, a fresh second look of up to 12)."""
     rng = np.random.default_rng(seed)
-    floor = 0.12  # the A/A's one-round spread on such a machine
+    floor = stats.NoiseFloor(0.12)  # the A/A's one-round spread on such a machine
     old = new = rounds_new = 0
     for _ in range(trials):
         verdict, _ = decided(rng, effect, 4, 8, floor)

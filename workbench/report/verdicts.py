@@ -55,7 +55,9 @@ def _noise_lines(doc: dict) -> list[str]:
     rounds = aa.get("rounds") or 1
     return [bullet("Noise floor", f"{measured}: one round's spread is {floor:.1%}, so over {rounds} rounds effects under "
                    f"{floor_at(floor, rounds):.1%} are called 'no significant change' (the floor over the square root "
-                   "of a comparison's rounds)")]
+                   "of a comparison's rounds). A comparison whose own rounds spread less than the A/A's is held to "
+                   "the floor scaled by its spread over the A/A's (the 'floor' column below): the A/A measures the "
+                   "baseline's noise, and a compute-bound pair after an input-bound baseline is quieter")]
 
 
 def _order_rows(view: RunView, doc: dict) -> list[list[str]]:
@@ -64,8 +66,17 @@ def _order_rows(view: RunView, doc: dict) -> list[list[str]]:
         result = view.result(entry["stage"]) or {}
         speed = (result.get("metrics") or {}).get("speedup_vs_previous") or {}
         rows.append([str(position), entry["stage"], entry.get("why", ""), " + ".join(entry.get("builds_on", [])),
-                     result.get("status", "not finished"), interval(speed) if speed else "-"])
+                     result.get("status", "not finished"), interval(speed) if speed else "-", _floor_text(speed)])
     return rows
+
+
+def _floor_text(speed: dict) -> str:
+    """The floor this comparison was held to, at its rounds, and how much of the A/A's it is."""
+    if speed.get("noise_floor") is None:
+        return "-"
+    held = floor_at(speed["noise_floor"], speed.get("rounds") or 1)
+    scale = speed.get("floor_scale")
+    return f"{held:.1%}" + (f" ({scale:.0%} of the A/A's)" if scale is not None and scale < 1 else "")
 
 
 def _check_rows(entries: list[dict], outcome) -> list[list[str]]:
@@ -90,7 +101,7 @@ def verdicts_section(view: RunView) -> list[str]:
     lines += _noise_lines(doc) + [""]
     if doc.get("order"):
         lines += [f"Order taken ({doc.get('order_mode', 'trace')}):", ""]
-        lines += table(["#", "stage", "why now", "builds on", "status", "vs previous"], _order_rows(view, doc)) + [""]
+        lines += table(["#", "stage", "why now", "builds on", "status", "vs previous", "floor"], _order_rows(view, doc)) + [""]
     if doc.get("second_look"):
         lines += ["Second look: each rejected speed stage tried again on the final configuration:", ""]
         lines += table(["stage", "with it vs without", "verdict", "outcome"], _check_rows(

@@ -20,16 +20,18 @@ SAME = {"ratio": 1.0, "ci95_low": 1.0, "ci95_high": 1.0, "verdict": "no signific
 LOSS_DEGRADATION_MAX = 1.25
 
 
-def paired_speedup(comparison, min_effect: float, floor: float) -> dict:
+def paired_speedup(comparison, min_effect: float, floor: stats.NoiseFloor) -> dict:
     """b/a over the paired rounds with its verdict; one round (a brief probe) falls back to a
-    bootstrap over that round's steps, which is all one round can say."""
+    bootstrap over that round's steps, which is all one round can say. noise_floor is the floor this
+    comparison was held to (the A/A's, scaled by floor_scale: its own spread against the A/A's)."""
     if len(comparison.a_rounds) > 1:
         ratio = comparison.ratio()
     else:
         a, b = comparison.a_final.metrics, comparison.b_final.metrics
         ratio = stats.speedup(b["step_times_s"], b["samples_per_step"], a["step_times_s"], a["samples_per_step"])
     verdict = stats.judged_verdict(ratio, min_effect, floor)
-    judged = {**ratio, "verdict": verdict, "min_effect": min_effect, "noise_floor": floor}
+    judged = {**ratio, "verdict": verdict, "min_effect": min_effect, "noise_floor": floor.fitted(ratio),
+              "floor_scale": floor.scale(ratio)}
     if verdict == "inconclusive":
         judged["would_take"] = stats.would_take(ratio, min_effect, floor)
     return judged
@@ -114,7 +116,7 @@ def unpaired_vs_baseline(metrics: Mapping, baseline: dict | None) -> dict:
     return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0), "paired": False}
 
 
-def check_entry(name: str, comparison, min_effect: float, floor: float) -> dict:
+def check_entry(name: str, comparison, min_effect: float, floor: stats.NoiseFloor) -> dict:
     """A second-look or leave-one-out comparison, as one entry of verdicts.json."""
     if comparison.failure is not None:
         return {"stage": name, "verdict": "failed", "text": f"failed: {comparison.failure.error}"}

@@ -42,7 +42,7 @@ class LadderState:
     applied: list[str] = field(default_factory=list)
     result: StageRecord | None = None
     baseline: StageRecord | None = None
-    floor: float = 0.0
+    floor: stats.NoiseFloor = stats.NO_FLOOR   # the A/A's, fitted to each comparison it judges
     position: int = 0              # stages taken so far: the next file's number
     # Paired comparisons already measured, by (a, b): leave-one-out of the last kept stage and the
     # headline of a single kept stage are comparisons the pass already made.
@@ -79,25 +79,22 @@ EXTRA_ROUNDS_FACTOR = 2
 SETTLING_ROUNDS_FACTOR = 3
 
 
-def _still_open(floor: float, min_effect: float, max_rounds: int):
+def _still_open(floor: stats.NoiseFloor, min_effect: float, max_rounds: int):
     """Whether one more round is worth its time: the answer is inconclusive, and the rounds still
-    allowed could settle it. When even max_rounds rounds with the same mean and spread would leave it
-    inconclusive (a 4% effect in 10% noise), more rounds are futile: it stays inconclusive, said so,
-    and the time goes to the next stage. Stopping here can only end in 'inconclusive', so it cannot
-    make a stage look faster or slower than it is."""
+    allowed could settle it (stats.still_open). When even max_rounds rounds with the same mean and
+    spread would leave it inconclusive (a 4% effect in 10% noise), more rounds are futile: it stays
+    inconclusive, said so, and the time goes to the next stage. Stopping here can only end in
+    'inconclusive', so it cannot make a stage look faster or slower than it is."""
     def more(comparison: paired_rounds.Comparison) -> bool:
         if len(comparison.a_rounds) < 2 or comparison.failure is not None or comparison.interrupted is not None:
             return False
-        ratio = comparison.ratio()
-        if stats.judged_verdict(ratio, min_effect, floor) != "inconclusive":
-            return False
-        return stats.judged_verdict(stats.projected(ratio, max_rounds), min_effect, floor) != "inconclusive"
+        return stats.still_open(comparison.ratio(), min_effect, floor, max_rounds)
     return more
 
 
 def _compare(session: Session, a: RunConfig, b: RunConfig, label: str, a_name: str, b_name: str,
              trace_dir=None, rounds: int | None = None, measured: dict | None = None,
-             floor: float | None = None, brief: bool = False, extra: int = EXTRA_ROUNDS_FACTOR,
+             floor: stats.NoiseFloor | None = None, brief: bool = False, extra: int = EXTRA_ROUNDS_FACTOR,
              fresh: bool = False) -> paired_rounds.Comparison:
     """Paired rounds of a against b; b runs the extras (trace, accuracy) in its last round. With
     `measured`, a pair compared before in this run is not measured again (unless fresh); with a noise
@@ -139,7 +136,7 @@ def _within_budget(session: Session, open_now, begun: float):
     return more
 
 
-def _say_if_open(session: Session, comparison: paired_rounds.Comparison, floor: float) -> None:
+def _say_if_open(session: Session, comparison: paired_rounds.Comparison, floor: stats.NoiseFloor) -> None:
     """An open answer in the pass: its extra rounds come later, where they pay most (the second look)."""
     ratio = comparison.ratio() if comparison.failure is None and comparison.a_rounds else None
     if ratio is not None and stats.judged_verdict(ratio, session.base_cfg.min_effect, floor) == "inconclusive":
@@ -147,7 +144,7 @@ def _say_if_open(session: Session, comparison: paired_rounds.Comparison, floor: 
                     "where its interval reaches the largest gain")
 
 
-def _say_if_futile(session: Session, comparison: paired_rounds.Comparison, floor: float, most: int) -> None:
+def _say_if_futile(session: Session, comparison: paired_rounds.Comparison, floor: stats.NoiseFloor, most: int) -> None:
     """An open answer that got no more rounds: say why, with the interval more rounds would give."""
     if comparison.failure is not None or comparison.interrupted is not None or len(comparison.a_rounds) >= most:
         return
@@ -174,7 +171,7 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, a
     earlier, aa = _previous(session, "baseline", cfg, []), _earlier_floor(session)
     if earlier and aa:
         session.log("== baseline and noise floor: kept from the earlier run")
-        state.floor = aa["noise_floor"]
+        state.floor = stats.NoiseFloor.from_aa(aa)
         verdicts.set("noise_floor", aa)
         state.baseline = state.result = earlier
         state.position = 1
@@ -187,13 +184,14 @@ def measure_baseline(session: Session, state: LadderState, verdicts: Verdicts, a
         return _saved_then_stop(session, result, comparison)
     if result["status"] == "baseline" and not alone:  # the judged document, before it is saved
         aa = judge.aa_summary(comparison)
-        state.floor = aa["noise_floor"]
+        state.floor = stats.NoiseFloor.from_aa(aa)
         verdicts.set("noise_floor", aa)
         noisy = aa["noise_floor"] > 0.5
         session.log(f"noise floor: baseline vs itself {console.fmt(aa)}; " + (
             "the machine is too noisy to judge small effects: rerun on a quiet machine" if noisy else
             f"one round's spread is {aa['noise_floor']:.1%}: over {cfg.rounds} rounds, effects under "
-            f"{stats.floor_at(aa['noise_floor'], cfg.rounds):.1%} are 'no significant change'"))
+            f"{stats.floor_at(aa['noise_floor'], cfg.rounds):.1%} are 'no significant change' (a quieter pair "
+            "is held to a floor scaled by its own spread)"))
     state.baseline = state.result = record = _save(session, result)
     state.position = 1
     return record
