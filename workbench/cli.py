@@ -98,12 +98,16 @@ def _refuse_contradictions(args: argparse.Namespace, recorded: dict) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from workbench.launch import launchers, procs
+    from workbench.launch.nodes import check as check_nodes
     from workbench.names import check_run_name
     from workbench.run import session as sessions
     from workbench.run.stages import select
 
     procs.stage_timeout_s()  # a bad WORKBENCH_STAGE_TIMEOUT_S is refused now, not after the baseline
     launchers.fork_server_wanted()  # so is a bad WORKBENCH_FORK_SERVER
+    nodes = check_nodes(args.nnodes, args.node_rank, args.rdzv_endpoint, args.rdzv_timeout, args.torchrun_args)
+    if not nodes.leader:
+        return _follow(args, nodes)
     resumed = _resumed(args) or {}
     if args.overwrite and args.resume:
         raise UsageError("--overwrite and --resume contradict each other; choose one")
@@ -117,10 +121,61 @@ def cmd_run(args: argparse.Namespace) -> int:
     budget = args.time_budget if args.time_budget is not None else resumed.get("time_budget_s", sessions.DEFAULT_TIME_BUDGET_S)
     sessions.check_time_budget(budget)  # refused now, not after waiting for the machine
     with MachineLock(f"workbench run {cfg.run_name or ''}".strip(), wait=not args.no_wait):
-        session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
-                                 stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite,
-                                 time_budget_s=budget)
-        return _run_session(session, stage_names)
+        link = _meet_the_other_nodes(cfg, nproc, nodes)
+        try:
+            session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
+                                     stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite,
+                                     time_budget_s=budget, nodes=nodes, link=link)
+            return _run_session(_with_references(session), stage_names)
+        except BaseException as error:  # the other nodes hear why node 0 stopped, then leave
+            if link is not None:
+                link.finish(f"{type(error).__name__}: {error}"[:300])
+            raise
+        finally:
+            if link is not None:
+                link.finish()
+
+
+def _meet_the_other_nodes(cfg: RunConfig, nproc: int, nodes):
+    """Node 0 of several: the control store hosted, every node's settings checked (run/nodes.py)."""
+    if not nodes.multi:
+        return None
+    from workbench.run import nodes as links
+
+    _check_processes(cfg, nproc)  # before the others are waited for: a refusal here is ours alone
+    link = links.host(nodes)
+    print(f"node 0 of {nodes.nnodes}: waiting up to {nodes.timeout_s:g} s for the other nodes at {nodes.endpoint}",
+          file=sys.stderr)
+    links.check_in_leader(link, links.settings(cfg, nproc, nodes))
+    return link
+
+
+def _with_references(session):
+    from workbench.run.references import measure_references
+
+    return measure_references(session)
+
+
+def _check_processes(cfg: RunConfig, nproc: int) -> None:
+    from workbench.device import resolve_device_type
+    from workbench.run.session import check_nproc
+
+    check_nproc(nproc, resolve_device_type(cfg.device), can_launch=True)
+
+
+def _follow(args: argparse.Namespace, nodes) -> int:
+    """A node other than node 0: it follows node 0's rounds (run/follow.py) and writes no run folder."""
+    from workbench.run.follow import follow
+    from workbench.run.stages import select
+
+    if args.resume:
+        raise UsageError(f"--resume is node 0's; start node {nodes.node_rank} without it (it follows node 0's rounds)")
+    select(args.stages)
+    cfg = config_from(args)
+    nproc = 1 if args.nproc is None else args.nproc
+    _check_processes(cfg, nproc)
+    with MachineLock(f"workbench run --node-rank {nodes.node_rank}", wait=not args.no_wait):
+        return follow(cfg, nproc, nodes)
 
 
 def _run_session(session, stage_names: str | None) -> int:
@@ -317,6 +372,19 @@ def _add_analyze(commands) -> None:
     analyze.set_defaults(handler=cmd_analyze)
 
 
+def _add_node_options(run: argparse.ArgumentParser) -> None:
+    nodes = run.add_argument_group("several nodes (one `workbench run` per node; node 0 runs the ladder and "
+                                   "holds the results)")
+    nodes.add_argument("--nnodes", type=int, default=None, help="nodes in the run (default 1)")
+    nodes.add_argument("--node-rank", type=int, default=None, help="this node: 0 runs the ladder, 1..nnodes-1 follow")
+    nodes.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="node 0's address, the same on every node; "
+                       "PORT and PORT+1 must be free there")
+    nodes.add_argument("--rdzv-timeout", type=float, default=None, metavar="SECONDS", help="how long the nodes wait "
+                       "for each other at the rendezvous and at each round (default 60)")
+    nodes.add_argument("--torchrun-args", metavar="'FLAGS'", help="torchrun's own flags passed through, quoted "
+                       "(e.g. '--local-addr 10.0.0.5'); not the ones the workbench sets")
+
+
 def _add_no_wait(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-wait", action="store_true", help="refuse (exit 75) instead of waiting when another "
                          "measuring run holds this machine (two at once wreck each other's timings)")
@@ -334,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(without it, an existing run is never overwritten)")
     run.add_argument("--nproc", type=int, default=None, help="processes per stage under torchrun with DDP "
                      "(gloo on CPU, NCCL on GPU); adds scaling efficiency and communication share")
+    _add_node_options(run)
     run.add_argument("--time-budget", type=float, default=None, metavar="SECONDS", help="extra rounds for open "
                      "answers are spent only within this many seconds from the run's start, first where an interval "
                      "reaches the largest gain (default 480)")

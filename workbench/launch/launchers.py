@@ -5,7 +5,8 @@
 - `FreshInterpreter`: `python -m <entry> REQUEST.json`, in its own session, with a safe import path;
 - `ForkServer`: a child forked from the warm server (torch imported once: launch/forkserver.py); only
   on a CPU with one process, and back to a fresh interpreter if the server fails;
-- `Torchrun`: `torch.distributed.run --standalone --nproc_per_node=N -m <entry> REQUEST.json`.
+- `Torchrun`: `torch.distributed.run --standalone --nproc_per_node=N -m <entry> REQUEST.json`, or on
+  several nodes this node's share of the round's static rendezvous (launch/nodes.py).
 `choose` picks one. Every one writes the request, lets the child report through the channel
 (launch/channel.py), and returns what arrived as an Outcome; a stopped parent (Ctrl-C, SIGTERM)
 stops the child's group the one way (procs.stop_group) and says so in the Outcome, never in an
@@ -31,6 +32,7 @@ from workbench.errors import UsageError
 from workbench.launch import channel, forkserver, procs
 from workbench.launch.forkserver import resolve
 from workbench.launch.messages import RoundSpec, SideReport
+from workbench.launch.nodes import Nodes, torchrun_flags
 
 CHILD_ENTRY = "workbench.measure.entry"
 FORK_SERVER_VARIABLE = "WORKBENCH_FORK_SERVER"
@@ -131,13 +133,15 @@ class FreshInterpreter(_Launched):
 
 @dataclass
 class Torchrun(_Launched):
-    """N processes on this machine under torchrun, the cores split between them."""
+    """N processes on this machine under torchrun, the cores split between them; on several nodes, this
+    node's N processes joining the others' at the round's rendezvous (launch/nodes.py)."""
 
     nproc: int = 2
+    nodes: Nodes = field(default_factory=Nodes)
     name = "torchrun"
 
     def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}",
+        command = [sys.executable, "-m", "torch.distributed.run", *torchrun_flags(self.nodes, self.nproc),
                    *bootstrap(self.entry)[1:], str(path)]
         return procs.run_worker(command, split_cores(env, self.nproc), timeout_s), None
 

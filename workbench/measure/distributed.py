@@ -3,13 +3,20 @@ DistributedSampler. (Starting them is the launcher's job: launch/launchers.Torch
 
 Each process trains on its own shard with `batch_size` samples per step (the DDP convention), so a
 step of N processes handles N x batch_size samples. Gloo on a CPU, NCCL on GPUs.
+
+On several nodes (launch/nodes.py) node k holds ranks k*nproc.., so rank 0, the one that reports, is on
+node 0; the other nodes' trace files reach node 0's trace folder through the process group
+(`gather_files`), so the run folder has every rank's trace without a shared filesystem.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
+
+from workbench.results import write_atomic
 
 
 @dataclass(frozen=True)
@@ -18,6 +25,8 @@ class DistInfo:
     local_rank: int = 0
     world_size: int = 1
     backend: str = "none"
+    node_rank: int = 0      # torchrun's GROUP_RANK: the node (the static rendezvous keeps --node-rank)
+    nnodes: int = 1
 
     @property
     def is_main(self) -> bool:
@@ -33,7 +42,9 @@ def from_environment() -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return DistInfo()
-    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size)
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world_size,
+                    node_rank=int(os.environ.get("GROUP_RANK", "0")), nnodes=max(1, world_size // per_node))
 
 
 def setup(device_type: str) -> DistInfo:
@@ -45,7 +56,7 @@ def setup(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(info.local_rank)
     torch.distributed.init_process_group(backend=backend)
-    return DistInfo(info.rank, info.local_rank, info.world_size, backend)
+    return replace(info, backend=backend)
 
 
 def teardown(info: DistInfo) -> None:
@@ -71,3 +82,18 @@ def sampler(dataset, info: DistInfo, seed: int):
         return None
     return torch.utils.data.DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
                                                shuffle=True, seed=seed, drop_last=True)
+
+
+def gather_files(folder: Path, info: DistInfo, into: Path) -> list[Path]:
+    """Every other node's files in `folder` sent to rank 0 and written under `into` (node 0's folder);
+    the paths written there. A collective: every rank calls it. The bytes travel pickled through
+    gather_object over gloo (NCCL would stage them on the GPU); the peers are this run's own ranks."""
+    mine = [(path.name, path.read_bytes()) for path in sorted(folder.iterdir()) if path.is_file()] if info.node_rank else []
+    group = None if info.backend == "gloo" else torch.distributed.new_group(backend="gloo")
+    gathered: list | None = [None] * info.world_size if info.is_main else None
+    torch.distributed.gather_object(mine, gathered, dst=0, group=group)
+    written = []
+    for files in gathered or []:
+        for name, data in files:
+            written.append(write_atomic(into / Path(name).name, lambda handle, data=data: handle.write(data), binary=True))
+    return written

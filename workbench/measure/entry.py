@@ -10,6 +10,8 @@ says why, so the parent records the reason and goes on.
 from __future__ import annotations
 
 import json
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,14 +46,25 @@ def _measure(request: RoundSpec, objects: dict, in_own_process: bool) -> int:
     send = lambda report: channel.send(request.channel, report)
     if request.paired:
         return _pair(request, send, objects, in_own_process)
+    with tempfile.TemporaryDirectory(prefix="workbench-traces-") as spare:
+        return _alone(request, send, objects, in_own_process, Path(spare))
+
+
+def _alone(request: RoundSpec, send, objects: dict, in_own_process: bool, spare: Path) -> int:
     key = request.order[0]
+    side, home = request.sides[key], request.sides[key].trace_dir
+    if home and distributed.from_environment().node_rank > 0:
+        # Node 0's trace folder is not this node's: trace into a folder of our own, then send the files.
+        side = replace(side, trace_dir=str(spare))
     dist = DistInfo()
 
     def alone() -> SideReport:
         nonlocal dist
-        report, dist = measure_alone(key, request.sides[key], objects, in_own_process)
+        report, dist = measure_alone(key, side, objects, in_own_process)
         return report
     report = failures.guarded(alone, key)
+    if report.measured and home and dist.nnodes > 1:
+        report = failures.guarded(lambda: _with_every_trace(report, dist, spare, Path(home)), key)
     if dist.is_main:
         send(report)
     if report.measured:
@@ -59,6 +72,14 @@ def _measure(request: RoundSpec, objects: dict, in_own_process: bool) -> int:
         return 0
     # A failed rank must not wait at a barrier its peers never reach: exit non-zero, torchrun stops the rest.
     return 1 if dist.enabled else 0
+
+
+def _with_every_trace(report: SideReport, dist: DistInfo, spare: Path, home: Path) -> SideReport:
+    """Every node's traces in node 0's trace folder (the report, rank 0's, names its own trace)."""
+    written = distributed.gather_files(spare, dist, home)
+    if not dist.is_main:
+        return report
+    return replace(report, notes={**report.notes, "traces_from_other_nodes": len(written)})
 
 
 def _pair(request: RoundSpec, send, objects: dict, in_own_process: bool) -> int:

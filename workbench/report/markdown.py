@@ -147,7 +147,7 @@ def _headline_figures(view: RunView, base: dict, final: dict) -> list[str]:
     lines += _optimized_lines(view, base, final)
     lines += [bullet("Epoch time", _epoch_line(base, final)),
               bullet("Outcome", _status_counts(view))]
-    lines += _accuracy_line(base, final) + _scaling_lines(base, final) + [""]
+    lines += _accuracy_line(base, final) + _scaling_lines(view, base, final) + [""]
     if view.run.get("mode") == "ablation":
         lines += ["This is an ablation run: each stage was applied alone to the baseline, so the "
                   "speedups do not compound and the best single stage is reported as optimized.", ""]
@@ -163,13 +163,29 @@ def _accuracy_line(base: dict, final: dict) -> list[str]:
                    "works, not a converged accuracy")]
 
 
-def _scaling_lines(base: dict, final: dict) -> list[str]:
+def _scaling_lines(view: RunView, base: dict, final: dict) -> list[str]:
     if base.get("scaling_efficiency_percent") is None:
         return []
     return [bullet("Scaling", f"{show('int', base.get('world_size'))} processes: baseline at "
                    f"{show('pct', base['scaling_efficiency_percent'], '%')} of {show('int', base.get('world_size'))}x "
                    f"the one-process baseline, optimized at {show('pct', final.get('scaling_efficiency_percent'), '%')}; "
-                   f"collectives take {show('pct', base.get('communication_percent'), '%')} of a baseline step")]
+                   f"collectives take {show('pct', base.get('communication_percent'), '%')} of a baseline step")
+            ] + _node_scaling_lines(_scaling_of(view, base), _scaling_of(view, final))
+
+
+def _scaling_of(view: RunView, record: dict) -> dict:
+    return ((view.result(record.get("stage")) or {}).get("metrics") or {}).get("scaling") or {}
+
+
+def _node_scaling_lines(base: dict, final: dict) -> list[str]:
+    """Several nodes: efficiency against N x one node's baseline (node 0's processes alone)."""
+    if not base.get("nnodes"):
+        return []
+    percent = lambda scaling: None if scaling.get("efficiency_vs_one_node") is None else 100 * scaling["efficiency_vs_one_node"]
+    return [bullet("Scaling across nodes", f"{show('int', base['nnodes'])} nodes x {show('int', base.get('nproc_per_node'))} "
+                   f"processes: baseline at {show('pct', percent(base), '%')} of {show('int', base['nnodes'])}x one node's "
+                   f"baseline ({show('int', base.get('nproc_per_node'))} processes on node 0 alone), optimized at "
+                   f"{show('pct', percent(final), '%')}")]
 
 
 def overview_table(view: RunView) -> list[str]:

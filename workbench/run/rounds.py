@@ -8,8 +8,9 @@ variation is in it. In its last planned round a side can also run the untimed ex
 compute-only ceiling, trace).
 
 Where the round runs is the launcher's business (workbench/launch): a forked child on a CPU, a fresh
-interpreter on a GPU, this process for objects from Python; under torchrun (--nproc) each side runs
-alone in its own processes, one after the other, in the same alternating order. `loop` is the one
+interpreter on a GPU, this process for objects from Python; under torchrun (--nproc, or several nodes)
+each side runs alone in its own processes, one after the other, in the same alternating order; on
+several nodes every round is announced to the other nodes first (run/nodes.py). `loop` is the one
 round loop, shared with the experiments (workbench/experiments/lab.py).
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ from workbench import stats
 from workbench.config import RunConfig
 from workbench.device import resolve_device_type
 from workbench.launch import Launcher, Outcome, RoundSpec, SideReport, SideSpec, choose
+from workbench.launch.launchers import Torchrun
+from workbench.run.nodes import AcrossNodes
 
 
 @dataclass(frozen=True)
@@ -130,9 +133,18 @@ def compare(session, a: Side, b: Side, rounds: int, label: str, more=None, max_r
 
 def launcher_for(session, *configs: RunConfig) -> Launcher:
     """Where this session's rounds run: objects from Python stay here; otherwise by device and processes."""
+    link = across_nodes(session)
+    if link is not None:
+        return AcrossNodes(link, Torchrun(nproc=session.nproc, nodes=session.nodes))
     on_cpu = all(resolve_device_type(cfg.device) == "cpu" for cfg in configs)
     objects = {"model_factory": session.model_factory, "dataset": session.dataset} if not session.isolate else None
     return choose(on_cpu, session.nproc, objects)
+
+
+def across_nodes(session):
+    """Node 0's control store when this session's rounds run on several nodes (a Bench outside any
+    run, or a session replaced for a one-node reference, has none)."""
+    return getattr(session, "link", None)
 
 
 def _say_round(session, label: str, a: Side, b: Side, result: Comparison, index: int, rounds: int, started: float) -> None:
@@ -146,7 +158,7 @@ def _one_round(session, launcher: Launcher, a: Side, b: Side, order: tuple[str, 
                last: bool) -> tuple[dict[str, SideReport], KeyboardInterrupt | None]:
     """Both sides' reports of one round, and the interrupt that stopped it, if one did."""
     specs = {key: side_spec(session, side, last) for key, side in (("a", a), ("b", b))}
-    if session.nproc > 1:  # under torchrun each side runs alone, start to end
+    if session.nproc > 1 or across_nodes(session) is not None:  # under torchrun each side runs alone, start to end
         reports, stopped = {}, None
         for key in order:
             outcome = launcher.run(RoundSpec({key: specs[key]}, (key,)))

@@ -14,6 +14,7 @@ import torch
 from workbench import device as devices
 from workbench import environment
 from workbench import peaks
+from workbench.launch.nodes import Nodes
 from workbench.run import folders
 from workbench.training import loader_sweep
 from workbench.config import RunConfig
@@ -54,11 +55,22 @@ class Session:
     log: Callable[[str], None] = stderr_log
     decisions: dict = field(default_factory=dict)
     stages: list[str] = field(default_factory=list)
-    nproc: int = 1
+    nproc: int = 1                       # processes per node
     single_process: dict | None = None   # the one-process baseline a multi-process run scales against
+    nodes: Nodes = field(default_factory=Nodes)   # this node's place in a multi-node run (node 0 runs the ladder)
+    link: object | None = None           # node 0 of several: the control store (run/nodes.Link)
+    single_node: dict | None = None      # the one-node baseline (nproc processes) a multi-node run scales against
     # Extra rounds for open answers are spent only within this many seconds from the run's start.
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def nnodes(self) -> int:
+        return self.nodes.nnodes
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nodes.nnodes
 
 
 def default_run_name() -> str:
@@ -125,11 +137,12 @@ def _choose_workers(cfg: RunConfig, dataset, cores: int, wanted: bool, log) -> t
 def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate: bool = True,
           model_factory: Callable | None = None, dataset=None, sweep_workers: bool = True,
           stages: list[str] | None = None, nproc: int = 1, log=stderr_log, overwrite: bool = False,
-          time_budget_s: float = DEFAULT_TIME_BUDGET_S) -> Session:
+          time_budget_s: float = DEFAULT_TIME_BUDGET_S, nodes: Nodes = Nodes(), link: object | None = None) -> Session:
     """Settle everything a run shares, print the decisions, and write run.json.
 
     Everything is checked before the run's folders are made; if setup still fails (or is
-    interrupted) the folders it made are removed again.
+    interrupted) the folders it made are removed again. On several nodes this is node 0's session
+    (nodes, link: run/nodes.py); the other nodes have none (run/follow.py).
     """
     check_time_budget(time_budget_s)
     load_warning = busy_warning(devices.usable_cores())  # before our own sweep adds load
@@ -149,13 +162,14 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
         data = dataset if dataset is not None else spec.dataset
         if model_factory is None:
             check_model_spec(cfg.model, spec.num_classes if spec else 10)
-        if len(data) // nproc < cfg.batch_size:
+        world = nproc * nodes.nnodes
+        if len(data) // world < cfg.batch_size:
             raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
-                             f"({len(data)} samples / {nproc} processes); allowed: at most {len(data) // nproc}")
+                             f"({len(data)} samples / {world} processes); allowed: at most {len(data) // world}")
         description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
         session = replace(_settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
                                   sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc),
-                          time_budget_s=time_budget_s)
+                          time_budget_s=time_budget_s, nodes=nodes, link=link)
         if overwrite and not resume:
             folders.clear(run_dir, profiles_dir)
         write_run_file(session)
@@ -207,4 +221,13 @@ def write_run_file(session: Session) -> None:
         "created": dt.datetime.now().isoformat(timespec="seconds"), "environment": session.environment,
         "data": session.data_description, "config": session.base_cfg.to_dict(), "decisions": session.decisions,
         "peaks": session.peaks, "stages": session.stages,
-        "nproc": session.nproc, "time_budget_s": session.time_budget_s, "single_process_baseline": session.single_process, "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})
+        "nproc": session.nproc, "time_budget_s": session.time_budget_s, "single_process_baseline": session.single_process,
+        **_nodes_record(session), "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})
+
+
+def _nodes_record(session: Session) -> dict:
+    """A multi-node run: how many nodes, where they met, and the one-node baseline it scales against."""
+    if not session.nodes.multi:
+        return {}
+    return {"nnodes": session.nnodes, "world_size": session.world_size, "rdzv_endpoint": session.nodes.endpoint,
+            "single_node_baseline": session.single_node}

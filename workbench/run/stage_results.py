@@ -78,16 +78,20 @@ def final(facts: RunFacts, state, comparison: Comparison, started: float) -> dic
 
 
 def scaling(measurement: Measurement, facts: RunFacts) -> dict | None:
-    """Multi-process runs: efficiency against the one-process baseline, and time in collectives."""
+    """Multi-process runs: efficiency against the one-process baseline (and, on several nodes, against
+    one node's), and time in collectives."""
     single = facts.single_process
-    if facts.nproc == 1 or not single or not single.get("throughput"):
+    nnodes = getattr(facts, "nnodes", 1)  # a RunFacts without nodes is one node
+    world = facts.nproc * nnodes
+    if world == 1 or not single or not single.get("throughput"):
         return None
     metrics = measurement.metrics
     one = single["throughput"]["median"]
-    figures = {"world_size": facts.nproc, "one_process_baseline_throughput": one,
-               "efficiency": metrics["throughput"]["median"] / (facts.nproc * one),
+    figures = {"world_size": world, "one_process_baseline_throughput": one,
+               "efficiency": metrics["throughput"]["median"] / (world * one),
                "speedup_vs_one_process_baseline": stats.speedup(
-                   metrics["step_times_s"], metrics["samples_per_step"], single["step_times_s"], single["samples_per_step"])}
+                   metrics["step_times_s"], metrics["samples_per_step"], single["step_times_s"], single["samples_per_step"]),
+               **_across_nodes(metrics, nnodes, facts.nproc, getattr(facts, "single_node", None))}
     if measurement.trace_file:
         try:
             ranks = comm.per_rank(Path(measurement.trace_file).parent)
@@ -95,4 +99,16 @@ def scaling(measurement: Measurement, facts: RunFacts) -> dict | None:
             figures["communication_share"] = max((r["share"] for r in ranks), default=None)
         except Exception as error:  # the scaling figure stands without the trace's view of it
             figures["communication_error"] = f"{type(error).__name__}: {error}"
+    return figures
+
+
+def _across_nodes(metrics: dict, nnodes: int, nproc: int, one_node: dict | None) -> dict:
+    """Several nodes: efficiency against nnodes x one node's baseline (nproc processes on node 0 alone)."""
+    if nnodes == 1:
+        return {}
+    figures = {"nnodes": nnodes, "nproc_per_node": nproc}
+    if one_node and one_node.get("throughput"):
+        node = one_node["throughput"]["median"]
+        figures.update(one_node_baseline_throughput=node,
+                       efficiency_vs_one_node=metrics["throughput"]["median"] / (nnodes * node))
     return figures

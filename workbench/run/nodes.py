@@ -1,0 +1,228 @@
+"""A multi-node run's control store: a c10d TCPStore that node 0's `workbench run` hosts at the
+rendezvous endpoint for the whole run, and every other node's `workbench run` joins.
+
+What travels through it (keys under "workbench/"):
+- at rendezvous: each node's settings (`settings`), compared by node 0; one line refuses a mismatch on
+  every node, before anything is written;
+- each round: node 0 announces the round's request (`Link.announce`), starts its own torchrun; every
+  other node, waiting for just that (run/follow.py), starts its torchrun with the same request, so all
+  nodes measure the same configuration in lock-step, then says how its torchrun ended (`Link.ended`);
+- at the end: "done" (`Link.finish`), which ends the followers.
+The followers wait on the store without a timeout of their own: node 0 may be busy for minutes between
+rounds (the one-process baseline, judging), and a node 0 that is gone closes the connection at once.
+
+Inside a round torchrun does the launching and its own rendezvous (launch/nodes.py); the trace files
+of other nodes reach node 0 through the process group (measure/distributed.gather_files).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch.distributed import TCPStore
+
+from workbench import __version__
+from workbench.config import RunConfig
+from workbench.errors import UsageError
+from workbench.launch import Outcome, RoundSpec, failure_text, procs
+from workbench.launch.launchers import Torchrun
+from workbench.launch.nodes import Nodes
+
+PREFIX = "workbench/"
+POLL_S = 0.2
+# Settings a node may hold on its own: only node 0 names and writes the run.
+NODE_LOCAL = ("run_name", "reports_dir", "profiles_dir")
+
+
+class NodeLost(UsageError):
+    """A node lost contact with the run mid-way (node 0 gone, or a refused rendezvous said late): exit 1."""
+
+    exit_code = 1
+
+
+def settings(cfg: RunConfig, nproc: int, nodes: Nodes) -> dict:
+    """What must be the same on every node: the measured configuration, processes, nodes, versions."""
+    config = {key: value for key, value in cfg.to_dict().items() if key not in NODE_LOCAL}
+    return {"nnodes": nodes.nnodes, "nproc": nproc, "workbench": __version__, "torch": torch.__version__, **config}
+
+
+def first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> str | None:
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            return f"{key}={theirs.get(key)!r} there, {key}={ours.get(key)!r} on node 0"
+    return None
+
+
+@contextmanager
+def native_logs_muted() -> Iterator[None]:
+    """c10d's C++ side prints its retries and lost connections with native stack frames to fd 2; the
+    Python error that follows says it in one line, so those frames are kept off the console."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass
+class Link:
+    """This node's connection to the control store, and node 0's count of rounds."""
+
+    store: TCPStore
+    nodes: Nodes
+    rounds: int = 0
+    lost: str | None = None                 # node 0: why a follower is gone (later rounds fail at once)
+    finished: bool = False
+
+    # --- the store, in one place -------------------------------------------------------------------
+    def put(self, key: str, value: Any) -> None:
+        with native_logs_muted():
+            self.store.set(PREFIX + key, json.dumps(value))
+
+    def get(self, key: str, within_s: float | None) -> Any:
+        """The key's value once it is there; None when within_s passed first (None: wait as long as it takes)."""
+        deadline = None if within_s is None else time.monotonic() + within_s
+        while True:
+            try:
+                with native_logs_muted():
+                    if self.store.check([PREFIX + key]):
+                        return json.loads(self.store.get(PREFIX + key))
+            except RuntimeError as error:  # DistNetworkError: the other end is gone
+                raise NodeLost(f"lost contact with the control store at {self.nodes.endpoint} "
+                               f"({str(error).splitlines()[0][:160]})") from None
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(POLL_S)
+
+    def count(self, key: str) -> int:
+        with native_logs_muted():
+            return self.store.add(PREFIX + key, 1)
+
+    # --- the rounds --------------------------------------------------------------------------------
+    def announce(self, request: RoundSpec, timeout_s: float) -> int:
+        index, self.rounds = self.rounds, self.rounds + 1
+        self.put(f"round/{index}", {"request": request.to_json(), "timeout_s": timeout_s})
+        return index
+
+    def ended(self, index: int, code: int | None) -> None:
+        self.put(f"end/{index}/{self.nodes.node_rank}", {"code": code})
+
+    def ends(self, index: int) -> dict[int, dict | None]:
+        """Each follower's end of round `index`, waiting up to the rendezvous timeout for each."""
+        deadline = time.monotonic() + self.nodes.timeout_s
+        return {node: self.get(f"end/{index}/{node}", max(0.0, deadline - time.monotonic()))
+                for node in range(1, self.nodes.nnodes)}
+
+    def finish(self, why: str | None = None) -> None:
+        """Node 0: no more rounds (why: node 0 stopped on an error); the followers read it and leave
+        (waited for a few seconds)."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            self.put(f"round/{self.rounds}", {"done": True, "why": why})
+            for node in range(1, self.nodes.nnodes):
+                self.get(f"bye/{node}", 10.0)
+        except NodeLost:  # a follower that is gone needs no goodbye
+            pass
+
+
+def host(nodes: Nodes) -> Link:
+    """Node 0: the control store at the endpoint's port, for the whole run."""
+    try:
+        with native_logs_muted():
+            store = TCPStore(nodes.host, nodes.port, is_master=True, wait_for_workers=False,
+                             timeout=dt.timedelta(seconds=nodes.timeout_s))
+    except RuntimeError as error:
+        raise UsageError(f"cannot host the rendezvous at {nodes.endpoint} ({str(error).splitlines()[0][:160]}); "
+                         "allowed: a free port on this node (node 0), and PORT+1 free too") from None
+    return Link(store, nodes)
+
+
+def join(nodes: Nodes) -> Link:
+    """Another node: connect to node 0's control store, trying for --rdzv-timeout seconds."""
+    try:
+        with native_logs_muted():
+            store = TCPStore(nodes.host, nodes.port, is_master=False, timeout=dt.timedelta(seconds=nodes.timeout_s))
+    except RuntimeError:
+        raise UsageError(f"cannot reach the rendezvous at {nodes.endpoint} within {nodes.timeout_s:g} s "
+                         f"(--rdzv-timeout): is node 0 running `workbench run --nnodes {nodes.nnodes} --node-rank 0 "
+                         f"--rdzv-endpoint {nodes.endpoint}`?") from None
+    return Link(store, nodes)
+
+
+def check_in_leader(link: Link, ours: dict) -> None:
+    """Node 0: every other node's settings within the timeout, each compared with ours; a verdict each."""
+    nodes, deadline = link.nodes, time.monotonic() + link.nodes.timeout_s
+    seen = {node: link.get(f"hello/{node}", max(0.0, deadline - time.monotonic())) for node in range(1, nodes.nnodes)}
+    missing = [str(node) for node, theirs in seen.items() if theirs is None]
+    problems = {node: first_difference(ours, theirs) for node, theirs in seen.items() if theirs is not None}
+    if missing:
+        why = (f"node {', '.join(missing)} of {nodes.nnodes} did not join the rendezvous at {nodes.endpoint} within "
+               f"{nodes.timeout_s:g} s (--rdzv-timeout); allowed: every node started within that time")
+    else:
+        bad = next(((node, text) for node, text in problems.items() if text), None)
+        why = None if bad is None else (f"node {bad[0]}'s settings differ from node 0's: {bad[1]}; allowed: the same "
+                                        "settings on every node (the same command, but --node-rank)")
+    for node, theirs in seen.items():
+        if theirs is not None:
+            link.put(f"verdict/{node}", why or "")
+    if why:
+        raise UsageError(why)
+
+
+def check_in_follower(link: Link, ours: dict) -> None:
+    """Another node: our settings to node 0, then its verdict (one line on every node when refused)."""
+    node = link.nodes.node_rank
+    if link.count(f"joined/{node}") > 1:
+        raise UsageError(f"--node-rank {node} has already joined the rendezvous at {link.nodes.endpoint}; "
+                         f"allowed: each of 1..{link.nodes.nnodes - 1} on one node")
+    link.put(f"hello/{node}", ours)
+    verdict = link.get(f"verdict/{node}", None)
+    if verdict:
+        raise UsageError(verdict)
+
+
+@dataclass
+class AcrossNodes:
+    """The launcher of a multi-node run's rounds on node 0: each round announced, then torchrun here
+    (this node's share); a follower that failed or went silent is named in the round's failure."""
+
+    link: Link
+    inner: Torchrun
+    name: str = field(default="torchrun on several nodes")
+
+    def run(self, request: RoundSpec, timeout_s: float | None = None, env: Mapping[str, str] | None = None) -> Outcome:
+        timeout_s = timeout_s or procs.stage_timeout_s()
+        if self.link.lost:
+            return Outcome({}, 1, timeout_s, error=self.link.lost)
+        index = self.link.announce(request, timeout_s)
+        outcome = self.inner.run(request, timeout_s, env)
+        if outcome.stopped is not None:  # stopped here: say so at once (finish() tells the others)
+            return outcome
+        trouble = self._followers(index, timeout_s)
+        if trouble is None or (outcome.reports and all(report.measured for report in outcome.reports.values())):
+            return outcome
+        kept = {key: report for key, report in outcome.reports.items() if report.measured}
+        return replace(outcome, reports=kept, error=trouble)
+
+    def _followers(self, index: int, timeout_s: float) -> str | None:
+        """What went wrong on the other nodes in round `index`, in words naming the node and its ranks."""
+        for node, end in self.link.ends(index).items():
+            ranks = self.link.nodes.ranks(self.inner.nproc, node)
+            where = f"node {node} (ranks {ranks.start}-{ranks.stop - 1})"
+            if end is None:
+                self.link.lost = f"{where} stopped answering in round {index + 1}: it died or lost contact with node 0"
+                return self.link.lost
+            if end["code"] != 0:
+                return f"{where} failed: {failure_text(end['code'], timeout_s)}"
+        return None
