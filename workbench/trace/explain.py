@@ -2,7 +2,9 @@
 breakdown, findings with their evidence, and the markers the shares rest on.
 
 The JSON document is the run's trace_summary.json plus "findings"; with several traces, the first
-rank's document carries the others under "ranks". No torch import: it reads files only.
+rank's document carries the others under "ranks", and, when they are one trace per rank, the per-rank
+reading (trace/ranks.py: the table, its skew, the straggler) under "per_rank", whose findings lead the
+document's. No torch import: it reads files only.
 """
 from __future__ import annotations
 
@@ -75,14 +77,16 @@ def document(paths: list[str]) -> dict:
     "ranks" and the per-rank reading under "per_rank", whose findings (the straggler, exposed
     communication) lead the document's."""
     files = trace_files(paths)
-    read = sorted((_read(path, len(files) > 1) for path in files), key=lambda pair: (pair[0]["rank"], pair[0]["trace_file"]))
+    read = sorted((_read(path, len(files) > 1) for path in files),
+                  key=lambda pair: (pair[0]["rank"], pair[0]["trace_file"]))
     docs = [doc for doc, _ in read]
     if len(docs) == 1:
         return docs[0]
     if not ranks.one_per_rank(docs):  # several traces of one process: each read alone, as before
         return {**docs[0], "ranks": docs}
     per_rank = ranks.reading([ranks.rank_row(doc, found) for doc, found in read])
-    findings = sorted(per_rank["findings"] + docs[0]["findings"], key=lambda f: diagnose.SEVERITY_ORDER.index(f["severity"]))
+    findings = sorted(per_rank["findings"] + docs[0]["findings"],
+                      key=lambda f: diagnose.SEVERITY_ORDER.index(f["severity"]))
     return {**docs[0], "findings": findings, "ranks": docs, "per_rank": per_rank}
 
 
@@ -138,7 +142,8 @@ def _per_rank_lines(per_rank: dict) -> list[str]:
     for row in per_rank["ranks"]:
         lines.append(f"{row['rank']:<8}" + "".join(f"{row[key]:>8.1f}" for _, key in RANK_COLUMNS)
                      + "".join(f"{_percent(row[key]):>8}" for _, key in SHARE_COLUMNS))
-    lines.append(_skew_line("max/med", per_rank["skew"], "max_over_median", lambda v: "-" if v is None else f"{v:.2f}x"))
+    lines.append(_skew_line("max/med", per_rank["skew"], "max_over_median",
+                            lambda v: "-" if v is None else f"{v:.2f}x"))
     lines.append(_skew_line("max-min", per_rank["skew"], "max_minus_min_ms", lambda v: f"{v:.1f}"))
     if not per_rank["findings"]:
         return lines + ["findings across ranks: none (no straggler; communication small or hidden)"]

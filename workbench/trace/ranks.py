@@ -20,7 +20,7 @@ from pathlib import Path
 from workbench.results import trace_files
 from workbench.trace import analyze, comm
 from workbench.trace.diagnose import SEVERITY_ORDER
-from workbench.trace.regions import BACKWARD, BREAKDOWN_PARTS, COMPUTE_PARTS, DATA_LOADING, HOST_TO_DEVICE, OTHER
+from workbench.trace.regions import BREAKDOWN_PARTS, COMPUTE_PARTS, DATA_LOADING, HOST_TO_DEVICE, OTHER
 
 # A rank's own work must exceed the other ranks' median by both margins to be named: 10% of the
 # median step is an imbalance worth fixing (every rank pays it on every step), and 5 ms lies above the
@@ -116,9 +116,9 @@ def rule_straggler(rows: list[dict]) -> dict | None:
     if excess <= threshold:
         return None
     cause = max(CAUSES, key=lambda c: slow["own_work_ms"][c] - _median(others, lambda r: r["own_work_ms"][c]))
-    rank = slow["rank"]
+    rank, theirs = slow["rank"], slow["work_ms"] - excess
     evidence = (f"Rank {rank} holds the others back ({cause}): its own work (the step minus the time it "
-                f"waits in collectives) takes {slow['work_ms']:.1f} ms per step against {slow['work_ms'] - excess:.1f} ms, "
+                f"waits in collectives) takes {slow['work_ms']:.1f} ms per step against {theirs:.1f} ms, "
                 f"the median of the other ranks, who wait {_median(others, lambda r: r['waiting_ms']):.1f} ms "
                 f"per step in collectives against its {slow['waiting_ms']:.1f} ms. The difference is "
                 f"{_cause_text(cause, slow, others, excess)}.")
