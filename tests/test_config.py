@@ -107,8 +107,9 @@ V100 = DeviceFacts("cuda", "V100", capability=(7, 0), device_count=1)
 
 
 def test_stage_order_is_the_ladder():
-    assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "channels_last",
-                                  "fused_optimizer", "accumulation", "checkpointing", "compile")
+    assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "decode_on_device",
+                                  "channels_last", "fused_optimizer", "accumulation", "checkpointing",
+                                  "cuda_graphs", "compile", "batch_size")
 
 
 def test_select_all_and_by_name_keeps_baseline_first_and_ladder_order():
@@ -123,12 +124,13 @@ def test_select_unknown_stage_is_usage_error():
 
 
 def test_every_stage_is_a_pure_function_of_the_config():
-    cfg = RunConfig(batch_size=8)
+    given = dict(batch_size=8, data="imagefolder:/data/jpegs", allow_batch_change=True)
+    cfg = RunConfig(**given)
     ctx = _ctx(A100, best_workers=2)
     for stage in stages.STAGES:
         out = stage.apply(cfg, ctx)
         assert isinstance(out, RunConfig)
-        assert cfg == RunConfig(batch_size=8)  # input untouched
+        assert cfg == RunConfig(**given)  # input untouched
 
 
 def test_baseline_is_identity():

@@ -86,6 +86,11 @@ class RunConfig:
     min_effect: float = field(default=0.05, metadata=_doc(
         "smallest speedup worth keeping: a speed stage is kept only when its whole 95%% interval lies "
         "above 1 + min_effect (and above the machine's A/A noise floor)"))
+    # The batch size changes what is learned (the learning rate it needs, the accuracy after N steps),
+    # not only how fast: the ladder measures a larger one only when asked, and says what it assumes.
+    allow_batch_change: bool = field(default=False, metadata=_doc(
+        "let the batch_size stage search the largest batch that fits (doubling, measured), scale the "
+        "learning rate linearly with it, and carry it forward when faster; off: the batch is held fixed"))
     order: str = field(default="trace", metadata=_doc(
         "trace: the next stage is the one the current trace points at, then the default order, then a "
         "second look and a leave-one-out check; fixed: the lab's order, one pass"))

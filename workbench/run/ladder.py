@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from workbench import results, stats
-from workbench.run import console, judge, rounds as paired_rounds, stage_results
+from workbench.run import batch_search, console, judge, rounds as paired_rounds, stage_results
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
@@ -29,7 +29,7 @@ from workbench.run.record import StageRecord
 from workbench.run.rounds import Side
 from workbench.run.session import Session, write_run_file
 from workbench.trace import diagnose
-from workbench.run.stages import MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
+from workbench.run.stages import BATCH, MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
 
 FINAL_STAGE = stage_results.FINAL_STAGE  # the headline's stage name, spelled once
 
@@ -216,8 +216,11 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     against: StageRecord = state.result if session.mode == "ladder" else state.baseline
     position = state.position
     state.position += 1
+    search = None
     try:
         cfg = stage.apply(before, session.context)
+        if stage.kind == BATCH:
+            cfg, search = batch_search.run_search(session, cfg)
     except StageSkipped as error:
         return _save(session, stage_results.skipped(session, stage, position, before, str(error), why))
     if cfg == before:
@@ -234,9 +237,23 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     extra = 1 if _second_look_ahead(session) else EXTRA_ROUNDS_FACTOR
     comparison = _compare(session, before, cfg, stage.name, against.stage, stage.name,
                           _trace_dir(session, cfg, stage.name), rounds, state.measured,
-                          state.floor if stage.kind == SPEED else None, brief=cfg.rounds < before.rounds, extra=extra)
+                          state.floor if stage.kind in (SPEED, BATCH) else None, brief=cfg.rounds < before.rounds, extra=extra)
     result = stage_results.stage(session, stage, position, cfg, applied, comparison, against.doc, state, why, started)
+    if search is not None:
+        result = _with_batch_search(result, search, before, cfg, against)
     return _saved_then_stop(session, result, comparison)
+
+
+def _with_batch_search(result: dict, search: dict, before: RunConfig, cfg: RunConfig, against: StageRecord) -> dict:
+    """The batch stage's result with its search and the trade-off said: the learning-rate rule it
+    assumes, and the held-out accuracy beside the speed (a different optimization, not only faster)."""
+    if result.get("status") in ("failed", "cancelled", "skipped"):
+        return {**result, "batch_search": search}
+    accuracy = (result.get("metrics") or {}).get("eval_accuracy"), (against.doc.get("metrics") or {}).get("eval_accuracy")
+    held_out = (f"held-out accuracy {accuracy[0]:.1%} vs {accuracy[1]:.1%} after the same number of steps"
+                if None not in accuracy else "no held-out split to compare accuracy on")
+    return {**result, "batch_search": search,
+            "reason": f"{batch_search.lr_text(before, cfg)}; {held_out}; {result['reason']}"}
 
 
 def _saved_then_stop(session: Session, result: dict, comparison) -> StageRecord:
@@ -306,9 +323,13 @@ def _advance(state: LadderState, result: StageRecord, mode: str, base: RunConfig
         state.applied, state.result = list(result.applied), result
 
 
+# Speed stages first; then the batch, so the memory stages are measured at the batch the run keeps.
+PASS_ORDER = (SPEED, BATCH, MEMORY)
+
+
 def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdicts: Verdicts) -> list[StageRecord]:
     pending = [s for s in chosen if s.kind != REFERENCE]
-    pending.sort(key=lambda s: (s.kind != SPEED, STAGE_NAMES.index(s.name)))  # speed stages, then memory
+    pending.sort(key=lambda s: (PASS_ORDER.index(s.kind), STAGE_NAMES.index(s.name)))
     finished = []
     while pending:
         stage, why = next_stage(pending, list(state.result.findings) if state.result else [], session.base_cfg.order)
@@ -409,11 +430,16 @@ def _record_second_look(session: Session, finished: list[StageRecord], looked: S
     finished[finished.index(looked)] = _save(session, doc)
 
 
-def _without(session: Session, applied: list[str], dropped: str) -> RunConfig:
+def _without(session: Session, applied: list[str], dropped: str, final: RunConfig) -> RunConfig:
+    """The final configuration rebuilt without one stage. The batch stage's size was measured, not
+    derived: it is taken from the final configuration (with its learning rate)."""
     cfg = session.base_cfg
     for name in applied:
-        if name != dropped:
-            cfg = _stage(name).apply(cfg, session.context)
+        if name == dropped:
+            continue
+        stage = _stage(name)
+        cfg = (cfg.with_overrides(batch_size=final.batch_size, lr=final.lr) if stage.kind == BATCH
+               else stage.apply(cfg, session.context))
     return cfg
 
 
@@ -421,7 +447,7 @@ def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> N
     """Does each kept stage still pay in the final mix? One that does not is dropped."""
     for name in list(state.applied):
         try:
-            without = _without(session, state.applied, name)
+            without = _without(session, state.applied, name, state.cfg)
         except StageSkipped:
             continue
         comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final",

@@ -13,6 +13,9 @@ from workbench.device import Capabilities
 from workbench.errors import StageSkipped, UsageError
 
 SPEED, MEMORY, REFERENCE = "speed", "memory", "reference"
+# The batch size: a speed change that also changes the optimization; searched and carried forward
+# only with allow_batch_change (workbench/run/batch_search.py).
+BATCH = "batch"
 # Emulated bf16 on a CPU runs an order of magnitude slower: measure it briefly (one round, a few
 # steps), enough to show it; the second look does not try it again.
 PROBE_TIMED_STEPS, PROBE_WARMUP_STEPS = 2, 1
@@ -71,6 +74,12 @@ def amp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
                               timed_steps=min(cfg.timed_steps, PROBE_TIMED_STEPS))
 
 
+def decode_on_device(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if not cfg.data.startswith("imagefolder:"):
+        raise StageSkipped(f"decoding JPEG files on the device needs data=imagefolder:PATH; this run's data is {cfg.data}")
+    return cfg.with_overrides(input_pipeline="decode_on_device")
+
+
 def channels_last(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(memory_format="channels_last")
 
@@ -90,8 +99,26 @@ def checkpointing(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(checkpointing="blocks")
 
 
+def cuda_graphs(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if ctx.device_type != "cuda":
+        raise StageSkipped(f"CUDA graphs replay kernel launches on a CUDA device; this device is {ctx.device_type}")
+    if cfg.micro_batch_size and cfg.micro_batch_size != cfg.batch_size:
+        raise StageSkipped("CUDA graphs capture one static step; accumulated micro-batches would need one graph each")
+    return cfg.with_overrides(compile="reduce-overhead")
+
+
 def compile_stage(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if cfg.compile != "none":  # cuda_graphs kept: reduce-overhead already compiles (and fuses) the model
+        raise StageSkipped(f"the model is already compiled (compile={cfg.compile}, from cuda_graphs)")
     return cfg.with_overrides(compile="default")
+
+
+def batch_size(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if not cfg.allow_batch_change:
+        raise StageSkipped(f"the batch size changes the optimization, not only its speed: held at batch_size="
+                           f"{cfg.batch_size}; --allow-batch-change searches the largest batch that fits, scales "
+                           "the learning rate with it, and carries it forward when faster")
+    return cfg  # the size itself is measured: workbench/run/batch_search.py
 
 
 STAGES: tuple[Stage, ...] = (
@@ -103,6 +130,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("tf32", SPEED, "TF32 matmuls and convolutions (Ampere+ GPUs only)", tf32),
     Stage("amp", SPEED, "autocast to bf16 (or fp16 + GradScaler on pre-Ampere GPUs); on a CPU only "
           "with native bf16", amp),
+    Stage("decode_on_device", SPEED, "JPEG files read as bytes in the loader, decoded by torchvision.io.decode_jpeg "
+          "on the device (nvJPEG on CUDA), then the batched crop/flip/normalize (ImageFolder data only)",
+          decode_on_device),
     Stage("channels_last", SPEED, "NHWC model weights and inputs (faster convolutions, mostly with AMP)",
           channels_last),
     Stage("fused_optimizer", SPEED, "fused optimizer step: one multi-tensor kernel for every parameter "
@@ -111,8 +141,14 @@ STAGES: tuple[Stage, ...] = (
           "micro-batches: lower peak memory, not speed", accumulation),
     Stage("checkpointing", MEMORY, "recompute each block's activations in backward (non-reentrant): "
           "lower peak memory at a cost in time (BatchNorm statistics update twice: pytorch#96136)", checkpointing),
+    Stage("cuda_graphs", SPEED, "torch.compile mode=reduce-overhead: the step's kernels captured once in CUDA "
+          "graphs and replayed, removing per-kernel launch overhead (CUDA only; first where the trace is "
+          "launch-bound)", cuda_graphs),
     Stage("compile", SPEED, "torch.compile (default mode): kernel fusion, fewer launches; compile time "
           "reported apart", compile_stage),
+    Stage("batch_size", BATCH, "the largest batch that fits, found by doubling (each size measured in its own "
+          "process), learning rate scaled linearly; a trade-off carried forward only with --allow-batch-change",
+          batch_size),
 )
 STAGE_NAMES = tuple(stage.name for stage in STAGES)
 

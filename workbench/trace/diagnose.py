@@ -46,8 +46,8 @@ SEVERITY_ORDER = ("high", "medium", "low", "info")
 PREDICTS = {
     "data_loading": {"dataloader", "batched_input"},
     "pageable_h2d": {"dataloader"},
-    "device_idle": {"compile"},
-    "launch_bound": {"compile"},
+    "device_idle": {"cuda_graphs", "compile"},
+    "launch_bound": {"cuda_graphs", "compile"},
     "fp32_tensor_core_eligible": {"amp"},
     "layout_conversions": {"channels_last"},
     "memory_pressure": {"accumulation", "checkpointing"},
