@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from workbench.report.summary import outcome
+from workbench.report.summary import ceiling_text, outcome
 from workbench.report.table import RunView, fmt
 from workbench.results import BREAKDOWN_SUFFIX, TRACE_SUMMARY_SUFFIX, stage_files
 
@@ -147,6 +147,8 @@ def _headline_figures(view: RunView, base: dict, final: dict) -> list[str]:
     lines += _optimized_lines(view, base, final)
     lines += [bullet("Epoch time", _epoch_line(base, final)),
               bullet("Outcome", _status_counts(view))]
+    ceiling = ceiling_text(view.results, view.result(final["stage"]) or {}) if final else None
+    lines += [bullet("Ceiling", ceiling)] if ceiling else []
     lines += _accuracy_line(base, final) + _scaling_lines(view, base, final) + [""]
     if view.run.get("mode") == "ablation":
         lines += ["This is an ablation run: each stage was applied alone to the baseline, so the "

@@ -24,6 +24,9 @@ def final_summary(finished: list[dict]) -> str:
              f"({f.get('peak_flops_source', '')})",
              f"speedup vs baseline: {_ratio(ratio)} ({ratio['verdict']}; "
              f"{'paired, same time window' if ratio.get('paired') else 'the baseline itself' if final is baseline else 'unpaired, indicative'})"]
+    ceiling = ceiling_text(finished, final)
+    if ceiling:
+        lines.append(f"ceiling: {ceiling}")
     lines.append(f"outcome: {outcome(finished)}")
     lines += [f"  {r['stage']:<14} {r['status']:<9} {r['reason']}" for r in finished]
     return "\n".join(lines)
@@ -51,3 +54,38 @@ def _rate(throughput: dict) -> str:
 
 def _pct(value: float | None) -> str:
     return f"{value:.1%}" if value else "n/a"
+
+
+def _compute_only_mfu(metrics: dict) -> float | None:
+    """The share of the peak the model reaches on device-resident data: the delivered MFU scaled by
+    compute-only throughput over delivered (same FLOPs per sample, same peak)."""
+    delivered = (metrics.get("throughput") or {}).get("median")
+    ceiling = ((metrics.get("compute_only") or {}).get("throughput") or {}).get("median")
+    if not (metrics.get("mfu") and delivered and ceiling):
+        return None
+    return metrics["mfu"] * ceiling / delivered
+
+
+def _best_ceiling(results: list[dict]) -> dict | None:
+    """The configuration whose device-resident throughput is highest (the best batch measured)."""
+    found = [r for r in results if r.get("status") not in ("failed", "skipped", "cancelled")
+             and _compute_only_mfu(r.get("metrics") or {}) is not None]
+    return max(found, key=lambda r: r["metrics"]["compute_only"]["throughput"]["median"], default=None)
+
+
+def ceiling_text(results: list[dict], final: dict) -> str | None:
+    """How far the final configuration is from the hardware: what it delivers as a share of the
+    device's peak (MFU), beside what the same model does on device-resident data (no loading, copy or
+    augmentation) at the best batch measured. None when the figures are not there."""
+    metrics, best = final.get("metrics") or {}, _best_ceiling(results)
+    if not metrics.get("mfu") or best is None:
+        return None
+    top = best["metrics"]
+    batch = (best.get("config") or {}).get("batch_size")
+    searched = any(r.get("stage") == "batch_size" and r.get("status") not in ("skipped", "failed") for r in results)
+    hint = "" if searched else " (--allow-batch-change searches larger batches)"
+    return (f"the final configuration delivers {metrics['throughput']['median']:.1f} samples/s, "
+            f"{metrics['mfu']:.1%} of the peak ({metrics.get('peak_flops_source') or 'peak unknown'}); "
+            f"on device-resident data the model does {top['compute_only']['throughput']['median']:.1f} samples/s "
+            f"at batch {batch} ({best['stage']}){hint}, {_compute_only_mfu(top):.1%} of it: the rest is the "
+            "model's own step (kernel efficiency, launches, memory traffic)")

@@ -1,0 +1,28 @@
+"""The ceiling line: the final configuration's share of the peak beside the device-resident best."""
+from __future__ import annotations
+
+from workbench.report.summary import ceiling_text
+
+
+def result(stage: str, delivered: float, compute_only: float | None, mfu: float | None, batch: int = 32,
+           status: str = "kept") -> dict:
+    metrics = {"throughput": {"median": delivered}, "mfu": mfu, "peak_flops_source": "H200 datasheet, bf16 dense"}
+    if compute_only is not None:
+        metrics["compute_only"] = {"throughput": {"median": compute_only}}
+    return {"stage": stage, "status": status, "config": {"batch_size": batch}, "metrics": metrics}
+
+
+def test_the_ceiling_is_the_best_device_resident_figure_with_its_batch_and_share_of_the_peak():
+    final = result("final", 5000.0, 5600.0, 0.05)
+    bigger = result("batch_size", 9000.0, 12000.0, 0.09, batch=256)
+    text = ceiling_text([result("baseline", 1300.0, 4500.0, 0.013, status="baseline"), bigger, final], final)
+    assert "delivers 5000.0 samples/s, 5.0% of the peak (H200 datasheet, bf16 dense)" in text
+    assert "does 12000.0 samples/s at batch 256 (batch_size), 12.0% of it" in text   # 0.09 x 12000/9000
+    assert "--allow-batch-change" not in text                                         # the batch was searched
+
+
+def test_without_a_batch_search_the_line_says_how_to_get_one_and_without_figures_there_is_none():
+    final = result("final", 5000.0, 5600.0, 0.05)
+    assert "--allow-batch-change searches larger batches" in ceiling_text([final], final)
+    assert ceiling_text([result("final", 50.0, None, 0.05)], result("final", 50.0, None, 0.05)) is None
+    assert ceiling_text([final], result("final", 50.0, 60.0, None)) is None   # no peak known: no share
