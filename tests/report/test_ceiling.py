@@ -26,3 +26,8 @@ def test_without_a_batch_search_the_line_says_how_to_get_one_and_without_figures
     assert "--allow-batch-change searches larger batches" in ceiling_text([final], final)
     assert ceiling_text([result("final", 50.0, None, 0.05)], result("final", 50.0, None, 0.05)) is None
     assert ceiling_text([final], result("final", 50.0, 60.0, None)) is None   # no peak known: no share
+
+
+def test_a_ceiling_over_the_measured_peak_is_said_as_such_not_as_a_share():
+    final = result("final", 600.0, 800.0, 0.9)      # 0.9 x 800/600 = 120% of the measured peak
+    assert "over the measured peak, which understates this device" in ceiling_text([final], final)

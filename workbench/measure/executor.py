@@ -314,7 +314,13 @@ def _guarded(action):
 
 
 def _flops_metrics(flops: float, mean_step_s: float, peak: float | None, peak_source: str) -> dict:
+    """Achieved FLOP/s and MFU. Over 100% the denominator is wrong, not the step (a CPU's measured
+    matmul slowed by another process): no MFU then, and the source says why."""
     achieved = flops / mean_step_s
+    if peak and achieved > peak:
+        return {"flops_per_step": flops, "achieved_flops_per_s": achieved, "mfu": None, "peak_flops_per_s": peak,
+                "peak_flops_source": f"{peak_source}, under the {achieved / 1e9:.0f} GFLOP/s this step achieved "
+                                     "(the probe was slowed): MFU not reported"}
     return {"flops_per_step": flops, "achieved_flops_per_s": achieved,
             "mfu": achieved / peak if peak else None, "peak_flops_per_s": peak, "peak_flops_source": peak_source}
 

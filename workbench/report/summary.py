@@ -84,8 +84,10 @@ def ceiling_text(results: list[dict], final: dict) -> str | None:
     batch = (best.get("config") or {}).get("batch_size")
     searched = any(r.get("stage") == "batch_size" and r.get("status") not in ("skipped", "failed") for r in results)
     hint = "" if searched else " (--allow-batch-change searches larger batches)"
+    ceiling_mfu = _compute_only_mfu(top)
+    share = (f"{ceiling_mfu:.1%} of it: the rest is the model's own step (kernel efficiency, launches, memory "
+             "traffic)" if ceiling_mfu <= 1 else "over the measured peak, which understates this device")
     return (f"the final configuration delivers {metrics['throughput']['median']:.1f} samples/s, "
             f"{metrics['mfu']:.1%} of the peak ({metrics.get('peak_flops_source') or 'peak unknown'}); "
             f"on device-resident data the model does {top['compute_only']['throughput']['median']:.1f} samples/s "
-            f"at batch {batch} ({best['stage']}){hint}, {_compute_only_mfu(top):.1%} of it: the rest is the "
-            "model's own step (kernel efficiency, launches, memory traffic)")
+            f"at batch {batch} ({best['stage']}){hint}, {share}")
