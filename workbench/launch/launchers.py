@@ -22,11 +22,13 @@ import gc
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 from workbench.errors import UsageError
 from workbench.launch import channel, forkserver, procs
@@ -36,6 +38,7 @@ from workbench.launch.nodes import Nodes, torchrun_flags
 
 CHILD_ENTRY = "workbench.measure.entry"
 FORK_SERVER_VARIABLE = "WORKBENCH_FORK_SERVER"
+WATCH_EVERY_S = 1.0
 _FORK_SERVER_OFF: dict[str, str] = {}  # why, once the server failed: later runs start from exec
 
 
@@ -138,12 +141,37 @@ class Torchrun(_Launched):
 
     nproc: int = 2
     nodes: Nodes = field(default_factory=Nodes)
+    # Several nodes: asked every second while torchrun runs; a reason stops the round (a node gone
+    # silent would otherwise keep this node's ranks waiting in a collective until their own timeout).
+    watch: Callable[[], str | None] | None = None
     name = "torchrun"
 
     def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
         command = [sys.executable, "-m", "torch.distributed.run", *torchrun_flags(self.nodes, self.nproc),
                    *bootstrap(self.entry)[1:], str(path)]
-        return procs.run_worker(command, split_cores(env, self.nproc), timeout_s), None
+        if self.watch is None:
+            return procs.run_worker(command, split_cores(env, self.nproc), timeout_s), None
+        return run_watched(command, split_cores(env, self.nproc), timeout_s, self.watch)
+
+
+def run_watched(command: list[str], env: dict, timeout_s: float,
+                watch: Callable[[], str | None]) -> tuple[int | None, str | None]:
+    """procs.run_worker, asking watch() every second: its exit status, or why watch() stopped it."""
+    proc = procs.start_worker(command, env, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                return proc.wait(timeout=WATCH_EVERY_S), None
+            except subprocess.TimeoutExpired:
+                pass
+            why = watch() if time.monotonic() < deadline else None
+            if why is not None or time.monotonic() >= deadline:
+                procs.stop_group(proc.pid, procs.waiter(proc), grace_s=0 if why is None else procs.GRACE_S)
+                return (None, None) if why is None else (proc.returncode or 1, why)
+    except BaseException:
+        procs.stop_group(proc.pid, procs.waiter(proc))
+        raise
 
 
 def bootstrap(entry: str) -> list[str]:

@@ -22,6 +22,7 @@ from workbench.training.data import load_data
 def follow(cfg: RunConfig, nproc: int, nodes: Nodes, log: Callable[[str], None] = stderr_log) -> int:
     """Join node 0's run and measure every round it announces; 0 once node 0 finished."""
     link = links.join(nodes)
+    links.start_heartbeat(nodes)
     links.check_in_follower(link, links.settings(cfg, nproc, nodes))
     log(f"node {nodes.node_rank} of {nodes.nnodes}: joined node 0 at {nodes.endpoint}; "
         f"{nproc} process{'es' if nproc > 1 else ''} here follow its rounds")

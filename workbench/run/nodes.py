@@ -17,8 +17,10 @@ of other nodes reach node 0 through the process group (measure/distributed.gathe
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -36,6 +38,10 @@ from workbench.launch.nodes import Nodes
 
 PREFIX = "workbench/"
 POLL_S = 0.2
+GOODBYE_S = 10.0         # how long node 0 stays for a follower to read its last word
+CONNECT_ATTEMPT_S = 2.0
+HEARTBEAT_S = 2.0         # a follower says it is alive this often, from a thread of its own
+SILENT_AFTER_S = 15.0     # node 0 counts a follower gone after this long without a heartbeat   # one try at node 0's store; tried again until --rdzv-timeout
 # Settings a node may hold on its own: only node 0 names and writes the run.
 NODE_LOCAL = ("run_name", "reports_dir", "profiles_dir")
 
@@ -82,6 +88,7 @@ class Link:
     rounds: int = 0
     lost: str | None = None                 # node 0: why a follower is gone (later rounds fail at once)
     finished: bool = False
+    beats: dict = field(default_factory=dict)   # node 0: each follower's last heartbeat and when it changed
 
     # --- the store, in one place -------------------------------------------------------------------
     def put(self, key: str, value: Any) -> None:
@@ -117,10 +124,32 @@ class Link:
         self.put(f"end/{index}/{self.nodes.node_rank}", {"code": code})
 
     def ends(self, index: int) -> dict[int, dict | None]:
-        """Each follower's end of round `index`, waiting up to the rendezvous timeout for each."""
-        deadline = time.monotonic() + self.nodes.timeout_s
-        return {node: self.get(f"end/{index}/{node}", max(0.0, deadline - time.monotonic()))
-                for node in range(1, self.nodes.nnodes)}
+        """Each follower's end of round `index`: waited for up to the rendezvous timeout, less for a
+        follower whose heartbeat stopped (None: no end came)."""
+        deadline, found = time.monotonic() + self.nodes.timeout_s, {}
+        for node in range(1, self.nodes.nnodes):
+            while node not in found and time.monotonic() < deadline and self.silent(node) is None:
+                found[node] = self.get(f"end/{index}/{node}", 1.0)
+                found = {key: value for key, value in found.items() if value is not None}
+        return {node: found.get(node) for node in range(1, self.nodes.nnodes)}
+
+    def silent(self, node: int) -> str | None:
+        """Node 0: why follower `node` counts as gone (its heartbeat stopped), or None while it beats."""
+        beat = self.get(f"alive/{node}", 0.0)
+        last, since = self.beats.get(node, (None, time.monotonic()))
+        if beat != last:
+            last, since = beat, time.monotonic()
+        self.beats[node] = (last, since)
+        quiet = time.monotonic() - since
+        return None if quiet < SILENT_AFTER_S else f"no heartbeat for {quiet:.0f} s"
+
+    def first_silent(self) -> tuple[int, str] | None:
+        """The first follower gone silent, and for how long, or None."""
+        for node in range(1, self.nodes.nnodes):
+            why = self.silent(node)
+            if why:
+                return node, why
+        return None
 
     def finish(self, why: str | None = None) -> None:
         """Node 0: no more rounds (why: node 0 stopped on an error); the followers read it and leave
@@ -131,7 +160,7 @@ class Link:
         try:
             self.put(f"round/{self.rounds}", {"done": True, "why": why})
             for node in range(1, self.nodes.nnodes):
-                self.get(f"bye/{node}", 10.0)
+                self.get(f"bye/{node}", GOODBYE_S)
         except NodeLost:  # a follower that is gone needs no goodbye
             pass
 
@@ -149,15 +178,39 @@ def host(nodes: Nodes) -> Link:
 
 
 def join(nodes: Nodes) -> Link:
-    """Another node: connect to node 0's control store, trying for --rdzv-timeout seconds."""
-    try:
-        with native_logs_muted():
-            store = TCPStore(nodes.host, nodes.port, is_master=False, timeout=dt.timedelta(seconds=nodes.timeout_s))
-    except RuntimeError:
-        raise UsageError(f"cannot reach the rendezvous at {nodes.endpoint} within {nodes.timeout_s:g} s "
-                         f"(--rdzv-timeout): is node 0 running `workbench run --nnodes {nodes.nnodes} --node-rank 0 "
-                         f"--rdzv-endpoint {nodes.endpoint}`?") from None
-    return Link(store, nodes)
+    """Another node: connect to node 0's control store, trying until --rdzv-timeout has passed. Short
+    attempts, so the wait ends near the deadline (one long attempt overshoots it by its retry delay)."""
+    deadline = time.monotonic() + nodes.timeout_s
+    while True:
+        attempt = max(1.0, min(CONNECT_ATTEMPT_S, deadline - time.monotonic()))
+        try:
+            with native_logs_muted():
+                store = TCPStore(nodes.host, nodes.port, is_master=False, timeout=dt.timedelta(seconds=attempt))
+            store.set_timeout(dt.timedelta(seconds=nodes.timeout_s))
+            return Link(store, nodes)
+        except RuntimeError:
+            if time.monotonic() + 0.5 >= deadline:
+                break
+    raise UsageError(f"cannot reach the rendezvous at {nodes.endpoint} within {nodes.timeout_s:g} s "
+                     f"(--rdzv-timeout): is node 0 running `workbench run --nnodes {nodes.nnodes} --node-rank 0 "
+                     f"--rdzv-endpoint {nodes.endpoint}`?")
+
+
+def start_heartbeat(nodes: Nodes) -> threading.Thread:
+    """A follower's heartbeat, on a connection of its own: node 0 stops a round whose other node went
+    silent instead of leaving its ranks in a collective until their own timeout."""
+    def beat() -> None:
+        try:
+            with native_logs_muted():
+                store = TCPStore(nodes.host, nodes.port, is_master=False, timeout=dt.timedelta(seconds=nodes.timeout_s))
+            for count in itertools.count():
+                store.set(f"{PREFIX}alive/{nodes.node_rank}", json.dumps(count))
+                time.sleep(HEARTBEAT_S)
+        except RuntimeError:  # node 0 is gone: the main thread finds out and says so
+            return
+    thread = threading.Thread(target=beat, name="workbench-heartbeat", daemon=True)
+    thread.start()
+    return thread
 
 
 def check_in_leader(link: Link, ours: dict) -> None:
@@ -173,10 +226,12 @@ def check_in_leader(link: Link, ours: dict) -> None:
         bad = next(((node, text) for node, text in problems.items() if text), None)
         why = None if bad is None else (f"node {bad[0]}'s settings differ from node 0's: {bad[1]}; allowed: the same "
                                         "settings on every node (the same command, but --node-rank)")
-    for node, theirs in seen.items():
-        if theirs is not None:
-            link.put(f"verdict/{node}", why or "")
+    joined = [node for node, theirs in seen.items() if theirs is not None]
+    for node in joined:
+        link.put(f"verdict/{node}", why or "")
     if why:
+        for node in joined:  # the store closes when we leave: each refused node reads its verdict first
+            link.get(f"heard/{node}", GOODBYE_S)
         raise UsageError(why)
 
 
@@ -188,6 +243,7 @@ def check_in_follower(link: Link, ours: dict) -> None:
                          f"allowed: each of 1..{link.nodes.nnodes - 1} on one node")
     link.put(f"hello/{node}", ours)
     verdict = link.get(f"verdict/{node}", None)
+    link.put(f"heard/{node}", True)
     if verdict:
         raise UsageError(verdict)
 
@@ -201,15 +257,26 @@ class AcrossNodes:
     inner: Torchrun
     name: str = field(default="torchrun on several nodes")
 
+    def __post_init__(self) -> None:
+        self.inner.watch = self.gone
+
+    def gone(self) -> str | None:
+        """Why the run lost a node (kept: every later round fails at once), or None while all answer."""
+        silent = None if self.link.lost else self.link.first_silent()
+        if silent is not None:
+            self.link.lost = (f"{self._where(silent[0])} stopped answering ({silent[1]}): it died or lost "
+                              "contact with node 0")
+        return self.link.lost
+
     def run(self, request: RoundSpec, timeout_s: float | None = None, env: Mapping[str, str] | None = None) -> Outcome:
         timeout_s = timeout_s or procs.stage_timeout_s()
-        if self.link.lost:
+        if self.gone():
             return Outcome({}, 1, timeout_s, error=self.link.lost)
         index = self.link.announce(request, timeout_s)
         outcome = self.inner.run(request, timeout_s, env)
         if outcome.stopped is not None:  # stopped here: say so at once (finish() tells the others)
             return outcome
-        trouble = self._followers(index, timeout_s)
+        trouble = self.link.lost or self._followers(index, timeout_s)
         if trouble is None or (outcome.reports and all(report.measured for report in outcome.reports.values())):
             return outcome
         kept = {key: report for key, report in outcome.reports.items() if report.measured}
@@ -218,11 +285,14 @@ class AcrossNodes:
     def _followers(self, index: int, timeout_s: float) -> str | None:
         """What went wrong on the other nodes in round `index`, in words naming the node and its ranks."""
         for node, end in self.link.ends(index).items():
-            ranks = self.link.nodes.ranks(self.inner.nproc, node)
-            where = f"node {node} (ranks {ranks.start}-{ranks.stop - 1})"
+            where = self._where(node)
             if end is None:
                 self.link.lost = f"{where} stopped answering in round {index + 1}: it died or lost contact with node 0"
                 return self.link.lost
             if end["code"] != 0:
                 return f"{where} failed: {failure_text(end['code'], timeout_s)}"
         return None
+
+    def _where(self, node: int) -> str:
+        ranks = self.link.nodes.ranks(self.inner.nproc, node)
+        return f"node {node} (ranks {ranks.start}-{ranks.stop - 1})"
