@@ -42,6 +42,7 @@ GOODBYE_S = 10.0         # how long node 0 stays for a follower to read its last
 CONNECT_ATTEMPT_S = 2.0
 HEARTBEAT_S = 2.0         # a follower says it is alive this often, from a thread of its own
 SILENT_AFTER_S = 15.0     # node 0 counts a follower gone after this long without a heartbeat   # one try at node 0's store; tried again until --rdzv-timeout
+_MUTE_LOCK = threading.Lock()
 # Settings a node may hold on its own: only node 0 names and writes the run.
 NODE_LOCAL = ("run_name", "reports_dir", "profiles_dir")
 
@@ -68,15 +69,18 @@ def first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> str 
 @contextmanager
 def native_logs_muted() -> Iterator[None]:
     """c10d's C++ side prints its retries and lost connections with native stack frames to fd 2; the
-    Python error that follows says it in one line, so those frames are kept off the console."""
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    Python error that follows says it in one line, so those frames are kept off the console. One
+    thread at a time (the heartbeat has its own): two overlapping windows would restore each other's
+    /dev/null and silence the process for good."""
+    with _MUTE_LOCK:
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 @dataclass
@@ -204,7 +208,8 @@ def start_heartbeat(nodes: Nodes) -> threading.Thread:
             with native_logs_muted():
                 store = TCPStore(nodes.host, nodes.port, is_master=False, timeout=dt.timedelta(seconds=nodes.timeout_s))
             for count in itertools.count():
-                store.set(f"{PREFIX}alive/{nodes.node_rank}", json.dumps(count))
+                with native_logs_muted():
+                    store.set(f"{PREFIX}alive/{nodes.node_rank}", json.dumps(count))
                 time.sleep(HEARTBEAT_S)
         except RuntimeError:  # node 0 is gone: the main thread finds out and says so
             return
