@@ -132,10 +132,11 @@ class Link:
         follower whose heartbeat stopped (None: no end came)."""
         deadline, found = time.monotonic() + self.nodes.timeout_s, {}
         for node in range(1, self.nodes.nnodes):
-            while node not in found and time.monotonic() < deadline and self.silent(node) is None:
-                found[node] = self.get(f"end/{index}/{node}", 1.0)
-                found = {key: value for key, value in found.items() if value is not None}
-        return {node: found.get(node) for node in range(1, self.nodes.nnodes)}
+            end = None
+            while end is None and time.monotonic() < deadline and self.silent(node) is None:
+                end = self.get(f"end/{index}/{node}", 1.0)
+            found[node] = end
+        return found
 
     def silent(self, node: int) -> str | None:
         """Node 0: why follower `node` counts as gone (its heartbeat stopped), or None while it beats."""
