@@ -209,7 +209,10 @@ def test_failed_save_exits_74_with_the_result_on_stdout(work, capsys, monkeypatc
         raise error
 
     monkeypatch.setattr("workbench.run.ladder.run_ladder", failing_ladder)
-    monkeypatch.setattr("workbench.run.session.start", lambda cfg, mode, **kw: SimpleNamespace(run_dir=work / "r"))
+    from workbench.launch.nodes import Nodes
+
+    monkeypatch.setattr("workbench.run.session.start",
+                        lambda cfg, mode, **kw: SimpleNamespace(run_dir=work / "r", nodes=Nodes()))
     proc = cli(capsys, "run", *TINY)
     one_line(proc, "Read-only file system", "00-baseline.json", code=74)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == result

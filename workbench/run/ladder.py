@@ -24,6 +24,7 @@ from workbench import results, stats
 from workbench.run import batch_search, console, judge, rounds as paired_rounds, stage_results
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
+from workbench.launch.nodes import Nodes
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.run.record import StageRecord
 from workbench.run.rounds import Side
@@ -491,7 +492,8 @@ def measure_single_process(session: Session) -> Session:
         return session
     session.log(f"== one-process baseline (the reference for {session.nproc}-process scaling)")
     one = Side(session.base_cfg.with_overrides(trace=False), "baseline")
-    report = paired_rounds.compare(replace(session, nproc=1), one, one, 1, "one-process baseline").b_final
+    alone = replace(session, nproc=1, link=None, nodes=Nodes())  # this node, one process: no other node joins
+    report = paired_rounds.compare(alone, one, one, 1, "one-process baseline").b_final
     metrics = (report.metrics if report else None) or {}
     single = {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
               "samples_per_step": metrics.get("samples_per_step"), "error": report.error if report else None}

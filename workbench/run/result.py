@@ -39,6 +39,8 @@ class RunFacts(Protocol):
     base_cfg: Any                           # the RunConfig every stage builds on
     nproc: int
     single_process: Mapping[str, Any] | None  # the one-process baseline a multi-process run scales against
+    nnodes: int                             # nodes in the run (1 unless --nnodes)
+    single_node: Mapping[str, Any] | None     # the one-node baseline a multi-node run scales against
 
 
 def _empty() -> Mapping[str, Any]:
