@@ -395,6 +395,7 @@ def test_bad_fork_server_switch_is_one_line(work, capsys, monkeypatch, value):
 def test_fork_server_switch_accepts_0_1_and_unset():
     assert launchers.fork_server_wanted({}) and launchers.fork_server_wanted({"WORKBENCH_FORK_SERVER": " 1 "})
     assert not launchers.fork_server_wanted({"WORKBENCH_FORK_SERVER": "0"})
+    assert launchers.fork_server_mode({"WORKBENCH_FORK_SERVER": "CUDA"}) == "cuda"
 
 
 def test_stage_timeout_accepts_seconds():

@@ -96,6 +96,25 @@ def test_where_a_measurement_runs(monkeypatch):
     assert isinstance(choose(on_cpu=True, objects={"dataset": object()}), InProcess)
     monkeypatch.setenv(launchers.FORK_SERVER_VARIABLE, "0")
     assert isinstance(choose(on_cpu=True), FreshInterpreter)
+    monkeypatch.setenv(launchers.FORK_SERVER_VARIABLE, "cuda")   # GPU rounds forked too, on request
+    on_gpu = choose(on_cpu=False)
+    assert isinstance(on_gpu, ForkServer) and on_gpu.on_cuda and not choose(on_cpu=True).on_cuda
+
+
+def test_a_forked_round_that_cannot_start_cuda_is_measured_again_from_exec(monkeypatch):
+    """The server never touches CUDA; should a forked child still fail to start it, that round and
+    every later one start from exec, said once."""
+    from workbench.launch import Outcome, SideReport
+
+    monkeypatch.setattr(launchers, "_FORK_SERVER_OFF", {})
+    bad = Outcome({"a": SideReport.failed("a", "RuntimeError: Cannot re-initialize CUDA in forked subprocess")}, 1, 60)
+    good = Outcome({"a": SideReport("a", "measured", metrics={"step_times_s": [[0.1]]})}, 0, 60)
+    monkeypatch.setattr(launchers._Launched, "run", lambda self, request, timeout_s=None, env=None: bad)
+    monkeypatch.setattr(launchers.FreshInterpreter, "run", lambda self, request, timeout_s=None, env=None: good)
+    assert ForkServer(on_cuda=True).run(request("a")) is good
+    assert launchers._FORK_SERVER_OFF and isinstance(choose(on_cpu=True), FreshInterpreter)
+    monkeypatch.setattr(launchers, "_FORK_SERVER_OFF", {})
+    assert ForkServer(on_cuda=False).run(request("a")) is bad    # a CPU round's failure is its own
 
 
 def test_the_real_child_entry_has_what_the_launchers_call():

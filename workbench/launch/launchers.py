@@ -3,8 +3,10 @@
 - `InProcess`: here, with objects from Python (a model factory, a dataset) that cannot cross a
   process boundary; also the experiments' isolate=False;
 - `FreshInterpreter`: `python -m <entry> REQUEST.json`, in its own session, with a safe import path;
-- `ForkServer`: a child forked from the warm server (torch imported once: launch/forkserver.py); only
-  on a CPU with one process, and back to a fresh interpreter if the server fails;
+- `ForkServer`: a child forked from the warm server (torch imported once: launch/forkserver.py); on a
+  CPU with one process, and on a GPU too with WORKBENCH_FORK_SERVER=cuda (the server never touches
+  CUDA; each child initializes its own context); back to a fresh interpreter if the server fails, or
+  if a forked child cannot initialize CUDA;
 - `Torchrun`: `torch.distributed.run --standalone --nproc_per_node=N -m <entry> REQUEST.json`, or on
   several nodes this node's share of the round's static rendezvous (launch/nodes.py).
 `choose` picks one. Every one writes the request, lets the child report through the channel
@@ -21,6 +23,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -189,11 +192,25 @@ def split_cores(env: dict, nproc: int) -> dict:
 @dataclass
 class ForkServer(_Launched):
     name = "the fork server"
+    on_cuda: bool = False
+
+    def run(self, request: RoundSpec, timeout_s: float | None = None, env: Mapping[str, str] | None = None) -> Outcome:
+        outcome = super().run(request, timeout_s, env)
+        if self.on_cuda and outcome.stopped is None and _cuda_fork_failed(outcome):
+            # Said once; this round and every later one start from exec, as they did before.
+            _FORK_SERVER_OFF["why"] = "a round forked from the server could not initialize CUDA"
+            print(f"note: {_FORK_SERVER_OFF['why']}; measuring processes start fresh interpreters from now on",
+                  file=sys.stderr)
+            return FreshInterpreter(entry=self.entry).run(request, timeout_s, env)
+        return outcome
 
     def _start(self, path: Path, timeout_s: float, env: dict) -> tuple[int | None, str | None]:
         if not _FORK_SERVER_OFF:
             try:
-                server = forkserver.shared(env, preload=(self.entry,))
+                # On a GPU, torch.cuda.is_available() anywhere in the server must not start the driver:
+                # NVML answers it instead, and the forked children inherit a process that never touched CUDA.
+                server = forkserver.shared({**env, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"} if self.on_cuda else env,
+                                           preload=(self.entry,))
                 return server.run(f"{self.entry}:main", [str(path)], timeout_s, warm=f"{self.entry}:preload"), None
             except forkserver.ServerGone as gone:  # said once; every later process starts from exec
                 _FORK_SERVER_OFF["why"] = str(gone)
@@ -201,24 +218,43 @@ class ForkServer(_Launched):
         return FreshInterpreter(entry=self.entry)._start(path, timeout_s, env)
 
 
-def fork_server_wanted(environ: Mapping[str, str] | None = None) -> bool:
-    """WORKBENCH_FORK_SERVER: unset or 1 (the default) or 0; a one-line UsageError for anything else."""
-    text = (os.environ if environ is None else environ).get(FORK_SERVER_VARIABLE, "").strip()
-    if text not in ("", "0", "1"):
+# What a child forked after CUDA was touched in its parent says (torch's bad-fork check, the driver).
+CUDA_FORK_FAILURE = re.compile(r"re-initialize CUDA in forked subprocess|CUDA driver initialization failed|"
+                               r"cudaErrorInitializationError|CUDA error: initialization error", re.I)
+
+
+def _cuda_fork_failed(outcome: Outcome) -> bool:
+    return any(report.status == "failed" and CUDA_FORK_FAILURE.search(report.error or "")
+               for report in outcome.reports.values()) or bool(CUDA_FORK_FAILURE.search(outcome.error or ""))
+
+
+def fork_server_mode(environ: Mapping[str, str] | None = None) -> str:
+    """WORKBENCH_FORK_SERVER: unset or 1 (the default: CPU rounds forked), cuda (GPU rounds too) or 0
+    (a fresh interpreter per round); a one-line UsageError for anything else."""
+    text = (os.environ if environ is None else environ).get(FORK_SERVER_VARIABLE, "").strip().lower()
+    if text not in ("", "0", "1", "cuda"):
         raise UsageError(f"{FORK_SERVER_VARIABLE}={text!r} is not allowed; allowed: 1 (fork CPU rounds from a "
-                         "warm server, the default) or 0 (a fresh interpreter per round)")
-    return text != "0"
+                         "warm server, the default), cuda (GPU rounds too) or 0 (a fresh interpreter per round)")
+    return {"": "cpu", "1": "cpu", "0": "off"}.get(text, text)
+
+
+def fork_server_wanted(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether CPU rounds are forked from the warm server (fork_server_mode, not off)."""
+    return fork_server_mode(environ) != "off"
 
 
 def choose(on_cpu: bool, nproc: int = 1, objects: Mapping[str, Any] | None = None) -> Launcher:
     """Where a measurement runs. Objects from Python cannot cross a process: here. Several processes:
-    torchrun. One process on a CPU: the fork server (a forked CUDA context is unusable, and the GPU
-    figures were measured from exec'd processes), unless WORKBENCH_FORK_SERVER=0. Else exec."""
+    torchrun. One process on a CPU: the fork server, unless WORKBENCH_FORK_SERVER=0. On a GPU a fresh
+    interpreter (the figures so far were measured that way), or with WORKBENCH_FORK_SERVER=cuda the
+    fork server too: the server never initializes CUDA, so each forked child starts its own context,
+    and a child that cannot is measured again from exec."""
     if objects:
         return InProcess(objects=objects)
     if nproc > 1:
         return Torchrun(nproc=nproc)
-    if on_cpu and fork_server_wanted() and not _FORK_SERVER_OFF:
-        return ForkServer()
+    mode = fork_server_mode()
+    if not _FORK_SERVER_OFF and (mode == "cuda" or (on_cpu and mode == "cpu")):
+        return ForkServer(on_cuda=not on_cpu)
     return FreshInterpreter()
 
