@@ -46,7 +46,7 @@ SEVERITY_ORDER = ("high", "medium", "low", "info")
 PREDICTS = {
     "data_loading": {"dataloader", "batched_input"},
     "pageable_h2d": {"dataloader"},
-    "device_idle": {"cuda_graphs", "compile"},
+    "device_idle": {"compile"},
     "launch_bound": {"cuda_graphs", "compile"},
     "fp32_tensor_core_eligible": {"amp"},
     "layout_conversions": {"channels_last"},
