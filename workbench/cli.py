@@ -174,6 +174,10 @@ def _follow(args: argparse.Namespace, nodes) -> int:
     cfg = config_from(args)
     nproc = 1 if args.nproc is None else args.nproc
     _check_processes(cfg, nproc)
+    if nodes.leader_here:  # node 0 on this machine holds its lock for both: waiting on it would never end
+        print(f"node {nodes.node_rank}: node 0 is this machine ({nodes.host}) and holds its measuring lock; "
+              "following under it", file=sys.stderr)
+        return follow(cfg, nproc, nodes)
     with MachineLock(f"workbench run --node-rank {nodes.node_rank}", wait=not args.no_wait):
         return follow(cfg, nproc, nodes)
 

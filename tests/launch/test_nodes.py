@@ -42,3 +42,15 @@ def test_one_node_is_standalone_and_several_meet_at_port_plus_one():
 def test_an_ipv6_endpoint_keeps_its_brackets_for_torchrun():
     assert parse_endpoint("[fe80::1]:29400") == ("fe80::1", 29400)
     assert "--rdzv_endpoint=[fe80::1]:29401" in torchrun_flags(check(2, 0, "[fe80::1]:29400", None, None), 1)
+
+
+def test_a_follower_whose_node_0_is_this_machine_knows_it():
+    import socket
+
+    from workbench.launch.nodes import Nodes, is_this_machine
+
+    assert is_this_machine("127.0.0.1") and is_this_machine("localhost") and is_this_machine("::1")
+    assert is_this_machine(socket.gethostname())
+    assert not is_this_machine("192.0.2.7")           # TEST-NET-1: never this machine
+    assert not is_this_machine("no-such-host.invalid")
+    assert Nodes(2, 1, "127.0.0.1", 29400).leader_here and not Nodes(1, 0, "127.0.0.1", 29400).leader_here

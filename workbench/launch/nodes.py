@@ -11,9 +11,11 @@ Two ports on node 0, both derived from `--rdzv-endpoint HOST:PORT`:
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import shlex
+import socket
 from dataclasses import dataclass
 
 from workbench.errors import UsageError
@@ -51,9 +53,32 @@ class Nodes:
     def endpoint(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def leader_here(self) -> bool:
+        """Whether node 0 is this machine (its endpoint names this host): then node 0's machine lock
+        already covers it, and a follower taking it too would wait for node 0 forever."""
+        return self.multi and is_this_machine(self.host)
+
     def ranks(self, nproc: int, node: int) -> range:
         """The global ranks node `node` holds (the static rendezvous orders them by node rank)."""
         return range(node * nproc, (node + 1) * nproc)
+
+
+def is_this_machine(host: str) -> bool:
+    """A loopback address, this host's name, or a name that resolves to one of its addresses."""
+    try:
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:  # a name, not an address
+        pass
+    try:
+        names = {socket.gethostname(), socket.getfqdn()}
+        if host in names:
+            return True
+        ours = set(socket.gethostbyname_ex(socket.gethostname())[2]) | {"127.0.0.1"}
+        return bool(set(socket.gethostbyname_ex(host)[2]) & ours)
+    except OSError:  # unresolvable here: not this machine (the rendezvous will say the rest)
+        return False
 
 
 def parse_endpoint(text: str) -> tuple[str, int]:
