@@ -235,7 +235,7 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     rounds = min(cfg.rounds, MEMORY_ROUNDS) if stage.kind == MEMORY else cfg.rounds
     # With a second look to come, an open answer waits for it: its extra rounds go, within the time
     # budget, to the undecided stages whose intervals reach the largest gains, on the final configuration.
-    extra = 1 if _second_look_ahead(session) else EXTRA_ROUNDS_FACTOR
+    extra = 1 if _second_look_ahead(session) and stage.kind == SPEED else EXTRA_ROUNDS_FACTOR  # only speed stages get one
     comparison = _compare(session, before, cfg, stage.name, against.stage, stage.name,
                           _trace_dir(session, cfg, stage.name), rounds, state.measured,
                           state.floor if stage.kind in (SPEED, BATCH) else None, brief=cfg.rounds < before.rounds, extra=extra)
