@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     resumed = _resumed(args) or {}
     if args.overwrite and args.resume:
         raise UsageError("--overwrite and --resume contradict each other; choose one")
-    cfg = config_from(args, resumed.get("config"))
+    cfg = _settled_across_nodes(config_from(args, resumed.get("config")), nodes)
     if cfg.run_name:
         check_run_name(cfg.run_name)
     stage_names = ",".join(resumed["stages"]) if resumed.get("stages") else args.stages
@@ -150,6 +150,16 @@ def _meet_the_other_nodes(cfg: RunConfig, nproc: int, nodes):
     return link
 
 
+def _settled_across_nodes(cfg: RunConfig, nodes) -> RunConfig:
+    """With several nodes, data=auto is settled on each node before the settings are compared, so
+    nodes that would read different data are refused at the rendezvous instead of mixing it."""
+    if not nodes.multi or cfg.data != "auto":
+        return cfg
+    from workbench.training.data import settled_without_download
+
+    return cfg.with_overrides(data=settled_without_download(cfg.data, cfg.data_dir))
+
+
 def _with_references(session):
     from workbench.run.references import measure_references
 
@@ -171,7 +181,7 @@ def _follow(args: argparse.Namespace, nodes) -> int:
     if args.resume:
         raise UsageError(f"--resume is node 0's; start node {nodes.node_rank} without it (it follows node 0's rounds)")
     select(args.stages)
-    cfg = config_from(args)
+    cfg = _settled_across_nodes(config_from(args), nodes)
     nproc = 1 if args.nproc is None else args.nproc
     _check_processes(cfg, nproc)
     if nodes.leader_here:  # node 0 on this machine holds its lock for both: waiting on it would never end

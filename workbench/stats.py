@@ -196,26 +196,28 @@ class NoiseFloor:
 
     The A/A runs where the baseline is: on a loader-bound baseline its rounds spread 18% (one H200
     run), while a compute-bound pair later in the ladder spread a quarter of that, and the A/A's
-    floor hid a 12% TF32 gain there. So the floor a comparison is judged against is the A/A's, scaled
-    by the comparison's own round-to-round spread against the A/A's (never above the A/A's: a noisier
-    pair already has a wider interval), then divided by the square root of its rounds (floor_at).
-    A comparison with one round, or an A/A without a spread, keeps the A/A's floor as it is.
-    The keep rule's guard against noise is the paired interval, which uses the pair's own rounds
-    anyway; the floor guards against the A/A's systematic part, and scales with the noise it sits in.
+    floor hid a 12% TF32 gain there. The floor has two parts (noise_floor: the larger of them): one
+    round's spread, and the A/A's apparent effect, an offset between identical configurations. A
+    comparison is held to the spread scaled by its own round-to-round spread against the A/A's (never
+    above it: a noisier pair already has a wider interval), or to the offset, which does not shrink
+    with the pair's noise, whichever is larger; then divided by the square root of its rounds
+    (floor_at). A comparison with one round, or an A/A without a spread, keeps the A/A's floor.
     """
 
-    value: float = 0.0              # noise_floor(aa): one round's A/A spread, as a relative change
+    value: float = 0.0              # noise_floor(aa): one round's A/A spread or its offset, the larger
     spread: float | None = None     # round_spread(aa): the A/A's log-ratio standard deviation
+    offset: float = 0.0             # |aa ratio - 1|: the A/A's apparent effect
 
     @classmethod
     def from_aa(cls, aa: dict | None) -> "NoiseFloor":
         """From an A/A comparison (stats.paired_ratio), or its record in verdicts.json."""
         if not aa:
             return cls()
-        return cls(aa["noise_floor"] if "noise_floor" in aa else noise_floor(aa), round_spread(aa))
+        value = aa["noise_floor"] if "noise_floor" in aa else noise_floor(aa)
+        return cls(value, round_spread(aa), abs(aa["ratio"] - 1))
 
     def scale(self, ratio: dict) -> float:
-        """How much of the A/A's floor applies to this comparison: its spread over the A/A's, at most 1."""
+        """How much of the A/A's spread applies to this comparison: its spread over the A/A's, at most 1."""
         own = round_spread(ratio)
         if own is None or not self.spread:
             return 1.0
@@ -223,7 +225,9 @@ class NoiseFloor:
 
     def fitted(self, ratio: dict) -> float:
         """The floor for this comparison, before the square root of its rounds (floor_at)."""
-        return self.value * self.scale(ratio)
+        if not self.spread:
+            return self.value
+        return max((math.exp(self.spread) - 1) * self.scale(ratio), self.offset)
 
     def at(self, ratio: dict) -> float:
         """The floor an effect of this comparison must clear: fitted, at its number of rounds."""

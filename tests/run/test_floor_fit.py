@@ -68,8 +68,8 @@ def faster_rate(effect: float, aa_spread: float, pair_spread: float, fitted: boo
 def test_a_10_percent_compute_effect_after_a_noisy_input_bound_aa_is_found():
     before = faster_rate(math.log(1.10), INPUT_BOUND_SPREAD, COMPUTE_BOUND_SPREAD, fitted=False)
     now = faster_rate(math.log(1.10), INPUT_BOUND_SPREAD, COMPUTE_BOUND_SPREAD)
-    assert now >= 0.90, now
-    assert now > before + 0.2, (before, now)   # simulated: 64% before, 92% now
+    assert now >= 0.85, now
+    assert now > before + 0.2, (before, now)   # simulated: 64% before, 90% now
 
 
 @pytest.mark.parametrize("aa_spread, pair_spread, burst_p", [
@@ -83,12 +83,22 @@ def test_false_faster_verdicts_stay_at_5_percent_or_below(aa_spread, pair_spread
 
 
 def test_the_floor_scales_with_the_pairs_own_spread_and_never_above_the_aas():
-    floor = stats.NoiseFloor(0.20, 0.18)
+    floor = stats.NoiseFloor(math.exp(0.18) - 1, 0.18)
     quiet = stats.paired_ratio([100.0] * 4, [110.0, 113.0, 107.0, 110.0])
     noisy = stats.paired_ratio([100.0] * 4, [150.0, 80.0, 120.0, 95.0])
     assert floor.scale(quiet) == pytest.approx(stats.round_spread(quiet) / 0.18)
-    assert floor.fitted(noisy) == 0.20                       # a noisier pair: its interval is wider already
+    assert floor.fitted(noisy) == pytest.approx(floor.value)  # a noisier pair: its interval is wider already
     assert floor.at(quiet) == pytest.approx(floor.fitted(quiet) / 2)   # four rounds
     one = {"ratio": 1.1, "ci95_low": 0.0, "ci95_high": math.inf, "rounds": 1}
-    assert floor.fitted(one) == 0.20                          # one round has no spread of its own
+    assert floor.fitted(one) == pytest.approx(floor.value)    # one round has no spread of its own
     assert stats.NoiseFloor(0.2).fitted(quiet) == 0.20        # an A/A without a spread: as it was
+
+
+def test_an_offset_between_identical_configurations_does_not_shrink_with_a_quiet_pair():
+    biased = stats.paired_ratio([100.0] * 4, [108.0, 108.5, 107.5, 108.2])   # 8% offset, 0.4% spread
+    floor = stats.NoiseFloor.from_aa(biased)
+    quiet = stats.paired_ratio([100.0] * 4, [110.0, 110.2, 109.9, 110.1])
+    assert floor.fitted(quiet) == pytest.approx(0.081, abs=0.002)           # the offset, not the spread
+    assert stats.judged_verdict(quiet, 0.05, floor) == "faster"             # 10% clears 8% over 2 (4 rounds)
+    assert stats.judged_verdict(stats.paired_ratio([100.0] * 4, [103.0, 103.1, 102.9, 103.0]), 0.0, floor) \
+        == "no significant change"                                         # 3% does not clear 4%

@@ -72,3 +72,25 @@ def test_a_kept_batch_says_the_rule_it_assumes_and_the_accuracy_beside_it():
     said = ladder._with_batch_search(result, {"chosen": 128}, before, after, against)
     assert said["reason"].startswith("batch 32 -> 128, learning rate 0.0001 -> 0.0004 (linear scaling, x4")
     assert "held-out accuracy 27.0% vs 31.0%" in said["reason"] and said["batch_search"] == {"chosen": 128}
+
+
+def test_leave_one_out_rebuilds_the_kept_batch_whole_not_in_the_old_micro_batches():
+    base = RunConfig(batch_size=32, micro_batch_size=16, lr=1e-4, allow_batch_change=True)
+    final = base.with_overrides(batch_size=256, micro_batch_size=0, lr=8e-4, fused_optimizer=True)
+    session = SimpleNamespace(base_cfg=base, context=CPU)
+    without = ladder._without(session, ["fused_optimizer", "batch_size"], "fused_optimizer", final)
+    assert (without.batch_size, without.micro_batch_size) == (256, 0)
+
+
+def test_a_stage_whose_field_a_later_stage_replaced_leaves_the_list_without_a_measurement(monkeypatch):
+    base = RunConfig()
+    final = base.with_overrides(compile="reduce-overhead")
+    said, added = [], []
+    session = SimpleNamespace(base_cfg=base, context=CUDA, log=said.append)
+    state = ladder.LadderState(final, applied=["compile", "cuda_graphs"])
+    monkeypatch.setattr(ladder, "_compare", lambda *a, **k: pytest.fail("nothing to measure"))
+    book = SimpleNamespace(add=lambda key, entry: added.append((key, entry)))
+    with pytest.raises(pytest.fail.Exception):   # cuda_graphs itself is still measured (without it: compile=default)
+        ladder.leave_one_out(session, state, book)
+    assert state.applied == ["cuda_graphs"] and added[0][1]["stage"] == "compile" and added[0][1]["dropped"]
+    assert "replaced what it set" in said[0]

@@ -94,8 +94,9 @@ def verdict_of_fit(batch: int, failure: str | None, peak_mb: float | None, room_
 
 def probe_config(cfg: RunConfig, batch: int) -> RunConfig:
     """A brief measurement of `batch`: one process, a warm-up step and two timed ones, no trace."""
+    # The configuration's own warm-up (at least PROBE_WARMUP): under CUDA graphs the first calls record.
     return cfg.with_overrides(batch_size=batch, micro_batch_size=0, lr=scaled_lr(cfg, batch), rounds=1, repeats=1,
-                              warmup_steps=PROBE_WARMUP, timed_steps=PROBE_STEPS, trace=False)
+                              warmup_steps=max(PROBE_WARMUP, cfg.warmup_steps), timed_steps=PROBE_STEPS, trace=False)
 
 
 def searched(cfg: RunConfig, probes: list[Probe]) -> tuple[RunConfig, dict]:

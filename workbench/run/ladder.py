@@ -439,8 +439,8 @@ def _without(session: Session, applied: list[str], dropped: str, final: RunConfi
         if name == dropped:
             continue
         stage = _stage(name)
-        cfg = (cfg.with_overrides(batch_size=final.batch_size, lr=final.lr) if stage.kind == BATCH
-               else stage.apply(cfg, session.context))
+        cfg = (cfg.with_overrides(batch_size=final.batch_size, lr=final.lr, micro_batch_size=final.micro_batch_size)
+               if stage.kind == BATCH else stage.apply(cfg, session.context))
     return cfg
 
 
@@ -450,6 +450,13 @@ def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> N
         try:
             without = _without(session, state.applied, name, state.cfg)
         except StageSkipped:
+            continue
+        if without == state.cfg:  # a later stage set the same field (cuda_graphs after compile): nothing to measure
+            state.applied = [s for s in state.applied if s != name]
+            verdicts.add("leave_one_out", {"stage": name, "verdict": "replaced by a later stage", "dropped": True,
+                                           "text": "a later stage replaced what it set: the final configuration "
+                                                   "is the same without it"})
+            session.log(f"-- leave-one-out {name}: a later kept stage replaced what it set; dropped from the list")
             continue
         comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final",
                               measured=state.measured, floor=state.floor)

@@ -24,7 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch.distributed import TCPStore
@@ -96,27 +96,31 @@ class Link:
 
     # --- the store, in one place -------------------------------------------------------------------
     def put(self, key: str, value: Any) -> None:
-        with native_logs_muted():
-            self.store.set(PREFIX + key, json.dumps(value))
+        self._guarded(lambda: self.store.set(PREFIX + key, json.dumps(value)))
 
     def get(self, key: str, within_s: float | None) -> Any:
         """The key's value once it is there; None when within_s passed first (None: wait as long as it takes)."""
         deadline = None if within_s is None else time.monotonic() + within_s
         while True:
-            try:
-                with native_logs_muted():
-                    if self.store.check([PREFIX + key]):
-                        return json.loads(self.store.get(PREFIX + key))
-            except RuntimeError as error:  # DistNetworkError: the other end is gone
-                raise NodeLost(f"lost contact with the control store at {self.nodes.endpoint} "
-                               f"({str(error).splitlines()[0][:160]})") from None
+            found = self._guarded(lambda: self.store.check([PREFIX + key]) and self.store.get(PREFIX + key))
+            if found:
+                return json.loads(found)
             if deadline is not None and time.monotonic() > deadline:
                 return None
             time.sleep(POLL_S)
 
     def count(self, key: str) -> int:
-        with native_logs_muted():
-            return self.store.add(PREFIX + key, 1)
+        return self._guarded(lambda: self.store.add(PREFIX + key, 1))
+
+    def _guarded(self, call: Callable[[], Any]) -> Any:
+        """One store call, its native retry frames kept off the console; a lost store is NodeLost (one
+        line and exit 1), never a DistNetworkError traceback."""
+        try:
+            with native_logs_muted():
+                return call()
+        except RuntimeError as error:  # DistNetworkError: the other end is gone
+            raise NodeLost(f"lost contact with the control store at {self.nodes.endpoint} "
+                           f"({str(error).splitlines()[0][:160]})") from None
 
     # --- the rounds --------------------------------------------------------------------------------
     def announce(self, request: RoundSpec, timeout_s: float) -> int:
@@ -204,13 +208,14 @@ def join(nodes: Nodes) -> Link:
 def start_heartbeat(nodes: Nodes) -> threading.Thread:
     """A follower's heartbeat, on a connection of its own: node 0 stops a round whose other node went
     silent instead of leaving its ranks in a collective until their own timeout."""
+    # Not muted: muting redirects the process's fd 2, and from this thread it could land while the main
+    # thread starts a round's torchrun, which would then inherit /dev/null as its stderr for the round.
+    # A failed beat prints c10d's frames once, when node 0 is gone, and the thread ends.
     def beat() -> None:
         try:
-            with native_logs_muted():
-                store = TCPStore(nodes.host, nodes.port, is_master=False, timeout=dt.timedelta(seconds=nodes.timeout_s))
+            store = TCPStore(nodes.host, nodes.port, is_master=False, timeout=dt.timedelta(seconds=nodes.timeout_s))
             for count in itertools.count():
-                with native_logs_muted():
-                    store.set(f"{PREFIX}alive/{nodes.node_rank}", json.dumps(count))
+                store.set(f"{PREFIX}alive/{nodes.node_rank}", json.dumps(count))
                 time.sleep(HEARTBEAT_S)
         except RuntimeError:  # node 0 is gone: the main thread finds out and says so
             return

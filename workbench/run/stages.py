@@ -108,8 +108,8 @@ def cuda_graphs(cfg: RunConfig, ctx: StageContext) -> RunConfig:
 
 
 def compile_stage(cfg: RunConfig, ctx: StageContext) -> RunConfig:
-    if cfg.compile != "none":  # cuda_graphs kept: reduce-overhead already compiles (and fuses) the model
-        raise StageSkipped(f"the model is already compiled (compile={cfg.compile}, from cuda_graphs)")
+    if cfg.compile == "reduce-overhead":  # cuda_graphs kept: it already compiles (and fuses) the model
+        raise StageSkipped("the model is already compiled with mode=reduce-overhead (cuda_graphs, kept)")
     return cfg.with_overrides(compile="default")
 
 

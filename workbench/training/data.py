@@ -218,6 +218,15 @@ def _folder_state(data_dir: Path) -> str:
     return "synthetic" if (folder / SYNTHETIC_MARKER).exists() else "present"
 
 
+def settled_without_download(data: str, data_dir: str) -> str:
+    """What data=auto is on this machine without downloading: CIFAR-10 when data_dir holds it, else
+    the synthetic stand-in. Several nodes settle it each on its own disk and compare the answers
+    (a node with CIFAR-10 and one without would otherwise train on different data)."""
+    if data != "auto":
+        return data
+    return "cifar10" if _folder_state(Path(data_dir)) == "present" else "synthetic"
+
+
 def _synthetic_version(data_dir: Path) -> int | None:
     try:
         return json.loads((Path(data_dir) / CIFAR_FOLDER / SYNTHETIC_MARKER).read_text()).get("version")
