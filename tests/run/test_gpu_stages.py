@@ -94,3 +94,17 @@ def test_a_stage_whose_field_a_later_stage_replaced_leaves_the_list_without_a_me
         ladder.leave_one_out(session, state, book)
     assert state.applied == ["cuda_graphs"] and added[0][1]["stage"] == "compile" and added[0][1]["dropped"]
     assert "replaced what it set" in said[0]
+
+
+def test_a_resumed_run_reuses_its_batch_search(tmp_path, monkeypatch):
+    from workbench import results as results_module
+
+    found = tmp_path / "batch_size.json"
+    monkeypatch.setattr(results_module, "stage_files", lambda run_dir, name: [found])
+    monkeypatch.setattr(results_module, "read_stage_result",
+                        lambda path: {"batch_search": {"start": 32, "chosen": 128, "lr_rule": "linear"}})
+    cfg = RunConfig(batch_size=32, lr=1e-4, allow_batch_change=True)
+    again = ladder._searched_before(SimpleNamespace(resume=True, run_dir=tmp_path), cfg)
+    assert again[0].batch_size == 128 and again[0].lr == pytest.approx(4e-4) and again[1]["chosen"] == 128
+    assert ladder._searched_before(SimpleNamespace(resume=False, run_dir=tmp_path), cfg) is None
+    assert ladder._searched_before(SimpleNamespace(resume=True, run_dir=tmp_path), cfg.with_overrides(batch_size=64)) is None

@@ -221,7 +221,7 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     try:
         cfg = stage.apply(before, session.context)
         if stage.kind == BATCH:
-            cfg, search = batch_search.run_search(session, cfg)
+            cfg, search = _searched_before(session, cfg) or batch_search.run_search(session, cfg)
     except StageSkipped as error:
         return _save(session, stage_results.skipped(session, stage, position, before, str(error), why))
     if cfg == before:
@@ -243,6 +243,22 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     if search is not None:
         result = _with_batch_search(result, search, before, cfg, against)
     return _saved_then_stop(session, result, comparison)
+
+
+def _searched_before(session: Session, cfg: RunConfig) -> tuple[RunConfig, dict] | None:
+    """A resumed run's batch search, when the run being resumed finished one from this same start:
+    searching again would cost its probes and, the choice being noisy, might pick another size."""
+    if not session.resume:
+        return None
+    for path in results.stage_files(session.run_dir, "batch_size"):
+        try:
+            search = results.read_stage_result(path).get("batch_search") or {}
+        except ResultFileError:
+            continue
+        if search.get("chosen") and search.get("start") == cfg.batch_size:
+            chosen = search["chosen"]
+            return cfg.with_overrides(batch_size=chosen, micro_batch_size=0, lr=batch_search.scaled_lr(cfg, chosen)), search
+    return None
 
 
 def _with_batch_search(result: dict, search: dict, before: RunConfig, cfg: RunConfig, against: StageRecord) -> dict:
