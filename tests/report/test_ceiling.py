@@ -31,3 +31,10 @@ def test_without_a_batch_search_the_line_says_how_to_get_one_and_without_figures
 def test_a_ceiling_over_the_measured_peak_is_said_as_such_not_as_a_share():
     final = result("final", 600.0, 800.0, 0.9)      # 0.9 x 800/600 = 120% of the measured peak
     assert "over the measured peak, which understates this device" in ceiling_text([final], final)
+
+
+def test_the_ceiling_line_gives_each_figure_its_interval_where_it_has_one():
+    final = result("final", 5000.0, 5600.0, 0.05)
+    final["metrics"]["throughput"].update(ci95_low=4800.0, ci95_high=5200.0)
+    final["metrics"]["compute_only"]["throughput"].update(ci95_low=5500.0, ci95_high=5700.0)
+    assert "(95% intervals: delivered [4800.0, 5200.0]; device-resident [5500.0, 5700.0])" in ceiling_text([final], final)

@@ -87,7 +87,15 @@ def ceiling_text(results: list[dict], final: dict) -> str | None:
     ceiling_mfu = _compute_only_mfu(top)
     share = (f"{ceiling_mfu:.1%} of it: the rest is the model's own step (kernel efficiency, launches, memory "
              "traffic)" if ceiling_mfu <= 1 else "over the measured peak, which understates this device")
+    spread = _intervals(metrics["throughput"], top["compute_only"]["throughput"])
     return (f"the final configuration delivers {metrics['throughput']['median']:.1f} samples/s, "
             f"{metrics['mfu']:.1%} of the peak ({metrics.get('peak_flops_source') or 'peak unknown'}); "
             f"on device-resident data the model does {top['compute_only']['throughput']['median']:.1f} samples/s "
-            f"at batch {batch} ({best['stage']}){hint}, {share}")
+            f"at batch {batch} ({best['stage']}){hint}, {share}{spread}")
+
+
+def _intervals(delivered: dict, resident: dict) -> str:
+    """Both figures' 95% intervals, where they have them: a throughput without its spread says too little."""
+    shown = [f"{label} [{t['ci95_low']:.1f}, {t['ci95_high']:.1f}]" for label, t in
+             (("delivered", delivered), ("device-resident", resident)) if "ci95_low" in t and "ci95_high" in t]
+    return f" (95% intervals: {'; '.join(shown)})" if shown else ""

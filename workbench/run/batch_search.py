@@ -19,7 +19,6 @@ from typing import Callable
 
 from workbench.config import RunConfig
 from workbench.errors import StageSkipped
-from workbench.launch import RoundSpec
 from workbench.run import rounds
 from workbench.run.session import available_memory_mb
 
@@ -118,11 +117,7 @@ def lr_text(before: RunConfig, after: RunConfig) -> str:
 
 def measure_probe(session, cfg: RunConfig, batch: int, room_mb: float | None) -> Probe:
     """One size measured briefly alone in its own process (the session's launcher), read as a Probe."""
-    side = rounds.Side(probe_config(cfg, batch), f"batch {batch}")
-    outcome = rounds.launcher_for(session, side.cfg).run(RoundSpec({"b": rounds.side_spec(session, side, False)}, ("b",)))
-    if outcome.stopped is not None:
-        raise outcome.stopped
-    report = outcome.report("b")
+    report = rounds.measure_alone(session, rounds.Side(probe_config(cfg, batch), f"batch {batch}"))
     if not report.measured:
         return verdict_of_fit(batch, (report.error or report.status).splitlines()[0][:160], None, room_mb, None)
     return verdict_of_fit(batch, None, report.metrics.get("peak_memory_mb"), room_mb,

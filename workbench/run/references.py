@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from workbench.launch import RoundSpec
 from workbench.launch.nodes import Nodes
-from workbench.run.rounds import Side, launcher_for, side_spec
+from workbench.run.rounds import Side, measure_alone
 from workbench.run.session import Session, write_run_file
 
 
@@ -28,12 +27,7 @@ def measure_references(session: Session) -> Session:
 def baseline_alone(session: Session, what: str) -> dict:
     """The baseline measured once, on this node alone, without a trace: its throughput and steps."""
     session.log(f"== scaling reference: the baseline in {what} on node 0 alone")
-    cfg = session.base_cfg.with_overrides(trace=False)
-    spec = side_spec(session, Side(cfg, "baseline"), last=False)
-    outcome = launcher_for(session, cfg).run(RoundSpec({"b": spec}, ("b",)))
-    if outcome.stopped is not None:
-        raise outcome.stopped
-    report = outcome.report("b")
+    report = measure_alone(session, Side(session.base_cfg.with_overrides(trace=False), "baseline"))
     metrics = report.metrics or {}
     return {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
             "samples_per_step": metrics.get("samples_per_step"), "world_size": metrics.get("world_size", 1),

@@ -141,6 +141,15 @@ def launcher_for(session, *configs: RunConfig) -> Launcher:
     return choose(on_cpu, session.nproc, objects)
 
 
+def measure_alone(session, side: Side) -> SideReport:
+    """One configuration alone in its own process (or torchrun's group), not a pair: a reference or a
+    probe, never a verdict. A stop is re-raised: nothing of it is kept."""
+    outcome = launcher_for(session, side.cfg).run(RoundSpec({"b": side_spec(session, side, False)}, ("b",)))
+    if outcome.stopped is not None:
+        raise outcome.stopped
+    return outcome.report("b")
+
+
 def across_nodes(session):
     """Node 0's control store when this session's rounds run on several nodes (a Bench outside any
     run, or a session replaced for a one-node reference, has none)."""
