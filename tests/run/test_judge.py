@@ -1,6 +1,7 @@
 """Judging a stage from its paired comparison: kept, rejected, inconclusive or trade-off."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,39 @@ def test_judging_is_pure():
     """The judge reads nothing and writes nothing: no file, trace or process module in reach."""
     source = Path(judge.__file__).read_text()
     assert "open(" not in source and "read_trace" not in source and "launch" not in source
+
+
+# --- the speedup against the baseline: one figure per configuration --------------------------------
+
+def _ratio(r: float, low: float, high: float, **more) -> dict:
+    return {"ratio": r, "ci95_low": low, "ci95_high": high, "verdict": "faster", **more}
+
+
+def test_a_stage_measured_against_the_baseline_shows_that_paired_comparison():
+    vs_previous = _ratio(1.36, 1.06, 1.74, against="baseline")
+    figure = judge.vs_baseline("fused_optimizer", vs_previous, {"stage": "baseline", "metrics": {}},
+                               {"round_throughputs": [1.0, 2.0]}, {"metrics": {"round_throughputs": [9.0, 9.5]}})
+    assert (figure["ratio"], figure["ci95_low"], figure["ci95_high"], figure["paired"]) == (1.36, 1.06, 1.74, True)
+
+
+def test_a_stage_after_a_kept_one_multiplies_the_paired_comparisons():
+    kept = {"stage": "fused_optimizer",
+            "metrics": {"speedup_vs_baseline": _ratio(1.2, 1.2 / 1.1, 1.2 * 1.1, paired=True)}}
+    vs_previous = _ratio(1.1, 1.1 / 1.05, 1.1 * 1.05, against="fused_optimizer")
+    figure = judge.vs_baseline("amp", vs_previous, kept, {}, None)
+    assert figure["ratio"] == pytest.approx(1.32)
+    # Log half-widths in quadrature: sqrt(log(1.1)^2 + log(1.05)^2).
+    half = (math.log(1.1) ** 2 + math.log(1.05) ** 2) ** 0.5
+    assert figure["ci95_low"] == pytest.approx(1.32 * math.exp(-half))
+    assert figure["ci95_high"] == pytest.approx(1.32 * math.exp(half))
+    assert figure["chain"] == ["fused_optimizer", "amp"] and figure["paired"] is True
+    longer = judge.vs_baseline("channels_last", vs_previous, {"stage": "amp", "metrics": {"speedup_vs_baseline": figure}}, {}, None)
+    assert longer["chain"] == ["fused_optimizer", "amp", "channels_last"]
+
+
+def test_an_unpaired_figure_before_is_not_chained():
+    kept = {"stage": "fused_optimizer", "metrics": {"speedup_vs_baseline": _ratio(1.2, 1.1, 1.3, paired=False)}}
+    figure = judge.vs_baseline("amp", _ratio(1.1, 1.05, 1.15), kept, {"round_throughputs": [110.0, 112.0, 111.0]},
+                               {"metrics": {"round_throughputs": [100.0, 101.0, 99.0]}})
+    assert figure["paired"] is False and "chain" not in figure
+    assert figure["ratio"] == pytest.approx(111.0 / 100.0, rel=0.01)

@@ -54,7 +54,9 @@ def speedup_text(record: dict, prefix: str) -> str:
     verdict = record.get("verdict" if prefix == "speedup_vs_baseline" else "verdict_vs_previous")
     interval = f"95% CI {show('ratio', record.get(f'{prefix}_ci95_low'), 'x')}–" \
                f"{show('ratio', record.get(f'{prefix}_ci95_high'), 'x')}"
-    return f"{show('ratio', record[prefix], 'x')} ({interval}{', ' + verdict if verdict else ''})"
+    source = record.get("speedup_vs_baseline_from") if prefix == "speedup_vs_baseline" else None
+    extra = "".join(f", {part}" for part in (verdict, source) if part)
+    return f"{show('ratio', record[prefix], 'x')} ({interval}{extra})"
 
 
 def throughput_text(record: dict) -> str:
@@ -200,8 +202,11 @@ def overview_table(view: RunView) -> list[str]:
     note = ("n/a: not measured (failed or skipped stage), or not applicable (the baseline has no "
             "previous configuration and no impact). Each throughput is one side of its own paired "
             "comparison, in its own time window: compare stages by their speedups, not by these figures. "
-            "The final configuration's speedup vs baseline is the paired headline; the other stages' are "
-            "unpaired (measured minutes apart) and indicative only.")
+            "The final configuration's speedup vs baseline is the paired headline. A stage measured against "
+            "the baseline shows that paired comparison; one measured against a kept stage shows the product "
+            "of the paired comparisons along the kept stages (chained: each in its own window, so drift "
+            "between them does not enter, and the interval widens with each link); a figure from rounds "
+            "minutes apart is marked unpaired (the CSV's speedup_vs_baseline_from says which).")
     return table(headers, rows) + ["", note]
 
 

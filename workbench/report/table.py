@@ -31,7 +31,7 @@ COLUMNS = (
     ("epoch_time_s", "seconds"), ("peak_memory_mb", "mb"), ("peak_memory_kind", "text"),
     ("memory_change_vs_previous_percent", "signed_pct"), ("speedup_vs_baseline", "ratio"),
     ("speedup_vs_baseline_ci95_low", "ratio"), ("speedup_vs_baseline_ci95_high", "ratio"),
-    ("verdict", "text"), ("speedup_vs_previous", "ratio"), ("speedup_vs_previous_ci95_low", "ratio"),
+    ("speedup_vs_baseline_from", "text"), ("verdict", "text"), ("speedup_vs_previous", "ratio"), ("speedup_vs_previous_ci95_low", "ratio"),
     ("speedup_vs_previous_ci95_high", "ratio"), ("verdict_vs_previous", "text"),
     ("previous_stage", "text"), ("impact", "text"), ("final_loss", "loss"), ("loss_finite", "bool"),
     ("eval_accuracy_percent", "pct"), ("trained_steps", "int"), ("world_size", "int"),
@@ -211,8 +211,22 @@ def stage_record(result: dict, summary: dict | None) -> dict:
         **_trace_fields(summary),
     }
     record["verdict"] = (metrics.get("speedup_vs_baseline") or {}).get("verdict")
+    record["speedup_vs_baseline_from"] = baseline_figure_source(result)
     record["verdict_vs_previous"] = (metrics.get("speedup_vs_previous") or {}).get("verdict")
     return record
+
+
+def baseline_figure_source(result: dict) -> str | None:
+    """How a row's speedup against the baseline was obtained: one paired comparison, a chain of them
+    (kept stage by kept stage, each paired in its own window), or unpaired rounds minutes apart."""
+    ratio = (result.get("metrics") or {}).get("speedup_vs_baseline") or {}
+    if result.get("status") == "baseline" or not ratio:
+        return None
+    if result.get("status") == "final":
+        return "paired"  # the headline: final against baseline in the same rounds, always
+    if ratio.get("chain"):
+        return "chained: " + " x ".join(ratio["chain"])
+    return "paired" if ratio.get("paired") else "unpaired"
 
 
 def throughput_source(result: dict, previous_stage: str | None) -> str | None:

@@ -5,6 +5,7 @@ stage result (workbench/run/result.py), once.
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 from workbench import stats
@@ -114,6 +115,41 @@ def unpaired_vs_baseline(metrics: Mapping, baseline: dict | None) -> dict:
         return SAME
     ratio = stats.welch_rates(metrics["round_throughputs"], rates)
     return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0), "paired": False}
+
+
+CHAINED = "chained: the product of paired comparisons along the kept stages, log intervals added in quadrature"
+
+
+def vs_baseline(name: str, vs_previous: dict, against: Mapping, metrics: Mapping, baseline: dict | None) -> dict:
+    """A stage's configuration against the baseline, from paired comparisons wherever it can be.
+
+    Against the baseline itself, the stage's own paired comparison is that figure (one configuration,
+    one figure: the table and the dashboard then agree with the headline). Against a kept stage whose
+    own figure is paired, the two multiply: each factor was measured in its own time window, so drift
+    between the windows does not enter. Otherwise (an earlier run's record, a probe without an
+    interval) the unpaired figure against the baseline's rounds, marked as such.
+    """
+    before = (against.get("metrics") or {}).get("speedup_vs_baseline") or {}
+    if against.get("stage") == "baseline":
+        return {**vs_previous, "against": "baseline", "paired": True}
+    if not (before.get("paired") and _has_interval(before) and _has_interval(vs_previous)):
+        return unpaired_vs_baseline(metrics, baseline)
+    ratio = _product(before, vs_previous)
+    chain = [*(before.get("chain") or [against.get("stage")]), name]
+    return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0), "against": "baseline", "paired": True,
+            "method": CHAINED, "chain": chain}
+
+
+def _has_interval(ratio: Mapping) -> bool:
+    return 0 < ratio.get("ci95_low", 0) <= ratio.get("ratio", 0) <= ratio.get("ci95_high", math.inf) < math.inf
+
+
+def _product(first: Mapping, second: Mapping) -> dict:
+    """Two independent ratios multiplied; each side of the 95% interval combined in log space."""
+    ratio = first["ratio"] * second["ratio"]
+    low = math.hypot(math.log(first["ratio"] / first["ci95_low"]), math.log(second["ratio"] / second["ci95_low"]))
+    high = math.hypot(math.log(first["ci95_high"] / first["ratio"]), math.log(second["ci95_high"] / second["ratio"]))
+    return {"ratio": ratio, "ci95_low": ratio * math.exp(-low), "ci95_high": ratio * math.exp(high)}
 
 
 def check_entry(name: str, comparison, min_effect: float, floor: stats.NoiseFloor) -> dict:

@@ -54,8 +54,9 @@ def stage(facts: RunFacts, stage: Stage, position: int, cfg, applied: list[str],
         return _not_measured(facts, stage.name, position, cfg, applied, why, measurement, stage.kind, probe=probe)
     floor, min_effect = state.floor, facts.base_cfg.min_effect
     baseline = state.baseline.doc if state.baseline else None
-    speedups = {"speedup_vs_previous": {**judge.paired_speedup(comparison, min_effect, floor), "against": against["stage"]},
-                "speedup_vs_baseline": judge.unpaired_vs_baseline(measurement.metrics, baseline)}
+    vs_previous = {**judge.paired_speedup(comparison, min_effect, floor), "against": against["stage"]}
+    speedups = {"speedup_vs_previous": vs_previous,
+                "speedup_vs_baseline": judge.vs_baseline(stage.name, vs_previous, against, measurement.metrics, baseline)}
     # The trace first: on a CPU it settles which peak-memory figure a memory stage is judged on.
     reading = read_trace(facts, stage.name, cfg, measurement)
     status, reason, marks = judge.status(judged_metrics(measurement, reading, **speedups), stage.kind, against)
