@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import math
 import sys
 from pathlib import Path
@@ -169,5 +170,14 @@ def apply_all(model: nn.Module, memory_format: str, checkpointing: str, compile_
     if distribute is not None:
         model = distribute(model)
     if compile_mode != "none":
+        if device.type == "cpu":
+            quiet_cuda_home_warning()
         model = torch.compile(model, mode=compile_mode)
     return model, notes
+
+
+def quiet_cuda_home_warning() -> None:
+    """Inductor's C++ build on a CPU looks for CUDA too; a CUDA build of torch on a machine without
+    the CUDA runtime then warns "No CUDA runtime is found, using CUDA_HOME=..." once per process,
+    that is once per compile round, in the ladder's progress. Nothing on a CPU needs CUDA_HOME."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
