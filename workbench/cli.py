@@ -126,7 +126,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
                                      stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite,
                                      time_budget_s=budget, nodes=nodes, link=link)
-            return _run_session(_with_references(session), stage_names)
+            code = _run_session(_with_references(session), stage_names)
+            if link is not None and code != 0:  # interrupted (130) or no baseline: the followers say so too
+                link.finish(f"node 0 ended with exit status {code}"
+                            + (" (interrupted; its finished stages are saved, resume there)" if code == 130 else ""))
+            return code
         except BaseException as error:  # the other nodes hear why node 0 stopped, then leave
             if link is not None:
                 link.finish(f"{type(error).__name__}: {error}"[:300])

@@ -179,3 +179,38 @@ def test_a_measured_round_stands_when_only_the_end_was_missed():
     measured = SideReport("b", "measured", metrics={"throughput": 1})
     outcome = AcrossNodes(FakeLink({1: None}), FakeTorchrun({"b": measured}, 0)).run(object(), timeout_s=60)
     assert outcome.report("b").measured
+
+
+class StoppedLink:
+    """Node 0's control store as a follower reads it when node 0 was interrupted before any round."""
+
+    def __init__(self, why: str | None) -> None:
+        self.why, self.said = why, {}
+
+    def get(self, key: str, within_s):
+        return {"done": True, "why": self.why}
+
+    def put(self, key: str, value) -> None:
+        self.said[key] = value
+
+
+@pytest.mark.parametrize("why", [None, "node 0 ended with exit status 130 (interrupted; its finished stages are saved)"])
+def test_a_follower_exits_0_only_when_node_zero_finished(monkeypatch, why):
+    from workbench.config import RunConfig
+    from workbench.run import follow as following
+    from workbench.run import nodes as links
+
+    link = StoppedLink(why)
+    monkeypatch.setattr(links, "join", lambda nodes: link)
+    monkeypatch.setattr(links, "start_heartbeat", lambda nodes: None)
+    monkeypatch.setattr(links, "check_in_follower", lambda link, ours: None)
+    nodes = Nodes(nnodes=2, node_rank=1, host="127.0.0.1", port=29400)
+    said: list[str] = []
+    if why is None:
+        assert following.follow(RunConfig(), 1, nodes, log=said.append) == 0
+        assert "finished the run" in said[-1]
+    else:
+        with pytest.raises(links.NodeLost, match="interrupted") as stopped:
+            following.follow(RunConfig(), 1, nodes, log=said.append)
+        assert stopped.value.exit_code == 1
+    assert link.said == {"bye/1": True}
