@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             session = sessions.start(cfg, mode, resume=bool(args.resume), sweep_workers=any(s.name == "dataloader" for s in stages),
                                      stages=[s.name for s in stages], nproc=nproc, overwrite=args.overwrite,
                                      time_budget_s=budget, nodes=nodes, link=link)
-            code = _run_session(_with_references(session), stage_names)
+            code = _run_session(session, stage_names)
             if link is not None and code != 0:  # interrupted (130) or no baseline: the followers say so too
                 link.finish(f"node 0 ended with exit status {code}"
                             + (" (interrupted; its finished stages are saved, resume there)" if code == 130 else ""))
@@ -162,12 +162,6 @@ def _settled_across_nodes(cfg: RunConfig, nodes) -> RunConfig:
     from workbench.training.data import settled_without_download
 
     return cfg.with_overrides(data=settled_without_download(cfg.data, cfg.data_dir))
-
-
-def _with_references(session):
-    from workbench.run.references import measure_references
-
-    return measure_references(session)
 
 
 def _check_processes(cfg: RunConfig, nproc: int) -> None:

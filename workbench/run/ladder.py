@@ -18,13 +18,12 @@ floor, the order taken and why, both checks and the headline, so an interrupted 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 from workbench import results, stats
-from workbench.run import batch_search, console, judge, rounds as paired_rounds, stage_results
+from workbench.run import batch_search, console, judge, references, rounds as paired_rounds, stage_results
 from workbench.config import RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
-from workbench.launch.nodes import Nodes
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.run.record import StageRecord
 from workbench.run.rounds import Side
@@ -508,27 +507,10 @@ def headline(session: Session, state: LadderState, verdicts: Verdicts) -> StageR
     return _saved_then_stop(session, result, comparison)
 
 
-def measure_single_process(session: Session) -> Session:
-    """The baseline in one process: what a multi-process run's scaling efficiency is measured against.
-    The session it returns holds it (a session is read-only once built)."""
-    if session.nproc == 1 or session.single_process:
-        return session
-    session.log(f"== one-process baseline (the reference for {session.nproc}-process scaling)")
-    one = Side(session.base_cfg.with_overrides(trace=False), "baseline")
-    alone = replace(session, nproc=1, link=None, nodes=Nodes())  # this node, one process: no other node joins
-    report = paired_rounds.compare(alone, one, one, 1, "one-process baseline").b_final
-    metrics = (report.metrics if report else None) or {}
-    single = {"throughput": metrics.get("throughput"), "step_times_s": metrics.get("step_times_s"),
-              "samples_per_step": metrics.get("samples_per_step"), "error": report.error if report else None}
-    session = replace(session, single_process=single)
-    write_run_file(session)
-    return session
-
-
 def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     """Noise floor, the pass, the second look, leave-one-out and the headline; every stage result
     (the documents as written)."""
-    session = measure_single_process(session)
+    session = references.measure_references(session)
     state, verdicts = LadderState(session.base_cfg), Verdicts(session)
     chosen = select(stage_names)
     alone = all(stage.kind == REFERENCE for stage in chosen)
