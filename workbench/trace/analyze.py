@@ -8,6 +8,8 @@ trace and returns plain rows with units in the key names; nothing here plots or 
 The workbench's loop marks its regions with ``torch.profiler.record_function`` using the names in
 ``REGIONS`` inside ``ProfilerStep#N`` markers; any other trace is read through the markers PyTorch
 and Lightning write themselves (workbench.trace.markers), and the summary names the ones it used.
+The time outside every region ("other") comes with what ran meanwhile (``other_covered_by``), so a rule
+can tell code left unannotated from a rank waiting in a collective (trace/diagnose.py).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ LAUNCH_CATEGORIES = frozenset({"cuda_runtime", "cuda_driver"})
 LAUNCH_NAME = re.compile(r"^cu(da)?(Graph)?Launch")
 DEVICE_TYPE_IDS = {"cpu": 0, "cuda": 1}  # "Device Type" in [memory] events
 BYTES_PER_MB = 1024 * 1024  # MiB, like the rest of the result files
+OTHER_COVERED_ROWS = 10  # the names that cover most of "other", as many as top_ops lists
 
 # Kernel kinds by name, first match wins. Triton kernels say what they are in their prefix; ATen's
 # *elementwise_kernel and cuDNN's layout conversions and batch-norm kernels come before conv_matmul
@@ -117,15 +120,15 @@ def _inside(busy: list[tuple[float, float]], low: float, high: float) -> bool:
     return i >= 0 and busy[i][1] >= high
 
 
-def _innermost_region_us(intervals: list[tuple[float, float, str]],
-                         busy: list[tuple[float, float]] = ()) -> dict[str, float]:
-    """Microseconds per region, each instant given once to the innermost region covering it, so
-    nested duplicates and regions inside regions never add up to more than the step.
+def _innermost_pieces(intervals: list[tuple[float, float, str]],
+                      busy: list[tuple[float, float]] = ()) -> list[tuple[float, float, str]]:
+    """(start, end, region) pieces, sorted and disjoint: each instant given once to the innermost region
+    covering it, so nested duplicates and regions inside regions never add up to more than the step.
 
     A fetch while the GPU is busy (merged GPU intervals in `busy`) hides behind the GPU's work: it is
     not time the step waits for data, and torch-tb-profiler does not count it either; it goes to other.
     """
-    totals = dict.fromkeys(REGIONS, 0.0)
+    pieces = []
     cuts = sorted({t for start, end, _ in intervals for t in (start, end)}
                   | {t for start, end in busy for t in (start, end)})
     for low, high in zip(cuts, cuts[1:]):
@@ -134,8 +137,26 @@ def _innermost_region_us(intervals: list[tuple[float, float, str]],
             continue
         region = max(covering, key=lambda iv: (iv[0], -iv[1]))[2]
         if region != DATA_LOADING or not busy or not _inside(busy, low, high):
-            totals[region] += high - low
+            pieces.append((low, high, region))
+    return pieces
+
+
+def _innermost_region_us(pieces: list[tuple[float, float, str]]) -> dict[str, float]:
+    """Microseconds per region of the innermost pieces."""
+    totals = dict.fromkeys(REGIONS, 0.0)
+    for low, high, region in pieces:
+        totals[region] += high - low
     return totals
+
+
+def _gaps(start: float, stop: float, pieces: list[tuple[float, float, str]]) -> list[tuple[float, float]]:
+    """The instants of [start, stop] that no region holds: the step's "other"."""
+    gaps, reach = [], start
+    for low, high, _ in pieces:
+        if low > reach:
+            gaps.append((reach, low))
+        reach = max(reach, high)
+    return gaps + [(reach, stop)] if stop > reach else gaps
 
 
 def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -148,7 +169,8 @@ def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return merged
 
 
-def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]]) -> dict:
+def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]]) -> tuple[dict, list]:
+    """(the step's row, its "other" intervals)."""
     start, stop = step["ts"], _end(step)
     first = max(0, bisect_right(busy, (start,)) - 1)
     in_step = []
@@ -157,21 +179,52 @@ def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]])
             break
         if b > start:
             in_step.append((max(a, start), min(b, stop)))
-    region_us = _innermost_region_us(regions.intervals(start, stop), in_step)
+    pieces = _innermost_pieces(regions.intervals(start, stop), in_step)
+    region_us = _innermost_region_us(pieces)
     row = {"step": _step_number(step), "step_ms": step["dur"] / 1000}
     row.update({f"{region}_ms": region_us[region] / 1000 for region in REGIONS})
     row["other_ms"] = (step["dur"] - sum(region_us.values())) / 1000
-    return row
+    return row, _gaps(start, stop, pieces)
 
 
-def _rows(trace: dict) -> tuple[list[dict], dict]:
+def _rows(trace: dict) -> tuple[list[dict], dict, list[dict]]:
+    """(per-step rows, the markers they rest on, what ran during "other")."""
     events, steps, how, regions = _located(trace)
     busy = _merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
-    rows = [_step_row(step, regions, busy) for step in steps]
+    read = [_step_row(step, regions, busy) for step in steps]
+    rows, gaps = [row for row, _ in read], [gap for _, step_gaps in read for gap in step_gaps]
     markers = regions.describe(how)  # after the rows: the sources are noted as the steps are read
     if busy and markers[DATA_LOADING] != "not found":
         markers[DATA_LOADING] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
-    return rows, markers
+    return rows, markers, _other_covered_by(events, regions.pid, gaps, len(rows))
+
+
+def _covering_device(event: dict, pid) -> str | None:
+    """"gpu" for GPU work, "cpu" for an operator (or a user's range) of the loop's process, else None:
+    steps and regions are not what ran, and other processes (loader workers) are not the loop."""
+    if event.get("cat") in GPU_CATEGORIES:
+        return "gpu"
+    if event.get("cat") in HOST_CATEGORIES and event.get("pid") == pid and not _is_annotation(event["name"]):
+        return "cpu"
+    return None
+
+
+def _other_covered_by(events: list[dict], pid, gaps: list[tuple[float, float]], steps: int) -> list[dict]:
+    """What ran during "other": per event name and device, the ms per step of it that the name's events
+    (merged, on any thread or stream) cover, most first. Names may overlap one another, so the rows can
+    add up to more than other: a loop thread idle while another thread runs a collective is waiting."""
+    starts, spans = [low for low, _ in gaps], defaultdict(list)
+    for event in events:
+        device = _covering_device(event, pid)
+        first = max(bisect_right(starts, event["ts"]) - 1, 0)
+        for low, high in gaps[first:] if device else ():
+            if low >= _end(event):
+                break
+            if high > event["ts"]:
+                spans[event["name"], device].append((max(low, event["ts"]), min(high, _end(event))))
+    covered = sorted(((union_us(found), key) for key, found in spans.items()), key=lambda item: (-item[0], item[1]))
+    return [{"name": name, "device": device, "ms_per_step": us / 1000 / max(steps, 1)}
+            for us, (name, device) in covered[:OTHER_COVERED_ROWS] if us > 0]
 
 
 def step_breakdown(trace: dict) -> list[dict]:
@@ -347,10 +400,11 @@ def _analyze(trace_dir: Path | str) -> tuple[dict, list[dict]]:
 
 def analyze_loaded(trace: dict, path: Path | str) -> tuple[dict, list[dict]]:
     """(summary, per-step rows) of a trace already loaded from path."""
-    rows, markers = _rows(trace)
+    rows, markers, other_covered_by = _rows(trace)
     step_ms, mean_ms, share = _mean_breakdown(rows)
     summary = {"trace_file": str(path), "steps": len(rows), "markers": markers, "step_time_ms": step_ms,
-               "breakdown_ms": mean_ms, "breakdown_share": share, "device": device_activity(trace),
+               "breakdown_ms": mean_ms, "breakdown_share": share, "other_covered_by": other_covered_by,
+               "device": device_activity(trace),
                "top_ops": top_ops(trace),
                "peak_memory_mb": {device: peak_memory_mb(trace, device) for device in DEVICE_TYPE_IDS},
                # A trace carries distributedInfo only when torch.distributed was initialized.

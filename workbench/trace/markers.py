@@ -14,7 +14,10 @@ an old trace does not. Then the regions come from markers PyTorch and Lightning 
 - forward: Lightning's ``training_step``; else the step's CPU ops from the first one outside the
   regions above up to backward, inferred, and said so.
 
-Each source found is named in ``markers`` so a reader knows how far to trust each share. Old traces
+The choice is made per region: a region the trace names itself (``regions.REGIONS``) comes from that
+annotation alone, every other region from the markers above, so a user's loop that names only its
+"forward" still has its fetch, backward and optimizer step read. Each source found is named in
+``markers`` so a reader knows how far to trust each share. Old traces
 capitalize their categories ("Operator", "Kernel", ...): ``normalize`` maps them to today's names.
 No torch import.
 """
@@ -40,6 +43,7 @@ LIGHTNING_REGIONS = ((".train_dataloader_next", DATA_LOADING), (".batch_to_devic
 PYTORCH_REGIONS = (("enumerate(DataLoader)", DATA_LOADING), ("Optimizer.step#", OPTIMIZER_STEP),
                    ("Optimizer.zero_grad#", OPTIMIZER_STEP))
 BACKWARD_OP = re.compile(r"^autograd::engine::evaluate_function|Backward\d*$|AccumulateGrad")
+OWN_SOURCE = "workbench regions"  # the source of a range named after one of regions.REGIONS
 
 
 def normalize(events: list[dict]) -> list[dict]:
@@ -139,7 +143,7 @@ def extend_to_device(steps: list[dict], events: list[dict]) -> tuple[list[dict],
 def named_region(name: str) -> tuple[str, str] | None:
     """(region, source) for an annotation PyTorch or Lightning writes, else None."""
     if name in REGIONS:
-        return name, "workbench regions"
+        return name, OWN_SOURCE
     bare = name[len(LIGHTNING_PREFIX):] if name.startswith(LIGHTNING_PREFIX) else name
     for suffix, region in LIGHTNING_REGIONS:
         if bare.endswith(suffix) and (bare.startswith("[") or bare == suffix[1:]):
@@ -155,13 +159,16 @@ class StepRegions:
 
     def __init__(self, events: list[dict], where: tuple | None) -> None:
         mine = [e for e in _host(events) if thread(e) == where]
-        self.named = [(e, named_region(e["name"])) for e in mine]
-        self.named = [(e, found) for e, found in self.named if found]
-        if any(found[1] == "workbench regions" for _, found in self.named):
-            self.named = [(e, found) for e, found in self.named if found[1] == "workbench regions"]
-        self.own = bool(self.named) and self.named[0][1][1] == "workbench regions"
+        named = [(e, named_region(e["name"])) for e in mine]
+        named = [(e, found) for e, found in named if found]
+        # Per region, not per trace: one user range that happens to be called "forward" must not hide
+        # the DataLoader, optimizer and autograd markers of the regions the user did not name.
+        self.annotated = {region for _, (region, source) in named if source == OWN_SOURCE}
+        self.named = [(e, (region, source)) for e, (region, source) in named
+                      if source == OWN_SOURCE or region not in self.annotated]
         self.top = _top_level(mine)
-        self.backward_ops = [e for e in _host(events) if e.get("pid") == (where or (None,))[0]
+        self.pid = (where or (None,))[0]  # the loop's process
+        self.backward_ops = [e for e in _host(events) if e.get("pid") == self.pid
                              and e.get("cat") == "cpu_op" and BACKWARD_OP.search(e["name"])]
         self.h2d_ops = _h2d_launchers(events, self.top)
         self.sources: dict[str, set[str]] = defaultdict(set)
@@ -172,17 +179,18 @@ class StepRegions:
         found = [(e["ts"], end(e), region) for e, (region, _) in overlapping]
         for _, (region, source) in overlapping:
             self.sources[region].add(source)
-        if not self.own:
-            found += self._inferred(start, stop, found)
+        found += self._inferred(start, stop, found)
         clipped = [(max(a, start), min(b, stop), region) for a, b, region in found]
         return [iv for iv in clipped if iv[1] > iv[0]]
 
     def _inferred(self, start: float, stop: float, named: list[tuple]) -> list[tuple]:
+        """Regions the trace does not annotate, inferred from ops (none when it annotates them all)."""
         inside = lambda e: start <= e["ts"] < stop
-        extra = [(e["ts"], end(e), HOST_TO_DEVICE) for e in self.h2d_ops if inside(e)]
+        extra = [] if HOST_TO_DEVICE in self.annotated else \
+            [(e["ts"], end(e), HOST_TO_DEVICE) for e in self.h2d_ops if inside(e)]
         if extra:
             self.sources[HOST_TO_DEVICE].add("op launching a host-to-device copy")
-        have = {region for a, b, region in named if a < stop and b > start}
+        have = self.annotated | {region for a, b, region in named if a < stop and b > start}
         if BACKWARD not in have:
             extra += self._backward(start, stop)
         if FORWARD not in have:
