@@ -271,7 +271,7 @@ COMPARE_OK, COMPARE_REGRESSION, COMPARE_BAD_INPUT, COMPARE_INTERNAL_ERROR = 0, 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.report.compare import compare_runs, format_table
+    from workbench.report.compare import compare_runs, format_table, machine_differences
 
     if not 0 <= args.threshold < 1:
         raise UsageError(f"--threshold {args.threshold} is out of range; allowed: 0 <= threshold < 1 (0.03 is 3%)")
@@ -285,10 +285,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"workbench: error: cannot compare {run_a} and {run_b}: a result file is unreadable or corrupt "
               f"({type(error).__name__}: {str(error)[:200]})", file=sys.stderr)
         return COMPARE_INTERNAL_ERROR
+    differences = machine_differences(run_a, run_b)
     if args.json:
         print(json.dumps({"run_a": str(run_a), "run_b": str(run_b), "metric": args.metric,
-                          "threshold": args.threshold, "regressed": regressed, "rows": rows}, indent=2, default=str))
+                          "threshold": args.threshold, "regressed": regressed, "machine_differences": differences,
+                          "rows": rows}, indent=2, default=str))
     else:
+        if differences:
+            print("note: the two runs did not run on the same machine and software, so a change below may be "
+                  "the machine's, not the code's: " + "; ".join(differences))
         print(format_table(rows))
     if regressed:
         print(f"REGRESSION: {args.metric} got significantly worse (interval beyond {args.threshold:.0%})", file=sys.stderr)

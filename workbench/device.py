@@ -121,11 +121,31 @@ def probe(device_type: str) -> DeviceFacts:
 
 
 def _cpu_model_name() -> str:
+    return _cpuinfo_fields().get("model name", "")
+
+
+def _cpuinfo_fields() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where the file does not exist)."""
     info = Path("/proc/cpuinfo")
+    fields: dict[str, str] = {}
     for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return ""
+        if not line.strip():
+            break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_generation() -> str | None:
+    """Vendor, family, model and stepping: a virtual machine often names its CPU only "AMD EPYC", and
+    two such machines can be different generations that trade fp32 against bf16 differently (on a
+    Zen 5, family 26, fp32 AVX-512 runs at full width and bf16 autocast did not pay at 32 px where it
+    had on an earlier EPYC). Two runs to compare should say whether they ran on the same one."""
+    fields = _cpuinfo_fields()
+    if "cpu family" not in fields:
+        return None
+    return (f"{fields.get('vendor_id', 'unknown vendor')} family {fields['cpu family']} model {fields.get('model', '?')} "
+            f"stepping {fields.get('stepping', '?')}")
 
 
 def threads_for(requested: int, cores: int) -> int:

@@ -6,7 +6,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from workbench.device import DeviceFacts
+from workbench.device import DeviceFacts, cpu_generation
 
 # The CPU flags that decide what a CPU can do fast; the full list is long and says little.
 INTERESTING_CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "fma")
@@ -33,5 +33,6 @@ def describe(facts: DeviceFacts, threads: int) -> dict:
             "cuda_capability": ".".join(map(str, facts.capability)) if facts.capability else None,
             "device_memory_mb": facts.memory_mb, "cpu_cores": facts.cpu_cores, "threads": threads,
             "cpu_flags": [f for f in INTERESTING_CPU_FLAGS if f in facts.cpu_flags],
+            "cpu_generation": cpu_generation(),
             "git_revision": git_revision(),
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}

@@ -203,3 +203,20 @@ def test_remeasure_measures_both_final_configurations_paired_and_gates_on_them(m
     monkeypatch.setattr(remeasure.paired_rounds, "compare", rounds_of(1.0))
     assert main(["compare", str(LADDER), str(LADDER), "--remeasure"]) == 0
     assert main(["compare", str(LADDER), str(LADDER), "--remeasure", "--rounds", "1"]) == 2
+
+
+def test_runs_on_different_machines_say_so_and_older_runs_are_not_called_different(tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.report.compare import machine_differences
+
+    other = Path(shutil.copytree(LADDER, tmp_path / "other"))
+    run = json.loads((other / "run.json").read_text())
+    run["environment"]["cpu_generation"] = "AuthenticAMD family 26 model 2 stepping 1"
+    run["environment"]["torch"] = "9.9.9"
+    (other / "run.json").write_text(json.dumps(run))
+    differences = machine_differences(LADDER, other)
+    # The fixture predates cpu_generation: silence is not a difference; torch's version is.
+    assert len(differences) == 1 and differences[0].startswith("torch: A ") and "B 9.9.9" in differences[0]
+    assert machine_differences(LADDER, LADDER) == []
+    main(["compare", str(LADDER), str(other)])
+    assert "not run on the same machine and software" in capsys.readouterr().out

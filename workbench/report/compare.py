@@ -58,6 +58,25 @@ def compare_runs(run_a_dir: Path, run_b_dir: Path, metric: str = "throughput",
 
 
 
+# What, when it differs between two runs, can change a speedup with no change in the code: a verdict
+# of "regressed" or "faster" then says as much about the machine as about the revision.
+MACHINE_FIELDS = (("device_name", "device"), ("cpu_generation", "CPU generation"), ("cpu_flags", "CPU flags"),
+                  ("cpu_cores", "usable cores"), ("threads", "intra-op threads"), ("torch", "torch"),
+                  ("torchvision", "torchvision"))
+
+
+def machine_differences(run_a_dir: Path, run_b_dir: Path) -> list[str]:
+    """'CPU generation: A ... , B ...' for each field the two runs' environments disagree on (fields a
+    run did not record are left out: an older run is not called different for its silence)."""
+    a_env, b_env = (_environment(load_view(Path(d))) for d in (run_a_dir, run_b_dir))
+    return [f"{label}: A {a_env[key]}, B {b_env[key]}" for key, label in MACHINE_FIELDS
+            if a_env.get(key) is not None and b_env.get(key) is not None and a_env[key] != b_env[key]]
+
+
+def _environment(view) -> dict:
+    return view.run.get("environment") or next((r.get("environment") for r in view.results if r.get("environment")), {})
+
+
 def _paired_by_stage(view) -> dict[str, dict]:
     """Each stage's speedup as its own run measured it, paired: against the configuration before it
     (the final's: against the baseline, the headline). The baseline has none."""

@@ -243,6 +243,7 @@ ENVIRONMENT_LABELS = (
     ("device_name", "device"), ("device_type", "device type"), ("device_count", "device count"),
     ("cuda_capability", "CUDA capability"), ("device_memory_mb", "device memory (MiB)"),
     ("cpu_cores", "usable CPU cores"), ("threads", "intra-op threads"), ("cpu_flags", "CPU flags"),
+    ("cpu_generation", "CPU generation"),
     ("torch", "torch"), ("torchvision", "torchvision"), ("python", "Python"),
     ("platform", "platform"), ("git_revision", "git revision"),
 )
