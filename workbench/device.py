@@ -139,8 +139,8 @@ def _cpuinfo_fields() -> dict[str, str]:
 def cpu_generation() -> str | None:
     """Vendor, family, model and stepping: a virtual machine often names its CPU only "AMD EPYC", and
     two such machines can be different generations that trade fp32 against bf16 differently (on a
-    Zen 5, family 26, fp32 AVX-512 runs at full width and bf16 autocast did not pay at 32 px where it
-    had on an earlier EPYC). Two runs to compare should say whether they ran on the same one."""
+    Zen 5, family 26, fp32 AVX-512 runs at full width, and bf16 autocast did not pay at 32 px where it
+    had in earlier runs on an "AMD EPYC"). Two runs to compare should say whether they ran on the same one."""
     fields = _cpuinfo_fields()
     if "cpu family" not in fields:
         return None
