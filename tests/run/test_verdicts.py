@@ -454,3 +454,61 @@ def test_a_15_percent_effect_in_12_percent_noise_is_found_more_often_than_today(
 def test_settling_rounds_keep_false_faster_verdicts_at_5_percent_or_below():
     _, new, _ = found_rates(0.0, trials=600, seed=11)
     assert new <= 0.05, new
+
+
+# --- narrowing the headline --------------------------------------------------------------------------
+
+def scripted_rounds(monkeypatch, gains, calls, fail_at=None):
+    """rounds._one_round replaced: round i's b/a is gains[i]; round `fail_at` fails on side b."""
+    from workbench.run import rounds as paired
+
+    def one_round(session, launcher, a, b, order, last):
+        index = len(calls)
+        calls.append((order, last))
+        if index == fail_at:
+            return {"a": raw(100.0, "a"), "b": SideReport.failed("b", "out of memory")}, None
+        return {"a": raw(100.0, "a"), "b": raw(100.0 * gains[index])}, None
+
+    monkeypatch.setattr(paired, "_one_round", one_round)
+    monkeypatch.setattr(paired, "launcher_for", lambda *args: None)
+
+
+def test_the_headline_is_narrowed_with_extra_rounds_while_the_budget_lasts(monkeypatch):
+    from workbench.run import rounds as paired
+
+    gains = [1.45, 1.20, 1.38, 1.25] + [1.30, 1.34, 1.29, 1.33, 1.31, 1.30, 1.32, 1.31]
+    calls, said = [], []
+    scripted_rounds(monkeypatch, gains, calls)
+    session = SimpleNamespace(log=said.append, base_cfg=RunConfig(rounds=4), time_budget_s=480.0,
+                              started=time.monotonic())
+    side = paired.Side(RunConfig(), "x")
+    first = paired.compare(session, side, side, 4, "headline")
+    assert stats.half_width(first.ratio()) > ladder.HEADLINE_HALF_WIDTH
+    narrowed = ladder._narrowed(session, first, RunConfig(rounds=4))
+    assert 4 < len(narrowed.a_rounds) <= 12 and len(first.a_rounds) == 4  # the earlier comparison is untouched
+    assert stats.half_width(narrowed.ratio()) < stats.half_width(first.ratio())
+    assert not any(last for _, last in calls[4:])  # the extras ran once, in the planned last round
+    assert [order for order, _ in calls[3:6]] == [("b", "a"), ("a", "b"), ("b", "a")]  # alternation goes on
+    assert "narrowing it with extra rounds" in " ".join(said)
+    # No time left: the headline stays as measured.
+    calls.clear()
+    late = SimpleNamespace(log=said.append, time_budget_s=480.0, started=time.monotonic() - 480.0)
+    assert ladder._narrowed(late, first, RunConfig(rounds=4)) is first and calls == []
+
+
+def test_a_narrow_headline_gets_no_extra_rounds_and_a_failed_extra_round_keeps_the_rest(monkeypatch):
+    from workbench.run import rounds as paired
+
+    calls, said = [], []
+    session = SimpleNamespace(log=said.append, base_cfg=RunConfig(rounds=4), time_budget_s=480.0,
+                              started=time.monotonic())
+    side = paired.Side(RunConfig(), "x")
+    scripted_rounds(monkeypatch, [1.30, 1.31, 1.30, 1.31], calls)
+    tight = paired.compare(session, side, side, 4, "headline")
+    assert ladder._narrowed(session, tight, RunConfig(rounds=4)) is tight and len(calls) == 4
+    calls.clear()
+    scripted_rounds(monkeypatch, [1.45, 1.20, 1.38, 1.25, 1.30], calls, fail_at=5)
+    wide = paired.compare(session, side, side, 4, "headline")
+    kept = ladder._narrowed(session, wide, RunConfig(rounds=4))
+    assert len(kept.a_rounds) == 5 and kept.failure is None
+    assert "the 5 rounds before it stand" in said[-1]

@@ -47,6 +47,7 @@ class Comparison:
     failure: SideReport | None = None   # the report of a side that did not measure, if any
     failed_side: str | None = None
     interrupted: KeyboardInterrupt | None = None  # stopped after the last round's windows: re-raised once saved
+    seconds: list[float] = field(default_factory=list)  # each round's wall time, start to both reports in
 
     @property
     def a_final(self) -> SideReport | None:
@@ -109,12 +110,40 @@ def loop(planned: int, one_round: Callable[[int, bool], bool], more: Callable[[]
 def compare(session, a: Side, b: Side, rounds: int, label: str, more=None, max_rounds: int = 0) -> Comparison:
     """Run `rounds` paired rounds of a against b; stop early when a side fails. While more(comparison)
     says the answer is still open, add rounds up to max_rounds (the extras stay in the planned last)."""
-    result, started = Comparison(), time.perf_counter()
-    launcher = launcher_for(session, a.cfg, b.cfg)
+    result = Comparison()
+    one_round = _round_runner(session, a, b, label, result, rounds, offset=0)
+    loop(rounds, one_round, (lambda: more(result)) if more is not None else None, max_rounds)
+    return result
+
+
+def extend(session, earlier: Comparison, a: Side, b: Side, label: str, more, max_rounds: int,
+           why: str) -> Comparison:
+    """More rounds of a comparison already made (the same two configurations), appended to a copy of
+    it while more(comparison) says so, up to max_rounds in all. The order keeps alternating from where
+    it was; no round runs the extras again (the earlier last planned round did). An extra round that
+    fails ends the extension, not the comparison: the rounds before it stand."""
+    result = replace(earlier, a_rounds=list(earlier.a_rounds), b_rounds=list(earlier.b_rounds),
+                     seconds=list(earlier.seconds))
+    done = len(result.a_rounds)
+    one_round = _round_runner(session, a, b, label, result, done, offset=done, why=why)
+    loop(0, one_round, lambda: more(result), max_rounds - done)
+    if result.failure is not None:
+        session.log(f"   an extra round did not measure ({result.failure.error or result.failure.status}): "
+                    f"the {len(result.a_rounds)} rounds before it stand")
+        result = replace(result, failure=None, failed_side=None)
+    return result
+
+
+def _round_runner(session, a: Side, b: Side, label: str, result: Comparison, planned: int,
+                  offset: int, why: str = "the answer was open") -> Callable[[int, bool], bool]:
+    """One round of a against b into `result` (index counted from `offset`); False to stop."""
+    started, launcher = time.perf_counter(), launcher_for(session, a.cfg, b.cfg)
 
     def one_round(index: int, last: bool) -> bool:
+        index += offset
+        begun = time.perf_counter()
         order = ("a", "b") if index % 2 == 0 else ("b", "a")
-        reports, stopped = _one_round(session, launcher, a, b, order, last)
+        reports, stopped = _one_round(session, launcher, a, b, order, last and not offset)
         if stopped is not None and not all(reports[side].measured for side in ("a", "b")):
             raise stopped  # stopped before both windows were in: nothing of this round counts
         failed = [side for side in ("a", "b") if reports[side].status not in ("measured", "cancelled")]
@@ -124,11 +153,11 @@ def compare(session, a: Side, b: Side, rounds: int, label: str, more=None, max_r
             return False
         result.a_rounds.append(reports["a"])
         result.b_rounds.append(reports["b"])
+        result.seconds.append(time.perf_counter() - begun)
         result.interrupted = stopped
-        _say_round(session, label, a, b, result, index, rounds, started)
+        _say_round(session, label, a, b, result, index, planned, started, why)
         return stopped is None
-    loop(rounds, one_round, (lambda: more(result)) if more is not None else None, max_rounds)
-    return result
+    return one_round
 
 
 def launcher_for(session, *configs: RunConfig) -> Launcher:
@@ -156,9 +185,10 @@ def across_nodes(session):
     return getattr(session, "link", None)
 
 
-def _say_round(session, label: str, a: Side, b: Side, result: Comparison, index: int, rounds: int, started: float) -> None:
+def _say_round(session, label: str, a: Side, b: Side, result: Comparison, index: int, rounds: int, started: float,
+               why: str) -> None:
     rate_a, rate_b = result.rates("a")[-1], result.rates("b")[-1]
-    which = f"round {index + 1}/{rounds}" if index < rounds else f"extra round {index + 1} (the answer was open)"
+    which = f"round {index + 1}/{rounds}" if index < rounds else f"extra round {index + 1} ({why})"
     session.log(f"[{label}] {which}: {a.name} {rate_a:.1f}, {b.name} {rate_b:.1f} samples/s "
                 f"({rate_b / rate_a:.2f}x), elapsed {time.perf_counter() - started:.0f} s")
 
