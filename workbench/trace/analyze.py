@@ -196,12 +196,17 @@ def _rows(trace: dict) -> tuple[list[dict], dict, list[dict]]:
     markers = regions.describe(how)  # after the rows: the sources are noted as the steps are read
     if busy and markers[DATA_LOADING] != "not found":
         markers[DATA_LOADING] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
-    return rows, markers, _other_covered_by(events, regions.pid, gaps, len(rows))
+    return rows, markers, _other_covered_by(events, regions.where, gaps, len(rows))
+
+
+def _loop_ops(events: list[dict], where: tuple | None) -> list[dict]:
+    """The loop thread's operators: what it runs itself (its steps, regions and ranges aside)."""
+    return [e for e in events if _thread(e) == where and e.get("cat") == "cpu_op" and not _is_annotation(e["name"])]
 
 
 def _covering_device(event: dict, pid) -> str | None:
-    """"gpu" for GPU work, "cpu" for an operator (or a user's range) of the loop's process, else None:
-    steps and regions are not what ran, and other processes (loader workers) are not the loop."""
+    """Where an event ran: "gpu" for GPU work, "cpu" for an operator (or a user's range) of the loop's
+    process, else None: steps and regions are not what ran, and loader workers are not the loop."""
     if event.get("cat") in GPU_CATEGORIES:
         return "gpu"
     if event.get("cat") in HOST_CATEGORIES and event.get("pid") == pid and not _is_annotation(event["name"]):
@@ -209,19 +214,44 @@ def _covering_device(event: dict, pid) -> str | None:
     return None
 
 
-def _other_covered_by(events: list[dict], pid, gaps: list[tuple[float, float]], steps: int) -> list[dict]:
-    """What ran during "other": per event name and device, the ms per step of it that the name's events
-    (merged, on any thread or stream) cover, most first. Names may overlap one another, so the rows can
-    add up to more than other: a loop thread idle while another thread runs a collective is waiting."""
-    starts, spans = [low for low, _ in gaps], defaultdict(list)
-    for event in events:
-        device = _covering_device(event, pid)
-        first = max(bisect_right(starts, event["ts"]) - 1, 0)
-        for low, high in gaps[first:] if device else ():
-            if low >= _end(event):
+def _without(spans: list[tuple[float, float]], holes: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, disjoint spans less the merged, sorted holes."""
+    out = []
+    for low, high in spans:
+        for a, b in holes[max(bisect_right(holes, (low, float("inf"))) - 1, 0):]:
+            if a >= high:
                 break
-            if high > event["ts"]:
-                spans[event["name"], device].append((max(low, event["ts"]), min(high, _end(event))))
+            if b > low:
+                out += [(low, a)] if a > low else []
+                low = b
+        out += [(low, high)] if high > low else []
+    return out
+
+
+def _pieces(event: dict, spans: list[tuple[float, float]], starts: list[float]) -> list[tuple[float, float]]:
+    """The parts of an event inside sorted, disjoint spans (starts: their starts)."""
+    found = []
+    for low, high in spans[max(bisect_right(starts, event["ts"]) - 1, 0):]:
+        if low >= _end(event):
+            break
+        if high > event["ts"]:
+            found.append((max(low, event["ts"]), min(high, _end(event))))
+    return found
+
+
+def _other_covered_by(events: list[dict], where: tuple | None, gaps: list[tuple[float, float]],
+                      steps: int) -> list[dict]:
+    """What ran during "other" (gaps: sorted, as the steps are): per event name and device, the ms per
+    step of it that the name's events cover, most first: the loop thread's own events, and other threads'
+    and the GPU's while the loop thread runs no operator of its own (it waits, for a collective perhaps).
+    Names may overlap one another (nested ops, a collective on two threads): rows can add up to more."""
+    idle = _without(gaps, _merged([(e["ts"], _end(e)) for e in _loop_ops(events, where)]))
+    within = {True: (gaps, [low for low, _ in gaps]), False: (idle, [low for low, _ in idle])}
+    spans = defaultdict(list)
+    for event in events:
+        device = _covering_device(event, (where or (None,))[0])
+        if device is not None:
+            spans[event["name"], device] += _pieces(event, *within[_thread(event) == where])
     covered = sorted(((union_us(found), key) for key, found in spans.items()), key=lambda item: (-item[0], item[1]))
     return [{"name": name, "device": device, "ms_per_step": us / 1000 / max(steps, 1)}
             for us, (name, device) in covered[:OTHER_COVERED_ROWS] if us > 0]
@@ -404,8 +434,7 @@ def analyze_loaded(trace: dict, path: Path | str) -> tuple[dict, list[dict]]:
     step_ms, mean_ms, share = _mean_breakdown(rows)
     summary = {"trace_file": str(path), "steps": len(rows), "markers": markers, "step_time_ms": step_ms,
                "breakdown_ms": mean_ms, "breakdown_share": share, "other_covered_by": other_covered_by,
-               "device": device_activity(trace),
-               "top_ops": top_ops(trace),
+               "device": device_activity(trace), "top_ops": top_ops(trace),
                "peak_memory_mb": {device: peak_memory_mb(trace, device) for device in DEVICE_TYPE_IDS},
                # A trace carries distributedInfo only when torch.distributed was initialized.
                "rank": trace.get("distributedInfo", {}).get("rank", 0)}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workbench.trace import regions
+from workbench.trace import comm, regions
 
 # Input pipeline: any visible share of the step spent waiting for a batch is worth a look.
 DATA_LOADING_SHARE_MAX = 0.05
@@ -37,7 +37,8 @@ COMPUTE_BOUND_SHARE = 0.90
 # The optimizer step above this share: a fused/foreach implementation pays off.
 OPTIMIZER_SHARE_MAX = 0.15
 OPTIMIZER_SHARE_HIGH = 0.25  # above this the optimizer is a main cost, not a detail
-# Time outside every annotated region (Python overhead, logging, .item() syncs).
+# Time outside every annotated region (Python overhead, logging, .item() syncs), less the part of it in
+# collectives: a rank waiting for the others there has nothing to annotate (trace/comm.py explains it).
 OTHER_SHARE_MAX = 0.15
 
 SEVERITY_ORDER = ("high", "medium", "low", "info")
@@ -219,13 +220,29 @@ def rule_optimizer_step(summary: dict, context: dict) -> dict | None:
         "instead of a loop over parameters.")
 
 
+def _is_collective(row: dict) -> bool:
+    """comm.py's recognizers: NCCL kernels on the GPU, collective ops on the host."""
+    pattern = comm.NCCL_KERNEL if row["device"] == "gpu" else comm.COLLECTIVE
+    return bool(pattern.search(row["name"]))
+
+
+def _collective_share(summary: dict) -> float:
+    """The part of "other" spent in collectives (waiting for the other ranks or the wire), as a share of
+    the step; capped at other, since two collectives' names may cover the same instant."""
+    step_ms = summary.get("step_time_ms") or 0.0
+    ms = sum(row["ms_per_step"] for row in summary.get("other_covered_by") or () if _is_collective(row))
+    return min(ms / step_ms, _share(summary, regions.OTHER)) if step_ms else 0.0
+
+
 def rule_unannotated_time(summary: dict, context: dict) -> dict | None:
-    share = _share(summary, regions.OTHER)
+    waiting = _collective_share(summary)
+    share = _share(summary, regions.OTHER) - waiting
     if share <= OTHER_SHARE_MAX:
         return None
+    besides = f" (besides {waiting:.1%} in collectives, waiting for the other ranks)" if waiting else ""
     return _finding(
         "unannotated_time", "low",
-        f"{share:.1%} of the step lies outside the annotated regions.", share, OTHER_SHARE_MAX,
+        f"{share:.1%} of the step lies outside the annotated regions{besides}.", share, OTHER_SHARE_MAX,
         "Look for Python overhead, logging or host syncs (.item(), .cpu()) in the loop.")
 
 

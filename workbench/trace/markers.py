@@ -17,9 +17,8 @@ an old trace does not. Then the regions come from markers PyTorch and Lightning 
 The choice is made per region: a region the trace names itself (``regions.REGIONS``) comes from that
 annotation alone, every other region from the markers above, so a user's loop that names only its
 "forward" still has its fetch, backward and optimizer step read. Each source found is named in
-``markers`` so a reader knows how far to trust each share. Old traces
-capitalize their categories ("Operator", "Kernel", ...): ``normalize`` maps them to today's names.
-No torch import.
+``markers`` so a reader knows how far to trust each share. Old traces capitalize their categories
+("Operator", "Kernel", ...): ``normalize`` maps them to today's names. No torch import.
 """
 from __future__ import annotations
 
@@ -167,8 +166,8 @@ class StepRegions:
         self.named = [(e, (region, source)) for e, (region, source) in named
                       if source == OWN_SOURCE or region not in self.annotated]
         self.top = _top_level(mine)
-        self.pid = (where or (None,))[0]  # the loop's process
-        self.backward_ops = [e for e in _host(events) if e.get("pid") == self.pid
+        self.where = where  # the loop thread
+        self.backward_ops = [e for e in _host(events) if e.get("pid") == (where or (None,))[0]
                              and e.get("cat") == "cpu_op" and BACKWARD_OP.search(e["name"])]
         self.h2d_ops = _h2d_launchers(events, self.top)
         self.sources: dict[str, set[str]] = defaultdict(set)
