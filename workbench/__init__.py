@@ -4,9 +4,13 @@ import re
 from importlib import metadata
 from pathlib import Path
 
-# Kineto logs a harmless "gpuGetDeviceCount failed" error on every capture on a machine without a
-# GPU; keep the terminal for our own progress lines (a user's own setting wins).
-os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+# Kineto (the profiler's C++ side) logs to stderr on every capture: a harmless "gpuGetDeviceCount
+# failed" error on a machine without a GPU, and with torch 2.14 two "USDT ... profiler_start/stop"
+# lines per traced process, in the middle of the ladder's progress. Its levels put USDT (5) above
+# ERROR, so only 6 hides both. Kineto reads the variable once, when it starts: set here, at the
+# package's import, it is in every measuring process and in the fork server the workers come from.
+# A user's own setting wins (KINETO_LOG_LEVEL=0 shows everything).
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 # The distribution's name (pyproject.toml): PyPI's "workbench" is another project.
 DISTRIBUTION = "torch-workbench"

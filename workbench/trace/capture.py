@@ -65,24 +65,11 @@ def _gzip_to(handle, text: str) -> None:
         packed.write(text.encode())
 
 
-# Kineto (the profiler's C++ side) prints its own log to stderr: with torch 2.14, two "USDT ...
-# profiler_start/stop" lines per traced process, and on a machine without a GPU a "gpuGetDeviceCount
-# failed" error, each stage, in the middle of the ladder's progress. Its levels put USDT above ERROR,
-# so nothing between hides the one and keeps the other: the whole log is off unless the user sets
-# KINETO_LOG_LEVEL (0 shows everything). Kineto reads it when the first profiler starts.
-KINETO_QUIET = "6"
-
-
-def quiet_profiler_log() -> None:
-    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_QUIET)
-
-
 def scheduled_profiler(trace_dir: Path, device_type: str, with_stack: bool = False, rank: int = 0,
                        world_size: int = 1, written: list[Path] | None = None, brief: bool = False) -> profile:
     """A torch.profiler with the workbench's schedule that writes its trace into trace_dir (appended
     to `written`). The caller enters it and calls .step() once per training step."""
     trace_dir.mkdir(parents=True, exist_ok=True)
-    quiet_profiler_log()
     written = [] if written is None else written
     on_ready = lambda prof: written.append(_write_trace(prof, trace_dir, rank, world_size))
     return profile(activities=activities(device_type), record_shapes=True, profile_memory=True,
