@@ -1,9 +1,11 @@
 """Benchmark: the ladder's final configuration against the best loop a person would write by hand.
 
-The hand-written loop is fused Adam, plus bf16 autocast where the CPU has native bf16 (avx512_bf16 or
-AMX), on the lab pipeline: the best plain loop measured on these machines. Both run in this one
-process, alternating windows round by round, so drift falls on both alike; the ratio's interval is
-taken over the rounds. The goal: the final configuration reaches at least 0.95x the hand-written loop.
+The hand-written loops are fused Adam in fp32 and, where the CPU has native bf16 (avx512_bf16 or
+AMX), fused Adam with bf16 autocast: an expert would try both and keep the faster, because native
+bf16 does not pay on every such CPU (it did 1.15-1.19x on one EPYC, nothing on a Zen 5). All run in
+this one process, alternating windows round by round, so drift falls on all alike; each ratio's
+interval is taken over the rounds. The best hand-written loop is the one the final configuration
+compares worst against. The goal: the final configuration reaches at least 0.95x it.
 
     .venv/bin/python benchmarks/best_loop.py reports/RUN        # after `workbench run --run-name RUN`
 """
@@ -38,23 +40,26 @@ def configs(run_dir: Path) -> tuple[RunConfig, RunConfig]:
     return baseline, RunConfig(**(by_name.get("final") or by_name["baseline"])["config"])
 
 
-def hand_written(cfg: RunConfig, native_bf16: bool):
-    """The baseline's model and data with fused Adam, driven by a bare loop (bf16 autocast if native)."""
+def hand_written(cfg: RunConfig, bf16: bool):
+    """The baseline's model and data with fused Adam, driven by a bare loop (with bf16 autocast if asked)."""
     built = build(cfg.with_overrides(fused_optimizer=True, trace=False))
     batches, loss_fn = iter(built.stream.loader), nn.CrossEntropyLoss()
-    precision = torch.autocast("cpu", dtype=torch.bfloat16) if native_bf16 else contextlib.nullcontext()
+    precision = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def window(steps: int) -> float:
         start = time.perf_counter()
         for _ in range(steps):
             images, labels = next(batches)
-            with precision:
+            with precision():
                 loss = loss_fn(built.model(images), labels)
             loss.backward()
             built.optimizer.step()
             built.optimizer.zero_grad(set_to_none=True)
         return steps * cfg.batch_size / (time.perf_counter() - start)
     return window
+
+
+HAND_FP32, HAND_BF16 = "fused Adam (fp32)", "fused Adam + bf16 autocast"
 
 
 def harness(cfg: RunConfig):
@@ -74,24 +79,32 @@ def compare(run_dir: Path, rounds: int = 6, steps: int = 12) -> dict:
     if resolve_device_type(final.device) != "cpu":  # the bare loop reads host batches: a CPU comparison only
         raise SystemExit(f"best_loop: error: {run_dir} ran on {final.device}; allowed: a run on the CPU")
     native = decide(probe("cpu")).amp_dtype == "bf16"
-    loops = {"hand-written": hand_written(baseline, native), "final": harness(final)}
-    loops["hand-written"](final.warmup_steps)
+    loops = {HAND_FP32: hand_written(baseline, bf16=False)}
+    if native:
+        loops[HAND_BF16] = hand_written(baseline, bf16=True)
+    loops["final"] = harness(final)
+    for name in loops:
+        if name != "final":
+            loops[name](final.warmup_steps)
     rates = {name: [] for name in loops}
     for index in range(rounds):
-        order = list(loops) if index % 2 == 0 else list(reversed(loops))
-        for name in order:
+        for name in (list(loops) if index % 2 == 0 else list(reversed(loops))):
             rates[name].append(loops[name](steps))
-        print(f"round {index + 1}/{rounds}: hand-written {rates['hand-written'][-1]:.1f}, "
-              f"final {rates['final'][-1]:.1f} images/s", flush=True)
-    ratio = stats.paired_ratio(rates["hand-written"], rates["final"])
-    label = "fused Adam + bf16 autocast" if native else "fused Adam (fp32: bf16 is emulated on this CPU)"
-    return {"hand_written": label, "ratio": ratio, "meets_goal": ratio["ratio"] >= GOAL}
+        print(f"round {index + 1}/{rounds}: " + ", ".join(f"{name} {rates[name][-1]:.1f}" for name in loops)
+              + " images/s", flush=True)
+    ratios = {name: stats.paired_ratio(rates[name], rates["final"]) for name in loops if name != "final"}
+    best = min(ratios, key=lambda name: ratios[name]["ratio"])  # the hand loop the final does worst against
+    return {"hand_written": best, "ratio": ratios[best], "all": ratios, "meets_goal": ratios[best]["ratio"] >= GOAL,
+            "bf16": "native" if native else "emulated on this CPU: not tried"}
 
 
 def say(result: dict) -> None:
+    for name, r in result["all"].items():
+        print(f"final configuration vs hand-written {name}: {r['ratio']:.2f}x [{r['ci95_low']:.2f}, "
+              f"{r['ci95_high']:.2f}] over {r['rounds']} rounds")
     r = result["ratio"]
-    print(f"final configuration vs the best hand-written loop ({result['hand_written']}): {r['ratio']:.2f}x "
-          f"[{r['ci95_low']:.2f}, {r['ci95_high']:.2f}] over {r['rounds']} rounds; goal >= {GOAL}: "
+    print(f"final configuration vs the best hand-written loop ({result['hand_written']}; bf16 "
+          f"{result['bf16']}): {r['ratio']:.2f}x [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]; goal >= {GOAL}: "
           f"{'met' if result['meets_goal'] else 'NOT met'}")
 
 

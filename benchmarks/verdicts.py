@@ -7,8 +7,8 @@ Prints each stage's status per run and whether the runs agree, the kept set of e
 headline speedup (final configuration against the baseline, paired) with its interval per run, and
 whether the headline intervals overlap; then `workbench compare` between every pair of the runs (one
 revision: the gate should pass). Then the last run's final configuration against the best
-loop a person would write by hand (benchmarks/best_loop.py: fused Adam, + bf16 where the CPU has it
-natively), alternating in one process. Exit status 0 when the runs agree on the kept set, their
+loop a person would write by hand (benchmarks/best_loop.py: fused Adam in fp32, and with bf16 autocast
+where the CPU has it natively; the better of the two), alternating in one process. Exit status 0 when the runs agree on the kept set, their
 headline intervals overlap and the final configuration reaches 0.95x the hand-written loop; 1
 otherwise (2 when a run fails). --no-best-loop skips the last part.
 """

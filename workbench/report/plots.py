@@ -169,6 +169,11 @@ def _unmeasured(records: Sequence[dict]) -> list[str]:
     return [r.get("status") or "not measured" for r in records]
 
 
+# Each bar is one side of its own paired comparison, in its own time window: two bars side by side are
+# not a comparison (a rejected stage can stand taller than the final), the speedup panels are.
+THROUGHPUT_TITLE = "Throughput per stage\n(each bar from its own comparison's time window: compare speedups, not bars)"
+
+
 def throughput_panel(ax, records: Sequence[dict]) -> None:
     colors, hatches = _status_style(records)
     baseline = next((r for r in records if r.get("status") == "baseline"), {})
@@ -176,7 +181,7 @@ def throughput_panel(ax, records: Sequence[dict]) -> None:
     label = f"baseline {fmt('rate', reference)} samples/s" if reference else "baseline"
     bar_chart(ax, [r["stage"] for r in records], [r.get("throughput_samples_per_s") for r in records],
               errors=[_interval(r, "throughput") for r in records], colors=colors, hatches=hatches,
-              ylabel="samples/s (median, 95% CI)", title="Throughput per stage",
+              ylabel="samples/s (median, 95% CI)", title=THROUGHPUT_TITLE,
               reference=reference, reference_label=label, value_label=lambda v: fmt("rate", v),
               missing_label=_unmeasured(records))
 
