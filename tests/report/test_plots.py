@@ -62,3 +62,16 @@ def test_save_leaves_no_temporary_files(tmp_path):
     plots.bar_chart(ax, ["a"], [1.0])
     plots.save(fig, tmp_path / "one.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png"]
+
+
+def test_an_interval_far_above_the_bars_is_cut_at_twice_the_tallest_and_its_end_written():
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    plots.bar_chart(ax, ["a", "b", "c"], [300.0, 350.0, 330.0],
+                    errors=[(280.0, 320.0), (15.0, 8092.0), (300.0, 360.0)], value_label="{:.1f}".format)
+    assert ax.get_ylim()[1] == pytest.approx(plots.READABLE_TOP * 350.0)
+    assert [t.get_text() for t in ax.texts if t.get_text().startswith("CI to")] == ["CI to\n8092.0"]
+    calm = Figure().add_subplot()
+    plots.bar_chart(calm, ["a", "b"], [300.0, 350.0], errors=[(280.0, 320.0), (330.0, 370.0)])
+    assert calm.get_ylim()[1] < 2 * 350.0 and not [t for t in calm.texts if t.get_text().startswith("CI to")]

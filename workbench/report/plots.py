@@ -6,6 +6,7 @@ backend. Helpers draw on an axis they are given and return nothing worth keeping
 """
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 from typing import Callable, Sequence
@@ -87,6 +88,29 @@ def bar_chart(ax, labels: Sequence[str], values: Sequence[float | None],
         ax.legend(loc="best", fontsize=8)
     _decorate(ax, labels, ylabel, title)
     ax.margins(y=0.15)
+    _clip_wide_intervals(ax, values, errors, value_label)
+
+
+# An interval from two rounds can reach 20x its bar (a t quantile with one degree of freedom): drawn to
+# scale it flattens every other bar of the panel. Past this multiple of the tallest bar it is cut at
+# the top, and its end written there.
+READABLE_TOP = 2.0
+
+
+def _clip_wide_intervals(ax, values, errors, value_label) -> None:
+    tallest = max((v for v in values if v is not None), default=None)
+    if not tallest or not errors:
+        return
+    top = READABLE_TOP * tallest
+    clipped = [(i, e[1]) for i, (v, e) in enumerate(zip(values, errors))
+               if v is not None and e is not None and e[1] is not None and e[1] > top]
+    if not clipped:
+        return
+    ax.set_ylim(top=top)
+    for index, high in clipped:
+        shown = value_label(high) if math.isfinite(high) else "inf"
+        ax.annotate(f"CI to\n{shown}", (index, top), xytext=(9, -4), textcoords="offset points",
+                    ha="left", va="top", fontsize=6, color="#222222")
 
 
 def _label_bars(ax, bars, values, value_label, missing_label) -> None:
