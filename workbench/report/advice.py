@@ -9,6 +9,8 @@ from statistics import fmean
 
 from workbench.report.markdown import SCRIPT_NAME, device_name, show, speedup_text, throughput_text
 from workbench.report.table import RunView
+from workbench.report.verdicts import interval, load_verdicts, verdict_words
+from workbench.trace import diagnose
 
 
 # --- Production Recommendations ---------------------------------------------------------------
@@ -70,11 +72,35 @@ def _tradeoff(record: dict) -> str:
 
 
 def _next_bottlenecks(view: RunView, final: dict) -> list[str]:
+    """The final trace's findings, each with what this run already measured of the stages it points
+    at: a rule's generic advice ("load batches in workers") must not stand beside a measurement that
+    says it did not pay on this machine."""
     findings = (view.result(final["stage"]) or {}).get("findings") or []
-    if not findings:
-        return []
     return [f"- Next, on the optimized configuration's trace: `{f.get('rule')}`: {f.get('evidence')} "
-            f"{f.get('action')}" for f in findings]
+            f"{_measured_here(view, f) or f.get('action')}" for f in findings]
+
+
+def _measured_here(view: RunView, finding: dict) -> str | None:
+    """'Measured here: ...' when every stage the finding points at ran in this run and was not kept."""
+    stages = sorted(diagnose.PREDICTS.get(finding.get("rule"), set()))
+    records = [view.record(name) for name in stages]
+    if not records or any(r is None or r.get("status") not in ("rejected", "undecided", "tradeoff") for r in records):
+        return None
+    said = "; ".join(f"`{r['stage']}` {r['status']}, {speedup_text(r, 'speedup_vs_previous')}"
+                     f"{_second_look(view, r['stage'])}" for r in records)
+    if any(r["status"] == "undecided" for r in records):
+        return (f"Measured here: {said}. None of it was kept: decide the undecided ones (more rounds, a "
+                "quieter machine) before acting on this.")
+    return (f"Measured here: {said}. What the rule suggests did not pay on this machine; look elsewhere, "
+            "or rerun where it might (more cores, a GPU).")
+
+
+def _second_look(view: RunView, stage: str) -> str:
+    looks = (load_verdicts(view.run_dir) or {}).get("second_look") or []
+    entry = next((e for e in looks if e.get("stage") == stage), None)
+    if not entry or entry.get("ratio") is None or entry.get("ci95_high") is None:
+        return ""
+    return f", on the final configuration {interval(entry)} ({verdict_words(entry)})"
 
 
 # --- Lessons Learned --------------------------------------------------------------------------

@@ -39,8 +39,13 @@ def interval(entry: dict) -> str:
 
 
 def verdict_words(entry: dict) -> str:
+    """The verdict as the stage's own file words it: an inconclusive check is "undecided", with what
+    deciding it would take when the check recorded it."""
     verdict = entry.get("verdict", "")
-    return INCONCLUSIVE_TEXT if verdict == "inconclusive" else verdict
+    if verdict != "inconclusive":
+        return verdict
+    take = (entry.get("would_take") or {}).get("text")
+    return f"undecided: {take}" if take else INCONCLUSIVE_TEXT
 
 
 def _noise_lines(doc: dict) -> list[str]:
