@@ -429,7 +429,8 @@ def decided(rng, effect: float, planned: int, most: int, floor: stats.NoiseFloor
 
 def found_rates(effect: float, trials: int = 400, seed: int = 7) -> tuple[float, float, float]:
     """How often a stage with `effect` is kept: today's rule (4 rounds, up to 8 when they could settle
-    it, no fresh look) against the new one (4 in the pass; undecided, a fresh second look of up to 12)."""
+    it, no fresh look) against the new one (4 in the pass; undecided, a fresh second look of up to
+    SETTLING_ROUNDS_FACTOR times 4)."""
     rng = np.random.default_rng(seed)
     floor = stats.NoiseFloor(0.12)  # the A/A's one-round spread on such a machine
     old = new = rounds_new = 0
@@ -438,7 +439,7 @@ def found_rates(effect: float, trials: int = 400, seed: int = 7) -> tuple[float,
         old += verdict == "faster"
         first, taken = decided(rng, effect, 4, 4, floor)
         if first == "inconclusive":
-            first, more_taken = decided(rng, effect, 4, 12, floor)
+            first, more_taken = decided(rng, effect, 4, 4 * ladder.SETTLING_ROUNDS_FACTOR, floor)
             taken += more_taken
         new += first == "faster"
         rounds_new += taken
