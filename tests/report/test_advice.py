@@ -44,3 +44,15 @@ def test_an_inconclusive_check_is_worded_as_undecided_with_what_it_would_take():
     assert verdict_words(entry) == "undecided: about 9 more rounds (13 in all) at this spread"
     assert verdict_words({"verdict": "slower"}) == "slower"
     assert verdict_words({"verdict": "inconclusive"}).startswith("inconclusive")
+
+
+def test_a_trade_off_keeps_the_rules_advice_and_a_sweep_skip_or_a_stage_not_retried_reads_as_measured(tmp_path):
+    memory = {"accumulation": record("accumulation", "tradeoff", 0.7), "checkpointing": record("checkpointing", "tradeoff", 0.7)}
+    assert advice._measured_here(view_of(tmp_path, memory, []), {"rule": "memory_pressure"}) is None
+    swept = {**record("dataloader", "skipped", 1.0), "reason": "nothing to change on this machine (num_workers=0 ...)"}
+    records = {"dataloader": swept, "batched_input": record("batched_input", "rejected", 0.95)}
+    not_retried = [{"stage": "batched_input", "ratio": 0.95, "ci95_low": 0.85, "ci95_high": 1.05,
+                    "verdict": "no significant change", "not_retried": "cannot pay"}]
+    said = advice._measured_here(view_of(tmp_path, records, not_retried), {"rule": "data_loading"})
+    assert "`dataloader` skipped (nothing to change on this machine" in said
+    assert "on the final configuration" not in said  # the first-pass figure is not passed off as a second look

@@ -39,3 +39,15 @@ def test_the_summary_and_the_report_agree_on_a_recorded_run():
     position = final_position(view.results, view.run.get("mode", "ladder"))
     assert view.final is view.records[position]
     assert f"({' + '.join(view.results[position]['applied']) or 'baseline'})" in final_summary(view.results)
+
+
+def test_the_summary_names_the_kind_of_figure_it_shows():
+    results = _run("ladder")
+    results[2]["metrics"]["speedup_vs_baseline"].update(paired=True, chain=["amp", "compile"])
+    assert "chained: amp x compile" in final_summary(results)  # no headline: the last kept stage's figure
+    results.append({**_result("final", "final", 160.0, 1.6, "ladder"), "applied": ["amp", "compile"]})
+    results[-1]["metrics"]["speedup_vs_baseline"]["paired"] = True
+    assert "paired, same time window" in final_summary(results)
+    del results[-1], results[2]["metrics"]["speedup_vs_baseline"]["chain"]
+    results[2]["metrics"]["speedup_vs_baseline"]["paired"] = False
+    assert "unpaired, indicative" in final_summary(results)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from types import SimpleNamespace
 
@@ -135,35 +136,49 @@ def test_judging_is_pure():
 
 # --- the speedup against the baseline: one figure per configuration --------------------------------
 
-def _ratio(r: float, low: float, high: float, **more) -> dict:
-    return {"ratio": r, "ci95_low": low, "ci95_high": high, "verdict": "faster", **more}
+def _paired(logs: list[float], **more) -> dict:
+    """A paired comparison's figure from its rounds' log ratios, as stats.paired_ratio gives it."""
+    ratio = stats.paired_ratio([100.0] * len(logs), [100.0 * math.exp(x) for x in logs])
+    return {**ratio, "verdict": "faster", **more}
 
 
 def test_a_stage_measured_against_the_baseline_shows_that_paired_comparison():
-    vs_previous = _ratio(1.36, 1.06, 1.74, against="baseline")
+    vs_previous = {**_paired([0.30, 0.25, 0.33, 0.28]), "verdict": "no significant change", "min_effect": 0.05}
     figure = judge.vs_baseline("fused_optimizer", vs_previous, {"stage": "baseline", "metrics": {}},
                                {"round_throughputs": [1.0, 2.0]}, {"metrics": {"round_throughputs": [9.0, 9.5]}})
-    assert (figure["ratio"], figure["ci95_low"], figure["ci95_high"], figure["paired"]) == (1.36, 1.06, 1.74, True)
+    same = ("ratio", "ci95_low", "ci95_high")
+    assert [figure[k] for k in same] == [vs_previous[k] for k in same] and figure["paired"] is True
+    # Judged as every figure against the baseline is: different from 1, no minimum effect.
+    assert figure["verdict"] == "faster" and "min_effect" not in figure
 
 
 def test_a_stage_after_a_kept_one_multiplies_the_paired_comparisons():
-    kept = {"stage": "fused_optimizer",
-            "metrics": {"speedup_vs_baseline": _ratio(1.2, 1.2 / 1.1, 1.2 * 1.1, paired=True)}}
-    vs_previous = _ratio(1.1, 1.1 / 1.05, 1.1 * 1.05, against="fused_optimizer")
-    figure = judge.vs_baseline("amp", vs_previous, kept, {}, None)
-    assert figure["ratio"] == pytest.approx(1.32)
-    # Log half-widths in quadrature: sqrt(log(1.1)^2 + log(1.05)^2).
-    half = (math.log(1.1) ** 2 + math.log(1.05) ** 2) ** 0.5
-    assert figure["ci95_low"] == pytest.approx(1.32 * math.exp(-half))
-    assert figure["ci95_high"] == pytest.approx(1.32 * math.exp(half))
+    first = _paired([0.20, 0.15, 0.22, 0.17])
+    kept = {"stage": "fused_optimizer", "metrics": {"speedup_vs_baseline": {**first, "paired": True}}}
+    second = _paired([0.10, 0.05, 0.12, 0.07, 0.09, 0.08])
+    figure = judge.vs_baseline("amp", second, kept, {}, None)
+    assert figure["ratio"] == pytest.approx(first["ratio"] * second["ratio"])
+    se1 = np.std([0.20, 0.15, 0.22, 0.17], ddof=1) / 2
+    se2 = np.std([0.10, 0.05, 0.12, 0.07, 0.09, 0.08], ddof=1) / math.sqrt(6)
+    se = math.hypot(se1, se2)
+    dof = se ** 4 / (se1 ** 4 / 3 + se2 ** 4 / 5)
+    assert figure["log_se"] == pytest.approx(se) and figure["dof"] == pytest.approx(dof)
+    assert math.log(figure["ci95_high"] / figure["ratio"]) == pytest.approx(stats.t_quantile(dof) * se)
     assert figure["chain"] == ["fused_optimizer", "amp"] and figure["paired"] is True
-    longer = judge.vs_baseline("channels_last", vs_previous, {"stage": "amp", "metrics": {"speedup_vs_baseline": figure}}, {}, None)
+    # The interval is narrower than the two half-widths added in quadrature (that covered ~98%).
+    quadrature = math.hypot(math.log(first["ci95_high"] / first["ratio"]), math.log(second["ci95_high"] / second["ratio"]))
+    assert math.log(figure["ci95_high"] / figure["ratio"]) < quadrature
+    longer = judge.vs_baseline("channels_last", second, {"stage": "amp", "metrics": {"speedup_vs_baseline": figure}}, {}, None)
     assert longer["chain"] == ["fused_optimizer", "amp", "channels_last"]
+    assert longer["log_se"] == pytest.approx(math.hypot(se, se2))
 
 
-def test_an_unpaired_figure_before_is_not_chained():
-    kept = {"stage": "fused_optimizer", "metrics": {"speedup_vs_baseline": _ratio(1.2, 1.1, 1.3, paired=False)}}
-    figure = judge.vs_baseline("amp", _ratio(1.1, 1.05, 1.15), kept, {"round_throughputs": [110.0, 112.0, 111.0]},
-                               {"metrics": {"round_throughputs": [100.0, 101.0, 99.0]}})
+def test_an_unpaired_figure_or_a_one_round_probe_is_not_chained():
+    kept = {"stage": "fused_optimizer", "metrics": {"speedup_vs_baseline": {**_paired([0.2, 0.1, 0.15]), "paired": False}}}
+    metrics, baseline = {"round_throughputs": [110.0, 112.0, 111.0]}, {"metrics": {"round_throughputs": [100.0, 101.0, 99.0]}}
+    figure = judge.vs_baseline("amp", _paired([0.1, 0.05, 0.08]), kept, metrics, baseline)
     assert figure["paired"] is False and "chain" not in figure
     assert figure["ratio"] == pytest.approx(111.0 / 100.0, rel=0.01)
+    # A one-round probe's interval is a bootstrap over its steps: not a paired figure, even against the baseline.
+    probe = {"ratio": 0.41, "ci95_low": 0.39, "ci95_high": 0.42, "verdict": "slower", "log_ratios": [math.log(0.41)]}
+    assert judge.vs_baseline("amp", probe, {"stage": "baseline", "metrics": {}}, metrics, baseline)["paired"] is False

@@ -459,8 +459,9 @@ def test_settling_rounds_keep_false_faster_verdicts_at_5_percent_or_below():
 
 # --- narrowing the headline --------------------------------------------------------------------------
 
-def scripted_rounds(monkeypatch, gains, calls, fail_at=None):
-    """rounds._one_round replaced: round i's b/a is gains[i]; round `fail_at` fails on side b."""
+def scripted_rounds(monkeypatch, gains, calls, fail_at=None, stop_at=None):
+    """rounds._one_round replaced: round i's b/a is gains[i]; round `fail_at` fails on side b; a Ctrl-C
+    comes in round `stop_at` before its windows are in."""
     from workbench.run import rounds as paired
 
     def one_round(session, launcher, a, b, order, last):
@@ -468,6 +469,8 @@ def scripted_rounds(monkeypatch, gains, calls, fail_at=None):
         calls.append((order, last))
         if index == fail_at:
             return {"a": raw(100.0, "a"), "b": SideReport.failed("b", "out of memory")}, None
+        if index == stop_at:
+            return {"a": raw(100.0, "a"), "b": SideReport.failed("b", "not measured: the run was stopped")}, KeyboardInterrupt()
         return {"a": raw(100.0, "a"), "b": raw(100.0 * gains[index])}, None
 
     monkeypatch.setattr(paired, "_one_round", one_round)
@@ -513,3 +516,32 @@ def test_a_narrow_headline_gets_no_extra_rounds_and_a_failed_extra_round_keeps_t
     kept = ladder._narrowed(session, wide, RunConfig(rounds=4))
     assert len(kept.a_rounds) == 5 and kept.failure is None
     assert "the 5 rounds before it stand" in said[-1]
+
+
+def test_a_stop_while_narrowing_keeps_the_headline_as_it_stood(monkeypatch):
+    from workbench.run import rounds as paired
+
+    calls, said = [], []
+    session = SimpleNamespace(log=said.append, base_cfg=RunConfig(rounds=4), time_budget_s=480.0,
+                              started=time.monotonic())
+    side = paired.Side(RunConfig(), "x")
+    scripted_rounds(monkeypatch, [1.45, 1.20, 1.38, 1.25, 1.30, 1.31], calls, stop_at=6)
+    wide = paired.compare(session, side, side, 4, "headline")
+    stopped = ladder._narrowed(session, wide, RunConfig(rounds=4))
+    assert len(stopped.a_rounds) == 6 and isinstance(stopped.interrupted, KeyboardInterrupt)
+    assert stopped.failure is None  # saved as measured (ladder._saved_then_stop), then the stop goes on
+
+
+def test_the_headline_gets_the_rounds_its_planned_spread_asks_for_not_until_it_looks_narrow(monkeypatch):
+    from workbench.run import rounds as paired
+
+    calls, said = [], []
+    session = SimpleNamespace(log=said.append, base_cfg=RunConfig(rounds=4), time_budget_s=480.0,
+                              started=time.monotonic())
+    side = paired.Side(RunConfig(), "x")
+    scripted_rounds(monkeypatch, [1.45, 1.20, 1.38, 1.25] + [1.30] * 8, calls)
+    wide = paired.compare(session, side, side, 4, "headline")
+    needed = next((n for n in range(5, 13) if stats.half_width(stats.projected(wide.ratio(), n)) <= 0.05), 12)
+    narrowed = ladder._narrowed(session, wide, RunConfig(rounds=4))
+    # Identical extra rounds narrow the interval at once; the count was fixed before them all the same.
+    assert len(narrowed.a_rounds) == needed > 5

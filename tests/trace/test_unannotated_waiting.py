@@ -83,3 +83,14 @@ def test_a_summary_without_the_covering_rows_reads_as_before():
     """A trace summary written before other_covered_by existed: other counts whole, as it did."""
     finding = unannotated({"step_time_ms": 10.0, "breakdown_share": {"forward": 0.8, "other": 0.2}})
     assert finding["value"] == pytest.approx(0.2)
+
+
+def test_two_collective_names_over_the_same_wait_count_it_once():
+    """c10d's op and gloo's own cover the same wait (nested, or on two threads): the time in collectives
+    is their union, so the unannotated work beside them is not hidden by counting the wait twice."""
+    trace = ddp_traces(fetch=[1, 61], backward=[10, 10])[0]
+    gloo = [e for e in trace["traceEvents"] if e.get("name") == "gloo:all_reduce"]
+    twins = [{**e, "name": "c10d::allreduce_"} for e in gloo]
+    summary = summary_of(with_events(trace, twins + [event("aten::item", 75 * k + 20, 20) for k in range(3)]))
+    assert summary["other_in_collectives_ms"] == pytest.approx(41)  # 61 ms of wait, 20 of them with own work
+    assert unannotated(summary)["value"] == pytest.approx(20 / 75)

@@ -80,14 +80,18 @@ def _next_bottlenecks(view: RunView, final: dict) -> list[str]:
             f"{_measured_here(view, f) or f.get('action')}" for f in findings]
 
 
+# A stage the worker sweep found nothing to change for was measured too: by the sweep.
+NOTHING_TO_CHANGE = "nothing to change on this machine"
+
+
 def _measured_here(view: RunView, finding: dict) -> str | None:
-    """'Measured here: ...' when every stage the finding points at ran in this run and was not kept."""
+    """'Measured here: ...' when every speed stage the finding points at ran in this run and was not
+    kept (a memory stage's trade-off is an answer of another kind: its advice stands)."""
     stages = sorted(diagnose.PREDICTS.get(finding.get("rule"), set()))
     records = [view.record(name) for name in stages]
-    if not records or any(r is None or r.get("status") not in ("rejected", "undecided", "tradeoff") for r in records):
+    if not records or any(r is None or not _not_kept(r) for r in records):
         return None
-    said = "; ".join(f"`{r['stage']}` {r['status']}, {speedup_text(r, 'speedup_vs_previous')}"
-                     f"{_second_look(view, r['stage'])}" for r in records)
+    said = "; ".join(_measured_text(view, r) for r in records)
     if any(r["status"] == "undecided" for r in records):
         return (f"Measured here: {said}. None of it was kept: decide the undecided ones (more rounds, a "
                 "quieter machine) before acting on this.")
@@ -95,10 +99,24 @@ def _measured_here(view: RunView, finding: dict) -> str | None:
             "or rerun where it might (more cores, a GPU).")
 
 
+def _not_kept(record: dict) -> bool:
+    return record.get("status") in ("rejected", "undecided") or (
+        record.get("status") == "skipped" and NOTHING_TO_CHANGE in (record.get("reason") or ""))
+
+
+def _measured_text(view: RunView, record: dict) -> str:
+    if record["status"] == "skipped":
+        return f"`{record['stage']}` skipped ({record.get('reason')})"
+    return (f"`{record['stage']}` {record['status']}, {speedup_text(record, 'speedup_vs_previous')}"
+            f"{_second_look(view, record['stage'])}")
+
+
 def _second_look(view: RunView, stage: str) -> str:
+    """The stage's second look on the final configuration, when it was measured (a stage 'not
+    retried' carries its first-pass figure, already quoted)."""
     looks = (load_verdicts(view.run_dir) or {}).get("second_look") or []
     entry = next((e for e in looks if e.get("stage") == stage), None)
-    if not entry or entry.get("ratio") is None or entry.get("ci95_high") is None:
+    if not entry or entry.get("not_retried") or entry.get("ratio") is None or entry.get("ci95_high") is None:
         return ""
     return f", on the final configuration {interval(entry)} ({verdict_words(entry)})"
 

@@ -1,7 +1,7 @@
 """The closing lines of a run on the terminal: where it started, where it ended, what was kept."""
 from __future__ import annotations
 
-from workbench.report.table import final_position
+from workbench.report.table import baseline_figure_source, final_position
 
 
 def _final_kept(finished: list[dict]) -> dict | None:
@@ -22,14 +22,23 @@ def final_summary(finished: list[dict]) -> str:
              f"final kept configuration ({' + '.join(final['applied']) or 'baseline'}): "
              f"{_rate(f['throughput'])}, MFU {_pct(f.get('mfu'))} "
              f"({f.get('peak_flops_source', '')})",
-             f"speedup vs baseline: {_ratio(ratio)} ({ratio['verdict']}; "
-             f"{'paired, same time window' if ratio.get('paired') else 'the baseline itself' if final is baseline else 'unpaired, indicative'})"]
+             f"speedup vs baseline: {_ratio(ratio)} ({ratio['verdict']}; {_how(final, baseline)})"]
     ceiling = ceiling_text(finished, final)
     if ceiling:
         lines.append(f"ceiling: {ceiling}")
     lines.append(f"outcome: {outcome(finished)}")
     lines += [f"  {r['stage']:<14} {r['status']:<9} {r['reason']}" for r in finished]
     return "\n".join(lines)
+
+
+def _how(final: dict, baseline: dict) -> str:
+    """Which kind of figure the speedup is, in the words of the CSV's speedup_vs_baseline_from."""
+    if final is baseline:
+        return "the baseline itself"
+    source = baseline_figure_source(final)
+    if final.get("stage") == "final":
+        return "paired, same time window"
+    return {"paired": "paired with the baseline", "unpaired": "unpaired, indicative"}.get(source, source or "unpaired")
 
 
 # Undecided is counted apart from rejected: it was not measured as no better, only not decided.

@@ -31,7 +31,7 @@ COLUMNS = (
     ("epoch_time_s", "seconds"), ("peak_memory_mb", "mb"), ("peak_memory_kind", "text"),
     ("memory_change_vs_previous_percent", "signed_pct"), ("speedup_vs_baseline", "ratio"),
     ("speedup_vs_baseline_ci95_low", "ratio"), ("speedup_vs_baseline_ci95_high", "ratio"),
-    ("speedup_vs_baseline_from", "text"), ("verdict", "text"), ("speedup_vs_previous", "ratio"), ("speedup_vs_previous_ci95_low", "ratio"),
+("verdict", "text"), ("speedup_vs_previous", "ratio"), ("speedup_vs_previous_ci95_low", "ratio"),
     ("speedup_vs_previous_ci95_high", "ratio"), ("verdict_vs_previous", "text"),
     ("previous_stage", "text"), ("impact", "text"), ("final_loss", "loss"), ("loss_finite", "bool"),
     ("eval_accuracy_percent", "pct"), ("trained_steps", "int"), ("world_size", "int"),
@@ -39,6 +39,8 @@ COLUMNS = (
     ("compile_s", "seconds"), ("mfu_percent", "pct"), ("trace_step_time_ms", "ms"),
     *((f"{key}_percent", "pct") for key in BREAKDOWN_KEYS),
     ("device_busy_percent", "pct"), ("error", "text"),
+    # Added after the others, so a reader that goes by position keeps working.
+    ("speedup_vs_baseline_from", "text"),
 )
 
 

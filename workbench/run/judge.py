@@ -117,7 +117,8 @@ def unpaired_vs_baseline(metrics: Mapping, baseline: dict | None) -> dict:
     return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0), "paired": False}
 
 
-CHAINED = "chained: the product of paired comparisons along the kept stages, log intervals added in quadrature"
+CHAINED = ("chained: the product of paired comparisons along the kept stages; standard errors added, "
+           "Welch-Satterthwaite degrees of freedom")
 
 
 def vs_baseline(name: str, vs_previous: dict, against: Mapping, metrics: Mapping, baseline: dict | None) -> dict:
@@ -126,13 +127,19 @@ def vs_baseline(name: str, vs_previous: dict, against: Mapping, metrics: Mapping
     Against the baseline itself, the stage's own paired comparison is that figure (one configuration,
     one figure: the table and the dashboard then agree with the headline). Against a kept stage whose
     own figure is paired, the two multiply: each factor was measured in its own time window, so drift
-    between the windows does not enter. Otherwise (an earlier run's record, a probe without an
-    interval) the unpaired figure against the baseline's rounds, marked as such.
+    between the windows does not enter. Otherwise (an earlier run's record, a one-round probe, whose
+    interval is a bootstrap over its steps and knows nothing of process-to-process noise) the
+    unpaired figure against the baseline's rounds, marked as such. The verdict is "is it different
+    from the baseline" (no minimum effect, no floor), as for the unpaired and chained figures alike.
     """
-    before = (against.get("metrics") or {}).get("speedup_vs_baseline") or {}
+    if _rounds(vs_previous) < 2:
+        return unpaired_vs_baseline(metrics, baseline)
     if against.get("stage") == "baseline":
-        return {**vs_previous, "against": "baseline", "paired": True}
-    if not (before.get("paired") and _has_interval(before) and _has_interval(vs_previous)):
+        ratio = {key: vs_previous[key] for key in ("ratio", "ci95_low", "ci95_high", "rounds", "log_ratios", "method")
+                 if key in vs_previous}
+        return {**ratio, "verdict": stats.judged_verdict(ratio, 0.0), "against": "baseline", "paired": True}
+    before = (against.get("metrics") or {}).get("speedup_vs_baseline") or {}
+    if not (before.get("paired") and _log_se(before) is not None):
         return unpaired_vs_baseline(metrics, baseline)
     ratio = _product(before, vs_previous)
     chain = [*(before.get("chain") or [against.get("stage")]), name]
@@ -140,16 +147,33 @@ def vs_baseline(name: str, vs_previous: dict, against: Mapping, metrics: Mapping
             "method": CHAINED, "chain": chain}
 
 
-def _has_interval(ratio: Mapping) -> bool:
-    return 0 < ratio.get("ci95_low", 0) <= ratio.get("ratio", 0) <= ratio.get("ci95_high", math.inf) < math.inf
+def _rounds(ratio: Mapping) -> int:
+    return len(ratio.get("log_ratios") or ()) or 0
+
+
+def _log_se(ratio: Mapping) -> tuple[float, float] | None:
+    """(standard error of the log ratio, its degrees of freedom): stored on a chained figure, else
+    from the paired rounds' log ratios; None with fewer than two rounds."""
+    if "log_se" in ratio:
+        return ratio["log_se"], ratio["dof"]
+    logs = ratio.get("log_ratios") or ()
+    if len(logs) < 2:
+        return None
+    mean = sum(logs) / len(logs)
+    variance = sum((x - mean) ** 2 for x in logs) / (len(logs) - 1)
+    return math.sqrt(variance / len(logs)), float(len(logs) - 1)
 
 
 def _product(first: Mapping, second: Mapping) -> dict:
-    """Two independent ratios multiplied; each side of the 95% interval combined in log space."""
-    ratio = first["ratio"] * second["ratio"]
-    low = math.hypot(math.log(first["ratio"] / first["ci95_low"]), math.log(second["ratio"] / second["ci95_low"]))
-    high = math.hypot(math.log(first["ci95_high"] / first["ratio"]), math.log(second["ci95_high"] / second["ratio"]))
-    return {"ratio": ratio, "ci95_low": ratio * math.exp(-low), "ci95_high": ratio * math.exp(high)}
+    """Two independent paired ratios multiplied: the log estimates add, so do their variances, and the
+    interval takes a t quantile at the Welch-Satterthwaite degrees of freedom."""
+    (se1, df1), (se2, df2) = _log_se(first), _log_se(second)
+    log_ratio = math.log(first["ratio"]) + math.log(second["ratio"])
+    se = math.hypot(se1, se2)
+    dof = se ** 4 / (se1 ** 4 / df1 + se2 ** 4 / df2) if se else df1 + df2
+    half = stats.t_quantile(dof) * se
+    return {"ratio": math.exp(log_ratio), "ci95_low": math.exp(log_ratio - half),
+            "ci95_high": math.exp(log_ratio + half), "log_se": se, "dof": dof}
 
 
 def check_entry(name: str, comparison, min_effect: float, floor: stats.NoiseFloor) -> dict:

@@ -12,8 +12,9 @@ from workbench.run.session import Session, write_run_file
 
 
 def measure_references(session: Session) -> Session:
-    """The session holding the references it needs (a session is read-only once built; a resumed run
-    keeps the ones it has)."""
+    """The session holding the references it needs (a session is read-only once built). A resumed run
+    measures them again: run.json records them but a session is not rebuilt from it, so stages kept
+    from the earlier run keep the efficiency they were given against the earlier references."""
     if session.nproc == 1 and not session.nodes.multi:
         return session
     alone = replace(session, link=None, nodes=Nodes())  # this node (node 0) by itself

@@ -121,12 +121,16 @@ def extend(session, earlier: Comparison, a: Side, b: Side, label: str, more, max
     """More rounds of a comparison already made (the same two configurations), appended to a copy of
     it while more(comparison) says so, up to max_rounds in all. The order keeps alternating from where
     it was; no round runs the extras again (the earlier last planned round did). An extra round that
-    fails ends the extension, not the comparison: the rounds before it stand."""
+    fails ends the extension, not the comparison: the rounds before it stand; so do they when a stop
+    (Ctrl-C) comes mid-round, which the comparison then carries for its caller to re-raise once saved."""
     result = replace(earlier, a_rounds=list(earlier.a_rounds), b_rounds=list(earlier.b_rounds),
                      seconds=list(earlier.seconds))
     done = len(result.a_rounds)
     one_round = _round_runner(session, a, b, label, result, done, offset=done, why=why)
-    loop(0, one_round, lambda: more(result), max_rounds - done)
+    try:
+        loop(0, one_round, lambda: more(result), max_rounds - done)
+    except KeyboardInterrupt as stop:  # mid-round: the comparison as it stood is saved, then the stop goes on
+        return replace(result, failure=None, failed_side=None, interrupted=stop)
     if result.failure is not None:
         session.log(f"   an extra round did not measure ({result.failure.error or result.failure.status}): "
                     f"the {len(result.a_rounds)} rounds before it stand")

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from workbench.trace.collectives import is_collective
 from workbench.trace.markers import STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
 from workbench.trace.markers import named_region, thread as _thread
 from workbench.trace.regions import BREAKDOWN_PARTS, DATA_LOADING, REGIONS
@@ -187,8 +188,8 @@ def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]])
     return row, _gaps(start, stop, pieces)
 
 
-def _rows(trace: dict) -> tuple[list[dict], dict, list[dict]]:
-    """(per-step rows, the markers they rest on, what ran during "other")."""
+def _rows(trace: dict) -> tuple[list[dict], dict, tuple[list[dict], float]]:
+    """(per-step rows, the markers they rest on, (what ran during "other", ms per step of it in collectives))."""
     events, steps, how, regions = _located(trace)
     busy = _merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
     read = [_step_row(step, regions, busy) for step in steps]
@@ -240,11 +241,12 @@ def _pieces(event: dict, spans: list[tuple[float, float]], starts: list[float]) 
 
 
 def _other_covered_by(events: list[dict], where: tuple | None, gaps: list[tuple[float, float]],
-                      steps: int) -> list[dict]:
+                      steps: int) -> tuple[list[dict], float]:
     """What ran during "other" (gaps: sorted, as the steps are): per event name and device, the ms per
     step of it that the name's events cover, most first: the loop thread's own events, and other threads'
     and the GPU's while the loop thread runs no operator of its own (it waits, for a collective perhaps).
-    Names may overlap one another (nested ops, a collective on two threads): rows can add up to more."""
+    Names may overlap one another (nested ops, a collective on two threads): rows can add up to more.
+    Also the ms per step of "other" spent in collectives (trace/collectives.py), counted once."""
     idle = _without(gaps, _merged([(e["ts"], _end(e)) for e in _loop_ops(events, where)]))
     within = {True: (gaps, [low for low, _ in gaps]), False: (idle, [low for low, _ in idle])}
     spans = defaultdict(list)
@@ -253,8 +255,12 @@ def _other_covered_by(events: list[dict], where: tuple | None, gaps: list[tuple[
         if device is not None:
             spans[event["name"], device] += _pieces(event, *within[_thread(event) == where])
     covered = sorted(((union_us(found), key) for key, found in spans.items()), key=lambda item: (-item[0], item[1]))
-    return [{"name": name, "device": device, "ms_per_step": us / 1000 / max(steps, 1)}
+    rows = [{"name": name, "device": device, "ms_per_step": us / 1000 / max(steps, 1)}
             for us, (name, device) in covered[:OTHER_COVERED_ROWS] if us > 0]
+    # The names overlap (c10d's op and gloo's own, nested): the time in collectives is their union,
+    # over every collective name, not a sum of the rows.
+    waiting = [piece for (name, device), found in spans.items() if is_collective(name, device == "gpu") for piece in found]
+    return rows, union_us(waiting) / 1000 / max(steps, 1)
 
 
 def step_breakdown(trace: dict) -> list[dict]:
@@ -430,10 +436,11 @@ def _analyze(trace_dir: Path | str) -> tuple[dict, list[dict]]:
 
 def analyze_loaded(trace: dict, path: Path | str) -> tuple[dict, list[dict]]:
     """(summary, per-step rows) of a trace already loaded from path."""
-    rows, markers, other_covered_by = _rows(trace)
+    rows, markers, (other_covered_by, other_in_collectives) = _rows(trace)
     step_ms, mean_ms, share = _mean_breakdown(rows)
     summary = {"trace_file": str(path), "steps": len(rows), "markers": markers, "step_time_ms": step_ms,
                "breakdown_ms": mean_ms, "breakdown_share": share, "other_covered_by": other_covered_by,
+               "other_in_collectives_ms": other_in_collectives,
                "device": device_activity(trace), "top_ops": top_ops(trace),
                "peak_memory_mb": {device: peak_memory_mb(trace, device) for device in DEVICE_TYPE_IDS},
                # A trace carries distributedInfo only when torch.distributed was initialized.

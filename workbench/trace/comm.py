@@ -20,11 +20,10 @@ from pathlib import Path
 
 from workbench.results import trace_files
 from workbench.trace.analyze import GPU_CATEGORIES, load_trace, union_us
+from workbench.trace.collectives import COLLECTIVE, NCCL_KERNEL
 from workbench.trace.markers import STEP_PREFIX, end, extend_to_device, find_steps, named_region, normalize, thread
 from workbench.trace.regions import DATA_LOADING
 
-COLLECTIVE = re.compile(r"all_?reduce|allgather|all_gather|reduce_scatter|broadcast|nccl|gloo|c10d::", re.I)
-NCCL_KERNEL = re.compile(r"nccl", re.I)
 # Host ops that only wrap a collective's bookkeeping (torch's comms tracing): not the rank's own work.
 COLLECTIVE_WRAPPER = re.compile(r"^record_param_comms")
 GPU_TIMELINE, HOST_TIMELINE = "gpu: NCCL kernels", "host: collective ops"

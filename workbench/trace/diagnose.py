@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from workbench.trace import comm, regions
+from workbench.trace import regions
 
 # Input pipeline: any visible share of the step spent waiting for a batch is worth a look.
 DATA_LOADING_SHARE_MAX = 0.05
@@ -220,17 +220,11 @@ def rule_optimizer_step(summary: dict, context: dict) -> dict | None:
         "instead of a loop over parameters.")
 
 
-def _is_collective(row: dict) -> bool:
-    """comm.py's recognizers: NCCL kernels on the GPU, collective ops on the host."""
-    pattern = comm.NCCL_KERNEL if row["device"] == "gpu" else comm.COLLECTIVE
-    return bool(pattern.search(row["name"]))
-
-
 def _collective_share(summary: dict) -> float:
     """The part of "other" spent in collectives (waiting for the other ranks or the wire), as a share of
-    the step; capped at other, since two collectives' names may cover the same instant."""
+    the step: the union of every collective's time there, counted once (trace/analyze.py)."""
     step_ms = summary.get("step_time_ms") or 0.0
-    ms = sum(row["ms_per_step"] for row in summary.get("other_covered_by") or () if _is_collective(row))
+    ms = summary.get("other_in_collectives_ms") or 0.0
     return min(ms / step_ms, _share(summary, regions.OTHER)) if step_ms else 0.0
 
 
