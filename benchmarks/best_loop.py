@@ -5,7 +5,8 @@ AMX), fused Adam with bf16 autocast: an expert would try both and keep the faste
 bf16 does not pay on every such CPU (it did 1.15-1.19x on one EPYC, nothing on a Zen 5). All run in
 this one process, alternating windows round by round, so drift falls on all alike; each ratio's
 interval is taken over the rounds. The best hand-written loop is the one the final configuration
-compares worst against. The goal: the final configuration reaches at least 0.95x it.
+compares worst against. The goal: the final configuration reaches at least 0.95x it; "met" when the
+whole interval is at or above 0.95, "NOT met" (exit 1) when wholly below, else "undecided".
 
     .venv/bin/python benchmarks/best_loop.py reports/RUN        # after `workbench run --run-name RUN`
 """
@@ -94,8 +95,16 @@ def compare(run_dir: Path, rounds: int = 6, steps: int = 12) -> dict:
               + " images/s", flush=True)
     ratios = {name: stats.paired_ratio(rates[name], rates["final"]) for name in loops if name != "final"}
     best = min(ratios, key=lambda name: ratios[name]["ratio"])  # the hand loop the final does worst against
-    return {"hand_written": best, "ratio": ratios[best], "all": ratios, "meets_goal": ratios[best]["ratio"] >= GOAL,
+    return {"hand_written": best, "ratio": ratios[best], "all": ratios, "goal": goal_verdict(ratios[best]),
             "bf16": "native" if native else "emulated on this CPU: not tried"}
+
+
+def goal_verdict(ratio: dict) -> str:
+    """'met' when the whole interval is at or above GOAL, 'NOT met' when it is wholly below, else
+    'undecided': a point estimate on either side of GOAL is noise (6 rounds here spread +-5-10%)."""
+    if ratio["ci95_low"] >= GOAL:
+        return "met"
+    return "NOT met" if ratio["ci95_high"] < GOAL else "undecided"
 
 
 def say(result: dict) -> None:
@@ -105,7 +114,7 @@ def say(result: dict) -> None:
     r = result["ratio"]
     print(f"final configuration vs the best hand-written loop ({result['hand_written']}; bf16 "
           f"{result['bf16']}): {r['ratio']:.2f}x [{r['ci95_low']:.2f}, {r['ci95_high']:.2f}]; goal >= {GOAL}: "
-          f"{'met' if result['meets_goal'] else 'NOT met'}")
+          f"{result['goal']}" + (" (the interval reaches both sides of it)" if result["goal"] == "undecided" else ""))
 
 
 def main() -> int:
@@ -116,7 +125,7 @@ def main() -> int:
     args = parser.parse_args()
     result = compare(args.run_dir, args.rounds, args.steps)
     say(result)
-    return 0 if result["meets_goal"] else 1
+    return 1 if result["goal"] == "NOT met" else 0
 
 
 if __name__ == "__main__":

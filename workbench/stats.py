@@ -158,6 +158,17 @@ def projected(ratio: dict, rounds: int) -> dict:
     return {**ratio, "ci95_low": math.exp(mean - half), "ci95_high": math.exp(mean + half), "rounds": rounds}
 
 
+def rounds_for_half_width(ratio: dict, target: float, most: int) -> int:
+    """The fewest rounds in all (up to `most`) whose t-interval would be no wider than +-target (log
+    scale) if the rounds to come kept this comparison's spread; `most` when none would. Unlike
+    `projected`, not optimistic: it sizes a measurement, it does not judge whether to give up."""
+    logs = np.asarray(ratio.get("log_ratios") or [], dtype=float)
+    if logs.size < 2:
+        return most
+    sd = float(logs.std(ddof=1))
+    return next((n for n in range(logs.size + 1, most + 1) if t_quantile(n - 1) * sd / math.sqrt(n) <= target), most)
+
+
 def half_width(ratio: dict) -> float:
     """Half the interval's width on the log scale (0.05 is about +-5%)."""
     if not ratio["ci95_low"] or not math.isfinite(ratio["ci95_high"]):

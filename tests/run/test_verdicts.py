@@ -541,7 +541,15 @@ def test_the_headline_gets_the_rounds_its_planned_spread_asks_for_not_until_it_l
     side = paired.Side(RunConfig(), "x")
     scripted_rounds(monkeypatch, [1.45, 1.20, 1.38, 1.25] + [1.30] * 8, calls)
     wide = paired.compare(session, side, side, 4, "headline")
-    needed = next((n for n in range(5, 13) if stats.half_width(stats.projected(wide.ratio(), n)) <= 0.05), 12)
+    needed = stats.rounds_for_half_width(wide.ratio(), ladder.HEADLINE_HALF_WIDTH, 12)
     narrowed = ladder._narrowed(session, wide, RunConfig(rounds=4))
     # Identical extra rounds narrow the interval at once; the count was fixed before them all the same.
     assert len(narrowed.a_rounds) == needed > 5
+
+
+def test_the_rounds_for_a_width_use_the_t_quantile_of_the_rounds_to_come():
+    ratio = stats.paired_ratio([100.0] * 4, [130.0, 125.0, 137.0, 128.0])
+    sd = float(np.std(np.log([1.30, 1.25, 1.37, 1.28]), ddof=1))
+    n = stats.rounds_for_half_width(ratio, 0.03, 24)
+    assert stats.t_quantile(n - 1) * sd / math.sqrt(n) <= 0.03 < stats.t_quantile(n - 2) * sd / math.sqrt(n - 1)
+    assert stats.rounds_for_half_width(ratio, 0.0001, 24) == 24

@@ -528,8 +528,7 @@ def _narrowed(session: Session, comparison: paired_rounds.Comparison, final: Run
     if ratio is None or done < 2 or stats.half_width(ratio) <= HEADLINE_HALF_WIDTH:
         return comparison
     most = max(done, final.rounds * HEADLINE_MOST_FACTOR)
-    needed = next((n for n in range(done + 1, most + 1)
-                   if stats.half_width(stats.projected(ratio, n)) <= HEADLINE_HALF_WIDTH), most)
+    needed = stats.rounds_for_half_width(ratio, HEADLINE_HALF_WIDTH, most)
 
     def more(now: paired_rounds.Comparison) -> bool:
         per_round = max(now.seconds[-3:] or [0.0])  # the slowest recent round: an overrun costs the user
