@@ -94,3 +94,31 @@ def test_two_collective_names_over_the_same_wait_count_it_once():
     summary = summary_of(with_events(trace, twins + [event("aten::item", 75 * k + 20, 20) for k in range(3)]))
     assert summary["other_in_collectives_ms"] == pytest.approx(41)  # 61 ms of wait, 20 of them with own work
     assert unannotated(summary)["value"] == pytest.approx(20 / 75)
+
+
+def _backward_wait_trace(with_all_reduce: bool) -> dict:
+    """Three 100 ms steps of a rank whose backward region (10-95 ms) holds 10 ms of autograd work, then
+    waits: in gloo's all-reduce on another thread (a slower rank), or, without it, just sits there."""
+    events = []
+    for k in range(3):
+        t0 = 100 * k
+        events += [event(f"ProfilerStep#{k + 1}", t0, 100, cat="user_annotation"),
+                   event("forward", t0 + 2, 8, cat="user_annotation"), event("aten::conv2d", t0 + 2, 8),
+                   event("backward", t0 + 10, 85, cat="user_annotation"),
+                   event("autograd::engine::evaluate_function: ConvolutionBackward0", t0 + 10, 10),
+                   event("optimizer_step", t0 + 95, 4, cat="user_annotation"), event("aten::add_", t0 + 95, 4)]
+        if with_all_reduce:
+            events.append(event("gloo:all_reduce", t0 + 15, 80, tid=2))
+    return {"traceEvents": events, "distributedInfo": {"rank": 0, "world_size": 2}}
+
+
+def compute_bound(summary: dict) -> dict | None:
+    return next((f for f in diagnose.diagnose(summary) if f["rule"] == "compute_bound"), None)
+
+
+def test_a_rank_waiting_inside_its_backward_is_not_called_compute_bound():
+    waiting = summary_of(_backward_wait_trace(with_all_reduce=True))
+    assert waiting["compute_in_collectives_ms"] == pytest.approx(75)  # 20-95 ms: its own work ends at 20
+    assert compute_bound(waiting) is None
+    busy = summary_of(_backward_wait_trace(with_all_reduce=False))
+    assert busy["compute_in_collectives_ms"] == 0 and compute_bound(busy)["value"] == pytest.approx(0.97)

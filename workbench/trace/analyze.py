@@ -26,7 +26,7 @@ from typing import Iterable
 from workbench.trace.collectives import is_collective
 from workbench.trace.markers import STEP_PREFIX, StepRegions, end as _end, extend_to_device, find_steps, normalize
 from workbench.trace.markers import named_region, thread as _thread
-from workbench.trace.regions import BREAKDOWN_PARTS, DATA_LOADING, REGIONS
+from workbench.trace.regions import BREAKDOWN_PARTS, COMPUTE_PARTS, DATA_LOADING, REGIONS
 from workbench.results import trace_files, write_atomic, write_json_atomic
 
 BREAKDOWN_COLUMNS = ("step", "step_ms", *(f"{part}_ms" for part in BREAKDOWN_PARTS))
@@ -170,8 +170,8 @@ def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return merged
 
 
-def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]]) -> tuple[dict, list]:
-    """(the step's row, its "other" intervals)."""
+def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]]) -> tuple[dict, list, list]:
+    """(the step's row, its "other" intervals, its forward/backward/optimizer intervals)."""
     start, stop = step["ts"], _end(step)
     first = max(0, bisect_right(busy, (start,)) - 1)
     in_step = []
@@ -185,19 +185,37 @@ def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]])
     row = {"step": _step_number(step), "step_ms": step["dur"] / 1000}
     row.update({f"{region}_ms": region_us[region] / 1000 for region in REGIONS})
     row["other_ms"] = (step["dur"] - sum(region_us.values())) / 1000
-    return row, _gaps(start, stop, pieces)
+    compute = [(low, high) for low, high, region in pieces if region in COMPUTE_PARTS]
+    return row, _gaps(start, stop, pieces), compute
 
 
-def _rows(trace: dict) -> tuple[list[dict], dict, tuple[list[dict], float]]:
-    """(per-step rows, the markers they rest on, (what ran during "other", ms per step of it in collectives))."""
+def _rows(trace: dict) -> tuple[list[dict], dict, tuple[list[dict], float], float]:
+    """(per-step rows, the markers they rest on, (what ran during "other", ms per step of it in
+    collectives), ms per step of forward/backward/optimizer spent waiting in collectives)."""
     events, steps, how, regions = _located(trace)
     busy = _merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
     read = [_step_row(step, regions, busy) for step in steps]
-    rows, gaps = [row for row, _ in read], [gap for _, step_gaps in read for gap in step_gaps]
+    rows = [row for row, _, _ in read]
+    gaps = [gap for _, step_gaps, _ in read for gap in step_gaps]
+    compute = _merged([span for _, _, spans in read for span in spans])
     markers = regions.describe(how)  # after the rows: the sources are noted as the steps are read
     if busy and markers[DATA_LOADING] != "not found":
         markers[DATA_LOADING] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
-    return rows, markers, _other_covered_by(events, regions.where, gaps, len(rows))
+    per_step = 1000 * max(len(rows), 1)
+    return (rows, markers, _other_covered_by(events, regions.where, gaps, len(rows)),
+            union_us(_collective_pieces(events, regions.where, compute)) / per_step)
+
+
+def _collective_pieces(events: list[dict], where: tuple | None, spans: list[tuple[float, float]]) -> list:
+    """The parts of `spans` (sorted, disjoint) a rank spends waiting in collectives: the loop thread's
+    own collective ops, and other threads' and the GPU's collectives while the loop thread runs no
+    operator of its own (a collective that overlaps the rank's work is not waiting)."""
+    idle = _without(spans, _merged([(e["ts"], _end(e)) for e in _loop_ops(events, where)]))
+    within = {True: (spans, [low for low, _ in spans]), False: (idle, [low for low, _ in idle])}
+    pid = (where or (None,))[0]
+    return [piece for event in events
+            if (device := _covering_device(event, pid)) is not None and is_collective(event["name"], device == "gpu")
+            for piece in _pieces(event, *within[_thread(event) == where])]
 
 
 def _loop_ops(events: list[dict], where: tuple | None) -> list[dict]:
@@ -259,8 +277,7 @@ def _other_covered_by(events: list[dict], where: tuple | None, gaps: list[tuple[
             for us, (name, device) in covered[:OTHER_COVERED_ROWS] if us > 0]
     # The names overlap (c10d's op and gloo's own, nested): the time in collectives is their union,
     # over every collective name, not a sum of the rows.
-    waiting = [piece for (name, device), found in spans.items() if is_collective(name, device == "gpu") for piece in found]
-    return rows, union_us(waiting) / 1000 / max(steps, 1)
+    return rows, union_us(_collective_pieces(events, where, gaps)) / 1000 / max(steps, 1)
 
 
 def step_breakdown(trace: dict) -> list[dict]:
@@ -436,11 +453,11 @@ def _analyze(trace_dir: Path | str) -> tuple[dict, list[dict]]:
 
 def analyze_loaded(trace: dict, path: Path | str) -> tuple[dict, list[dict]]:
     """(summary, per-step rows) of a trace already loaded from path."""
-    rows, markers, (other_covered_by, other_in_collectives) = _rows(trace)
+    rows, markers, (other_covered_by, other_in_collectives), compute_in_collectives = _rows(trace)
     step_ms, mean_ms, share = _mean_breakdown(rows)
     summary = {"trace_file": str(path), "steps": len(rows), "markers": markers, "step_time_ms": step_ms,
                "breakdown_ms": mean_ms, "breakdown_share": share, "other_covered_by": other_covered_by,
-               "other_in_collectives_ms": other_in_collectives,
+               "other_in_collectives_ms": other_in_collectives, "compute_in_collectives_ms": compute_in_collectives,
                "device": device_activity(trace), "top_ops": top_ops(trace),
                "peak_memory_mb": {device: peak_memory_mb(trace, device) for device in DEVICE_TYPE_IDS},
                # A trace carries distributedInfo only when torch.distributed was initialized.

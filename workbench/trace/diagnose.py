@@ -199,12 +199,19 @@ def rule_cpu_bf16(summary: dict, context: dict) -> dict | None:
 
 
 def rule_compute_bound(summary: dict, context: dict) -> dict | None:
-    share = sum(_share(summary, part) for part in regions.COMPUTE_PARTS)
+    """Forward, backward and optimizer fill the step, less the time a rank spends in them waiting for
+    the others in a collective (DDP's all-reduce at the end of backward, behind a slower rank): that
+    is not compute, and a waiting rank of an input-bound run must not be told input cannot help."""
+    whole = sum(_share(summary, part) for part in regions.COMPUTE_PARTS)
+    step_ms = summary.get("step_time_ms") or 0.0
+    waiting = min(whole, (summary.get("compute_in_collectives_ms") or 0.0) / step_ms) if step_ms else 0.0
+    share = whole - waiting
     if share <= COMPUTE_BOUND_SHARE:
         return None
+    besides = f" (besides {waiting:.1%} waiting in collectives)" if waiting else ""
     return _finding(
         "compute_bound", "info",
-        f"Forward, backward and optimizer take {share:.1%} of the step.", share, COMPUTE_BOUND_SHARE,
+        f"Forward, backward and optimizer take {share:.1%} of the step{besides}.", share, COMPUTE_BOUND_SHARE,
         "Input-pipeline stages (workers, pinning) will not help; only compute-side stages can "
         "(precision, memory format, compile, or a smaller model).")
 
