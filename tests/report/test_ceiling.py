@@ -38,3 +38,13 @@ def test_the_ceiling_line_gives_each_figure_its_interval_where_it_has_one():
     final["metrics"]["throughput"].update(ci95_low=4800.0, ci95_high=5200.0)
     final["metrics"]["compute_only"]["throughput"].update(ci95_low=5500.0, ci95_high=5700.0)
     assert "(95% intervals: delivered [4800.0, 5200.0]; device-resident [5500.0, 5700.0])" in ceiling_text([final], final)
+
+
+def test_a_ceiling_in_another_precision_names_the_peak_it_is_a_share_of():
+    final = result("final", 607.0, 662.0, 0.647)
+    final["metrics"]["peak_flops_source"] = "measured fp32 2048^3 matmul on this CPU"
+    amp = result("amp", 600.0, 707.0, 0.166, status="rejected")
+    amp["metrics"]["peak_flops_source"] = "measured bf16 2048^3 matmul on this CPU"
+    text = ceiling_text([final, amp], final)
+    assert "does 707.0 samples/s at batch 32 (amp)" in text
+    assert "of its own peak (measured bf16 2048^3 matmul on this CPU)" in text

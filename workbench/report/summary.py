@@ -94,7 +94,11 @@ def ceiling_text(results: list[dict], final: dict) -> str | None:
     searched = any(r.get("stage") == "batch_size" and r.get("status") not in ("skipped", "failed") for r in results)
     hint = "" if searched else " (--allow-batch-change searches larger batches)"
     ceiling_mfu = _compute_only_mfu(top)
-    share = (f"{ceiling_mfu:.1%} of it: the rest is the model's own step (kernel efficiency, launches, memory "
+    # A ceiling measured in another precision is a share of that precision's peak (bf16's is several
+    # times fp32's): said so, or a higher throughput would read as a smaller share of the same peak.
+    own_peak = top.get("peak_flops_source")
+    of = "it" if own_peak == metrics.get("peak_flops_source") else f"its own peak ({own_peak or 'peak unknown'})"
+    share = (f"{ceiling_mfu:.1%} of {of}: the rest is the model's own step (kernel efficiency, launches, memory "
              "traffic)" if ceiling_mfu <= 1 else "over the measured peak, which understates this device")
     spread = _intervals(metrics["throughput"], top["compute_only"]["throughput"])
     return (f"the final configuration delivers {metrics['throughput']['median']:.1f} samples/s, "
