@@ -261,3 +261,25 @@ def test_each_row_says_which_comparison_its_throughput_comes_from(csv_rows):
     by_stage = {row["stage"]: row for row in csv_rows}
     assert by_stage["baseline"]["throughput_from"].startswith("the A/A")
     assert by_stage["channels_last"]["throughput_from"].startswith("its comparison with ")
+
+
+def test_a_kept_stage_with_the_final_configuration_shows_the_headline_against_the_baseline():
+    from workbench.report.table import HEADLINE_SOURCE, build_records
+
+    def doc(stage, status, config, vs_baseline, vs_previous=None):
+        metrics = {"throughput": {"median": 100.0}, "speedup_vs_baseline": vs_baseline,
+                   "speedup_vs_previous": vs_previous or vs_baseline}
+        return {"stage": stage, "status": status, "config": config, "applied": [], "metrics": metrics}
+
+    own = {"ratio": 1.26, "ci95_low": 1.07, "ci95_high": 1.48, "verdict": "faster", "paired": True}
+    headline = {"ratio": 1.27, "ci95_low": 1.22, "ci95_high": 1.31, "verdict": "faster", "paired": True}
+    results = [doc("baseline", "baseline", {"fused": False}, {"ratio": 1.0, "ci95_low": 1.0, "ci95_high": 1.0}),
+               doc("fused_optimizer", "kept", {"fused": True}, own),
+               doc("amp", "rejected", {"fused": True, "amp": True}, own),
+               doc("final", "final", {"fused": True}, headline)]
+    records = build_records(results, [None] * 4)
+    fused = records[1]
+    assert (fused["speedup_vs_baseline"], fused["speedup_vs_baseline_ci95_low"]) == (1.27, 1.22)
+    assert fused["speedup_vs_baseline_from"] == HEADLINE_SOURCE
+    assert fused["speedup_vs_previous"] == 1.26  # the comparison that kept it stays its own
+    assert records[2]["speedup_vs_baseline"] == 1.26  # another configuration: untouched

@@ -261,7 +261,26 @@ def build_records(results: list[dict], summaries: list[dict | None]) -> list[dic
         record["memory_change_vs_previous_percent"] = memory_change_percent(
             record, by_stage.get(record["previous_stage"]))
         record["impact"] = impact(record)
+    _headline_for_its_configuration(results, records)
     return records
+
+
+HEADLINE_SOURCE = "the headline (same configuration)"
+
+
+def _headline_for_its_configuration(results: list[dict], records: list[dict]) -> None:
+    """A kept stage whose configuration is the final one shows the headline as its speedup against the
+    baseline: the headline measured that very configuration against the baseline, often with more
+    rounds (narrowed), and one configuration gets one figure. Its speedup over the configuration it
+    built on, the comparison that kept it, stays its own."""
+    final = next((i for i, r in enumerate(results) if r.get("stage") == "final" and r.get("status") == "final"), None)
+    if final is None or not results[final].get("config"):
+        return
+    for result, record in zip(results, records):
+        if record["status"] == "kept" and result.get("config") == results[final]["config"]:
+            record.update({key: records[final][key] for key in
+                           ("speedup_vs_baseline", "speedup_vs_baseline_ci95_low", "speedup_vs_baseline_ci95_high", "verdict")})
+            record["speedup_vs_baseline_from"] = HEADLINE_SOURCE
 
 
 @dataclass(frozen=True)
