@@ -160,14 +160,15 @@ def _gaps(start: float, stop: float, pieces: list[tuple[float, float, str]]) -> 
     return gaps + [(reach, stop)] if stop > reach else gaps
 
 
-def _merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    merged: list[tuple[float, float]] = []
+def merged(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Sorted, non-overlapping intervals covering the same time."""
+    out: list[tuple[float, float]] = []
     for start, stop in sorted(intervals):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], stop))
         else:
-            merged.append((start, stop))
-    return merged
+            out.append((start, stop))
+    return out
 
 
 def _step_row(step: dict, regions: StepRegions, busy: list[tuple[float, float]]) -> tuple[dict, list, list]:
@@ -193,11 +194,11 @@ def _rows(trace: dict) -> tuple[list[dict], dict, tuple[list[dict], float], floa
     """(per-step rows, the markers they rest on, (what ran during "other", ms per step of it in
     collectives), ms per step of forward/backward/optimizer spent waiting in collectives)."""
     events, steps, how, regions = _located(trace)
-    busy = _merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
+    busy = merged([(e["ts"], _end(e)) for e in events if e.get("cat") in GPU_CATEGORIES])
     read = [_step_row(step, regions, busy) for step in steps]
     rows = [row for row, _, _ in read]
     gaps = [gap for _, step_gaps, _ in read for gap in step_gaps]
-    compute = _merged([span for _, _, spans in read for span in spans])
+    compute = merged([span for _, _, spans in read for span in spans])
     markers = regions.describe(how)  # after the rows: the sources are noted as the steps are read
     if busy and markers[DATA_LOADING] != "not found":
         markers[DATA_LOADING] += " (only while the GPU is idle: a fetch hidden behind GPU work is in other)"
@@ -210,7 +211,7 @@ def _collective_pieces(events: list[dict], where: tuple | None, spans: list[tupl
     """The parts of `spans` (sorted, disjoint) a rank spends waiting in collectives: the loop thread's
     own collective ops, and other threads' and the GPU's collectives while the loop thread runs no
     operator of its own (a collective that overlaps the rank's work is not waiting)."""
-    idle = _without(spans, _merged([(e["ts"], _end(e)) for e in _loop_ops(events, where)]))
+    idle = _without(spans, merged([(e["ts"], _end(e)) for e in _loop_ops(events, where)]))
     within = {True: (spans, [low for low, _ in spans]), False: (idle, [low for low, _ in idle])}
     pid = (where or (None,))[0]
     return [piece for event in events
@@ -265,7 +266,7 @@ def _other_covered_by(events: list[dict], where: tuple | None, gaps: list[tuple[
     and the GPU's while the loop thread runs no operator of its own (it waits, for a collective perhaps).
     Names may overlap one another (nested ops, a collective on two threads): rows can add up to more.
     Also the ms per step of "other" spent in collectives (trace/collectives.py), counted once."""
-    idle = _without(gaps, _merged([(e["ts"], _end(e)) for e in _loop_ops(events, where)]))
+    idle = _without(gaps, merged([(e["ts"], _end(e)) for e in _loop_ops(events, where)]))
     within = {True: (gaps, [low for low, _ in gaps]), False: (idle, [low for low, _ in idle])}
     spans = defaultdict(list)
     for event in events:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from workbench.results import trace_files
-from workbench.trace.analyze import GPU_CATEGORIES, load_trace, union_us
+from workbench.trace.analyze import GPU_CATEGORIES, load_trace, merged, union_us
 from workbench.trace.collectives import COLLECTIVE, NCCL_KERNEL
 from workbench.trace.markers import STEP_PREFIX, end, extend_to_device, find_steps, named_region, normalize, thread
 from workbench.trace.regions import DATA_LOADING
@@ -40,17 +40,6 @@ def _windows(events: list[dict]) -> list[Span]:
 def _clipped(spans: list[Span], windows: list[Span]) -> list[Span]:
     return [(max(start, low), min(stop, high)) for start, stop in spans for low, high in windows
             if stop > low and start < high]
-
-
-def merged(spans: list[Span]) -> list[Span]:
-    """Sorted, non-overlapping intervals covering the same time."""
-    out: list[Span] = []
-    for start, stop in sorted(spans):
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], stop))
-        else:
-            out.append((start, stop))
-    return out
 
 
 def overlap_us(first: list[Span], second: list[Span]) -> float:
