@@ -108,7 +108,7 @@ V100 = DeviceFacts("cuda", "V100", capability=(7, 0), device_count=1)
 
 def test_stage_order_is_the_ladder():
     assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "decode_on_device",
-                                  "channels_last", "fused_optimizer", "accumulation", "checkpointing",
+                                  "channels_last", "fused_optimizer", "host_allocator", "accumulation", "checkpointing",
                                   "cuda_graphs", "compile", "batch_size")
 
 
@@ -126,11 +126,17 @@ def test_select_unknown_stage_is_usage_error():
 def test_every_stage_is_a_pure_function_of_the_config():
     given = dict(batch_size=8, data="imagefolder:/data/jpegs", allow_batch_change=True)
     cfg = RunConfig(**given)
-    ctx = _ctx(A100, best_workers=2)
-    for stage in stages.STAGES:
-        out = stage.apply(cfg, ctx)
-        assert isinstance(out, RunConfig)
-        assert cfg == RunConfig(**given)  # input untouched
+    applied = set()
+    for ctx in (_ctx(A100, best_workers=2), _ctx(CPU_BF16, best_workers=2)):
+        for stage in stages.STAGES:
+            try:
+                out = stage.apply(cfg, ctx)
+            except StageSkipped:
+                continue
+            applied.add(stage.name)
+            assert isinstance(out, RunConfig)
+            assert cfg == RunConfig(**given)  # input untouched
+    assert applied == set(stages.STAGE_NAMES)  # each stage applies on one of the two machines
 
 
 def test_baseline_is_identity():

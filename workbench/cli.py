@@ -341,6 +341,7 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
     from workbench.progress import Progress
     from workbench.results import stage_trace_dir
     from workbench.run.stages import StageContext, select
+    from workbench.training import host_memory
 
     stage = select(args.stage)[-1]
     cfg = config_from(args)
@@ -348,6 +349,7 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
     context = StageContext(device_type, decide(probe(device_type)), cfg.num_workers)
     cfg = stage.apply(cfg, context)
     out_dir = stage_trace_dir(Path(cfg.profiles_dir) / _lines_target(args, cfg.reports_dir), stage.name)
+    host_memory.use(cfg.host_allocator)  # this command's own process is the measured one
     built = build(cfg)
     warm_up(built, Progress(stage.name))
     print(pyprofile.profile_lines(built, out_dir, args.steps).read_text())

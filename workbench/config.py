@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_MODES = ("none", "blocks")
 INPUT_PIPELINES = ("per_sample", "batched", "decode_on_device")
 ORDERS = ("trace", "fixed")
+HOST_ALLOCATORS = ("system", "retain")
 
 # The lab's setting where a GPU can afford it; CIFAR's native size elsewhere, where 224 px runs at
 # ~7 images/s on a CPU and a ladder would take hours. The CLI and the Python API both start here.
@@ -63,6 +64,10 @@ class RunConfig:
     fused_optimizer: bool = field(default=False, metadata=_doc(
         "fused optimizer step: one multi-tensor kernel for all parameters instead of a loop (CPU and CUDA)"))
     memory_format: str = field(default="contiguous", metadata=_doc("contiguous (NCHW) or channels_last (NHWC)"))
+    host_allocator: str = field(default="system", metadata=_doc(
+        "system (glibc's default: large freed host blocks go back to the kernel, and the next step faults "
+        "them in again) or retain (freed host memory kept in the process and reused; Linux with glibc, "
+        "set once per measuring process)"))
     checkpointing: str = field(default="none", metadata=_doc(
         "activation checkpointing: none, or blocks (recompute each natural block of the model in backward)"))
     compile: str = field(default="none", metadata=_doc(
@@ -179,6 +184,7 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"lr={cfg.lr} must be a positive number")
     _check_choice("precision", cfg.precision, PRECISIONS)
     _check_choice("memory_format", cfg.memory_format, MEMORY_FORMATS)
+    _check_choice("host_allocator", cfg.host_allocator, HOST_ALLOCATORS)
     _check_choice("compile", cfg.compile, COMPILE_MODES)
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("device", cfg.device, DEVICES)

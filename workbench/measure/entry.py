@@ -22,6 +22,7 @@ from workbench.measure import distributed, failures
 from workbench.measure.distributed import DistInfo
 from workbench.measure.pair import run_pair
 from workbench.measure.single import measure_alone
+from workbench.training import host_memory
 from workbench.training.data import preload_cifar
 
 
@@ -44,10 +45,32 @@ def run_request(path: str, objects: dict | None = None) -> int:
 
 def _measure(request: RoundSpec, objects: dict, in_own_process: bool) -> int:
     send = lambda report: channel.send(request.channel, report)
+    try:
+        use_host_allocator(request, in_own_process)
+    except (RuntimeError, ValueError) as error:  # every side is told why; nothing was built
+        for key in request.order:
+            send(failures.failed(key, error))
+        return 1
     if request.paired:
         return _pair(request, send, objects, in_own_process)
     with tempfile.TemporaryDirectory(prefix="workbench-traces-") as spare:
         return _alone(request, send, objects, in_own_process, Path(spare))
+
+
+def use_host_allocator(request: RoundSpec, in_own_process: bool) -> None:
+    """Put this process under its configurations' host allocator (training/host_memory.py) before
+    anything is built. It is one setting for the whole process: the sides of a paired round must share
+    it (rounds.py runs sides that differ each alone), and a round in the caller's own process leaves
+    the caller's allocator alone."""
+    wanted = {config.get("host_allocator", "system") for config in request.configs()}
+    if len(wanted) > 1:
+        raise ValueError(f"the sides of one process differ in host_allocator ({', '.join(sorted(wanted))}), "
+                         "a setting of the whole process: each side must be measured in its own")
+    allocator = wanted.pop()
+    if allocator != "system" and not in_own_process:
+        raise RuntimeError(f"host_allocator={allocator} is set per measuring process, and this round runs in "
+                           "your own Python process (a model or dataset passed from Python)")
+    host_memory.use(allocator)
 
 
 def _alone(request: RoundSpec, send, objects: dict, in_own_process: bool, spare: Path) -> int:

@@ -22,6 +22,7 @@ from workbench.config import RunConfig, check_device_support
 from workbench.training.data import DataSpec, build_loader, load_data
 from workbench.measure.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
+from workbench.training import host_memory
 from workbench.training.batched_input import DeviceAugment
 from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
@@ -350,6 +351,8 @@ class Window:
     first_loss: float
     host_peak_mb: float
     cuda_peaks: dict | None
+    # This process's minor page faults, user and system CPU seconds over the window (host_memory.py).
+    host_counters: tuple[int, float, float] = (0, 0.0, 0.0)
 
 
 def prepare(built: Built, progress: Progress) -> float:
@@ -367,10 +370,12 @@ def timed_window(built: Built, progress: Progress, only: int | None = None) -> W
     these steps."""
     use_backend_settings(built.cfg, built.device.type)
     clocks.reset_cuda_peaks(built.device)
+    before = host_memory.process_counters()
     with clocks.HostPeak() as host_peak:
         step_times, losses, first_loss = timed_repeats(built, progress, only)
+    counters = tuple(after - start for after, start in zip(host_memory.process_counters(), before))
     cuda = clocks.cuda_peaks(built.device) if built.device.type == "cuda" else None
-    return Window(step_times, losses, first_loss, host_peak.peak_mb, cuda)
+    return Window(step_times, losses, first_loss, host_peak.peak_mb, cuda, counters)
 
 
 def joined(parts: list[Window]) -> Window:
@@ -380,7 +385,8 @@ def joined(parts: list[Window]) -> Window:
         cuda = {key: max(p.cuda_peaks[key] for p in parts) if isinstance(parts[0].cuda_peaks[key], (int, float))
                 else parts[-1].cuda_peaks[key] for key in parts[0].cuda_peaks}
     return Window([times for p in parts for times in p.step_times], parts[-1].losses, parts[0].first_loss,
-                  max(p.host_peak_mb for p in parts), cuda)
+                  max(p.host_peak_mb for p in parts), cuda,
+                  tuple(sum(values) for values in zip(*(p.host_counters for p in parts))))
 
 
 def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: float | None, peak_source: str,
@@ -397,9 +403,21 @@ def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: fl
             "epoch_time_s": built.dataset_size / throughput["median"],
             "first_loss": window.first_loss, "final_loss": float(np.mean(losses[-3:])),
             "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
-            **_memory(built, window, rss_before_mb),
+            **_memory(built, window, rss_before_mb), "host_cpu": host_cpu(window),
             **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source),
             "trained_steps": cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps}
+
+
+def host_cpu(window: Window) -> dict:
+    """Where the window's host CPU time went, per timed step: page faults, and the share the kernel
+    took (faulting freed memory back in, mostly: training/host_memory.py)."""
+    faults, user_s, system_s = window.host_counters
+    steps = max(1, sum(len(times) for times in window.step_times))
+    busy = user_s + system_s
+    return {"minor_faults_per_step": faults / steps, "cpu_s_per_step": busy / steps,
+            "system_time_share": system_s / busy if busy else 0.0,
+            "counted": "getrusage of the measuring process over the timed steps (every thread; DataLoader "
+                       "worker processes not included)"}
 
 
 def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: str = "full") -> dict:

@@ -79,6 +79,7 @@ def script_settings(view: RunView) -> dict[str, str]:
         "compile_mode": None if compile_mode in (None, "none") else str(compile_mode),
         "optimizer": str(cfg.get("optimizer", "adam")), "lr": float(cfg.get("lr", 1e-4)),
         "fused_optimizer": bool(cfg.get("fused_optimizer", False)),
+        "retain_host_memory": cfg.get("host_allocator", "system") == "retain",
     }
     fields = {key: literal(value) for key, value in values.items()}
     fields["measured_throughput"] = literal(_measured_text(final))

@@ -18,7 +18,7 @@ floor, the order taken and why, both checks and the headline, so an interrupted 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from workbench import results, stats
 from workbench.run import batch_search, console, judge, references, rounds as paired_rounds, stage_results
@@ -29,7 +29,7 @@ from workbench.run.record import StageRecord
 from workbench.run.rounds import Side
 from workbench.run.session import Session, write_run_file
 from workbench.trace import diagnose
-from workbench.run.stages import BATCH, MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, select
+from workbench.run.stages import BATCH, MEMORY, MEMORY_ROUNDS, REFERENCE, SPEED, STAGE_NAMES, STAGES, Stage, StageContext, select
 
 FINAL_STAGE = stage_results.FINAL_STAGE  # the headline's stage name, spelled once
 
@@ -214,6 +214,12 @@ def next_stage(pending: list[Stage], findings: list[dict], order: str) -> tuple[
     return pending[0], "default order" if order == "trace" else "fixed order (the lab's sequence)"
 
 
+def context_on(session: Session, record: StageRecord | None) -> StageContext:
+    """The session's stage context, with what was measured on the configuration a stage builds on."""
+    metrics = (record.doc.get("metrics") or {}) if record is not None else {}
+    return replace(session.context, host_cpu=metrics.get("host_cpu"))
+
+
 def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> StageRecord:
     """Apply, compare against the configuration it would join, judge and save one stage."""
     before = state.cfg if session.mode == "ladder" else session.base_cfg
@@ -222,7 +228,7 @@ def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> S
     state.position += 1
     search = None
     try:
-        cfg = stage.apply(before, session.context)
+        cfg = stage.apply(before, context_on(session, against))
         if stage.kind == BATCH:
             cfg, search = _searched_before(session, cfg) or batch_search.run_search(session, cfg)
     except StageSkipped as error:
@@ -412,7 +418,7 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             session.log(f"-- second look {stage.name}: not retried: {why_not}")
             continue
         try:
-            cfg = stage.apply(state.cfg, session.context)
+            cfg = stage.apply(state.cfg, context_on(session, state.result))
         except StageSkipped:
             continue
         if cfg == state.cfg:

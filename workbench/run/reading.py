@@ -69,6 +69,7 @@ def diagnosis_context(cfg, metrics: Mapping, session) -> dict:
             "precision": cfg.precision, "cpu_native_bf16": caps.native_bf16_cpu, "tensor_cores": caps.tensor_cores,
             "device_capacity_mb": env.get("device_memory_mb"), "peak_memory_mb": metrics["peak_memory_mb"],
             "compile": cfg.compile, "fused_optimizer": cfg.fused_optimizer,
-            "step_time_s": metrics["step_time_s"]["median"]}
+            "step_time_s": metrics["step_time_s"]["median"], "host_allocator": cfg.host_allocator,
+            "host_cpu": metrics.get("host_cpu")}
 
 

@@ -9,7 +9,8 @@ compute-only ceiling, trace).
 
 Where the round runs is the launcher's business (workbench/launch): a forked child on a CPU, a fresh
 interpreter on a GPU, this process for objects from Python; under torchrun (--nproc, or several nodes)
-each side runs alone in its own processes, one after the other, in the same alternating order; on
+each side runs alone in its own processes, one after the other, in the same alternating order (so
+does each side of a pair that differs in a setting of the whole process: the host allocator); on
 several nodes every round is announced to the other nodes first (run/nodes.py). `loop` is the one
 round loop, shared with the experiments (workbench/experiments/lab.py).
 """
@@ -201,7 +202,9 @@ def _one_round(session, launcher: Launcher, a: Side, b: Side, order: tuple[str, 
                last: bool) -> tuple[dict[str, SideReport], KeyboardInterrupt | None]:
     """Both sides' reports of one round, and the interrupt that stopped it, if one did."""
     specs = {key: side_spec(session, side, last) for key, side in (("a", a), ("b", b))}
-    if session.nproc > 1 or across_nodes(session) is not None:  # under torchrun each side runs alone, start to end
+    # Under torchrun each side runs alone, start to end; so does a side whose process setting (the
+    # host allocator) differs from the other's: back to back, in the round's order, minutes apart never.
+    if session.nproc > 1 or across_nodes(session) is not None or needs_own_process(a.cfg, b.cfg):
         reports, stopped = {}, None
         for key in order:
             outcome = launcher.run(RoundSpec({key: specs[key]}, (key,)))
@@ -211,6 +214,11 @@ def _one_round(session, launcher: Launcher, a: Side, b: Side, order: tuple[str, 
         return {key: reports.get(key) or SideReport.failed(key, "not measured: the run was stopped") for key in specs}, stopped
     outcome: Outcome = launcher.run(RoundSpec(specs, order))
     return {key: outcome.report(key) for key in specs}, outcome.stopped
+
+
+def needs_own_process(a: RunConfig, b: RunConfig) -> bool:
+    """Whether two configurations differ in a setting of the whole process, so cannot share one."""
+    return a.host_allocator != b.host_allocator
 
 
 def side_spec(session, side: Side, last: bool) -> SideSpec:

@@ -185,7 +185,7 @@ def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, lo
                  "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
                  "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes,
                  **({"machine_load": load_warning} if load_warning else {})}
-    context = StageContext(facts.type, caps, best_workers)
+    context = StageContext(facts.type, caps, best_workers, own_processes=isolate)
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
                       peaks.measure(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
                       stages or [], nproc)

@@ -6,11 +6,13 @@ and returns the configuration to measure, or raises StageSkipped with the reason
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Mapping
 
 from workbench.config import RunConfig
 from workbench.device import Capabilities
 from workbench.errors import StageSkipped, UsageError
+from workbench.trace import diagnose
+from workbench.training import host_memory
 
 SPEED, MEMORY, REFERENCE = "speed", "memory", "reference"
 # The batch size: a speed change that also changes the optimization; searched and carried forward
@@ -33,6 +35,10 @@ class StageContext:
     capabilities: Capabilities
     best_workers: int = 0
     notes: dict = field(default_factory=dict)
+    own_processes: bool = True   # rounds run in measuring processes of their own (not the caller's)
+    # The timed window's host CPU figures of the configuration the stage builds on (executor.host_cpu),
+    # where the ladder measured it: a stage that removes a measured cost applies where that cost shows.
+    host_cpu: Mapping | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,25 @@ def fused_optimizer(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(fused_optimizer=True)
 
 
+def host_allocator(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if ctx.device_type != "cpu":
+        raise StageSkipped(f"the host allocator matters where the tensors live in host memory (a CPU run); on "
+                           f"{ctx.device_type} the caching allocator already keeps freed device memory")
+    why = host_memory.unavailable_reason()
+    if why:
+        raise StageSkipped(why)
+    if not ctx.own_processes:
+        raise StageSkipped("the allocator is set per measuring process, and this run's rounds share your Python "
+                           "process (a model or dataset passed from Python)")
+    share = (ctx.host_cpu or {}).get("system_time_share")
+    if share is not None and share <= diagnose.SYSTEM_TIME_SHARE_MAX:
+        faults = ctx.host_cpu.get("minor_faults_per_step", 0.0)
+        raise StageSkipped(f"the configuration it builds on spends {share:.1%} of its CPU time in the kernel "
+                           f"({faults:,.0f} page faults per step): under the {diagnose.SYSTEM_TIME_SHARE_MAX:.0%} "
+                           "at which keeping freed memory can pay")
+    return cfg.with_overrides(host_allocator="retain")
+
+
 def accumulation(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     micro = cfg.batch_size // ACCUMULATION_MICRO_BATCHES
     if micro < 1 or cfg.batch_size % ACCUMULATION_MICRO_BATCHES:
@@ -137,6 +162,9 @@ STAGES: tuple[Stage, ...] = (
           channels_last),
     Stage("fused_optimizer", SPEED, "fused optimizer step: one multi-tensor kernel for every parameter "
           "instead of a Python loop over them (CPU and CUDA)", fused_optimizer),
+    Stage("host_allocator", SPEED, "freed host memory kept in the process and reused (glibc mallopt: mmap and "
+          "trim thresholds raised) instead of returned to the kernel and faulted in again every step "
+          "(CPU, Linux)", host_allocator),
     Stage("accumulation", MEMORY, f"same effective batch as {ACCUMULATION_MICRO_BATCHES} accumulated "
           "micro-batches: lower peak memory, not speed", accumulation),
     Stage("checkpointing", MEMORY, "recompute each block's activations in backward (non-reentrant): "
