@@ -283,3 +283,21 @@ def test_a_kept_stage_with_the_final_configuration_shows_the_headline_against_th
     assert fused["speedup_vs_baseline_from"] == HEADLINE_SOURCE
     assert fused["speedup_vs_previous"] == 1.26  # the comparison that kept it stays its own
     assert records[2]["speedup_vs_baseline"] == 1.26  # another configuration: untouched
+
+
+def test_a_stage_adopted_on_its_second_look_is_matched_by_the_configuration_it_joined():
+    from workbench.report.table import HEADLINE_SOURCE, build_records
+
+    def doc(stage, status, config, ratio, **extra):
+        figure = {"ratio": ratio, "ci95_low": ratio - 0.05, "ci95_high": ratio + 0.05, "verdict": "faster", "paired": True}
+        return {"stage": stage, "status": status, "config": config, "applied": [], **extra,
+                "metrics": {"throughput": {"median": 100.0}, "speedup_vs_baseline": figure, "speedup_vs_previous": figure}}
+
+    results = [doc("baseline", "baseline", {"amp": False, "fused": False}, 1.0),
+               # measured first without fused Adam, adopted later on top of it
+               doc("amp", "kept", {"amp": True, "fused": False}, 1.4, adopted_config={"amp": True, "fused": True}),
+               doc("fused_optimizer", "kept", {"amp": False, "fused": True}, 1.2),
+               doc("final", "final", {"amp": True, "fused": True}, 1.5)]
+    records = build_records(results, [None] * 4)
+    assert records[1]["speedup_vs_baseline"] == 1.5 and records[1]["speedup_vs_baseline_from"] == HEADLINE_SOURCE
+    assert records[2]["speedup_vs_baseline"] == 1.2  # its own configuration is not the final one

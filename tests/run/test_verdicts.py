@@ -198,6 +198,32 @@ def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):
     assert saved[0]["metrics"]["speedup_vs_previous"]["against"].startswith("final so far")
 
 
+def test_a_stage_adopted_on_its_second_look_stands_on_that_comparison_and_the_configuration_it_joined(monkeypatch):
+    """Its first pass measured another configuration (without the stages kept since): its figure
+    against the baseline is the configuration so far's times the second look's, and later stages chain on it."""
+    logs, book = [], Book()
+    session = fake_session(logs)
+    fused = STAGE["fused_optimizer"].apply(session.base_cfg, session.context)
+    paired_fused = {"ratio": 1.25, "ci95_low": 1.2, "ci95_high": 1.3, "log_ratios": [0.22, 0.23, 0.22, 0.225],
+                    "rounds": 4, "verdict": "faster", "against": "baseline", "paired": True}
+    kept = StageRecord.of({"stage": "fused_optimizer", "status": "kept", "kind": "speed",
+                           "metrics": {"speedup_vs_baseline": paired_fused}})
+    state = ladder.LadderState(fused, applied=["fused_optimizer"], result=kept)
+    first_pass = {"ratio": 1.01, "ci95_low": 0.9, "ci95_high": 1.1, "verdict": "no significant change",
+                  "paired": True, "against": "baseline"}
+    finished = [StageRecord.of({"stage": "amp", "status": "rejected", "kind": "speed",
+                                "metrics": {"speedup_vs_baseline": first_pass}})]
+    monkeypatch.setattr(ladder, "_compare", fake_compare({"second look: amp": 1.15}))
+    saved = saving(monkeypatch)
+    ladder.second_look(session, finished, state, book)
+    amp = saved[0]
+    chained = amp["metrics"]["speedup_vs_baseline"]
+    assert chained["chain"] == ["fused_optimizer", "amp"] and chained["paired"]
+    assert chained["ratio"] == pytest.approx(1.25 * book.doc["second_look"][0]["ratio"])
+    assert amp["adopted_config"] == state.cfg.to_dict() and state.cfg.precision == "bf16"
+    assert state.result.stage == "amp"  # what a later adoption chains on
+
+
 def judged(stage: str, status: str, ratio: float, low: float, high: float, verdict: str) -> StageRecord:
     return StageRecord.of({"stage": stage, "status": status, "kind": "speed", "metrics": {
         "speedup_vs_previous": {"ratio": ratio, "ci95_low": low, "ci95_high": high, "verdict": verdict}}})

@@ -277,7 +277,8 @@ def _headline_for_its_configuration(results: list[dict], records: list[dict]) ->
     if final is None or not results[final].get("config"):
         return
     for result, record in zip(results, records):
-        if record["status"] == "kept" and result.get("config") == results[final]["config"]:
+        # A stage adopted on its second look joined the configuration of that moment (adopted_config).
+        if record["status"] == "kept" and (result.get("adopted_config") or result.get("config")) == results[final]["config"]:
             record.update({key: records[final][key] for key in
                            ("speedup_vs_baseline", "speedup_vs_baseline_ci95_low", "speedup_vs_baseline_ci95_high", "verdict")})
             record["speedup_vs_baseline_from"] = HEADLINE_SOURCE

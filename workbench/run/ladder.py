@@ -433,27 +433,44 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             state.cfg, state.applied = cfg, state.applied + [stage.name]
         verdicts.add("second_look", entry)
         session.log(f"-- second look {stage.name}: {entry['text']}{'; adopted' if entry['adopted'] else ''}")
-        _record_second_look(session, finished, rejected, entry)
+        record = _record_second_look(session, finished, rejected, entry, state)
+        if entry["adopted"] and record is not None:  # the configuration so far now stands on this record
+            state.result = record
         if comparison.interrupted is not None:
             raise comparison.interrupted
 
 
-def _record_second_look(session: Session, finished: list[StageRecord], looked: StageRecord, entry: dict) -> None:
+def _record_second_look(session: Session, finished: list[StageRecord], looked: StageRecord, entry: dict,
+                        state: LadderState) -> StageRecord | None:
     """The stage's own file says where it ended: adopted on its second look (kept, with the comparison
     that decided it), or an undecided stage the second look found no better (rejected); a stage still
     open stays undecided, with what deciding it would take now. So the outcome line, the CSV and the
-    report agree with verdicts.json."""
+    report agree with verdicts.json. The saved record, or None where nothing changed."""
     decided = entry.get("verdict") in ("faster", "no significant change", "slower")
     if entry.get("verdict") == "failed" or not (entry["adopted"] or looked.status == "undecided"):
-        return
+        return None
     status = "kept" if entry["adopted"] else ("rejected" if decided else "undecided")
     doc = {**looked.doc, "status": status, "second_look": entry,
            "reason": f"{looked.doc.get('reason', '')}; second look on the final configuration: {entry['text']}"
                      f"{', adopted' if entry['adopted'] else ''}"}
-    if entry["adopted"]:  # the comparison that decided it is the one its figures now stand on
-        ratio = {key: entry[key] for key in ("ratio", "ci95_low", "ci95_high", "verdict") if key in entry}
-        doc["metrics"] = {**(doc.get("metrics") or {}), "speedup_vs_previous": {**ratio, "against": "final so far (second look)"}}
-    finished[finished.index(looked)] = _save(session, doc)
+    if entry["adopted"]:
+        doc.update(_adopted_figures(doc, entry, state))
+    record = finished[finished.index(looked)] = _save(session, doc)
+    return record
+
+
+def _adopted_figures(doc: dict, entry: dict, state: LadderState) -> dict:
+    """An adopted stage's figures stand on the comparison that decided it: its speedup over the
+    configuration so far, and against the baseline that configuration's own figure times it (the
+    first pass measured another configuration, one without the stages kept since). The configuration
+    it joined is recorded too, so the report knows when it is the final one."""
+    ratio = {key: entry[key] for key in ("ratio", "ci95_low", "ci95_high", "verdict", "rounds", "log_ratios", "method")
+             if key in entry}
+    metrics = {**(doc.get("metrics") or {}), "speedup_vs_previous": {**ratio, "against": "final so far (second look)"}}
+    if state.result is not None:
+        baseline = state.baseline.doc if state.baseline is not None else None
+        metrics["speedup_vs_baseline"] = judge.vs_baseline(doc["stage"], ratio, state.result.doc, metrics, baseline)
+    return {"adopted_config": state.cfg.to_dict(), "metrics": metrics}
 
 
 def _without(session: Session, applied: list[str], dropped: str, final: RunConfig) -> RunConfig:
