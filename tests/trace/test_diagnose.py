@@ -152,3 +152,13 @@ def test_quiet_summary_has_no_findings():
     summary = _summary({"forward": 0.3, "backward": 0.5, "optimizer_step": 0.05, "other": 0.1,
                         "data_loading": 0.03, "host_to_device": 0.02}, _device())
     assert diagnose.diagnose(summary, GPU_CONTEXT) == []
+
+
+def test_a_trace_read_with_host_figures_measured_beside_it_can_say_page_faults():
+    from pathlib import Path
+
+    from workbench.trace import explain
+    trace = next(Path(__file__).parents[1].joinpath("fixtures", "traces", "cpu_only").glob("*.json*"))
+    measured = {"host_cpu": {"system_time_share": 0.2, "minor_faults_per_step": 40000.0}}
+    assert "page_faults" in [f["rule"] for f in explain.analyze_file(trace, measured)["findings"]]
+    assert "page_faults" not in [f["rule"] for f in explain.analyze_file(trace)["findings"]]

@@ -129,3 +129,24 @@ def test_instrument_leaves_training_unchanged(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), traced.parameters()))
     with pytest.raises(ValueError, match="data_loading"):
         inst.region("fwd")
+
+
+def test_the_unprofiled_steps_after_the_trace_count_page_faults_per_step(tmp_path):
+    """Counted, not timed: each step allocates 64 MiB afresh, which the kernel faults in (at least 32
+    huge pages, 16,384 small ones); the steps counted are those after the step that wrote the trace."""
+    inst = Instrument(tmp_path, device_type="cpu")
+    with inst:
+        for _ in range(12):
+            torch.empty(16 << 20).fill_(1.0)
+            inst.step()
+    host = inst.host_cpu()
+    assert host["steps"] == 12 - 5  # wait 1, warm-up 1, active 3: the 5th step's end wrote the trace
+    assert host["minor_faults_per_step"] >= 16 and 0.0 <= host["system_time_share"] <= 1.0
+
+
+def test_too_few_unprofiled_steps_report_no_host_figures(tmp_path):
+    inst = Instrument(tmp_path, device_type="cpu")
+    with inst:
+        for _ in range(5 + 2):  # two steps after the trace
+            inst.step()
+    assert inst.host_cpu() is None

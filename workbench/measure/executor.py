@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from workbench import stats
+from workbench import host_usage, stats
 from workbench.measure import clocks, distributed
 from workbench.config import RunConfig, check_device_support
 from workbench.training.data import DataSpec, build_loader, load_data
 from workbench.measure.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
-from workbench.training import host_memory
 from workbench.training.batched_input import DeviceAugment
 from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
@@ -351,8 +350,8 @@ class Window:
     first_loss: float
     host_peak_mb: float
     cuda_peaks: dict | None
-    # This process's minor page faults, user and system CPU seconds over the window (host_memory.py).
-    host_counters: tuple[int, float, float] = (0, 0.0, 0.0)
+    # This process's minor page faults, user and system CPU seconds over the window (host_usage.py).
+    host_counters: host_usage.Counters = (0, 0.0, 0.0)
 
 
 def prepare(built: Built, progress: Progress) -> float:
@@ -370,10 +369,10 @@ def timed_window(built: Built, progress: Progress, only: int | None = None) -> W
     these steps."""
     use_backend_settings(built.cfg, built.device.type)
     clocks.reset_cuda_peaks(built.device)
-    before = host_memory.process_counters()
+    before = host_usage.process_counters()
     with clocks.HostPeak() as host_peak:
         step_times, losses, first_loss = timed_repeats(built, progress, only)
-    counters = tuple(after - start for after, start in zip(host_memory.process_counters(), before))
+    counters = host_usage.since(before)
     cuda = clocks.cuda_peaks(built.device) if built.device.type == "cuda" else None
     return Window(step_times, losses, first_loss, host_peak.peak_mb, cuda, counters)
 
@@ -411,13 +410,9 @@ def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: fl
 def host_cpu(window: Window) -> dict:
     """Where the window's host CPU time went, per timed step: page faults, and the share the kernel
     took (faulting freed memory back in, mostly: training/host_memory.py)."""
-    faults, user_s, system_s = window.host_counters
-    steps = max(1, sum(len(times) for times in window.step_times))
-    busy = user_s + system_s
-    return {"minor_faults_per_step": faults / steps, "cpu_s_per_step": busy / steps,
-            "system_time_share": system_s / busy if busy else 0.0,
-            "counted": "getrusage of the measuring process over the timed steps (every thread; DataLoader "
-                       "worker processes not included)"}
+    return host_usage.per_step(window.host_counters, sum(len(times) for times in window.step_times),
+                               "getrusage of the measuring process over the timed steps (every thread; "
+                               "DataLoader worker processes not included)")
 
 
 def finish(built: Built, metrics: dict, trace_dir: Path | None, progress: Progress, extras: str = "full") -> dict:

@@ -52,7 +52,7 @@ def context_of(trace: dict, summary: dict) -> dict:
             "tensor_cores": bool(majors) and max(majors) >= TENSOR_CORE_MAJOR}
 
 
-def _read(path: Path, with_communication: bool) -> tuple[dict, dict | None]:
+def _read(path: Path, with_communication: bool, measured: dict | None = None) -> tuple[dict, dict | None]:
     """(summary + findings, communication or None) for one trace; a bad file is a UsageError naming it."""
     try:
         trace = analyze.load_trace(path)
@@ -64,12 +64,14 @@ def _read(path: Path, with_communication: bool) -> tuple[dict, dict | None]:
             TypeError) as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise UsageError(f"{str(path)!r} is not a readable torch.profiler trace ({reason}); allowed: {ALLOWED}") from None
-    return {**summary, "findings": diagnose.diagnose(summary, context_of(trace, summary))}, communication
+    context = {**context_of(trace, summary), **(measured or {})}
+    return {**summary, "findings": diagnose.diagnose(summary, context)}, communication
 
 
-def analyze_file(path: Path) -> dict:
-    """summary + findings for one trace; a bad file is a UsageError naming it."""
-    return _read(path, with_communication=False)[0]
+def analyze_file(path: Path, measured: dict | None = None) -> dict:
+    """summary + findings for one trace; a bad file is a UsageError naming it. `measured`: diagnosis
+    context measured beside the trace (an instrumented loop's host_cpu), which the file cannot hold."""
+    return _read(path, with_communication=False, measured=measured)[0]
 
 
 def document(paths: list[str]) -> dict:

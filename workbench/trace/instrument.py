@@ -19,7 +19,9 @@ A loop that does not iterate a loader calls ``inst.step()`` once per step instea
 ``inst.region("data_loading")``. Regions left out are found from PyTorch's own markers (see
 workbench.trace.markers). The profiler records 3 steps after 1 skipped and 1 warm-up step; after that,
 regions are no-ops and the loop runs unprofiled. ``functions=True`` adds a cProfile view of the
-whole block (function_profile.txt beside the trace).
+whole block (function_profile.txt beside the trace). The unprofiled steps after the trace are counted
+too (page faults, the kernel's share of the CPU time: workbench/host_usage.py): from 3 of them on,
+the report's `page_faults` finding can say the loop faults freed memory back in every step.
 """
 from __future__ import annotations
 
@@ -30,9 +32,11 @@ from typing import Iterable, Iterator
 import torch
 from torch.profiler import ProfilerAction, record_function
 
+from workbench import host_usage
 from workbench.trace import callprofile, capture, explain, regions
 
 RECORDING = (ProfilerAction.WARMUP, ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
+MIN_HOST_STEPS = 3  # unprofiled steps after the trace before their page faults are reported
 
 
 def _rank() -> tuple[int, int]:
@@ -54,6 +58,9 @@ class Instrument:
         self.steps = 0
         self._prof = None
         self._stack = ExitStack()
+        self._recorded = False
+        self._host_start: tuple[host_usage.Counters, int] | None = None  # counters and step count after the trace
+        self._host_window: tuple[host_usage.Counters, int] | None = None
 
     def __enter__(self) -> "Instrument":
         rank, world_size = _rank()
@@ -81,8 +88,28 @@ class Instrument:
     def step(self) -> None:
         """End of one training step (the profiler's schedule advances)."""
         self.steps += 1
-        if self._prof is not None:
-            self._prof.step()
+        if self._prof is None:
+            return
+        self._recorded = self._recorded or self.recording
+        self._prof.step()  # the step that ends the recording also writes the trace: counted from after it
+        if self._recorded and not self.recording:
+            self._count_host()
+
+    def _count_host(self) -> None:
+        if self._host_start is None:
+            self._host_start = (host_usage.process_counters(), self.steps)
+            return
+        counters, first = self._host_start
+        self._host_window = (host_usage.since(counters), self.steps - first)
+
+    def host_cpu(self) -> dict | None:
+        """Page faults and the kernel's share over the unprofiled steps after the trace (None under
+        MIN_HOST_STEPS of them)."""
+        if self._host_window is None or self._host_window[1] < MIN_HOST_STEPS:
+            return None
+        counters, steps = self._host_window
+        return host_usage.per_step(counters, steps, f"getrusage over {steps} unprofiled steps after the trace "
+                                                    "(every thread of this process)")
 
     def batches(self, loader: Iterable) -> Iterator:
         """The loader's batches, each fetch in data_loading; a step ends when the next batch is asked for."""
@@ -106,7 +133,8 @@ class Instrument:
         """Breakdown and findings of the trace (after the with block); printed unless show=False."""
         if self.trace_file is None:
             raise RuntimeError("no trace was written: run the loop inside `with Instrument(...)` first")
-        doc = explain.analyze_file(self.trace_file)
+        host = self.host_cpu()
+        doc = explain.analyze_file(self.trace_file, {"host_cpu": host} if host else None)
         if show:
             print(explain.format_text(doc))
         return doc

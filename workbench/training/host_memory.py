@@ -10,13 +10,13 @@ process and are reused: no faults, a few MiB more resident memory.
 
 It is a process setting: set once, before the model is built, in a process of the configuration's
 own (launch/launchers.py); a paired round whose sides differ in it runs each side alone (rounds.py).
+The page faults and kernel time it removes are counted by workbench/host_usage.py.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import platform
-import resource
 
 # mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -58,10 +58,3 @@ def use(host_allocator: str) -> dict:
     if why:
         raise RuntimeError(why)
     return retain_freed_memory()
-
-
-def process_counters() -> tuple[int, float, float]:
-    """This process's minor page faults and its user and system CPU seconds so far (every thread;
-    DataLoader worker processes are not counted)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_minflt, usage.ru_utime, usage.ru_stime
