@@ -25,6 +25,7 @@ from torch import nn  # noqa: E402
 
 from workbench import stats  # noqa: E402
 from workbench.config import RunConfig
+from workbench.training import host_memory
 from workbench.machine_lock import MachineLock  # noqa: E402
 from workbench.device import decide, probe, resolve_device_type  # noqa: E402
 from workbench.progress import Progress  # noqa: E402
@@ -80,6 +81,9 @@ def compare(run_dir: Path, rounds: int = 6, steps: int = 12) -> dict:
     if resolve_device_type(final.device) != "cpu":  # the bare loop reads host batches: a CPU comparison only
         raise SystemExit(f"best_loop: error: {run_dir} ran on {final.device}; allowed: a run on the CPU")
     native = decide(probe("cpu")).amp_dtype == "bf16"
+    # One process holds every loop: a final that keeps freed host memory sets it for all of them, so
+    # the hand-written loops get what any script can have (GLIBC_TUNABLES) and the loops still compare.
+    host_memory.use(final.host_allocator)
     loops = {HAND_FP32: hand_written(baseline, bf16=False)}
     if native:
         loops[HAND_BF16] = hand_written(baseline, bf16=True)

@@ -136,7 +136,10 @@ def test_every_stage_is_a_pure_function_of_the_config():
             applied.add(stage.name)
             assert isinstance(out, RunConfig)
             assert cfg == RunConfig(**given)  # input untouched
-    assert applied == set(stages.STAGE_NAMES)  # each stage applies on one of the two machines
+    # each stage applies on one of the two machines (keeping freed host memory needs glibc)
+    from workbench.training import host_memory
+    needs_glibc = {"host_allocator"} if host_memory.unavailable_reason() else set()
+    assert applied == set(stages.STAGE_NAMES) - needs_glibc
 
 
 def test_baseline_is_identity():

@@ -349,7 +349,10 @@ def cmd_profile_lines(args: argparse.Namespace) -> int:
     context = StageContext(device_type, decide(probe(device_type)), cfg.num_workers)
     cfg = stage.apply(cfg, context)
     out_dir = stage_trace_dir(Path(cfg.profiles_dir) / _lines_target(args, cfg.reports_dir), stage.name)
-    host_memory.use(cfg.host_allocator)  # this command's own process is the measured one
+    try:
+        host_memory.use(cfg.host_allocator)  # this command's own process is the measured one
+    except RuntimeError as error:
+        raise UsageError(f"host_allocator={cfg.host_allocator} cannot be set here ({error}); allowed: system") from None
     built = build(cfg)
     warm_up(built, Progress(stage.name))
     print(pyprofile.profile_lines(built, out_dir, args.steps).read_text())

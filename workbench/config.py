@@ -21,6 +21,9 @@ CHECKPOINT_MODES = ("none", "blocks")
 INPUT_PIPELINES = ("per_sample", "batched", "decode_on_device")
 ORDERS = ("trace", "fixed")
 HOST_ALLOCATORS = ("system", "retain")
+# Settings of the whole measuring process, not of a model in it: two configurations that differ in one
+# cannot share a process (workbench/run/rounds.py measures each side in its own).
+PROCESS_SETTINGS = ("host_allocator",)
 
 # The lab's setting where a GPU can afford it; CIFAR's native size elsewhere, where 224 px runs at
 # ~7 images/s on a CPU and a ladder would take hours. The CLI and the Python API both start here.

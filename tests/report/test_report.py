@@ -295,9 +295,25 @@ def test_a_stage_adopted_on_its_second_look_is_matched_by_the_configuration_it_j
 
     results = [doc("baseline", "baseline", {"amp": False, "fused": False}, 1.0),
                # measured first without fused Adam, adopted later on top of it
-               doc("amp", "kept", {"amp": True, "fused": False}, 1.4, adopted_config={"amp": True, "fused": True}),
+               doc("amp", "kept", {"amp": True, "fused": False}, 1.4, adopted_config={"amp": True, "fused": True},
+                   first_pass={"status": "rejected", "metrics": {"speedup_vs_previous": {"against": "baseline"}}}),
                doc("fused_optimizer", "kept", {"amp": False, "fused": True}, 1.2),
                doc("final", "final", {"amp": True, "fused": True}, 1.5)]
     records = build_records(results, [None] * 4)
     assert records[1]["speedup_vs_baseline"] == 1.5 and records[1]["speedup_vs_baseline_from"] == HEADLINE_SOURCE
     assert records[2]["speedup_vs_baseline"] == 1.2  # its own configuration is not the final one
+    # its throughput is still its first pass's, and the row says so
+    assert records[1]["throughput_from"] == "its first pass (its comparison with baseline); adopted later on its second look"
+
+
+def test_the_optimized_script_keeps_freed_host_memory_when_the_run_did(tmp_path):
+    run_dir = copy_run("baseline-only", tmp_path)
+    for path in [run_dir / "run.json", *sorted((run_dir / "stages").glob("*.json"))]:
+        doc = json.loads(path.read_text())
+        if isinstance(doc.get("config"), dict):
+            doc["config"]["host_allocator"] = "retain"
+            path.write_text(json.dumps(doc))
+    report.build_report(run_dir)
+    script = run_dir / "optimized_training.py"
+    assert "RETAIN_HOST_MEMORY = True" in script.read_text()
+    py_compile.compile(str(script), cfile=str(tmp_path / "c.pyc"), doraise=True)

@@ -222,6 +222,24 @@ def test_a_stage_adopted_on_its_second_look_stands_on_that_comparison_and_the_co
     assert chained["ratio"] == pytest.approx(1.25 * book.doc["second_look"][0]["ratio"])
     assert amp["adopted_config"] == state.cfg.to_dict() and state.cfg.precision == "bf16"
     assert state.result.stage == "amp"  # what a later adoption chains on
+    # a resumed run's pass reads the stage as the pass left it, not the figure of the configuration it joined
+    resumed = ladder.first_pass_view(amp)
+    assert resumed["status"] == "rejected" and resumed["metrics"]["speedup_vs_baseline"] == first_pass
+    assert "adopted_config" not in resumed and "second_look" not in resumed
+
+
+def test_a_stage_the_second_look_cannot_apply_is_said_not_retried(monkeypatch):
+    logs, book = [], Book()
+    session = fake_session(logs)
+    session.context = StageContext("cuda", CPU_BF16)  # the host allocator does not apply on a GPU
+    state = ladder.LadderState(session.base_cfg)
+    finished = [judged("host_allocator", "undecided", 1.09, 0.93, 1.28, "inconclusive")]
+    monkeypatch.setattr(ladder, "_compare", lambda *args, **kw: pytest.fail("nothing to measure"))
+    ladder.second_look(session, finished, state, book)
+    entry = book.doc["second_look"][0]
+    assert entry["stage"] == "host_allocator" and not entry["adopted"] and "on cuda" in entry["not_retried"]
+    assert entry["ratio"] == 1.09  # the first pass's figure, shown as such
+    assert any("host_allocator: not retried" in line for line in logs)
 
 
 def judged(stage: str, status: str, ratio: float, low: float, high: float, verdict: str) -> StageRecord:

@@ -22,6 +22,7 @@ from workbench.config import RunConfig, check_device_support
 from workbench.training.data import DataSpec, build_loader, load_data
 from workbench.measure.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
+from workbench.training import host_memory
 from workbench.training.batched_input import DeviceAugment
 from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
@@ -143,6 +144,8 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist))
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes)
+    if host_memory.in_effect():
+        notes["host_allocator_settings"] = host_memory.in_effect()
     optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr, cfg.fused_optimizer)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",

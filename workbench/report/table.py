@@ -243,6 +243,10 @@ def throughput_source(result: dict, previous_stage: str | None) -> str | None:
         return f"the A/A (baseline vs itself{counted})"
     if result.get("status") == "final":
         return f"the headline (final vs baseline{counted})"
+    if result.get("adopted_config"):  # its figures against the baseline stand on its second look
+        first = ((result.get("first_pass") or {}).get("metrics") or {}).get("speedup_vs_previous") or {}
+        was = first.get("against") or previous_stage
+        return f"its first pass (its comparison with {was}{counted}); adopted later on its second look"
     return f"its comparison with {against}{counted}" if against else None
 
 

@@ -296,7 +296,7 @@ def _previous(session: Session, name: str, cfg: RunConfig, applied: list[str]) -
         return None
     for path in results.stage_files(session.run_dir, name):  # a run begun before files were keyed by name too
         try:
-            found = results.read_stage_result(path)
+            found = first_pass_view(results.read_stage_result(path))
         except ResultFileError as error:  # truncated or damaged: set aside and measure again
             aside = path.with_name(path.name + ".corrupt")
             path.replace(aside)
@@ -417,9 +417,13 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
                                          "adopted": False, "not_retried": why_not, "text": f"not retried: {why_not}"})
             session.log(f"-- second look {stage.name}: not retried: {why_not}")
             continue
-        try:
-            cfg = stage.apply(state.cfg, context_on(session, state.result))
-        except StageSkipped:
+        try:  # the pass measured it: the gate on a measured cost (host_cpu) was passed then
+            cfg = stage.apply(state.cfg, session.context)
+        except StageSkipped as skipped:
+            first = asdict(rejected.vs_previous) if rejected.vs_previous else {}
+            verdicts.add("second_look", {"stage": stage.name, **first, "adopted": False, "not_retried": str(skipped),
+                                         "text": f"not retried: {skipped}"})
+            session.log(f"-- second look {stage.name}: not retried: {skipped}")
             continue
         if cfg == state.cfg:
             continue
@@ -440,6 +444,18 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             raise comparison.interrupted
 
 
+FIRST_PASS_KEYS = ("status", "reason", "metrics")
+
+
+def first_pass_view(found: dict) -> dict:
+    """A stage file as the pass left it: a second look rewrites status, reason and figures (and an
+    adopted stage's figures stand on a configuration the pass never measured), and keeps the originals."""
+    if not found.get("first_pass"):
+        return found
+    rest = {key: value for key, value in found.items() if key not in ("first_pass", "second_look", "adopted_config")}
+    return {**rest, **found["first_pass"]}
+
+
 def _record_second_look(session: Session, finished: list[StageRecord], looked: StageRecord, entry: dict,
                         state: LadderState) -> StageRecord | None:
     """The stage's own file says where it ended: adopted on its second look (kept, with the comparison
@@ -452,7 +468,9 @@ def _record_second_look(session: Session, finished: list[StageRecord], looked: S
     status = "kept" if entry["adopted"] else ("rejected" if decided else "undecided")
     doc = {**looked.doc, "status": status, "second_look": entry,
            "reason": f"{looked.doc.get('reason', '')}; second look on the final configuration: {entry['text']}"
-                     f"{', adopted' if entry['adopted'] else ''}"}
+                     f"{', adopted' if entry['adopted'] else ''}",
+           # What the pass measured and decided, as it was: a resumed run's pass reads this, not the end.
+           "first_pass": {key: looked.doc.get(key) for key in FIRST_PASS_KEYS}}
     if entry["adopted"]:
         doc.update(_adopted_figures(doc, entry, state))
     record = finished[finished.index(looked)] = _save(session, doc)

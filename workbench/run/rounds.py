@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from workbench import stats
-from workbench.config import RunConfig
+from workbench.config import PROCESS_SETTINGS, RunConfig
 from workbench.device import resolve_device_type
 from workbench.launch import Launcher, Outcome, RoundSpec, SideReport, SideSpec, choose
 from workbench.launch.launchers import Torchrun
@@ -202,8 +202,8 @@ def _one_round(session, launcher: Launcher, a: Side, b: Side, order: tuple[str, 
                last: bool) -> tuple[dict[str, SideReport], KeyboardInterrupt | None]:
     """Both sides' reports of one round, and the interrupt that stopped it, if one did."""
     specs = {key: side_spec(session, side, last) for key, side in (("a", a), ("b", b))}
-    # Under torchrun each side runs alone, start to end; so does a side whose process setting (the
-    # host allocator) differs from the other's: back to back, in the round's order, minutes apart never.
+    # Under torchrun each side runs alone, start to end; so does each side of a pair that differs in a
+    # setting of the whole process (the host allocator): back to back, in the round's order.
     if session.nproc > 1 or across_nodes(session) is not None or needs_own_process(a.cfg, b.cfg):
         reports, stopped = {}, None
         for key in order:
@@ -218,7 +218,7 @@ def _one_round(session, launcher: Launcher, a: Side, b: Side, order: tuple[str, 
 
 def needs_own_process(a: RunConfig, b: RunConfig) -> bool:
     """Whether two configurations differ in a setting of the whole process, so cannot share one."""
-    return a.host_allocator != b.host_allocator
+    return any(getattr(a, name) != getattr(b, name) for name in PROCESS_SETTINGS)
 
 
 def side_spec(session, side: Side, last: bool) -> SideSpec:

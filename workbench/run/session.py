@@ -16,7 +16,7 @@ from workbench import environment
 from workbench import peaks
 from workbench.launch.nodes import Nodes
 from workbench.run import folders
-from workbench.training import loader_sweep
+from workbench.training import host_memory, loader_sweep
 from workbench.config import RunConfig
 from workbench.training.data import load_data
 from workbench.config import check_device_support
@@ -149,6 +149,7 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     device_type = devices.resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
     check_nproc(nproc, device_type, isolate or nproc == 1)
+    check_host_allocator(cfg, isolate)
     cfg = cfg.with_overrides(run_name=cfg.run_name or default_run_name())
     run_dir, profiles_dir = folders.check(cfg.reports_dir, cfg.profiles_dir, cfg.run_name, resume, overwrite)
     facts = devices.probe(device_type)
@@ -191,6 +192,16 @@ def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, lo
                       stages or [], nproc)
     _announce(session)
     return session
+
+
+def check_host_allocator(cfg: RunConfig, isolate: bool) -> None:
+    """A base configuration that keeps freed host memory needs glibc and processes of its own."""
+    if cfg.host_allocator == "system":
+        return
+    why = host_memory.unavailable_reason() or (None if isolate else (
+        "this run's rounds share your Python process (a model or dataset passed from Python)"))
+    if why:
+        raise UsageError(f"host_allocator={cfg.host_allocator} cannot be set here: {why}; allowed: system")
 
 
 def busy_warning(cores: int) -> str | None:

@@ -95,6 +95,8 @@ def fused_optimizer(cfg: RunConfig, ctx: StageContext) -> RunConfig:
 
 
 def host_allocator(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if cfg.host_allocator == "retain":
+        return cfg  # already set: nothing to change (the ladder says so)
     if ctx.device_type != "cpu":
         raise StageSkipped(f"the host allocator matters where the tensors live in host memory (a CPU run); on "
                            f"{ctx.device_type} the caching allocator already keeps freed device memory")
@@ -104,12 +106,12 @@ def host_allocator(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     if not ctx.own_processes:
         raise StageSkipped("the allocator is set per measuring process, and this run's rounds share your Python "
                            "process (a model or dataset passed from Python)")
-    share = (ctx.host_cpu or {}).get("system_time_share")
-    if share is not None and share <= diagnose.SYSTEM_TIME_SHARE_MAX:
-        faults = ctx.host_cpu.get("minor_faults_per_step", 0.0)
-        raise StageSkipped(f"the configuration it builds on spends {share:.1%} of its CPU time in the kernel "
-                           f"({faults:,.0f} page faults per step): under the {diagnose.SYSTEM_TIME_SHARE_MAX:.0%} "
-                           "at which keeping freed memory can pay")
+    if ctx.host_cpu is not None and not diagnose.faulting(ctx.host_cpu):
+        share, faults = ctx.host_cpu.get("system_time_share", 0.0), ctx.host_cpu.get("minor_faults_per_step", 0.0)
+        raise StageSkipped(f"the configuration it builds on spends {share:.1%} of its CPU time in the kernel, "
+                           f"with {faults:,.0f} page faults per step: keeping freed memory can pay from "
+                           f"{diagnose.SYSTEM_TIME_SHARE_MAX:.0%} and {diagnose.PAGE_FAULTS_PER_STEP_MIN:,} faults "
+                           "per step (the page_faults finding)")
     return cfg.with_overrides(host_allocator="retain")
 
 

@@ -46,6 +46,9 @@ OTHER_SHARE_MAX = 0.15
 # memory handed back and faulted in again each step are worth removing (10-15% was measured for
 # ResNet-18 at 32 px on a 2-core CPU; under 1% once the memory was kept).
 SYSTEM_TIME_SHARE_MAX = 0.05
+# ... and only with enough faults to be the cause (4 MiB faulted in a step): kernel time spent on
+# sockets (gloo), futexes or I/O is not page faults, and keeping freed memory cannot remove it.
+PAGE_FAULTS_PER_STEP_MIN = 1000
 
 SEVERITY_ORDER = ("high", "medium", "low", "info")
 
@@ -234,12 +237,19 @@ def rule_optimizer_step(summary: dict, context: dict) -> dict | None:
         "instead of a loop over parameters.")
 
 
+def faulting(host_cpu: dict | None) -> bool:
+    """Whether a window's host figures (workbench/host_usage.py) show page faults worth removing."""
+    host_cpu = host_cpu or {}
+    return ((host_cpu.get("system_time_share") or 0.0) > SYSTEM_TIME_SHARE_MAX
+            and (host_cpu.get("minor_faults_per_step") or 0.0) >= PAGE_FAULTS_PER_STEP_MIN)
+
+
 def rule_page_faults(summary: dict, context: dict) -> dict | None:
     """Measured beside the trace, not in it: the timed window's page faults and system time."""
     host = context.get("host_cpu") or {}
     share = host.get("system_time_share") or 0.0
     if (_device_type(summary, context) != "cpu" or context.get("host_allocator", "system") != "system"
-            or share <= SYSTEM_TIME_SHARE_MAX):
+            or not faulting(host)):
         return None
     return _finding(
         "page_faults", "medium" if share > 2 * SYSTEM_TIME_SHARE_MAX else "low",
@@ -247,8 +257,9 @@ def rule_page_faults(summary: dict, context: dict) -> dict | None:
         f"{host.get('minor_faults_per_step', 0.0):,.0f} page faults per step: freed tensors go back to the "
         "kernel and are faulted in again the next step.", share, SYSTEM_TIME_SHARE_MAX,
         "Keep freed host memory in the process: the host_allocator stage (mallopt), or for a script "
-        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=2147483647 "
-        "(or an allocator such as jemalloc or tcmalloc via LD_PRELOAD).")
+        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647 "
+        "(32 MiB is the most every glibc takes; a larger value some ignore, and the trim threshold alone "
+        "makes it worse), or an allocator such as jemalloc or tcmalloc via LD_PRELOAD.")
 
 
 def _collective_share(summary: dict) -> float:

@@ -9,7 +9,8 @@ GLIBC_TUNABLES glibc.malloc.mmap_threshold/trim_threshold settings do), so freed
 process and are reused: no faults, a few MiB more resident memory.
 
 It is a process setting: set once, before the model is built, in a process of the configuration's
-own (launch/launchers.py); a paired round whose sides differ in it runs each side alone (rounds.py).
+own (measure/entry.py, in the forked or started child); a paired round whose sides differ in it runs
+each side alone (rounds.py).
 The page faults and kernel time it removes are counted by workbench/host_usage.py.
 """
 from __future__ import annotations
@@ -49,6 +50,9 @@ def retain_freed_memory() -> dict:
     return {"mmap_threshold": threshold, "trim_threshold": RETAIN_TRIM_THRESHOLD}
 
 
+_IN_EFFECT: dict = {}  # what use() set in this process
+
+
 def use(host_allocator: str) -> dict:
     """Put this measuring process under the configuration's allocator setting; what was set.
     `system` changes nothing: the process starts (or is forked) with glibc's own behaviour."""
@@ -57,4 +61,16 @@ def use(host_allocator: str) -> dict:
     why = unavailable_reason()
     if why:
         raise RuntimeError(why)
-    return retain_freed_memory()
+    try:
+        _IN_EFFECT.update(retain_freed_memory())
+    except OSError as error:  # no C library to load
+        raise RuntimeError(f"glibc could not be loaded for mallopt: {error}") from None
+    return dict(_IN_EFFECT)
+
+
+def in_effect() -> str | None:
+    """The thresholds set in this process, as one line for a measurement's notes (None: glibc's own).
+    A glibc that caps the mmap threshold leaves blocks over 32 MiB mapped afresh: this says so."""
+    if not _IN_EFFECT:
+        return None
+    return f"mmap_threshold={_IN_EFFECT['mmap_threshold']} trim_threshold={_IN_EFFECT['trim_threshold']}"
