@@ -2,6 +2,7 @@
 measured only where the configuration it builds on pays page faults, each side in a process of its own."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -224,3 +225,26 @@ def test_retained_memory_is_reused_without_faulting_its_pages_in_again():
         pytest.skip(f"this glibc caps the mmap threshold at {threshold} bytes: a 48 MiB block is mapped afresh")
     _, default = _faults_per_allocation("system")
     assert kept < 12288 // 100 and kept * 10 <= default
+
+
+@glibc_only
+def test_a_child_forked_after_one_that_kept_its_memory_starts_with_glibcs_own(monkeypatch):
+    """The setting is made in each forked child, never in the fork server: a `system` round after a
+    `retain` round from the same server faults its blocks in as glibc's default does."""
+    from pathlib import Path
+
+    from workbench.launch import forkserver
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    if _faults_per_allocation("retain")[0] < 48 << 20:
+        pytest.skip("this glibc caps the mmap threshold at 32 MiB: a 48 MiB block is mapped afresh")
+    server = forkserver.ForkServer(dict(os.environ))
+    try:
+        target = "tests.run.allocator_child:faults_per_allocation"
+        system_first = server.run(target, ["system"], timeout_s=120)
+        kept = server.run(target, ["retain"], timeout_s=120)
+        system_after = server.run(target, ["system"], timeout_s=120)
+    finally:
+        server.close()
+    assert kept == 0 and system_first > 0
+    assert system_after > 0  # had the server kept the setting, this child would fault nothing in
