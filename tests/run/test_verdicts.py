@@ -228,6 +228,39 @@ def test_a_stage_adopted_on_its_second_look_stands_on_that_comparison_and_the_co
     assert "adopted_config" not in resumed and "second_look" not in resumed
 
 
+def _skipped_on_its_gate(monkeypatch, final_host_cpu: dict) -> tuple[Book, list, list]:
+    """A pass that skipped host_allocator on the baseline's figures; the final configuration (a larger
+    batch, kept) measured final_host_cpu."""
+    from workbench.training import host_memory
+    monkeypatch.setattr(host_memory, "unavailable_reason", lambda: None)
+    logs, book = [], Book()
+    session = fake_session(logs)
+    final = session.base_cfg.with_overrides(batch_size=256)
+    kept = StageRecord.of({"stage": "batch_size", "status": "kept", "kind": "batch",
+                           "metrics": {"host_cpu": final_host_cpu}})
+    state = ladder.LadderState(final, applied=["batch_size"], result=kept)
+    skipped = StageRecord.of({"stage": "host_allocator", "status": "skipped", "kind": "speed",
+                              "reason": "the configuration it builds on spends 1.0% of its CPU time in the kernel"})
+    looked = []
+    monkeypatch.setattr(ladder, "_compare", lambda session, a, b, label, *args, **kw:
+                        looked.append((label, b.host_allocator)) or comparison(1.15))
+    saved = saving(monkeypatch)
+    ladder.second_look(session, [skipped], state, book)
+    return book, looked, saved
+
+
+def test_a_stage_skipped_on_a_measured_figure_is_tried_where_the_final_configuration_passes_it(monkeypatch):
+    book, looked, saved = _skipped_on_its_gate(monkeypatch, {"system_time_share": 0.1, "minor_faults_per_step": 40000.0})
+    assert looked == [("second look: host_allocator", "retain")]
+    assert book.doc["second_look"][0]["adopted"] and saved[0]["status"] == "kept"
+    assert "spends 1.0%" in saved[0]["reason"] and "adopted" in saved[0]["reason"]
+
+
+def test_a_stage_still_under_its_gate_on_the_final_configuration_is_left_as_it_was(monkeypatch):
+    book, looked, saved = _skipped_on_its_gate(monkeypatch, {"system_time_share": 0.01, "minor_faults_per_step": 12.0})
+    assert looked == [] and book.doc["second_look"] == [] and saved == []
+
+
 def test_a_stage_the_second_look_cannot_apply_is_said_not_retried(monkeypatch):
     logs, book = [], Book()
     session = fake_session(logs)

@@ -376,10 +376,12 @@ def _second_look_ahead(session: Session) -> bool:
 def _second_look_candidates(finished: list[StageRecord]) -> list[StageRecord]:
     """Speed stages worth another try on the final configuration (measured, not a brief probe of
     emulated bf16, not rejected for breaking training): the undecided ones first, the one whose
-    interval reaches the largest gain first (the rounds pay most there), then the rejected ones."""
+    interval reaches the largest gain first (the rounds pay most there), then the rejected ones, then
+    those skipped on a measured figure (tried only where the final configuration's figure passes)."""
     looked = [r for r in finished if r.kind == SPEED and not r.probe and not r.training_broke]
     undecided = sorted((r for r in looked if r.status == "undecided"), key=_reach, reverse=True)
-    return undecided + [r for r in looked if r.status == "rejected"]
+    gated = [r for r in looked if r.status == "skipped" and _stage(r.stage).gated]
+    return undecided + [r for r in looked if r.status == "rejected"] + gated
 
 
 def _reach(record: StageRecord) -> float:
@@ -417,9 +419,12 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
                                          "adopted": False, "not_retried": why_not, "text": f"not retried: {why_not}"})
             session.log(f"-- second look {stage.name}: not retried: {why_not}")
             continue
-        try:  # the pass measured it: the gate on a measured cost (host_cpu) was passed then
-            cfg = stage.apply(state.cfg, session.context)
+        gated = rejected.status == "skipped"
+        try:  # a stage the pass measured passed its gate then; one it skipped on the gate meets it again
+            cfg = stage.apply(state.cfg, context_on(session, state.result) if gated else session.context)
         except StageSkipped as skipped:
+            if gated:  # still below its gate on the final configuration: nothing new to say
+                continue
             first = asdict(rejected.vs_previous) if rejected.vs_previous else {}
             verdicts.add("second_look", {"stage": stage.name, **first, "adopted": False, "not_retried": str(skipped),
                                          "text": f"not retried: {skipped}"})
@@ -427,7 +432,7 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             continue
         if cfg == state.cfg:
             continue
-        undecided = rejected.status == "undecided"  # measured afresh, with the most rounds the budget allows
+        undecided = rejected.status in ("undecided", "skipped")  # measured afresh, with the most rounds the budget allows
         comparison = _compare(session, state.cfg, cfg, f"second look: {stage.name}", "final so far", f"+{stage.name}",
                               measured=state.measured, floor=state.floor, fresh=undecided,
                               extra=SETTLING_ROUNDS_FACTOR if undecided else EXTRA_ROUNDS_FACTOR)
@@ -463,7 +468,7 @@ def _record_second_look(session: Session, finished: list[StageRecord], looked: S
     open stays undecided, with what deciding it would take now. So the outcome line, the CSV and the
     report agree with verdicts.json. The saved record, or None where nothing changed."""
     decided = entry.get("verdict") in ("faster", "no significant change", "slower")
-    if entry.get("verdict") == "failed" or not (entry["adopted"] or looked.status == "undecided"):
+    if entry.get("verdict") == "failed" or not (entry["adopted"] or looked.status in ("undecided", "skipped")):
         return None
     status = "kept" if entry["adopted"] else ("rejected" if decided else "undecided")
     doc = {**looked.doc, "status": status, "second_look": entry,
