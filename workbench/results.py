@@ -23,7 +23,7 @@ memory in MiB, throughput in samples/s)::
 
     {
       "schema": 2, "run": str, "stage": str, "index": int, "mode": "ladder" | "ablation",
-      "status": "baseline" | "kept" | "rejected" | "undecided" | "tradeoff" | "final" | "failed" | "skipped",
+      "status": "baseline" | "kept" | "dropped" | "rejected" | "undecided" | "tradeoff" | "final" | "failed" | "skipped",
       "why_now": str,                   # why this stage was tried at this point (the trace, or the order)
       "rounds": {"count", "a": [float], "b": [float]} | null,  # per-round throughputs of both sides
       "reason": str,                    # why kept/rejected/failed/skipped, one sentence

@@ -317,3 +317,19 @@ def test_the_optimized_script_keeps_freed_host_memory_when_the_run_did(tmp_path)
     script = run_dir / "optimized_training.py"
     assert "RETAIN_HOST_MEMORY = True" in script.read_text()
     py_compile.compile(str(script), cfile=str(tmp_path / "c.pyc"), doraise=True)
+
+
+def test_a_stage_leave_one_out_dropped_is_shown_dropped_everywhere(tmp_path):
+    run_dir = copy_run(LADDER, tmp_path)
+    path = run_dir / "stages" / "04-channels_last.json"
+    doc = json.loads(path.read_text())
+    doc.update(status="dropped", reason=doc["reason"] + "; leave-one-out on the final configuration: 1.00x "
+               "[0.98, 1.03] vs the configuration without it: no significant change, so it is not in the final configuration")
+    path.write_text(json.dumps(doc))
+    report.build_report(run_dir)
+    text = (run_dir / "optimization_report.md").read_text()
+    assert "Leave `channels_last` out of the final mix" in text
+    rows = {row["stage"]: row for row in csv.DictReader((run_dir / "optimization_results.csv").open())}
+    assert rows["channels_last"]["status"] == "dropped"
+    # the stage after it was still built on it in the pass
+    assert rows["compile"]["previous_stage"] == "channels_last"

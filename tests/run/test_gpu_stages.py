@@ -91,7 +91,7 @@ def test_a_stage_whose_field_a_later_stage_replaced_leaves_the_list_without_a_me
     monkeypatch.setattr(ladder, "_compare", lambda *a, **k: pytest.fail("nothing to measure"))
     book = SimpleNamespace(add=lambda key, entry: added.append((key, entry)))
     with pytest.raises(pytest.fail.Exception):   # cuda_graphs itself is still measured (without it: compile=default)
-        ladder.leave_one_out(session, state, book)
+        ladder.leave_one_out(session, state, book, [])
     assert state.applied == ["cuda_graphs"] and added[0][1]["stage"] == "compile" and added[0][1]["dropped"]
     assert "replaced what it set" in said[0]
 

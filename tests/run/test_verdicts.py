@@ -308,10 +308,18 @@ def test_leave_one_out_drops_a_stage_that_no_longer_pays(monkeypatch):
     state = ladder.LadderState(cfg, applied=["channels_last", "fused_optimizer"])
     monkeypatch.setattr(ladder, "_compare", fake_compare({"leave-one-out: channels_last": 1.0,
                                                           "leave-one-out: fused_optimizer": 1.25}))
-    ladder.leave_one_out(session, state, book)
+    finished = [StageRecord.of({"stage": name, "status": "kept", "kind": "speed", "reason": "faster, kept",
+                                "metrics": {"speedup_vs_previous": {"ratio": 1.1}}})
+                for name in ("channels_last", "fused_optimizer")]
+    saved = saving(monkeypatch)
+    ladder.leave_one_out(session, state, book, finished)
     entries = {e["stage"]: e for e in book.doc["leave_one_out"]}
     assert entries["channels_last"]["dropped"] and not entries["fused_optimizer"].get("dropped")
     assert state.applied == ["fused_optimizer"] and state.cfg.memory_format == "contiguous"
+    # its own file says so: no figure calls it kept while the final configuration lacks it
+    assert [d["stage"] for d in saved] == ["channels_last"] and finished[0].status == "dropped"
+    assert "leave-one-out on the final configuration" in saved[0]["reason"]
+    assert ladder.first_pass_view(saved[0])["status"] == "kept"  # what a resumed pass builds on
 
 
 def test_a_comparison_already_made_is_reused_not_measured_again(monkeypatch):

@@ -22,6 +22,8 @@ def recommendations_section(view: RunView) -> list[str]:
         return lines + ["No recommendation can be made: the baseline was not measured, so nothing "
                         "can be compared with it.", ""]
     lines += [_headline(view, base, final)] + [_keep(r) for r in view.with_status("kept")]
+    lines += [f"- Leave `{r['stage']}` out of the final mix: it was kept in the pass, then no longer paid "
+              f"with the stages kept after it ({r.get('reason')})." for r in view.with_status("dropped")]
     lines += [_reject(view, r) for r in view.with_status("rejected", "undecided")]
     lines += [_tradeoff(r) for r in view.with_status("tradeoff")]
     lines += [f"- Fix `{r['stage']}` before relying on it: it failed with "
@@ -100,7 +102,7 @@ def _measured_here(view: RunView, finding: dict) -> str | None:
 
 
 def _not_kept(record: dict) -> bool:
-    return record.get("status") in ("rejected", "undecided") or (
+    return record.get("status") in ("rejected", "undecided", "dropped") or (
         record.get("status") == "skipped" and NOTHING_TO_CHANGE in (record.get("reason") or ""))
 
 

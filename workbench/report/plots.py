@@ -20,10 +20,12 @@ from workbench.results import write_atomic
 STATUS_COLORS = {
     "baseline": "#4C72B0", "kept": "#55A868", "tradeoff": "#DD8452",
     "rejected": "#A0A0A0", "undecided": "#CCB974", "failed": "#C44E52", "skipped": "#D9D9D9",
+    "dropped": "#8FBC8F",
 }
 # Undecided is not rejected: its own colour and dots, so a reader never takes "not measured well
 # enough" for "measured as no better".
-STATUS_HATCHES = {"rejected": "//", "undecided": "..", "failed": "xx"}
+# Dropped: kept in the pass (a paler green), struck out by leave-one-out.
+STATUS_HATCHES = {"rejected": "//", "undecided": "..", "failed": "xx", "dropped": "\\\\"}
 BREAKDOWN_COLORS = ("#8172B3", "#937860", "#4C72B0", "#C44E52", "#55A868", "#BBBBBB")
 REFERENCE_STYLE = {"color": "#333333", "linestyle": "--", "linewidth": 1.2}
 

@@ -42,7 +42,8 @@ def _how(final: dict, baseline: dict) -> str:
 
 
 # Undecided is counted apart from rejected: it was not measured as no better, only not decided.
-OUTCOME_ORDER = ("kept", "rejected", "undecided", "tradeoff", "failed", "skipped")
+# Dropped: kept in the pass, then measured by leave-one-out as no longer paying in the final mix.
+OUTCOME_ORDER = ("kept", "dropped", "rejected", "undecided", "tradeoff", "failed", "skipped")
 
 
 def outcome(finished: list[dict]) -> str:

@@ -15,8 +15,9 @@ from workbench.trace.regions import BREAKDOWN_PARTS
 from workbench.results import (RUN_FILE, TRACE_SUMMARY_SUFFIX, load_stage_results, read_json, read_run_file, stage_files,
                                write_atomic)
 
-MEASURED_STATUSES = ("baseline", "kept", "rejected", "undecided", "tradeoff", "final")
-CARRIED_STATUSES = ("baseline", "kept")
+MEASURED_STATUSES = ("baseline", "kept", "dropped", "rejected", "undecided", "tradeoff", "final")
+# What the pass built later stages on (a dropped stage was carried forward until leave-one-out).
+CARRIED_STATUSES = ("baseline", "kept", "dropped")
 BREAKDOWN_KEYS = BREAKDOWN_PARTS  # the CSV's <region>_percent columns, in the trace's order
 
 # Impact thresholds, stated once here and quoted in the report: a speedup counts only when its 95%
@@ -333,7 +334,7 @@ def final_position(results: list[dict], mode: str) -> int | None:
     headline = [i for i in measured if results[i].get("status") == "final"]
     if headline:
         return headline[-1]
-    carried = [i for i in measured if results[i].get("status") in CARRIED_STATUSES]
+    carried = [i for i in measured if results[i].get("status") in ("baseline", "kept")]  # in the final mix
     if mode == "ablation" and carried:
         return max(carried, key=lambda i: _baseline_ratio(results[i]))
     return carried[-1] if carried else None

@@ -454,10 +454,12 @@ FIRST_PASS_KEYS = ("status", "reason", "metrics")
 
 def first_pass_view(found: dict) -> dict:
     """A stage file as the pass left it: a second look rewrites status, reason and figures (and an
-    adopted stage's figures stand on a configuration the pass never measured), and keeps the originals."""
+    adopted stage's figures stand on a configuration the pass never measured), leave-one-out the status
+    of a stage it dropped; both keep the originals."""
     if not found.get("first_pass"):
         return found
-    rest = {key: value for key, value in found.items() if key not in ("first_pass", "second_look", "adopted_config")}
+    rest = {key: value for key, value in found.items()
+            if key not in ("first_pass", "second_look", "adopted_config", "leave_one_out")}
     return {**rest, **found["first_pass"]}
 
 
@@ -496,6 +498,19 @@ def _adopted_figures(doc: dict, entry: dict, state: LadderState) -> dict:
     return {"adopted_config": state.cfg.to_dict(), "metrics": metrics}
 
 
+def _record_dropped(session: Session, finished: list[StageRecord], name: str, entry: dict) -> None:
+    """A kept stage leave-one-out dropped: its file says "dropped", with why, and keeps what the pass
+    decided (first_pass: a resumed run's pass builds on it as it did)."""
+    record = next((r for r in finished if r.stage == name and r.status == "kept"), None)
+    if record is None:
+        return
+    doc = {**record.doc, "status": "dropped", "leave_one_out": entry,
+           "reason": f"{record.doc.get('reason', '')}; leave-one-out on the final configuration: {entry['text']}, "
+                     "so it is not in the final configuration",
+           "first_pass": record.doc.get("first_pass") or {key: record.doc.get(key) for key in FIRST_PASS_KEYS}}
+    finished[finished.index(record)] = _save(session, doc)
+
+
 def _without(session: Session, applied: list[str], dropped: str, final: RunConfig) -> RunConfig:
     """The final configuration rebuilt without one stage. The batch stage's size was measured, not
     derived: it is taken from the final configuration (with its learning rate)."""
@@ -509,8 +524,9 @@ def _without(session: Session, applied: list[str], dropped: str, final: RunConfi
     return cfg
 
 
-def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> None:
-    """Does each kept stage still pay in the final mix? One that does not is dropped."""
+def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts, finished: list[StageRecord]) -> None:
+    """Does each kept stage still pay in the final mix? One that does not is dropped, and its own file
+    says so (status "dropped"), so no figure calls it kept while the final configuration lacks it."""
     for name in list(state.applied):
         try:
             without = _without(session, state.applied, name, state.cfg)
@@ -518,9 +534,10 @@ def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> N
             continue
         if without == state.cfg:  # a later stage set the same field (cuda_graphs after compile): nothing to measure
             state.applied = [s for s in state.applied if s != name]
-            verdicts.add("leave_one_out", {"stage": name, "verdict": "replaced by a later stage", "dropped": True,
-                                           "text": "a later stage replaced what it set: the final configuration "
-                                                   "is the same without it"})
+            entry = {"stage": name, "verdict": "replaced by a later stage", "dropped": True,
+                     "text": "a later stage replaced what it set: the final configuration is the same without it"}
+            verdicts.add("leave_one_out", entry)
+            _record_dropped(session, finished, name, entry)
             session.log(f"-- leave-one-out {name}: a later kept stage replaced what it set; dropped from the list")
             continue
         comparison = _compare(session, without, state.cfg, f"leave-one-out: {name}", f"final without {name}", "final",
@@ -531,6 +548,8 @@ def leave_one_out(session: Session, state: LadderState, verdicts: Verdicts) -> N
             state.cfg, state.applied = without, [s for s in state.applied if s != name]
             entry["dropped"] = True
         verdicts.add("leave_one_out", entry)
+        if entry.get("dropped"):
+            _record_dropped(session, finished, name, entry)
         session.log(f"-- leave-one-out {name}: final vs without it {entry['text']}"
                     f"{'; dropped from the final configuration' if entry.get('dropped') else ''}")
         if comparison.interrupted is not None:
@@ -604,7 +623,7 @@ def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     finished = [baseline] + first_pass(session, chosen, state, verdicts)
     if session.mode == "ladder" and session.base_cfg.order == "trace":
         second_look(session, finished, state, verdicts)
-        leave_one_out(session, state, verdicts)
+        leave_one_out(session, state, verdicts, finished)
     if session.mode == "ladder":
         final = headline(session, state, verdicts)
         finished += [final] if final else []
