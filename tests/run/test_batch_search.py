@@ -45,8 +45,18 @@ def test_doubling_stops_when_it_no_longer_pays():
     flat_after_64 = lambda b: 1000.0 if b >= 64 else 600.0
     probe, seen = memory_model(1000, 1, 10 ** 6, flat_after_64)
     probes = batch_search.search(32, probe, log=lambda line: None)
-    assert seen == [32, 64, 128]                  # 128 gained nothing over 64: stop there
+    assert seen == [32, 64, 128, 256]             # 128 and 256 gained nothing over 64: stop there
     assert batch_search.chosen(probes).batch == 64
+
+
+def test_one_dip_does_not_end_the_search_and_the_knee_is_chosen():
+    """Brief probes on a shared machine: 128 read 20% low in one run. The search goes on past one
+    dip, and of 256 and 512 (3% apart: noise) the smaller is chosen, the knee of the curve."""
+    rates = {32: 600.0, 64: 700.0, 128: 560.0, 256: 850.0, 512: 876.0}
+    probe, seen = memory_model(1000, 1, 10 ** 6, lambda b: rates[b])
+    probes = batch_search.search(32, probe, log=lambda line: None)
+    assert seen == [32, 64, 128, 256, 512]
+    assert batch_search.chosen(probes).batch == 256
 
 
 def test_the_search_ends_at_its_cap():

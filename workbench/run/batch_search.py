@@ -5,9 +5,12 @@ as much as an out-of-memory error does (a size that fills the device to the brim
 first step that allocates a little more).
 
 The search stops at the first size that does not fit, at MOST_FACTOR times the configured batch, or
-when doubling no longer pays (under PLATEAU_GAIN more samples/s: more memory for nothing). The size
-chosen is the fastest of those that fit; the ladder then measures it against the configuration it
-would join in paired rounds, like any stage. The learning rate is scaled linearly with the batch (the
+when doubling no longer pays (PLATEAU_PATIENCE doublings in a row under PLATEAU_GAIN more samples/s
+than the best so far: more memory for nothing; one brief process can dip by 20% on a shared machine,
+so one dip does not end it). The size chosen is the smallest within PLATEAU_GAIN of the fastest (the
+knee: larger sizes there buy memory, not speed, and the fastest of noisy brief figures moved between
+64 and 512 from run to run); the ladder then measures it against the configuration it would join in
+paired rounds, like any stage. The learning rate is scaled linearly with the batch (the
 rule of Goyal et al. 2017 for SGD; for Adam a square-root rule is also used): the rule it assumes is
 said in the result, and the held-out accuracy stands beside the speed.
 """
@@ -24,8 +27,9 @@ from workbench.run.session import available_memory_mb
 
 MOST_FACTOR = 16        # 32 -> 512: past this a 224 px ResNet-18 step is no longer launch- or loader-bound
 PLATEAU_GAIN = 0.05     # doubling the batch for under 5% more samples/s buys memory, not speed
+PLATEAU_PATIENCE = 2    # doublings in a row that do not pay before the search stops
 MEMORY_SHARE = 0.90     # a size whose peak passes this share of the memory there is does not fit
-PROBE_WARMUP, PROBE_STEPS = 1, 2
+PROBE_WARMUP, PROBE_STEPS = 1, 4
 LR_RULE = "linear"
 
 
@@ -59,6 +63,7 @@ def search(start: int, probe: Callable[[int], Probe], most_factor: int = MOST_FA
     sizes until one does not fit, doubling stops paying, or the cap."""
     probes = [probe(start)]
     log(f"   batch {start} (configured): {probes[0].why}")
+    unpaid = 0  # doublings in a row that did not pay
     for size in candidates(start, most_factor):
         best_rate = max((p.samples_per_s or 0.0) for p in probes if p.fits) if any(p.fits for p in probes) else None
         found = probe(size)
@@ -66,15 +71,20 @@ def search(start: int, probe: Callable[[int], Probe], most_factor: int = MOST_FA
         log(f"   batch {size}: {found.why}")
         if not found.fits:
             break
-        if best_rate and found.samples_per_s is not None and found.samples_per_s < best_rate * (1 + PLATEAU_GAIN):
+        paid = not best_rate or found.samples_per_s is None or found.samples_per_s >= best_rate * (1 + PLATEAU_GAIN)
+        unpaid = 0 if paid else unpaid + 1
+        if unpaid >= PLATEAU_PATIENCE:
             break
     return probes
 
 
 def chosen(probes: list[Probe]) -> Probe | None:
-    """The fastest size that fits (the smaller one on a tie)."""
+    """The smallest size that fits within PLATEAU_GAIN of the fastest one (the knee of the curve)."""
     fitting = [p for p in probes if p.fits and p.samples_per_s]
-    return max(fitting, key=lambda p: (p.samples_per_s, -p.batch)) if fitting else None
+    if not fitting:
+        return None
+    fastest = max(p.samples_per_s for p in fitting)
+    return min((p for p in fitting if p.samples_per_s >= fastest / (1 + PLATEAU_GAIN)), key=lambda p: p.batch)
 
 
 def verdict_of_fit(batch: int, failure: str | None, peak_mb: float | None, room_mb: float | None,
