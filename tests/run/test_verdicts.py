@@ -242,8 +242,18 @@ def _skipped_on_its_gate(monkeypatch, final_host_cpu: dict) -> tuple[Book, list,
     skipped = StageRecord.of({"stage": "host_allocator", "status": "skipped", "kind": "speed",
                               "reason": "the configuration it builds on spends 1.0% of its CPU time in the kernel"})
     looked = []
-    monkeypatch.setattr(ladder, "_compare", lambda session, a, b, label, *args, **kw:
-                        looked.append((label, b.host_allocator)) or comparison(1.15))
+
+    def measured(rate: float, side: str) -> SideReport:  # a round's report as a measuring process sends it
+        return SideReport(side, "measured", metrics={
+            "step_times_s": [[1.0 / rate] * 4], "samples_per_step": 1, "throughput": {"median": rate},
+            "epoch_time_s": 50000 / rate, "step_time_s": {"median": 1.0 / rate}, "peak_memory_mb": 300.0,
+            "final_loss": 2.0})
+
+    def compare(session, a, b, label, *args, **kw):
+        looked.append((label, b.host_allocator))
+        return Comparison([measured(100 * j, "a") for j in (1.0, 1.01, 0.99, 1.005)],
+                          [measured(115 * j, "b") for j in (1.0, 1.01, 0.99, 1.005)])
+    monkeypatch.setattr(ladder, "_compare", compare)
     saved = saving(monkeypatch)
     ladder.second_look(session, [skipped], state, book)
     return book, looked, saved
@@ -254,6 +264,10 @@ def test_a_stage_skipped_on_a_measured_figure_is_tried_where_the_final_configura
     assert looked == [("second look: host_allocator", "retain")]
     assert book.doc["second_look"][0]["adopted"] and saved[0]["status"] == "kept"
     assert "spends 1.0%" in saved[0]["reason"] and "adopted" in saved[0]["reason"]
+    # the second look was its only measurement: its figures are that one's, and its line says them
+    assert saved[0]["metrics"]["throughput"]["median"] > 0 and saved[0]["metrics"]["speedup_vs_previous"]["ratio"] > 1
+    from workbench.run import console
+    assert "samples/s" in console.one_line(saved[0])
 
 
 def test_a_stage_still_under_its_gate_on_the_final_configuration_is_left_as_it_was(monkeypatch):

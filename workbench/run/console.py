@@ -12,7 +12,7 @@ def fmt(ratio: dict) -> str:
 def one_line(result: dict) -> str:
     """The console line for a finished stage."""
     metrics = result.get("metrics")
-    if not metrics:
+    if not metrics or not metrics.get("throughput"):
         return f"-- {result['stage']}: {result['status']}: {result['reason']}"
     tp = metrics["throughput"]
     mfu = f", MFU {metrics['mfu']:.1%}" if metrics.get("mfu") else ""

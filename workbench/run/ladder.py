@@ -442,7 +442,7 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             state.cfg, state.applied = cfg, state.applied + [stage.name]
         verdicts.add("second_look", entry)
         session.log(f"-- second look {stage.name}: {entry['text']}{'; adopted' if entry['adopted'] else ''}")
-        record = _record_second_look(session, finished, rejected, entry, state)
+        record = _record_second_look(session, finished, rejected, entry, state, comparison)
         if entry["adopted"] and record is not None:  # the configuration so far now stands on this record
             state.result = record
         if comparison.interrupted is not None:
@@ -464,7 +464,7 @@ def first_pass_view(found: dict) -> dict:
 
 
 def _record_second_look(session: Session, finished: list[StageRecord], looked: StageRecord, entry: dict,
-                        state: LadderState) -> StageRecord | None:
+                        state: LadderState, comparison=None) -> StageRecord | None:
     """The stage's own file says where it ended: adopted on its second look (kept, with the comparison
     that decided it), or an undecided stage the second look found no better (rejected); a stage still
     open stays undecided, with what deciding it would take now. So the outcome line, the CSV and the
@@ -478,6 +478,11 @@ def _record_second_look(session: Session, finished: list[StageRecord], looked: S
                      f"{', adopted' if entry['adopted'] else ''}",
            # What the pass measured and decided, as it was: a resumed run's pass reads this, not the end.
            "first_pass": {key: looked.doc.get(key) for key in FIRST_PASS_KEYS}}
+    if looked.status == "skipped" and comparison is not None and comparison.b_rounds:
+        # The pass skipped it: the second look is its only measurement, and its figures are that one's.
+        doc["metrics"] = {**paired_rounds.pooled(comparison.b_rounds).metrics,
+                          "speedup_vs_previous": {key: entry[key] for key in ("ratio", "ci95_low", "ci95_high", "verdict")
+                                                  if key in entry}}
     if entry["adopted"]:
         doc.update(_adopted_figures(doc, entry, state))
     record = finished[finished.index(looked)] = _save(session, doc)
