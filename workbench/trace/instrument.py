@@ -19,9 +19,9 @@ A loop that does not iterate a loader calls ``inst.step()`` once per step instea
 ``inst.region("data_loading")``. Regions left out are found from PyTorch's own markers (see
 workbench.trace.markers). The profiler records 3 steps after 1 skipped and 1 warm-up step; after that,
 regions are no-ops and the loop runs unprofiled. ``functions=True`` adds a cProfile view of the
-whole block (function_profile.txt beside the trace). The unprofiled steps after the trace are counted
-too (page faults, the kernel's share of the CPU time: workbench/host_usage.py): from 3 of them on,
-the report's `page_faults` finding can say the loop faults freed memory back in every step.
+whole block (function_profile.txt beside the trace). The steps after the trace (torch.profiler off)
+are counted too (page faults, the kernel's share of the CPU time: workbench/host_usage.py): from 3
+of them on, the report's `page_faults` finding can say the loop faults freed memory back in every step.
 """
 from __future__ import annotations
 

@@ -3,10 +3,13 @@
 glibc returns a large freed block to the kernel (it was mmap'd, or it sits at the top of the heap
 past the trim threshold), and the next step's allocation of the same size faults every page in
 again, zeroed by the kernel. A CPU training step frees and re-allocates its activations and
-gradients every step: on a 2-core machine ResNet-18 at 32 px took ~5,000 minor page faults and
-10-15 ms of system time per step. `retain` raises the two thresholds (mallopt, as the
-GLIBC_TUNABLES glibc.malloc.mmap_threshold/trim_threshold settings do), so freed blocks stay in the
-process and are reused: no faults, a few MiB more resident memory.
+gradients every step. How much that costs depends on the loop: on a 2-core machine the workbench's
+ResNet-18 at 96 px, batch 64, took 36,000-53,000 minor page faults per step and 7.5-9.7% of its CPU
+time in the kernel, at 32 px about 700 (12 with fused Adam) and 1% (a bare loop at 32 px took 5,000:
+the loader's small allocations can pin the heap's top). Hence the stage's gate on measured figures.
+`retain` raises the two thresholds (mallopt, as the GLIBC_TUNABLES
+glibc.malloc.mmap_threshold/trim_threshold settings do), so freed blocks stay in the process and
+are reused (6 faults per step there); what they hold stays in the process's resident memory.
 
 It is a process setting: set once, before the model is built, in a process of the configuration's
 own (measure/entry.py, in the forked or started child); a paired round whose sides differ in it runs
@@ -36,7 +39,7 @@ def unavailable_reason() -> str | None:
 
 
 def retain_freed_memory() -> dict:
-    """Set `retain` in this process: what mallopt accepted (one int per setting, 1 for yes)."""
+    """Set `retain` in this process: the thresholds mallopt accepted."""
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     threshold = RETAIN_MMAP_THRESHOLD
     if libc.mallopt(M_MMAP_THRESHOLD, threshold) != 1:
