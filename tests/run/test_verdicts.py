@@ -266,6 +266,8 @@ def test_a_stage_skipped_on_a_measured_figure_is_tried_where_the_final_configura
     assert "spends 1.0%" in saved[0]["reason"] and "adopted" in saved[0]["reason"]
     # the second look was its only measurement: its figures are that one's, and its line says them
     assert saved[0]["metrics"]["throughput"]["median"] > 0 and saved[0]["metrics"]["speedup_vs_previous"]["ratio"] > 1
+    assert saved[0]["metrics"]["speedup_vs_previous"]["against"] == "final so far (second look)"
+    assert saved[0]["config"]["host_allocator"] == "retain" and saved[0]["config"]["batch_size"] == 256
     from workbench.run import console
     assert "samples/s" in console.one_line(saved[0])
 

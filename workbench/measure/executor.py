@@ -144,8 +144,9 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist))
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes)
-    if host_memory.in_effect():
-        notes["host_allocator_settings"] = host_memory.in_effect()
+    allocator = host_memory.in_effect()
+    if allocator:
+        notes["host_allocator_settings"] = allocator
     optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr, cfg.fused_optimizer)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",

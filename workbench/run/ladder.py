@@ -442,7 +442,7 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
             state.cfg, state.applied = cfg, state.applied + [stage.name]
         verdicts.add("second_look", entry)
         session.log(f"-- second look {stage.name}: {entry['text']}{'; adopted' if entry['adopted'] else ''}")
-        record = _record_second_look(session, finished, rejected, entry, state, comparison)
+        record = _record_second_look(session, finished, rejected, entry, state, comparison, cfg)
         if entry["adopted"] and record is not None:  # the configuration so far now stands on this record
             state.result = record
         if comparison.interrupted is not None:
@@ -464,7 +464,7 @@ def first_pass_view(found: dict) -> dict:
 
 
 def _record_second_look(session: Session, finished: list[StageRecord], looked: StageRecord, entry: dict,
-                        state: LadderState, comparison=None) -> StageRecord | None:
+                        state: LadderState, comparison=None, measured_cfg: RunConfig | None = None) -> StageRecord | None:
     """The stage's own file says where it ended: adopted on its second look (kept, with the comparison
     that decided it), or an undecided stage the second look found no better (rejected); a stage still
     open stays undecided, with what deciding it would take now. So the outcome line, the CSV and the
@@ -479,14 +479,22 @@ def _record_second_look(session: Session, finished: list[StageRecord], looked: S
            # What the pass measured and decided, as it was: a resumed run's pass reads this, not the end.
            "first_pass": {key: looked.doc.get(key) for key in FIRST_PASS_KEYS}}
     if looked.status == "skipped" and comparison is not None and comparison.b_rounds:
-        # The pass skipped it: the second look is its only measurement, and its figures are that one's.
+        # The pass skipped it: the second look is its only measurement, its figures and configuration that one's.
         doc["metrics"] = {**paired_rounds.pooled(comparison.b_rounds).metrics,
-                          "speedup_vs_previous": {key: entry[key] for key in ("ratio", "ci95_low", "ci95_high", "verdict")
-                                                  if key in entry}}
+                          "speedup_vs_previous": _second_look_ratio(entry)}
+        if measured_cfg is not None:
+            doc["config"] = measured_cfg.to_dict()
     if entry["adopted"]:
         doc.update(_adopted_figures(doc, entry, state))
     record = finished[finished.index(looked)] = _save(session, doc)
     return record
+
+
+def _second_look_ratio(entry: dict) -> dict:
+    """A second look's comparison as a stage's speedup over the configuration it was measured on."""
+    ratio = {key: entry[key] for key in ("ratio", "ci95_low", "ci95_high", "verdict", "rounds", "log_ratios", "method")
+             if key in entry}
+    return {**ratio, "against": "final so far (second look)"}
 
 
 def _adopted_figures(doc: dict, entry: dict, state: LadderState) -> dict:
@@ -494,9 +502,8 @@ def _adopted_figures(doc: dict, entry: dict, state: LadderState) -> dict:
     configuration so far, and against the baseline that configuration's own figure times it (the
     first pass measured another configuration, one without the stages kept since). The configuration
     it joined is recorded too, so the report knows when it is the final one."""
-    ratio = {key: entry[key] for key in ("ratio", "ci95_low", "ci95_high", "verdict", "rounds", "log_ratios", "method")
-             if key in entry}
-    metrics = {**(doc.get("metrics") or {}), "speedup_vs_previous": {**ratio, "against": "final so far (second look)"}}
+    ratio = _second_look_ratio(entry)
+    metrics = {**(doc.get("metrics") or {}), "speedup_vs_previous": ratio}
     if state.result is not None:
         baseline = state.baseline.doc if state.baseline is not None else None
         metrics["speedup_vs_baseline"] = judge.vs_baseline(doc["stage"], ratio, state.result.doc, metrics, baseline)

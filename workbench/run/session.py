@@ -198,8 +198,9 @@ def check_host_allocator(cfg: RunConfig, isolate: bool) -> None:
     """A base configuration that keeps freed host memory needs glibc and processes of its own."""
     if cfg.host_allocator == "system":
         return
-    why = host_memory.unavailable_reason() or (None if isolate else (
-        "this run's rounds share your Python process (a model or dataset passed from Python)"))
+    why = host_memory.unavailable_reason()
+    if why is None and not isolate:
+        why = "this run's rounds share your Python process (a model or dataset passed from Python)"
     if why:
         raise UsageError(f"host_allocator={cfg.host_allocator} cannot be set here: {why}; allowed: system")
 
