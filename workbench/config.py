@@ -10,12 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from workbench import memory_budget
 from workbench.errors import UsageError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-OPTIMIZERS = ("adam", "adamw", "sgd")
+# The 8-bit states are bitsandbytes' (the memory extra); Adafactor is torch's own. All three change the
+# optimization, not only its memory: the ladder carries them only with allow_optimizer_change.
+OPTIMIZERS = ("adam", "adamw", "sgd", "adam8bit", "adamw8bit", "adafactor")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_MODES = ("none", "blocks")
 INPUT_PIPELINES = ("per_sample", "batched", "decode_on_device")
@@ -24,6 +27,8 @@ HOST_ALLOCATORS = ("system", "retain")
 # Settings of the whole measuring process, not of a model in it: two configurations that differ in one
 # cannot share a process (workbench/run/rounds.py measures each side in its own).
 PROCESS_SETTINGS = ("host_allocator",)
+# How a configuration is measured, not what it is: a brief probe's settings must not carry forward.
+MEASUREMENT_FIELDS = ("repeats", "rounds", "warmup_steps", "timed_steps")
 
 # The lab's setting where a GPU can afford it; CIFAR's native size elsewhere, where 224 px runs at
 # ~7 images/s on a CPU and a ladder would take hours. The CLI and the Python API both start here.
@@ -46,7 +51,9 @@ class RunConfig:
     micro_batch_size: int = field(default=0, metadata=_doc(
         "samples per forward/backward pass; 0 means the whole batch. batch_size / micro_batch_size "
         "micro-batches are accumulated before each optimizer step"))
-    optimizer: str = field(default="adam", metadata=_doc("optimizer: adam, adamw or sgd"))
+    optimizer: str = field(default="adam", metadata=_doc(
+        "optimizer: adam, adamw, sgd, adam8bit / adamw8bit (bitsandbytes' 8-bit states) or adafactor "
+        "(torch's, factored second moment; its own lr default 1e-2 where lr is left at 1e-4)"))
     lr: float = field(default=1e-4, metadata=_doc("learning rate"))
     clip_grad_norm: float = field(default=0.0, metadata=_doc(
         "clip the gradients' total L2 norm to this before each optimizer step (0: no clipping)"))
@@ -99,6 +106,15 @@ class RunConfig:
     allow_batch_change: bool = field(default=False, metadata=_doc(
         "let the batch_size stage search the largest batch that fits (doubling, measured), scale the "
         "learning rate linearly with it, and carry it forward when faster; off: the batch is held fixed"))
+    # A budget makes the ladder's goal the fastest configuration whose measured peak stays under it.
+    memory_budget: str = field(default="", metadata=_doc(
+        "peak memory to stay under, e.g. 12GiB, 512MiB or 80%% (of the GPU's memory, or of the host's on a "
+        "CPU): the ladder keeps the fastest measured configuration that fits, trying memory stages chosen "
+        "from the breakdown; on CUDA enforced like a smaller card; empty: no budget"))
+    allow_optimizer_change: bool = field(default=False, metadata=_doc(
+        "let the memory budget carry an optimizer with smaller state (8-bit Adam, Adafactor): they change "
+        "the optimization, so without this flag the budget does not try them (named in --stages, "
+        "optimizer_8bit and adafactor are measured as trade-offs, never carried)"))
     order: str = field(default="trace", metadata=_doc(
         "trace: the next stage is the one the current trace points at, then the default order, then a "
         "second look and a leave-one-out check; fixed: the lab's order, one pass"))
@@ -198,6 +214,7 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(f"min_effect={cfg.min_effect} is out of range; allowed: 0 <= min_effect < 1 (0.03 is 3%)")
     _validate_batches(cfg)
     _validate_data(cfg.data)
+    memory_budget.parse(cfg.memory_budget)
     if cfg.persistent_workers and cfg.num_workers == 0:
         raise UsageError("persistent_workers=True needs num_workers > 0 (got num_workers=0)")
     if cfg.input_pipeline == "decode_on_device" and not cfg.data.startswith("imagefolder:"):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from workbench import host_usage, stats
+from workbench import host_usage, memory_budget, memory_model, stats
 from workbench.measure import clocks, distributed
 from workbench.config import RunConfig, check_device_support
 from workbench.training.data import DataSpec, build_loader, load_data
@@ -285,6 +285,17 @@ def use_backend_settings(cfg: RunConfig, device_type: str) -> None:
     configurations share a process (a paired round)."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
     torch.backends.cudnn.benchmark = device_type == "cuda"  # fixed shapes: let cuDNN pick kernels once
+    enforce_memory_budget(cfg, device_type)
+
+
+def enforce_memory_budget(cfg: RunConfig, device_type: str) -> None:
+    """On CUDA a budget is a smaller card: the caching allocator refuses past it, so going over is a
+    real out-of-memory (recorded as such). A CPU has no such switch: there the measured peak is judged."""
+    budget = memory_budget.parse(cfg.memory_budget)
+    if budget is None or device_type != "cuda":
+        return
+    total_mib = torch.cuda.get_device_properties(0).total_memory / 2**20
+    torch.cuda.set_per_process_memory_fraction(min(1.0, budget.resolve(total_mib) / total_mib))
 
 
 def _memory(built: Built, window: "Window", rss_before_mb: float) -> dict:
@@ -298,8 +309,11 @@ def _memory(built: Built, window: "Window", rss_before_mb: float) -> dict:
         headline = host_peak_mb - rss_before_mb
         kind = "host peak RSS of the measuring process during the timed steps, minus its RSS before the model was built"
     activations = max(0.0, headline - sum(parts.values()))
+    shapes = [tuple(p.shape) for p in built.eager_model.parameters() if p.requires_grad]
     return {"peak_memory_mb": headline, "peak_memory_kind": kind, "peak_memory": peaks,
-            "memory_breakdown_mb": {**parts, "activations_and_other": activations}}
+            "memory_breakdown_mb": {**parts, "activations_and_other": activations},
+            # What each optimizer's state would take here: the memory budget predicts a change of optimizer from it.
+            "optimizer_state_mib_by_kind": memory_model.optimizer_state_mib(shapes)}
 
 
 def _compile_seconds(warmup_s: float, cfg: RunConfig, median_step_s: float) -> float | None:

@@ -18,7 +18,9 @@ def failed(side: str, error: BaseException) -> SideReport:
     if isinstance(error, StageSkipped):
         return SideReport.failed(side, str(error), status="skipped")
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    prefix = "out of memory: " if isinstance(error, torch.OutOfMemoryError) else ""
+    # CUDA's error has a type of its own; the CPU allocator's is a RuntimeError that says so.
+    out_of_memory = isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in message.lower()
+    prefix = "out of memory: " if out_of_memory else ""
     return SideReport.failed(side, f"{prefix}{type(error).__name__}: {message}"[:500])
 
 

@@ -11,7 +11,9 @@ The flow of a run:
    configuration (effects interact: bf16 pays on a CPU only once the optimizer step is fused);
 4. leave-one-out (order=trace): each kept stage is removed from the final configuration; one that no
    longer pays there is dropped;
-5. the headline: the final configuration against the baseline, paired, in the same time window.
+5. the memory budget (--memory-budget; run/budget.py): memory moves where the final configuration is
+   over it, then the fastest measured configuration that fits becomes the final one;
+6. the headline: the final configuration against the baseline, paired, in the same time window.
 Every stage result is written atomically the moment it is judged, and verdicts.json holds the noise
 floor, the order taken and why, both checks and the headline, so an interrupted run keeps what it did.
 """
@@ -21,8 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 
 from workbench import results, stats
-from workbench.run import batch_search, console, judge, references, rounds as paired_rounds, stage_results
-from workbench.config import RunConfig
+from workbench.run import batch_search, budget, console, judge, references, rounds as paired_rounds, stage_results
+from workbench.config import MEASUREMENT_FIELDS, RunConfig
 from workbench.errors import ResultFileError, SaveError, StageSkipped
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.run.record import StageRecord
@@ -338,8 +340,6 @@ def _save(session: Session, result: dict) -> StageRecord:
     return StageRecord.of(result)
 
 
-# How a configuration is measured, not what it is: a brief probe's settings must not carry forward.
-MEASUREMENT_FIELDS = ("repeats", "rounds", "warmup_steps", "timed_steps")
 
 
 def _advance(state: LadderState, result: StageRecord, mode: str, base: RunConfig) -> None:
@@ -355,6 +355,10 @@ PASS_ORDER = (SPEED, BATCH, MEMORY)
 
 def first_pass(session: Session, chosen: list[Stage], state: LadderState, verdicts: Verdicts) -> list[StageRecord]:
     pending = [s for s in chosen if s.kind != REFERENCE]
+    if session.memory_budget_mib is not None and session.mode == "ladder":
+        # Under a budget the memory stages are moves on the final configuration (run/budget.py), where
+        # what they save and cost is what the choice needs; measured here they would describe another.
+        pending = [s for s in pending if s.kind != MEMORY]
     pending.sort(key=lambda s: (PASS_ORDER.index(s.kind), STAGE_NAMES.index(s.name)))
     finished = []
     while pending:
@@ -636,6 +640,9 @@ def run_ladder(session: Session, stage_names: str | None = None) -> list[dict]:
     if session.mode == "ladder" and session.base_cfg.order == "trace":
         second_look(session, finished, state, verdicts)
         leave_one_out(session, state, verdicts, finished)
+    if session.mode == "ladder" and session.memory_budget_mib is not None:
+        budget.fit(session, state, verdicts, finished, budget.Tools(compare=lambda *a, **k: _compare(*a, **k),
+                                                                    save=lambda s, doc: _save(s, doc)))
     if session.mode == "ladder":
         final = headline(session, state, verdicts)
         finished += [final] if final else []

@@ -13,7 +13,7 @@ import torch
 
 from workbench import device as devices
 from workbench import environment
-from workbench import peaks
+from workbench import memory_budget, peaks
 from workbench.launch.nodes import Nodes
 from workbench.run import folders
 from workbench.training import host_memory, loader_sweep
@@ -62,6 +62,8 @@ class Session:
     single_node: dict | None = None      # the one-node baseline (nproc processes) a multi-node run scales against
     # Extra rounds for open answers are spent only within this many seconds from the run's start.
     time_budget_s: float = DEFAULT_TIME_BUDGET_S
+    # --memory-budget resolved on this device, in MiB (None: no budget); run/budget.py meets it.
+    memory_budget_mib: float | None = None
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -154,6 +156,7 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     run_dir, profiles_dir = folders.check(cfg.reports_dir, cfg.profiles_dir, cfg.run_name, resume, overwrite)
     facts = devices.probe(device_type)
     caps = devices.decide(facts)
+    budget_mib, budget_note = resolve_memory_budget(cfg, facts)
     # The run's folders are made (and proved writable) before the data: a refused reports folder must
     # not leave 50,000 synthetic images behind. Whatever fails below removes what was made here.
     with folders.Created() as created:
@@ -170,7 +173,10 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
         description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
         session = replace(_settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
                                   sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc),
-                          time_budget_s=time_budget_s, nodes=nodes, link=link)
+                          time_budget_s=time_budget_s, nodes=nodes, link=link, memory_budget_mib=budget_mib)
+        if budget_note:
+            session.decisions["memory_budget"] = budget_note
+            session.log(f"decision memory_budget: {budget_note}")
         if overwrite and not resume:
             folders.clear(run_dir, profiles_dir)
         write_run_file(session)
@@ -192,6 +198,31 @@ def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, lo
                       stages or [], nproc)
     _announce(session)
     return session
+
+
+def resolve_memory_budget(cfg: RunConfig, facts) -> tuple[float | None, str]:
+    """The budget in MiB on this device, and how it is judged there (checked before any folder is made)."""
+    budget = memory_budget.parse(cfg.memory_budget)
+    if budget is None:
+        return None, ""
+    total = facts.memory_mb if facts.type == "cuda" else _host_total_mb()
+    mib = budget.resolve(total)
+    if total and mib > total:
+        raise UsageError(f"memory_budget={cfg.memory_budget!r} is {mib:,.0f} MiB, more than the {total:,.0f} MiB this "
+                         f"{facts.type} has; allowed: up to {total:,.0f} MiB or a share such as 80%")
+    how = ("enforced like a smaller card (torch.cuda.set_per_process_memory_fraction): going over is a real "
+           "out-of-memory, recorded as a point" if facts.type == "cuda" else
+           "judged on the measured peak (host peak RSS of the measuring process during the timed steps, minus its "
+           "RSS before the model); a CPU has no allocator limit to enforce it")
+    return mib, f"{mib:,.0f} MiB ({budget.text}), {how}"
+
+
+def _host_total_mb() -> float | None:
+    try:
+        import psutil
+        return psutil.virtual_memory().total / 2**20
+    except Exception:  # no psutil: an absolute budget still works
+        return None
 
 
 def check_host_allocator(cfg: RunConfig, isolate: bool) -> None:

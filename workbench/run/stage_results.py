@@ -62,7 +62,8 @@ def stage(facts: RunFacts, stage: Stage, position: int, cfg, applied: list[str],
     status, reason, marks = judge.status(judged_metrics(measurement, reading, **speedups), stage.kind, against)
     prediction = judge.prediction(stage.name, speedups["speedup_vs_previous"], against)
     verdict = Verdict(status, reason, stage.kind, speedups, scaling(measurement, facts),
-                      {"probe": probe, **marks, "prediction": prediction})
+                      {"probe": probe, **marks, "prediction": prediction,
+                       **({"changes": stage.changes} if stage.changes else {})})
     return assemble(facts, stage.name, position, cfg, applied, why, measurement, reading, verdict)
 
 

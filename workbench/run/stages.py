@@ -13,6 +13,7 @@ from workbench.device import Capabilities
 from workbench.errors import StageSkipped, UsageError
 from workbench.trace import diagnose
 from workbench.training import host_memory
+from workbench.training.model import eight_bit_unavailable
 
 SPEED, MEMORY, REFERENCE = "speed", "memory", "reference"
 # The batch size: a speed change that also changes the optimization; searched and carried forward
@@ -50,6 +51,10 @@ class Stage:
     # Skipped on a figure measured on the configuration it builds on (StageContext.host_cpu): worth
     # another look where the final configuration's own figures pass (a larger batch faults more).
     gated: bool = False
+    # Run only when named in --stages (a trade-off most runs need not pay for), and what it changes
+    # besides speed and memory ("optimizer": the optimization itself; the memory budget asks first).
+    opt_in: bool = False
+    changes: str = ""
 
 
 def baseline(cfg: RunConfig, ctx: StageContext) -> RunConfig:
@@ -125,6 +130,25 @@ def accumulation(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(micro_batch_size=micro)
 
 
+EIGHT_BIT = {"adam": "adam8bit", "adamw": "adamw8bit"}
+
+
+def optimizer_8bit(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    kind = EIGHT_BIT.get(cfg.optimizer)
+    if kind is None:
+        raise StageSkipped(f"8-bit states are offered for Adam and AdamW; this run's optimizer is {cfg.optimizer}")
+    why = eight_bit_unavailable()
+    if why:
+        raise StageSkipped(why)
+    return cfg.with_overrides(optimizer=kind)
+
+
+def adafactor(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if cfg.optimizer == "adafactor":
+        raise StageSkipped("the optimizer is already Adafactor")
+    return cfg.with_overrides(optimizer="adafactor")
+
+
 def checkpointing(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(checkpointing="blocks")
 
@@ -174,6 +198,13 @@ STAGES: tuple[Stage, ...] = (
           "micro-batches: lower peak memory, not speed", accumulation),
     Stage("checkpointing", MEMORY, "recompute each block's activations in backward (non-reentrant): "
           "lower peak memory at a cost in time (BatchNorm statistics update twice: pytorch#96136)", checkpointing),
+    Stage("optimizer_8bit", MEMORY, "Adam's two states in 8 bits (bitsandbytes' blockwise-quantized Adam8bit/"
+          "AdamW8bit): about 4x less optimizer state; changes the optimization (loss and held-out accuracy "
+          "shown beside it); only when named in --stages or tried by --memory-budget", optimizer_8bit,
+          opt_in=True, changes="optimizer"),
+    Stage("adafactor", MEMORY, "torch.optim.Adafactor: a factored second moment (a row and a column per "
+          "matrix) and no first moment; changes the optimization; only when named in --stages or tried by "
+          "--memory-budget", adafactor, opt_in=True, changes="optimizer"),
     Stage("cuda_graphs", SPEED, "torch.compile mode=reduce-overhead: the step's kernels captured once in CUDA "
           "graphs and replayed, removing per-kernel launch overhead (CUDA only; first where the trace is "
           "launch-bound)", cuda_graphs),
@@ -189,7 +220,7 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 def select(names: str | None) -> list[Stage]:
     """Stages by comma-separated name, in ladder order; the baseline is always first."""
     if names is None:
-        return list(STAGES)
+        return [s for s in STAGES if not s.opt_in]
     wanted = [n.strip() for n in names.split(",") if n.strip()]
     if not wanted:
         raise UsageError(f"stages={names!r} names no stage; allowed: a comma-separated list of {', '.join(STAGE_NAMES)}")

@@ -76,8 +76,46 @@ def build_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.
     fused_arg = True if fused else None
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, fused=fused_arg)
+    if name in ("adam8bit", "adamw8bit"):
+        return _eight_bit(name, params, lr)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=adafactor_lr(lr))
     optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     return optimizer_class(params, lr=lr, fused=fused_arg)
+
+
+# Adafactor scales each update by the parameter's own RMS, so its lr is relative: torch's default 1e-2
+# moves a weight about as far per step as Adam's 1e-4 does. The run's lr is used as set when the user
+# changed it from the lab's Adam default.
+ADAM_DEFAULT_LR, ADAFACTOR_DEFAULT_LR = 1e-4, 1e-2
+
+
+def adafactor_lr(lr: float) -> float:
+    return ADAFACTOR_DEFAULT_LR if lr == ADAM_DEFAULT_LR else lr
+
+
+def eight_bit_unavailable() -> str | None:
+    """Why bitsandbytes' 8-bit optimizers cannot run here, or None."""
+    # Its CPU backend warns at import that a 4-bit matmul kernel package is missing: we use no 4-bit op.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as error:  # ImportError, or a broken native library
+        return (f"8-bit optimizer states need bitsandbytes ({type(error).__name__}: {error}); install it with "
+                "pip install -c constraints.txt -e '.[memory]'")
+    return None
+
+
+def _eight_bit(name: str, params, lr: float) -> torch.optim.Optimizer:
+    why = eight_bit_unavailable()
+    if why:
+        raise StageSkipped(why)
+    import bitsandbytes as bnb
+
+    # Adam8bit is Adam's update (no decoupled weight decay), AdamW8bit AdamW's with torch's default decay.
+    if name == "adam8bit":
+        return bnb.optim.Adam8bit(params, lr=lr, weight_decay=0.0)
+    return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=1e-2)
 
 
 class Checkpointed(nn.Module):

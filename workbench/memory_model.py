@@ -1,0 +1,134 @@
+"""Predicted peak memory: what a memory move should save, from the breakdown of the configuration it
+builds on, before it is measured (the report sets prediction beside measurement).
+
+The breakdown is the measured one (weights, gradients and optimizer state summed from the tensors;
+activations and the rest = the measured peak minus those). Each move acts on one part:
+- bf16 autocast halves the activations kept for backward;
+- k accumulated micro-batches keep the activations of one micro-batch (1/k of them);
+- checkpointing the blocks keeps their inputs and one block's recompute: about half of them;
+- another optimizer changes the state to what its own tensors need, counted exactly from the
+  parameters' shapes (`optimizer_state_mib`, recorded by the measuring process);
+- sharding over N processes (FSDP) divides weights, gradients and state by N.
+Torch-free: shapes are tuples, sizes MiB.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+MIB = 2**20
+# The two activation shares are the ResNet-50 figures (96 px, CPU, 2026-11): bf16 saved 49% (batch 64)
+# and 50% (batch 32) of the activations part, checkpointing the stem and layer1-4 53% at both sizes.
+# A model with many small blocks checkpoints closer to all of it: the report shows the error.
+AMP_ACTIVATION_SAVING = 0.5
+CHECKPOINT_ACTIVATION_SAVING = 0.5
+# bitsandbytes' 8-bit states: tensors under this many elements keep two fp32 states; larger ones one byte
+# per state per element, an fp32 absmax per block of 256, and a 256-entry fp32 code book per state.
+BNB_MIN_8BIT_SIZE, BNB_BLOCK, BNB_QMAP = 4096, 256, 256
+# Bytes of state per parameter element, and whether the step count is a tensor of its own.
+ADAM_KINDS = ("adam", "adamw")
+EIGHT_BIT_KINDS = ("adam8bit", "adamw8bit")
+OPTIMIZER_KINDS = ADAM_KINDS + ("sgd",) + EIGHT_BIT_KINDS + ("adafactor",)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """Where a measured peak sits, in MiB."""
+
+    weights: float
+    gradients: float
+    optimizer_state: float
+    activations: float
+
+    @classmethod
+    def of(cls, metrics: Mapping) -> "Parts | None":
+        """The parts of a stage's measured metrics (None where it was not measured)."""
+        parts = metrics.get("memory_breakdown_mb") or {}
+        if metrics.get("peak_memory_mb") is None or "weights" not in parts:
+            return None
+        return cls(parts["weights"], parts["gradients"], parts["optimizer_state"],
+                   max(0.0, parts.get("activations_and_other", 0.0)))
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer_state + self.activations
+
+    def largest(self) -> str:
+        named = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer_state,
+                 "activations": self.activations}
+        return max(named, key=named.get)
+
+
+def optimizer_state_bytes(shapes: Iterable[tuple[int, ...]], kind: str) -> float:
+    """Bytes of optimizer state for parameters of these shapes, as each optimizer allocates it."""
+    return float(sum(_state_bytes(tuple(shape), kind) for shape in shapes))
+
+
+def _state_bytes(shape: tuple[int, ...], kind: str) -> int:
+    numel = math.prod(shape)
+    if kind in ADAM_KINDS:
+        return 2 * 4 * numel + 4  # exp_avg, exp_avg_sq and the step, a float32 tensor each
+    if kind == "sgd":
+        return 4 * numel          # the momentum buffer
+    if kind in EIGHT_BIT_KINDS:
+        if numel < BNB_MIN_8BIT_SIZE:
+            return 2 * 4 * numel
+        return 2 * (numel + 4 * math.ceil(numel / BNB_BLOCK) + 4 * BNB_QMAP)
+    if kind == "adafactor":     # torch.optim.Adafactor: factored second moment, no first moment
+        if len(shape) < 2:
+            return 4 * numel + 4
+        rows, cols = math.prod(shape[:-1]), math.prod(shape[:-2]) * shape[-1]
+        return 4 * (rows + cols) + 4
+    raise ValueError(f"unknown optimizer kind {kind!r}; known: {', '.join(OPTIMIZER_KINDS)}")
+
+
+def optimizer_state_mib(shapes: list[tuple[int, ...]]) -> dict[str, float]:
+    """The state every known optimizer would keep for these parameters, in MiB (recorded per stage)."""
+    return {kind: optimizer_state_bytes(shapes, kind) / MIB for kind in OPTIMIZER_KINDS}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    peak_mib: float
+    saving_mib: float
+    basis: str   # which parts move, and by how much: said in the report beside the measurement
+
+
+def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
+            state_by_kind: Mapping[str, float] | None = None) -> Prediction:
+    """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak."""
+    activations, state, basis = parts.activations, parts.optimizer_state, []
+    if before.get("precision") == "fp32" and after.get("precision") in ("bf16", "fp16"):
+        activations *= 1 - AMP_ACTIVATION_SAVING
+        basis.append(f"{after['precision']} activations: x{1 - AMP_ACTIVATION_SAVING:g}")
+    micro_before, micro_after = _micro(before), _micro(after)
+    if micro_after < micro_before:
+        activations *= micro_after / micro_before
+        basis.append(f"micro-batch {micro_before} -> {micro_after}: activations x{micro_after / micro_before:.2g}")
+    if before.get("checkpointing", "none") == "none" and after.get("checkpointing", "none") != "none":
+        activations *= 1 - CHECKPOINT_ACTIVATION_SAVING
+        basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING:g}")
+    new_kind = after.get("optimizer")
+    if new_kind != before.get("optimizer") and state_by_kind and new_kind in state_by_kind:
+        state = state_by_kind[new_kind]
+        basis.append(f"{new_kind} state {state:.0f} MiB (from the parameters' shapes) instead of {parts.optimizer_state:.0f}")
+    saving = (parts.activations - activations) + (parts.optimizer_state - state)
+    return Prediction(peak_mib - saving, saving, "; ".join(basis) or "no part changes")
+
+
+def _micro(cfg: Mapping) -> int:
+    return cfg.get("micro_batch_size") or cfg.get("batch_size") or 1
+
+
+def sharded_peak(parts: Parts, world: int) -> float:
+    """The per-process peak with weights, gradients and optimizer state sharded over `world` (FSDP)."""
+    return (parts.weights + parts.gradients + parts.optimizer_state) / world + parts.activations
+
+
+def processes_to_fit(parts: Parts, budget_mib: float, most: int = 64) -> int | None:
+    """The fewest processes whose sharded peak fits the budget (None: activations alone exceed it)."""
+    for world in range(2, most + 1):
+        if sharded_peak(parts, world) <= budget_mib:
+            return world
+    return None

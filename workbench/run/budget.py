@@ -1,0 +1,239 @@
+"""The memory budget, the ladder's second objective: fits, then faster.
+
+After the speed phases the ladder holds its fastest configuration. Where a budget is set and that
+configuration's measured peak is over it, memory moves are tried on it, chosen and ordered from its
+breakdown (the part that dominates the peak decides what is tried first, memory_model predicts each
+saving before it is measured): bf16 autocast, more and smaller micro-batches, checkpointing, and, where
+the user allows a change of optimization, 8-bit or factored optimizer states. Each is measured as a
+paired trade-off against the configuration it joins, saved as a stage of its own (budget+<move>).
+When none fits, the one with the lowest peak is adopted and the rest are tried on top of it.
+Then the choice: among every configuration the run measured (the pass's too), the fastest whose peak
+fits (workbench/frontier.py). Nothing fitting ends the run with "nothing fits", the smallest peak,
+and what would (sharding over processes, predicted): not an error.
+
+Comparisons and saves are the ladder's own (handed in as `Tools`: one way of measuring and writing).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from workbench import frontier, memory_model
+from workbench.memory_budget import fits
+from workbench.config import MEASUREMENT_FIELDS, RunConfig, divisors
+from workbench.errors import StageSkipped
+from workbench.memory_model import Parts, Prediction
+from workbench.run import stage_results
+from workbench.run.record import StageRecord
+from workbench.run.stages import MEMORY, MEMORY_ROUNDS, Stage, StageContext, adafactor, optimizer_8bit
+from workbench.results import stage_trace_dir
+
+PREFIX = "budget+"
+# The most micro-batches a budget splits a batch into: past this the step is mostly per-call overhead.
+MOST_MICRO_BATCHES = 16
+# BatchNorm cannot train on one sample ("expected more than 1 value per channel"): micro-batches of 2 at least.
+SMALLEST_MICRO_BATCH = 2
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The ladder's measuring and saving, handed in (the ladder owns how a comparison is made)."""
+
+    compare: Callable      # ladder._compare
+    save: Callable         # ladder._save
+
+
+@dataclass(frozen=True)
+class Move:
+    name: str              # the move itself: amp, accumulation_x4, checkpointing, adam8bit, adafactor
+    cfg: RunConfig
+    prediction: Prediction
+    changes: str = ""      # "optimizer" where it changes the optimization
+
+
+def same_config(a: RunConfig, b: RunConfig) -> bool:
+    """Equal but for how they are measured (rounds, steps)."""
+    return a.with_overrides(**{key: getattr(b, key) for key in MEASUREMENT_FIELDS}) == b
+
+
+def moves(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, ctx: StageContext,
+          budget_mib: float, allow_optimizer_change: bool) -> list[Move]:
+    """The memory moves that apply on cfg, largest predicted saving first."""
+    found = [_amp(cfg, ctx), _accumulation(cfg, parts, peak_mib, budget_mib), _checkpointing(cfg)]
+    if allow_optimizer_change:
+        found += [_optimizer(apply, cfg, ctx) for apply in (optimizer_8bit, adafactor)]
+    predicted = []
+    for name, changed, changes in (m for m in found if m is not None):
+        prediction = memory_model.predict(parts, peak_mib, cfg.to_dict(), changed.to_dict(), state_by_kind)
+        if prediction.saving_mib > 0:
+            predicted.append(Move(name, changed, prediction, changes))
+    return sorted(predicted, key=lambda m: m.prediction.saving_mib, reverse=True)
+
+
+def _amp(cfg: RunConfig, ctx: StageContext):
+    if cfg.precision != "fp32":
+        return None
+    # A CPU without native bf16 emulates it (an order of magnitude slower): still a memory route, and
+    # the frontier shows what it costs.
+    dtype = ctx.capabilities.amp_dtype or ("bf16" if ctx.device_type == "cpu" else None)
+    return ("amp", cfg.with_overrides(precision=dtype), "") if dtype else None
+
+
+def _accumulation(cfg: RunConfig, parts: Parts, peak_mib: float, budget_mib: float):
+    """The fewest micro-batches predicted to fit; the most allowed where none is."""
+    micro = cfg.effective_micro_batch
+    splits = [k for k in divisors(micro) if 2 <= k <= MOST_MICRO_BATCHES and micro // k >= SMALLEST_MICRO_BATCH]
+    if not splits:
+        return None
+    needed = next((k for k in splits if peak_mib - parts.activations * (1 - 1 / k) <= budget_mib), splits[-1])
+    smaller = micro // needed
+    return f"accumulation_x{cfg.batch_size // smaller}", cfg.with_overrides(micro_batch_size=smaller), ""
+
+
+def _checkpointing(cfg: RunConfig):
+    return ("checkpointing", cfg.with_overrides(checkpointing="blocks"), "") if cfg.checkpointing == "none" else None
+
+
+def _optimizer(apply, cfg: RunConfig, ctx: StageContext):
+    try:
+        changed = apply(cfg, ctx)
+    except StageSkipped:
+        return None
+    return changed.optimizer, changed, frontier.OPTIMIZER_CHANGE
+
+
+def _peak(record: StageRecord) -> float | None:
+    return (record.doc.get("metrics") or {}).get("peak_memory_mb")
+
+
+def fit(session, state, verdicts, finished: list[StageRecord], tools: Tools) -> None:
+    """Meet the budget: measure moves while the configuration is over it, then choose (see the module)."""
+    budget_mib = session.memory_budget_mib
+    unconstrained = frontier.fastest(frontier.points_from(r.doc for r in finished))
+    current = _current(session, state)
+    while current is not None and _peak(current) > budget_mib:
+        records = _measure_moves(session, state, current, tools)
+        finished += records
+        measured = [r for r in records if _peak(r) is not None]
+        if not measured or any(_peak(r) <= budget_mib for r in measured):
+            break
+        lowest = min(measured, key=_peak)
+        if _peak(lowest) >= _peak(current):
+            break  # nothing lowered the peak: combining more would not either
+        session.log(f"-- memory budget: nothing fits yet; {lowest.stage} has the lowest peak "
+                    f"({_peak(lowest):.0f} MiB): the other moves are tried on top of it")
+        _adopt(session, state, lowest)
+        current = lowest
+    _choose(session, state, verdicts, finished, unconstrained, tools)
+
+
+def _current(session, state) -> StageRecord | None:
+    """The record of the configuration the ladder holds (None where it was not measured as a stage:
+    a leave-one-out that dropped a stage holds a configuration measured only inside that check)."""
+    record = state.result
+    if record is None or not same_config(record.config, state.cfg) or _peak(record) is None:
+        session.log("-- memory budget: the final configuration has no measured peak of its own; choosing among "
+                    "the configurations measured")
+        return None
+    return record
+
+
+def _measure_moves(session, state, current: StageRecord, tools: Tools) -> list[StageRecord]:
+    metrics = current.doc["metrics"]
+    parts = Parts.of(metrics)
+    found = moves(state.cfg, parts, metrics["peak_memory_mb"], metrics.get("optimizer_state_mib_by_kind") or {},
+                  session.context, session.memory_budget_mib, session.base_cfg.allow_optimizer_change)
+    session.log(f"-- memory budget: {current.stage} peaks at {metrics['peak_memory_mb']:.0f} MiB, over the "
+                f"{session.memory_budget_mib:.0f} MiB budget; largest part: {parts.largest()}; trying "
+                + (", ".join(f"{m.name} (predicted {m.prediction.peak_mib:.0f} MiB)" for m in found) or "nothing: no move applies"))
+    return [_measure(session, state, current, move, tools) for move in found]
+
+
+def _name(state, move: Move) -> str:
+    """budget+<moves adopted so far>+<this move>: one file per configuration measured."""
+    adopted = [name[len(PREFIX):] for name in state.applied if name.startswith(PREFIX)]
+    return PREFIX + "+".join((adopted[-1:] if adopted else []) + [move.name])
+
+
+def _measure(session, state, current: StageRecord, move: Move, tools: Tools) -> StageRecord:
+    name = _name(state, move)
+    stage = Stage(name, MEMORY, f"memory budget: {move.name} on {current.stage}", lambda cfg, ctx: move.cfg,
+                  changes=move.changes)
+    position, started = state.position, time.perf_counter()
+    state.position += 1
+    trace_dir = stage_trace_dir(session.profiles_dir, name) if move.cfg.trace else None
+    comparison = tools.compare(session, state.cfg, move.cfg, name, current.stage, name, trace_dir,
+                               min(move.cfg.rounds, MEMORY_ROUNDS), state.measured, None)
+    why = f"memory budget: {current.stage} is over it; predicted {move.prediction.peak_mib:.0f} MiB ({move.prediction.basis})"
+    doc = stage_results.stage(session, stage, position, move.cfg, list(state.applied) + [name], comparison,
+                              current.doc, state, why, started)
+    doc = {**doc, "memory_budget": _budget_entry(session.memory_budget_mib, move.prediction, current, doc)}
+    record = tools.save(session, doc)
+    if comparison.interrupted is not None:
+        raise comparison.interrupted
+    return record
+
+
+def _budget_entry(budget_mib: float, prediction: Prediction, current: StageRecord, doc: dict) -> dict:
+    """Predicted against measured, for the report: the saving each move was expected to make."""
+    peak = (doc.get("metrics") or {}).get("peak_memory_mb")
+    measured_saving = _peak(current) - peak if peak is not None else None
+    error = (prediction.saving_mib / measured_saving - 1) if measured_saving else None
+    return {"budget_mib": budget_mib, "fits": fits(peak, budget_mib),
+            "predicted_peak_mib": prediction.peak_mib, "predicted_saving_mib": prediction.saving_mib,
+            "measured_saving_mib": measured_saving, "prediction_error": error, "basis": prediction.basis,
+            "builds_on": current.stage, "out_of_memory": frontier.is_out_of_memory(doc.get("reason"))}
+
+
+def _adopt(session, state, record: StageRecord) -> None:
+    state.cfg = record.config.with_overrides(**{key: getattr(session.base_cfg, key) for key in MEASUREMENT_FIELDS})
+    state.applied, state.result = list(record.applied), record
+
+
+def _choose(session, state, verdicts, finished: list[StageRecord], unconstrained, tools: Tools) -> None:
+    """The fastest measured configuration that fits becomes the final one; or nothing fits, said so."""
+    budget_mib, allow = session.memory_budget_mib, session.base_cfg.allow_optimizer_change
+    points = frontier.points_from(r.doc for r in finished)
+    chosen = frontier.choose(points, budget_mib, allow)
+    entry = {"budget": session.base_cfg.memory_budget, "budget_mib": budget_mib,
+             "judged_on": session.decisions.get("memory_budget", ""),
+             "unconstrained_best": unconstrained.name if unconstrained else None,
+             "points": [vars(p) for p in points]}
+    if chosen is None:
+        line = frontier.nothing_fits_line(points, budget_mib, what_would(finished, budget_mib, allow))
+        verdicts.set("memory_budget", {**entry, "fits": False, "chosen": None, "text": line})
+        session.log(f"-- memory budget: {line}")
+        return
+    record = next(r for r in finished if r.stage == chosen.name)
+    line = frontier.fits_line(chosen, budget_mib, unconstrained)
+    verdicts.set("memory_budget", {**entry, "fits": True, "chosen": chosen.name, "text": line})
+    session.log(f"-- memory budget: {line}")
+    if record.stage.startswith(PREFIX):
+        doc = {**record.doc, "status": "kept",
+               "reason": f"{record.doc.get('reason', '')}; the fastest measured configuration within the "
+                         f"{budget_mib:.0f} MiB memory budget: carried into the final configuration"}
+        finished[finished.index(record)] = record = tools.save(session, doc)
+    _adopt(session, state, record)
+
+
+def what_would(finished: list[StageRecord], budget_mib: float, allow_optimizer_change: bool) -> str:
+    """What could meet a budget no measured configuration met, predicted from the smallest one's parts."""
+    measured = [r for r in finished if _peak(r) is not None and Parts.of(r.doc["metrics"]) is not None]
+    if not measured:
+        return "nothing was measured to predict from"
+    smallest = min(measured, key=_peak)
+    parts = Parts.of(smallest.doc["metrics"])
+    ideas = []
+    world = memory_model.processes_to_fit(parts, budget_mib)
+    if world:
+        ideas.append(f"sharding weights, gradients and optimizer state over {world} processes (FSDP, "
+                     f"--nproc {world}): predicted {memory_model.sharded_peak(parts, world):.0f} MiB per process")
+    else:
+        ideas.append(f"its activations alone ({parts.activations:.0f} MiB) exceed the budget: a smaller batch "
+                     "or image size")
+    states = smallest.doc["metrics"].get("optimizer_state_mib_by_kind") or {}
+    if not allow_optimizer_change and states.get("adamw8bit") is not None and parts.optimizer_state > states["adamw8bit"]:
+        ideas.append(f"--allow-optimizer-change: 8-bit Adam states predicted {states['adamw8bit']:.0f} MiB instead of "
+                     f"{parts.optimizer_state:.0f}")
+    return "; ".join(ideas)
