@@ -12,6 +12,7 @@ from workbench.errors import StageSkipped
 from workbench.launch.messages import SideReport
 
 CANCELLED = "not measured: the other configuration of the round failed"
+OUT_OF_MEMORY = "out of memory: "
 
 
 def failed(side: str, error: BaseException) -> SideReport:
@@ -20,7 +21,7 @@ def failed(side: str, error: BaseException) -> SideReport:
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     # CUDA's error has a type of its own; the CPU allocator's is a RuntimeError that says so.
     out_of_memory = isinstance(error, torch.OutOfMemoryError) or "can't allocate memory" in message.lower()
-    prefix = "out of memory: " if out_of_memory else ""
+    prefix = OUT_OF_MEMORY if out_of_memory else ""
     return SideReport.failed(side, f"{prefix}{type(error).__name__}: {message}"[:500])
 
 
@@ -35,5 +36,7 @@ def guarded(measure: Callable[[], SideReport], side: str) -> SideReport:
     except (StageSkipped, torch.OutOfMemoryError) as error:
         return failed(side, error)
     except Exception as error:  # any configuration's failure is recorded; the ladder or experiment goes on
-        traceback.print_exc(limit=3, file=sys.stderr)
-        return failed(side, error)
+        report = failed(side, error)
+        if not report.error.startswith(OUT_OF_MEMORY):  # running out of memory is a point, not a bug to trace
+            traceback.print_exc(limit=3, file=sys.stderr)
+        return report

@@ -14,7 +14,7 @@ import string
 import textwrap
 from pathlib import Path
 
-from workbench.report import plots
+from workbench.report import budget, plots
 from workbench.report.advice import lessons_section, recommendations_section
 from workbench.report.bottlenecks import bottlenecks
 from workbench.report.markdown import (CSV_NAME, DASHBOARD_NAME, REPORT_NAME, SCRIPT_NAME, device_name,
@@ -37,13 +37,22 @@ def build_report(run_dir: Path) -> list[Path]:
     written = [
         write_csv(view.records, view.run_dir / CSV_NAME),
         plots.dashboard(view.records, view.run_dir / DASHBOARD_NAME,
-                        f"Optimization dashboard: {run_name(view)}"),
+                        f"Optimization dashboard: {run_name(view)}", _frontier_panel(view)),
         write_text_atomic(view.run_dir / REPORT_NAME, render_markdown(view)),
         write_text_atomic(view.run_dir / SCRIPT_NAME, render_script(view)),
     ]
-    chart = memory_chart(view.results, view.run_dir / MEMORY_CHART_NAME)
+    charts = [memory_chart(view.results, view.run_dir / MEMORY_CHART_NAME),
+              budget.frontier_chart(view, view.run_dir / budget.FRONTIER_NAME)]
     point_latest(view.run_dir)
-    return written + ([chart] if chart else [])
+    return written + [chart for chart in charts if chart]
+
+
+def _frontier_panel(view: RunView):
+    """The dashboard's frontier panel, for a run with a memory budget (None otherwise)."""
+    budget_mib, entry = budget.budget_of(view)
+    if budget_mib is None:
+        return None
+    return lambda ax: budget.frontier_panel(ax, budget.points(view), budget_mib, entry.get("chosen"))
 
 
 def run_name(view: RunView) -> str:
@@ -51,8 +60,8 @@ def run_name(view: RunView) -> str:
 
 
 def render_markdown(view: RunView) -> str:
-    sections = [["# Optimization Report", ""], executive_summary(view), bottlenecks(view),
-                ceiling_lines(view), optimizations_section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
+    sections = [["# Optimization Report", ""], budget.first_lines(view), executive_summary(view), bottlenecks(view),
+                ceiling_lines(view), optimizations_section(view), budget.section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
                 lessons_section(view), environment_section(view), links_section(view)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 

@@ -284,16 +284,21 @@ def _empty(ax, title: str, why: str) -> None:
     ax.set_axis_off()
 
 
-def dashboard(records: Sequence[dict], path: Path, title: str = "Optimization dashboard") -> Path:
-    """Five panels: throughput, cumulative speedup, peak memory, incremental speedup, breakdown."""
-    fig = Figure(figsize=(15, 14), layout="constrained")
-    grid = fig.add_gridspec(3, 2)
+def dashboard(records: Sequence[dict], path: Path, title: str = "Optimization dashboard",
+              frontier: Callable | None = None) -> Path:
+    """Five panels: throughput, cumulative speedup, peak memory, incremental speedup, breakdown; and
+    with a memory budget a sixth, the memory/throughput frontier (`frontier` draws it on an axis)."""
+    rows = 4 if frontier is not None else 3
+    fig = Figure(figsize=(15, 14 + 5 * (rows - 3)), layout="constrained")
+    grid = fig.add_gridspec(rows, 2)
     fig.suptitle(title, fontsize=14)
     throughput_panel(fig.add_subplot(grid[0, 0]), records)
     cumulative_panel(fig.add_subplot(grid[0, 1]), records)
     memory_panel(fig.add_subplot(grid[1, 0]), records)
     incremental_panel(fig.add_subplot(grid[1, 1]), records)
     breakdown_panel(fig.add_subplot(grid[2, :]), records)
+    if frontier is not None:
+        frontier(fig.add_subplot(grid[3, :]))
     handles = status_handles([r.get("status") for r in records])
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles) or 1,
                fontsize=9, title="bar colour = stage status", title_fontsize=9)

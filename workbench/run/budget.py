@@ -111,6 +111,7 @@ def fit(session, state, verdicts, finished: list[StageRecord], tools: Tools) -> 
     """Meet the budget: measure moves while the configuration is over it, then choose (see the module)."""
     budget_mib = session.memory_budget_mib
     unconstrained = frontier.fastest(frontier.points_from(r.doc for r in finished))
+    before = (state.cfg, list(state.applied), state.result)
     current = _current(session, state)
     while current is not None and _peak(current) > budget_mib:
         records = _measure_moves(session, state, current, tools)
@@ -125,7 +126,10 @@ def fit(session, state, verdicts, finished: list[StageRecord], tools: Tools) -> 
                     f"({_peak(lowest):.0f} MiB): the other moves are tried on top of it")
         _adopt(session, state, lowest)
         current = lowest
-    _choose(session, state, verdicts, finished, unconstrained, tools)
+    if not _choose(session, state, verdicts, finished, unconstrained, tools):
+        # Nothing fits: the final configuration stays the speed phases' (the moves adopted on the way
+        # were steps of a search, not an answer); the report says what would fit.
+        state.cfg, state.applied, state.result = before
 
 
 def _current(session, state) -> StageRecord | None:
@@ -163,8 +167,10 @@ def _measure(session, state, current: StageRecord, move: Move, tools: Tools) -> 
     position, started = state.position, time.perf_counter()
     state.position += 1
     trace_dir = stage_trace_dir(session.profiles_dir, name) if move.cfg.trace else None
+    # Measured afresh, with its trace, even where the pass compared the same pair: on a CPU the peak a
+    # budget is judged on comes from the trace's memory events (resident memory hides what a move frees).
     comparison = tools.compare(session, state.cfg, move.cfg, name, current.stage, name, trace_dir,
-                               min(move.cfg.rounds, MEMORY_ROUNDS), state.measured, None)
+                               min(move.cfg.rounds, MEMORY_ROUNDS), None, None)
     why = f"memory budget: {current.stage} is over it; predicted {move.prediction.peak_mib:.0f} MiB ({move.prediction.basis})"
     doc = stage_results.stage(session, stage, position, move.cfg, list(state.applied) + [name], comparison,
                               current.doc, state, why, started)
@@ -191,8 +197,8 @@ def _adopt(session, state, record: StageRecord) -> None:
     state.applied, state.result = list(record.applied), record
 
 
-def _choose(session, state, verdicts, finished: list[StageRecord], unconstrained, tools: Tools) -> None:
-    """The fastest measured configuration that fits becomes the final one; or nothing fits, said so."""
+def _choose(session, state, verdicts, finished: list[StageRecord], unconstrained, tools: Tools) -> bool:
+    """The fastest measured configuration that fits becomes the final one (True); or nothing fits, said so."""
     budget_mib, allow = session.memory_budget_mib, session.base_cfg.allow_optimizer_change
     points = frontier.points_from(r.doc for r in finished)
     chosen = frontier.choose(points, budget_mib, allow)
@@ -204,7 +210,7 @@ def _choose(session, state, verdicts, finished: list[StageRecord], unconstrained
         line = frontier.nothing_fits_line(points, budget_mib, what_would(finished, budget_mib, allow))
         verdicts.set("memory_budget", {**entry, "fits": False, "chosen": None, "text": line})
         session.log(f"-- memory budget: {line}")
-        return
+        return False
     record = next(r for r in finished if r.stage == chosen.name)
     line = frontier.fits_line(chosen, budget_mib, unconstrained)
     verdicts.set("memory_budget", {**entry, "fits": True, "chosen": chosen.name, "text": line})
@@ -215,6 +221,7 @@ def _choose(session, state, verdicts, finished: list[StageRecord], unconstrained
                          f"{budget_mib:.0f} MiB memory budget: carried into the final configuration"}
         finished[finished.index(record)] = record = tools.save(session, doc)
     _adopt(session, state, record)
+    return True
 
 
 def what_would(finished: list[StageRecord], budget_mib: float, allow_optimizer_change: bool) -> str:

@@ -212,8 +212,9 @@ def resolve_memory_budget(cfg: RunConfig, facts) -> tuple[float | None, str]:
                          f"{facts.type} has; allowed: up to {total:,.0f} MiB or a share such as 80%")
     how = ("enforced like a smaller card (torch.cuda.set_per_process_memory_fraction): going over is a real "
            "out-of-memory, recorded as a point" if facts.type == "cuda" else
-           "judged on the measured peak (host peak RSS of the measuring process during the timed steps, minus its "
-           "RSS before the model); a CPU has no allocator limit to enforce it")
+           "judged on each configuration's measured peak (with traces on: weights and optimizer state from the "
+           "tensors plus the peak allocated within a profiled step; without: the process's peak resident memory), "
+           "since a CPU has no allocator limit to enforce it")
     return mib, f"{mib:,.0f} MiB ({budget.text}), {how}"
 
 

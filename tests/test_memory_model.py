@@ -1,0 +1,57 @@
+"""The memory model: optimizer state counted from the shapes must equal what each real optimizer
+allocates (torch's Adam, SGD and Adafactor; bitsandbytes' 8-bit Adam), and the predictions move
+the parts the way the module says."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from workbench.measure.clocks import memory_parts_mb
+from workbench.memory_model import Parts, optimizer_state_mib, predict, processes_to_fit, sharded_peak
+from workbench.training.model import build_optimizer, eight_bit_unavailable
+
+
+def stepped(kind: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    optimizer = build_optimizer(kind, model.parameters(), 1e-4)
+    images, labels = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    return model, optimizer
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd", "adafactor",
+                                  pytest.param("adamw8bit", marks=pytest.mark.skipif(
+                                      eight_bit_unavailable() is not None, reason="bitsandbytes not installed"))])
+def test_state_counted_from_shapes_equals_the_optimizers_own(kind):
+    model, optimizer = stepped(kind)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    assert optimizer_state_mib(shapes)[kind] == pytest.approx(memory_parts_mb(model, optimizer)["optimizer_state"], rel=1e-6)
+
+
+@pytest.mark.skipif(eight_bit_unavailable() is not None, reason="bitsandbytes not installed")
+def test_eight_bit_states_cut_adams_by_more_than_60_percent():
+    adam = memory_parts_mb(*stepped("adam"))["optimizer_state"]
+    eight = memory_parts_mb(*stepped("adam8bit"))["optimizer_state"]
+    assert eight < 0.4 * adam
+
+
+PARTS = Parts(weights=98.0, gradients=98.0, optimizer_state=195.0, activations=410.0)
+BASE = {"precision": "fp32", "batch_size": 32, "micro_batch_size": 0, "checkpointing": "none", "optimizer": "adam"}
+
+
+def test_each_move_acts_on_its_part():
+    assert predict(PARTS, 801, BASE, {**BASE, "precision": "bf16"}).saving_mib == pytest.approx(205.0)
+    assert predict(PARTS, 801, BASE, {**BASE, "micro_batch_size": 8}).saving_mib == pytest.approx(307.5)
+    assert predict(PARTS, 801, BASE, {**BASE, "checkpointing": "blocks"}).saving_mib == pytest.approx(205.0)
+    states = {"adam8bit": 49.0}
+    assert predict(PARTS, 801, BASE, {**BASE, "optimizer": "adam8bit"}, states).peak_mib == pytest.approx(801 - 146.0)
+    both = predict(PARTS, 801, BASE, {**BASE, "precision": "bf16", "micro_batch_size": 16})
+    assert both.saving_mib == pytest.approx(410 - 410 * 0.5 * 0.5) and "x0.5" in both.basis
+
+
+def test_sharding_divides_what_is_replicated():
+    assert sharded_peak(PARTS, 2) == pytest.approx((98 + 98 + 195) / 2 + 410)
+    assert processes_to_fit(PARTS, 500) == 5 and processes_to_fit(PARTS, 400) is None
