@@ -23,6 +23,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 CHECKPOINT_MODES = ("none", "blocks")
 INPUT_PIPELINES = ("per_sample", "batched", "decode_on_device")
 ORDERS = ("trace", "fixed")
+# Several processes (--nproc): DDP replicates everything; ZeRO-1 shards the optimizer state; FSDP2 shards
+# weights, gradients and optimizer state (and gathers each block's weights when it runs).
+SHARDINGS = ("none", "zero1", "fsdp")
 HOST_ALLOCATORS = ("system", "retain")
 # Settings of the whole measuring process, not of a model in it: two configurations that differ in one
 # cannot share a process (workbench/run/rounds.py measures each side in its own).
@@ -78,6 +81,10 @@ class RunConfig:
         "system (glibc's default: large freed host blocks go back to the kernel, and the next step faults "
         "them in again) or retain (freed host memory kept in the process and reused; Linux with glibc, "
         "set once per measuring process)"))
+    sharding: str = field(default="none", metadata=_doc(
+        "with several processes (--nproc): none (DDP: each process holds every weight, gradient and optimizer "
+        "state), zero1 (ZeroRedundancyOptimizer: the optimizer state sharded) or fsdp (FSDP2 fully_shard: "
+        "weights, gradients and optimizer state sharded per block)"))
     checkpointing: str = field(default="none", metadata=_doc(
         "activation checkpointing: none, or blocks (recompute each natural block of the model in backward)"))
     compile: str = field(default="none", metadata=_doc(
@@ -210,6 +217,7 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("checkpointing", cfg.checkpointing, CHECKPOINT_MODES)
     _check_choice("input_pipeline", cfg.input_pipeline, INPUT_PIPELINES)
     _check_choice("order", cfg.order, ORDERS)
+    _check_choice("sharding", cfg.sharding, SHARDINGS)
     if not 0 <= cfg.min_effect < 1:
         raise UsageError(f"min_effect={cfg.min_effect} is out of range; allowed: 0 <= min_effect < 1 (0.03 is 3%)")
     _validate_batches(cfg)

@@ -96,9 +96,10 @@ class Prediction:
 
 
 def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
-            state_by_kind: Mapping[str, float] | None = None) -> Prediction:
-    """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak."""
-    activations, state, basis = parts.activations, parts.optimizer_state, []
+            state_by_kind: Mapping[str, float] | None = None, world: int = 1) -> Prediction:
+    """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak,
+    per process of `world` (state_by_kind: each optimizer's whole state, unsharded)."""
+    activations, basis = parts.activations, []
     if before.get("precision") == "fp32" and after.get("precision") in ("bf16", "fp16"):
         activations *= 1 - AMP_ACTIVATION_SAVING
         basis.append(f"{after['precision']} activations: x{1 - AMP_ACTIVATION_SAVING:g}")
@@ -109,12 +110,27 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
     if before.get("checkpointing", "none") == "none" and after.get("checkpointing", "none") != "none":
         activations *= 1 - CHECKPOINT_ACTIVATION_SAVING
         basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING:g}")
-    new_kind = after.get("optimizer")
-    if new_kind != before.get("optimizer") and state_by_kind and new_kind in state_by_kind:
-        state = state_by_kind[new_kind]
-        basis.append(f"{new_kind} state {state:.0f} MiB (from the parameters' shapes) instead of {parts.optimizer_state:.0f}")
-    saving = (parts.activations - activations) + (parts.optimizer_state - state)
+    state = _state(parts, before, after, state_by_kind, world, basis)
+    replicated = parts.weights + parts.gradients
+    if before.get("sharding", "none") != "fsdp" and after.get("sharding") == "fsdp" and world > 1:
+        replicated /= world
+        basis.append(f"weights and gradients sharded over {world} processes (one block gathered at a time: not counted)")
+    saving = (parts.activations - activations) + (parts.optimizer_state - state) + (parts.weights + parts.gradients - replicated)
     return Prediction(peak_mib - saving, saving, "; ".join(basis) or "no part changes")
+
+
+def _state(parts: Parts, before: Mapping, after: Mapping, state_by_kind: Mapping[str, float] | None, world: int,
+           basis: list[str]) -> float:
+    """This process's optimizer state under `after`: another optimizer's own size, sharded or not."""
+    state, kind = parts.optimizer_state, after.get("optimizer")
+    if kind != before.get("optimizer") and state_by_kind and kind in state_by_kind:
+        was_sharded = before.get("sharding", "none") != "none" and world > 1
+        state = state_by_kind[kind] / (world if was_sharded else 1)
+        basis.append(f"{kind} state {state:.0f} MiB (from the parameters' shapes) instead of {parts.optimizer_state:.0f}")
+    if before.get("sharding", "none") == "none" and after.get("sharding", "none") != "none" and world > 1:
+        state /= world
+        basis.append(f"optimizer state sharded over {world} processes")
+    return state
 
 
 def _micro(cfg: Mapping) -> int:

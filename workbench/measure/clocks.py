@@ -117,13 +117,17 @@ def cuda_peaks(device: torch.device) -> dict:
 
 
 def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    """Bytes this process holds: a sharded tensor (FSDP2's DTensor) counts its local shard only."""
+    local = (t.to_local() if hasattr(t, "to_local") else t for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 def memory_parts_mb(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Weights, gradients and optimizer state measured from the tensors themselves."""
+    """Weights, gradients and optimizer state measured from the tensors themselves (this process's)."""
     params = list(model.parameters())
-    state = [v for s in optimizer.state.values() for v in s.values()]
+    # ZeroRedundancyOptimizer keeps this process's shard of the state in its inner optimizer.
+    inner = getattr(optimizer, "optim", optimizer)
+    state = [v for s in inner.state.values() for v in s.values()]
     grads = [p.grad for p in params if p.grad is not None]
     # Gradients are freed by zero_grad(set_to_none=True); during backward they exist at full size.
     grad_bytes = tensor_bytes(grads) or tensor_bytes(p for p in params if p.requires_grad)

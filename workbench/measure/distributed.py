@@ -69,11 +69,34 @@ def device_for(device_type: str, info: DistInfo) -> torch.device:
     return torch.device("cuda", info.local_rank) if device_type == "cuda" else torch.device(device_type)
 
 
-def wrap(model: torch.nn.Module, device: torch.device, info: DistInfo) -> torch.nn.Module:
+def wrap(model: torch.nn.Module, device: torch.device, info: DistInfo, sharding: str = "none",
+         blocks: list[torch.nn.Module] | None = None) -> torch.nn.Module:
+    """DDP, or FSDP2 (sharding="fsdp"): each block sharded on its own, so only one block's weights are
+    gathered at a time, then the root (what is left: stem, head). ZeRO-1 keeps DDP: it shards the
+    optimizer (optimizer_for)."""
     if not info.enabled:
+        return model
+    if sharding == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in blocks or []:
+            fully_shard(block)
+        fully_shard(model)
         return model
     device_ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def optimizer_for(build, params, info: DistInfo, sharding: str) -> torch.optim.Optimizer:
+    """The optimizer `build(params)` makes, or under ZeRO-1 a ZeroRedundancyOptimizer holding one shard
+    of its state per process (the same update: each process steps its shard, then they broadcast)."""
+    if not (info.enabled and sharding == "zero1"):
+        return build(params)
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+
+    probe = build([torch.nn.Parameter(torch.zeros(1))])  # its class and settings, for each shard's own
+    settings = {key: value for key, value in probe.defaults.items() if key not in ("differentiable",)}
+    return ZeroRedundancyOptimizer(list(params), optimizer_class=type(probe), **settings)
 
 
 def sampler(dataset, info: DistInfo, seed: int):

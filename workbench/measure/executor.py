@@ -26,7 +26,7 @@ from workbench.training import host_memory
 from workbench.training.batched_input import DeviceAugment
 from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
-from workbench.training.model import apply_all, build_model, build_optimizer
+from workbench.training.model import apply_all, build_model, build_optimizer, natural_blocks
 from workbench.progress import Progress, stderr_log
 from workbench.trace.capture import capture
 from workbench.training.step import BatchStream, StepSettings, TrainStep, UserTask, classification_loss, map_tensors
@@ -142,12 +142,13 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     rss_before_model = clocks.current_rss_mb()
     eager = make_model()
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
-                             distribute=lambda m: distributed.wrap(m, device, dist))
+                             distribute=lambda m: distributed.wrap(m, device, dist, cfg.sharding, natural_blocks(m)))
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes)
     allocator = host_memory.in_effect()
     if allocator:
         notes["host_allocator_settings"] = allocator
-    optimizer = build_optimizer(cfg.optimizer, eager.parameters(), cfg.lr, cfg.fused_optimizer)
+    optimizer = distributed.optimizer_for(lambda params: build_optimizer(cfg.optimizer, params, cfg.lr, cfg.fused_optimizer),
+                                          eager.parameters(), dist, cfg.sharding)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",
                             clip_grad_norm=cfg.clip_grad_norm or None,

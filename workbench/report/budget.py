@@ -70,7 +70,7 @@ def section(view: RunView) -> list[str]:
              "(paired, or chained through the paired comparisons it stands on). The choice is the fastest that "
              "fits; a change of optimizer only with --allow-optimizer-change.", "",
              *table(["configuration", "peak (MiB)", "fits", "speed vs baseline", "samples/s", ""], rows), ""]
-    return lines + _predictions(view) + _out_of_memory_note(view)
+    return lines + _out_of_memory_note(view)
 
 
 def _peak(p: Point) -> str:
@@ -87,19 +87,20 @@ def _speed(p: Point) -> str:
     return f"{p.speedup:.2f}x" if p.speedup is not None else "-"
 
 
-def _predictions(view: RunView) -> list[str]:
-    moves = [r for r in view.results if r.get("memory_budget")]
+def predictions_section(view: RunView) -> list[str]:
+    """Every memory stage's predicted saving beside the measured one (with or without a budget)."""
+    moves = [r for r in view.results if r.get("memory_prediction")]
     if not moves:
         return []
     rows = []
     for result in moves:
-        entry = result["memory_budget"]
+        entry = result["memory_prediction"]
         measured = entry.get("measured_saving_mib")
         error = entry.get("prediction_error")
         rows.append([result["stage"], entry.get("builds_on", "-"), f"{entry['predicted_saving_mib']:,.0f}",
                      "-" if measured is None else f"{measured:,.0f}",
                      "-" if error is None else f"{error:+.0%}", entry.get("basis", "")])
-    return ["### Memory moves: predicted against measured", "",
+    return ["## Memory stages: predicted against measured", "",
             "Each move's saving was predicted from the breakdown of the configuration it builds on (weights, "
             "gradients and optimizer state from the tensors, the rest of the peak as activations) before it was "
             "measured.", "",

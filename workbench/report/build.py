@@ -61,7 +61,8 @@ def run_name(view: RunView) -> str:
 
 def render_markdown(view: RunView) -> str:
     sections = [["# Optimization Report", ""], budget.first_lines(view), executive_summary(view), bottlenecks(view),
-                ceiling_lines(view), optimizations_section(view), budget.section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
+                ceiling_lines(view), optimizations_section(view), budget.section(view),
+                budget.predictions_section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
                 lessons_section(view), environment_section(view), links_section(view)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 

@@ -26,7 +26,7 @@ from workbench.errors import StageSkipped
 from workbench.memory_model import Parts, Prediction
 from workbench.run import stage_results
 from workbench.run.record import StageRecord
-from workbench.run.stages import MEMORY, MEMORY_ROUNDS, Stage, StageContext, adafactor, optimizer_8bit
+from workbench.run.stages import MEMORY, MEMORY_ROUNDS, Stage, StageContext, adafactor, fsdp, optimizer_8bit, zero1
 from workbench.results import stage_trace_dir
 
 PREFIX = "budget+"
@@ -61,11 +61,13 @@ def moves(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, ct
           budget_mib: float, allow_optimizer_change: bool) -> list[Move]:
     """The memory moves that apply on cfg, largest predicted saving first."""
     found = [_amp(cfg, ctx), _accumulation(cfg, parts, peak_mib, budget_mib), _checkpointing(cfg)]
+    found += [_applied(apply, cfg, ctx) for apply in (zero1, fsdp)]  # several processes only
     if allow_optimizer_change:
-        found += [_optimizer(apply, cfg, ctx) for apply in (optimizer_8bit, adafactor)]
+        found += [_applied(apply, cfg, ctx, frontier.OPTIMIZER_CHANGE) for apply in (optimizer_8bit, adafactor)]
     predicted = []
     for name, changed, changes in (m for m in found if m is not None):
-        prediction = memory_model.predict(parts, peak_mib, cfg.to_dict(), changed.to_dict(), state_by_kind)
+        prediction = memory_model.predict(parts, peak_mib, cfg.to_dict(), changed.to_dict(), state_by_kind,
+                                          ctx.world_size)
         if prediction.saving_mib > 0:
             predicted.append(Move(name, changed, prediction, changes))
     return sorted(predicted, key=lambda m: m.prediction.saving_mib, reverse=True)
@@ -95,12 +97,14 @@ def _checkpointing(cfg: RunConfig):
     return ("checkpointing", cfg.with_overrides(checkpointing="blocks"), "") if cfg.checkpointing == "none" else None
 
 
-def _optimizer(apply, cfg: RunConfig, ctx: StageContext):
+def _applied(apply, cfg: RunConfig, ctx: StageContext, changes: str = ""):
+    """A stage's own change as a move, named after what it sets (None where it does not apply)."""
     try:
         changed = apply(cfg, ctx)
     except StageSkipped:
         return None
-    return changed.optimizer, changed, frontier.OPTIMIZER_CHANGE
+    name = changed.optimizer if changes == frontier.OPTIMIZER_CHANGE else changed.sharding
+    return name, changed, changes
 
 
 def _peak(record: StageRecord) -> float | None:
@@ -174,22 +178,13 @@ def _measure(session, state, current: StageRecord, move: Move, tools: Tools) -> 
     why = f"memory budget: {current.stage} is over it; predicted {move.prediction.peak_mib:.0f} MiB ({move.prediction.basis})"
     doc = stage_results.stage(session, stage, position, move.cfg, list(state.applied) + [name], comparison,
                               current.doc, state, why, started)
-    doc = {**doc, "memory_budget": _budget_entry(session.memory_budget_mib, move.prediction, current, doc)}
+    peak = (doc.get("metrics") or {}).get("peak_memory_mb")
+    doc = {**doc, "memory_budget": {"budget_mib": session.memory_budget_mib, "fits": fits(peak, session.memory_budget_mib),
+                                    "out_of_memory": frontier.is_out_of_memory(doc.get("reason"))}}
     record = tools.save(session, doc)
     if comparison.interrupted is not None:
         raise comparison.interrupted
     return record
-
-
-def _budget_entry(budget_mib: float, prediction: Prediction, current: StageRecord, doc: dict) -> dict:
-    """Predicted against measured, for the report: the saving each move was expected to make."""
-    peak = (doc.get("metrics") or {}).get("peak_memory_mb")
-    measured_saving = _peak(current) - peak if peak is not None else None
-    error = (prediction.saving_mib / measured_saving - 1) if measured_saving else None
-    return {"budget_mib": budget_mib, "fits": fits(peak, budget_mib),
-            "predicted_peak_mib": prediction.peak_mib, "predicted_saving_mib": prediction.saving_mib,
-            "measured_saving_mib": measured_saving, "prediction_error": error, "basis": prediction.basis,
-            "builds_on": current.stage, "out_of_memory": frontier.is_out_of_memory(doc.get("reason"))}
 
 
 def _adopt(session, state, record: StageRecord) -> None:

@@ -174,6 +174,7 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
         session = replace(_settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
                                   sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc),
                           time_budget_s=time_budget_s, nodes=nodes, link=link, memory_budget_mib=budget_mib)
+        session = replace(session, context=replace(session.context, world_size=session.world_size))
         if budget_note:
             session.decisions["memory_budget"] = budget_note
             session.log(f"decision memory_budget: {budget_note}")

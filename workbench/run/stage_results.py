@@ -13,7 +13,8 @@ from workbench.run import judge
 from workbench.run.reading import read_trace
 from workbench.run.result import Measurement, RunFacts, Verdict, assemble, judged_metrics, measured
 from workbench.run.rounds import Comparison
-from workbench.run.stages import REFERENCE, Stage
+from workbench.memory_model import Parts, predict
+from workbench.run.stages import MEMORY, REFERENCE, Stage
 from workbench.trace import comm
 
 FINAL_STAGE = "final"
@@ -61,10 +62,29 @@ def stage(facts: RunFacts, stage: Stage, position: int, cfg, applied: list[str],
     reading = read_trace(facts, stage.name, cfg, measurement)
     status, reason, marks = judge.status(judged_metrics(measurement, reading, **speedups), stage.kind, against)
     prediction = judge.prediction(stage.name, speedups["speedup_vs_previous"], against)
+    memory = memory_prediction(against, cfg, judged_metrics(measurement, reading), facts) if stage.kind == MEMORY else None
     verdict = Verdict(status, reason, stage.kind, speedups, scaling(measurement, facts),
                       {"probe": probe, **marks, "prediction": prediction,
-                       **({"changes": stage.changes} if stage.changes else {})})
+                       **({"changes": stage.changes} if stage.changes else {}),
+                       **({"memory_prediction": memory} if memory else {})})
     return assemble(facts, stage.name, position, cfg, applied, why, measurement, reading, verdict)
+
+
+def memory_prediction(against: dict, cfg, metrics: dict, facts) -> dict | None:
+    """A memory stage's saving as predicted from the breakdown of the configuration it builds on
+    (workbench/memory_model.py), beside the saving measured: the report shows both."""
+    before = against.get("metrics") or {}
+    parts = Parts.of(before)
+    if parts is None or against.get("config") is None:
+        return None
+    world = getattr(facts.context, "world_size", 1)
+    predicted = predict(parts, before["peak_memory_mb"], against["config"], cfg.to_dict(),
+                        before.get("optimizer_state_mib_by_kind"), world)
+    peak = metrics.get("peak_memory_mb")
+    measured = before["peak_memory_mb"] - peak if peak is not None else None
+    return {"builds_on": against.get("stage"), "predicted_peak_mib": predicted.peak_mib,
+            "predicted_saving_mib": predicted.saving_mib, "measured_saving_mib": measured,
+            "prediction_error": (predicted.saving_mib / measured - 1) if measured else None, "basis": predicted.basis}
 
 
 def final(facts: RunFacts, state, comparison: Comparison, started: float) -> dict:

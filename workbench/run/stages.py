@@ -40,6 +40,7 @@ class StageContext:
     # The timed window's host CPU figures of the configuration the stage builds on (executor.host_cpu),
     # where the ladder measured it: a stage that removes a measured cost applies where that cost shows.
     host_cpu: Mapping | None = None
+    world_size: int = 1           # processes per stage (--nproc times the nodes): sharding needs two or more
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,22 @@ def adafactor(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(optimizer="adafactor")
 
 
+def _sharded(cfg: RunConfig, ctx: StageContext, sharding: str) -> RunConfig:
+    if ctx.world_size < 2:
+        raise StageSkipped(f"sharding={sharding} splits state across processes; this run has one (--nproc 2 or more)")
+    if cfg.sharding == sharding:
+        raise StageSkipped(f"already sharding={sharding}")
+    return cfg.with_overrides(sharding=sharding)
+
+
+def zero1(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return _sharded(cfg, ctx, "zero1")
+
+
+def fsdp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return _sharded(cfg, ctx, "fsdp")
+
+
 def checkpointing(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg.with_overrides(checkpointing="blocks")
 
@@ -205,6 +222,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("adafactor", MEMORY, "torch.optim.Adafactor: a factored second moment (a row and a column per "
           "matrix) and no first moment; changes the optimization; only when named in --stages or tried by "
           "--memory-budget", adafactor, opt_in=True, changes="optimizer"),
+    Stage("zero1", MEMORY, "ZeRO-1 (ZeroRedundancyOptimizer): each process keeps 1/N of the optimizer state "
+          "(--nproc N; only when named in --stages or tried by --memory-budget)", zero1, opt_in=True),
+    Stage("fsdp", MEMORY, "FSDP2 (fully_shard per block, then the root): weights, gradients and optimizer state "
+          "sharded over the processes, each block's weights gathered as it runs (--nproc N; only when named "
+          "in --stages or tried by --memory-budget)", fsdp, opt_in=True),
     Stage("cuda_graphs", SPEED, "torch.compile mode=reduce-overhead: the step's kernels captured once in CUDA "
           "graphs and replayed, removing per-kernel launch overhead (CUDA only; first where the trace is "
           "launch-bound)", cuda_graphs),

@@ -186,6 +186,16 @@ def wrap_checkpoints(model: nn.Module) -> list[str]:
     return []
 
 
+def natural_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's natural blocks as modules (after any checkpoint wrapping): FSDP shards each on its own."""
+    if isinstance(model, models.ResNet):
+        return [model.layer1, model.layer2, model.layer3, model.layer4]
+    if isinstance(model, models.VisionTransformer):
+        return list(model.encoder.layers)
+    features = getattr(model, "features", None)
+    return list(features) if isinstance(features, nn.Sequential) else []
+
+
 def apply_all(model: nn.Module, memory_format: str, checkpointing: str, compile_mode: str,
               device: torch.device, distribute=None) -> tuple[nn.Module, dict]:
     """Apply every model-side optimization in the one order that works; return model and notes.
