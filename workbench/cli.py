@@ -221,6 +221,9 @@ def _print_summary(finished: list[dict], run_dir: Path) -> None:
     if traces:
         print("open a trace: drag it into https://ui.perfetto.dev or chrome://tracing (gzip is fine), "
               "or run `make tensorboard` and open http://localhost:6006 -> PYTORCH_PROFILER")
+    snapshots = [(r.get("metrics") or {}).get("memory_timeline", {}) or {} for r in finished]
+    for path in [s["cuda_snapshot"] for s in snapshots if s.get("cuda_snapshot")]:
+        print(f"memory snapshot: {path} (drag it into https://pytorch.org/memory_viz)")
     print(f"results: {run_dir / STAGES_DIR}/   report: workbench report {run_dir.name}")
 
 

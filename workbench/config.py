@@ -137,6 +137,9 @@ class RunConfig:
     reports_dir: str = field(default="reports", metadata=_doc("where results and reports go"))
     profiles_dir: str = field(default="profiles", metadata=_doc("where traces go"))
     trace: bool = field(default=True, metadata=_doc("capture a torch.profiler trace of every stage (a separate, untimed pass)"))
+    memory_timeline: bool = field(default=True, metadata=_doc(
+        "profile one more step per stage with torch.profiler's memory profiler (shapes, memory, stacks): the "
+        "memory by category over the step and the moment of its peak; on CUDA also an allocator snapshot"))
     trace_with_stack: bool = field(default=False, metadata=_doc("record Python stacks in traces (bigger files)"))
 
     def __post_init__(self) -> None:

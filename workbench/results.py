@@ -101,6 +101,18 @@ BREAKDOWN_SUFFIX = ".breakdown.csv"
 # gives it and torch-tb-profiler lists (one run per folder); the workbench writes it gzipped.
 TRACE_GLOBS = ("*.pt.trace.json", "*.pt.trace.json.gz")
 TRACE_SUFFIX = ".pt.trace.json.gz"
+# Beside a stage's trace: its memory over one step by category (trace/memory_timeline.py), and on CUDA
+# the caching allocator's snapshot that pytorch.org/memory_viz opens. One per rank under --nproc.
+MEMORY_TIMELINE_FILE = "memory_timeline.json"
+CUDA_SNAPSHOT_FILE = "memory_snapshot.pickle"
+
+
+def per_rank(name: str, rank: int, world_size: int) -> str:
+    """A file name of rank 0 as it is, another rank's with its number (memory_timeline.rank1.json)."""
+    if world_size == 1 or rank == 0:
+        return name
+    stem, dot, suffix = name.partition(".")
+    return f"{stem}.rank{rank}{dot}{suffix}"
 TRACE_SUMMARY_SUFFIX = ".trace_summary.json"
 # Before stage files were keyed by name: NN-<stage>, NN the position the stage was taken at.
 LEGACY_STEM = re.compile(r"(\d\d)-(.+)")

@@ -51,7 +51,8 @@ def test_a_launch_bound_trace_takes_cuda_graphs_first():
 def test_the_batch_comes_after_the_speed_stages_and_before_the_memory_stages():
     kinds = [s.kind for s in sorted((s for s in STAGES if s.kind != "reference"),
                                     key=lambda s: (ladder.PASS_ORDER.index(s.kind), ladder.STAGE_NAMES.index(s.name)))]
-    assert kinds.index(BATCH) == len(kinds) - 3 and kinds[-2:] == [MEMORY, MEMORY]
+    memory = kinds.count(MEMORY)
+    assert memory >= 2 and kinds.index(BATCH) == len(kinds) - memory - 1 and kinds[-memory:] == [MEMORY] * memory
 
 
 def test_leave_one_out_keeps_the_measured_batch_when_another_stage_is_dropped():

@@ -6,6 +6,7 @@ its configurations here, and the ladder never runs it in its own process.
 from __future__ import annotations
 
 import functools
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, coll
 from workbench.errors import StageSkipped, UsageError
 from workbench.training.model import apply_all, build_model, build_optimizer, natural_blocks
 from workbench.progress import Progress, stderr_log
-from workbench.trace.capture import capture
+from workbench.results import CUDA_SNAPSHOT_FILE, MEMORY_TIMELINE_FILE, per_rank, write_text_atomic
+from workbench.trace.capture import capture, cuda_snapshot, memory_timeline
 from workbench.training.step import BatchStream, StepSettings, TrainStep, UserTask, classification_loss, map_tensors
 
 
@@ -360,6 +362,27 @@ def _trace_pass(built: Built, trace_dir: Path, progress: Progress, brief: bool =
         built.step.annotate = False
 
 
+def _memory_views(built: Built, trace_dir: Path, progress: Progress) -> dict:
+    """The step's memory by category and its peak's moment, written beside the trace; on CUDA also the
+    allocator snapshot (its path is printed at the end of the run). Untimed, like the trace."""
+    def one_step(i: int) -> None:
+        images, labels = built.stream.next()
+        built.step(images, labels)
+        progress.update("memory timeline", 1, 1)
+
+    rank, world = built.dist.rank, built.dist.world_size
+    built.step.annotate = True  # the regions name the moment of the peak
+    try:
+        summary = memory_timeline(one_step, str(built.device), built.eager_model, built.optimizer)
+    finally:
+        built.step.annotate = False
+    path = write_text_atomic(trace_dir / per_rank(MEMORY_TIMELINE_FILE, rank, world), json.dumps(summary))
+    views = {"file": str(path), "peak": summary["peak"]}
+    if built.device.type == "cuda":
+        views["cuda_snapshot"] = str(cuda_snapshot(one_step, trace_dir / per_rank(CUDA_SNAPSHOT_FILE, rank, world)))
+    return views
+
+
 @dataclass
 class Window:
     """One timed window of a configuration: step times, losses and the peaks read right after it."""
@@ -464,5 +487,8 @@ def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: 
         metrics["compute_only"], metrics["compute_only_error"] = _guarded(lambda: compute_only(built, progress))
     trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress, brief) if trace_dir else None)
     metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
+    if trace_dir and not brief and built.cfg.memory_timeline:
+        metrics["memory_timeline"], metrics["memory_timeline_error"] = _guarded(
+            lambda: _memory_views(built, trace_dir, progress))
     return {"metrics": metrics, "trace_file": trace["file"] if trace else None,
             "trace_size_mb": trace["size_mb"] if trace else None}

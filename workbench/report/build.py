@@ -22,7 +22,7 @@ from workbench.report.markdown import (CSV_NAME, DASHBOARD_NAME, REPORT_NAME, SC
                                        speedup_text, throughput_text)
 from workbench.report.stages import optimizations_section
 from workbench.report.experiments import experiments_section
-from workbench.report.memory import MEMORY_CHART_NAME, memory_chart
+from workbench.report.memory import MEMORY_CHART_NAME, TIMELINE_CHART_NAME, memory_chart, timeline_chart, timeline_lines
 from workbench.report.table import RunView, fmt, load_view, write_csv
 from workbench.report.verdicts import ceiling_lines, verdicts_section
 from workbench.results import LATEST_FILE, LATEST_LINK, write_text_atomic
@@ -42,7 +42,8 @@ def build_report(run_dir: Path) -> list[Path]:
         write_text_atomic(view.run_dir / SCRIPT_NAME, render_script(view)),
     ]
     charts = [memory_chart(view.results, view.run_dir / MEMORY_CHART_NAME),
-              budget.frontier_chart(view, view.run_dir / budget.FRONTIER_NAME)]
+              budget.frontier_chart(view, view.run_dir / budget.FRONTIER_NAME),
+              timeline_chart(view.results, view.run_dir / TIMELINE_CHART_NAME)]
     point_latest(view.run_dir)
     return written + [chart for chart in charts if chart]
 
@@ -62,7 +63,7 @@ def run_name(view: RunView) -> str:
 def render_markdown(view: RunView) -> str:
     sections = [["# Optimization Report", ""], budget.first_lines(view), executive_summary(view), bottlenecks(view),
                 ceiling_lines(view), optimizations_section(view), budget.section(view),
-                budget.predictions_section(view), verdicts_section(view), experiments_section(view), recommendations_section(view),
+                budget.predictions_section(view), timeline_lines(view.results), verdicts_section(view), experiments_section(view), recommendations_section(view),
                 lessons_section(view), environment_section(view), links_section(view)]
     return "\n".join(line for section in sections for line in section).rstrip() + "\n"
 
