@@ -109,12 +109,15 @@ V100 = DeviceFacts("cuda", "V100", capability=(7, 0), device_count=1)
 def test_stage_order_is_the_ladder():
     assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "decode_on_device",
                                   "channels_last", "fused_optimizer", "host_allocator", "accumulation", "checkpointing",
-                                  "cuda_graphs", "compile", "batch_size")
+                                  "optimizer_8bit", "adafactor", "zero1", "fsdp", "cuda_graphs", "compile", "batch_size")
 
 
 def test_select_all_and_by_name_keeps_baseline_first_and_ladder_order():
-    assert [s.name for s in stages.select(None)] == list(stages.STAGE_NAMES)
+    # the trade-offs few runs need (another optimizer, sharding) run only when named
+    opt_in = {"optimizer_8bit", "adafactor", "zero1", "fsdp"}
+    assert [s.name for s in stages.select(None)] == [n for n in stages.STAGE_NAMES if n not in opt_in]
     assert [s.name for s in stages.select("compile, amp")] == ["baseline", "amp", "compile"]
+    assert [s.name for s in stages.select("fsdp,adafactor")] == ["baseline", "adafactor", "fsdp"]
 
 
 def test_select_unknown_stage_is_usage_error():
@@ -127,7 +130,7 @@ def test_every_stage_is_a_pure_function_of_the_config():
     given = dict(batch_size=8, data="imagefolder:/data/jpegs", allow_batch_change=True)
     cfg = RunConfig(**given)
     applied = set()
-    for ctx in (_ctx(A100, best_workers=2), _ctx(CPU_BF16, best_workers=2)):
+    for ctx in (_ctx(A100, best_workers=2), dataclasses.replace(_ctx(CPU_BF16, best_workers=2), world_size=2)):
         for stage in stages.STAGES:
             try:
                 out = stage.apply(cfg, ctx)
@@ -138,8 +141,10 @@ def test_every_stage_is_a_pure_function_of_the_config():
             assert cfg == RunConfig(**given)  # input untouched
     # each stage applies on one of the two machines (keeping freed host memory needs glibc)
     from workbench.training import host_memory
+    from workbench.training.model import eight_bit_unavailable
     needs_glibc = {"host_allocator"} if host_memory.unavailable_reason() else set()
-    assert applied == set(stages.STAGE_NAMES) - needs_glibc
+    needs_bitsandbytes = {"optimizer_8bit"} if eight_bit_unavailable() else set()
+    assert applied == set(stages.STAGE_NAMES) - needs_glibc - needs_bitsandbytes
 
 
 def test_baseline_is_identity():
