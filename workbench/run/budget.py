@@ -60,7 +60,7 @@ def same_config(a: RunConfig, b: RunConfig) -> bool:
 def moves(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, ctx: StageContext,
           budget_mib: float, allow_optimizer_change: bool) -> list[Move]:
     """The memory moves that apply on cfg, largest predicted saving first."""
-    found = [_amp(cfg, ctx), _accumulation(cfg, parts, peak_mib, budget_mib), _checkpointing(cfg)]
+    found = [_amp(cfg, ctx), _accumulation(cfg, parts, peak_mib, state_by_kind, budget_mib), _checkpointing(cfg)]
     found += [_applied(apply, cfg, ctx) for apply in (zero1, fsdp)]  # several processes only
     if allow_optimizer_change:
         found += [_applied(apply, cfg, ctx, frontier.OPTIMIZER_CHANGE) for apply in (optimizer_8bit, adafactor)]
@@ -82,13 +82,15 @@ def _amp(cfg: RunConfig, ctx: StageContext):
     return ("amp", cfg.with_overrides(precision=dtype), "") if dtype else None
 
 
-def _accumulation(cfg: RunConfig, parts: Parts, peak_mib: float, budget_mib: float):
+def _accumulation(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, budget_mib: float):
     """The fewest micro-batches predicted to fit; the most allowed where none is."""
     micro = cfg.effective_micro_batch
     splits = [k for k in divisors(micro) if 2 <= k <= MOST_MICRO_BATCHES and micro // k >= SMALLEST_MICRO_BATCH]
     if not splits:
         return None
-    needed = next((k for k in splits if peak_mib - parts.activations * (1 - 1 / k) <= budget_mib), splits[-1])
+    predicted = lambda k: memory_model.predict(parts, peak_mib, cfg.to_dict(), cfg.with_overrides(
+        micro_batch_size=micro // k).to_dict(), state_by_kind).peak_mib
+    needed = next((k for k in splits if predicted(k) <= budget_mib), splits[-1])
     smaller = micro // needed
     return f"accumulation_x{cfg.batch_size // smaller}", cfg.with_overrides(micro_batch_size=smaller), ""
 
