@@ -18,7 +18,7 @@ import pytest
 
 from workbench import results
 from workbench.launch import channel, launchers, procs
-from workbench.run import ladder, stage_results
+from workbench.run import comparing, ladder, stage_results
 from workbench.training import safe_pickle
 from workbench.config import RunConfig
 from workbench.training.data import SYNTHETIC_MARKER, write_synthetic_cifar
@@ -179,7 +179,7 @@ def test_resume_sets_a_damaged_stage_file_aside(tmp_path):
     path.write_text('{"stage": "base')
     logged = []
     session = SimpleNamespace(run_dir=tmp_path, resume=True, log=logged.append, environment={})
-    assert ladder._previous(session, "baseline", RunConfig(), []) is None
+    assert comparing.previous(session, "baseline", RunConfig(), []) is None
     assert not path.exists() and path.with_name(path.name + ".corrupt").exists()
     assert "measuring baseline again" in logged[0]
 
@@ -190,11 +190,11 @@ def test_failed_save_keeps_the_result_and_says_where(tmp_path, monkeypatch):
     def disk_full(path, payload):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ladder, "write_json_atomic", disk_full)
+    monkeypatch.setattr(comparing, "write_json_atomic", disk_full)
     session = SimpleNamespace(run_dir=tmp_path, log=lambda message: None)
     result = {"index": 0, "stage": "baseline", "status": "baseline", "reason": "", "metrics": None}
     with pytest.raises(SaveError) as caught:
-        ladder._save(session, result)
+        comparing.save(session, result)
     assert caught.value.result is result and caught.value.exit_code == 74
     assert "stages/baseline.json" in str(caught.value) and "No space left" in str(caught.value)
 

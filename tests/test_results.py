@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from workbench import results
-from workbench.run import ladder
+from workbench.run import comparing
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 
@@ -53,7 +53,7 @@ def test_both_layouts_in_one_run_read_in_the_order_taken(tmp_path):
 def test_saving_a_stage_replaces_its_old_numbered_file(tmp_path):
     old = tmp_path / "stages" / "03-amp.json"
     results.write_json_atomic(old, _result("amp", 3))
-    ladder._save(SimpleNamespace(run_dir=tmp_path, log=lambda message: None), _result("amp", 5))
+    comparing.save(SimpleNamespace(run_dir=tmp_path, log=lambda message: None), _result("amp", 5))
     assert not old.exists()
     assert json.loads(results.stage_result_path(tmp_path, "amp").read_text())["index"] == 5
 

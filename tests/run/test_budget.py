@@ -13,7 +13,7 @@ from workbench.config import RunConfig
 from workbench.device import Capabilities
 from workbench.launch import SideReport
 from workbench.memory_model import Parts
-from workbench.run import budget, ladder
+from workbench.run import budget, comparing
 from workbench.run.record import StageRecord
 from workbench.run.rounds import Comparison
 from workbench.run.stages import StageContext
@@ -61,13 +61,14 @@ class Book:
         self.doc[key] = value
 
 
-def tools(outcomes: dict, calls: list, saved: list) -> budget.Tools:
+def measuring(monkeypatch, outcomes: dict, calls: list, saved: list) -> None:
     """Each move measured as given: {move label: (speed vs the configuration it joins, its peak)}."""
     def compare(session, a, b, label, *args, **kw):
         calls.append(label)
         gain, peak = outcomes[label] if label in outcomes else outcomes["*"]
         return Comparison([side(100.0, 800.0, "a") for _ in range(2)], [side(100.0 * gain, peak, "b") for _ in range(2)])
-    return budget.Tools(compare=compare, save=lambda s, doc: saved.append(doc) or StageRecord.of(doc))
+    monkeypatch.setattr(comparing, "compare", compare)
+    monkeypatch.setattr(comparing, "save", lambda s, doc: saved.append(doc) or StageRecord.of(doc))
 
 
 def test_the_moves_follow_the_part_that_dominates_and_say_what_they_predict():
@@ -87,14 +88,15 @@ def test_micro_batches_stay_at_two_samples_or_more_for_batchnorm():
     assert accumulation.cfg.micro_batch_size == 2
 
 
-def test_the_fastest_configuration_that_fits_is_chosen_over_the_lowest_peak(tmp_path):
+def test_the_fastest_configuration_that_fits_is_chosen_over_the_lowest_peak(tmp_path, monkeypatch):
     s = session(tmp_path, 512.0)
     amp_cfg = s.base_cfg.with_overrides(precision="bf16")
     finished = [record("baseline", s.base_cfg, 801.0, status="baseline"), record("amp", amp_cfg, 594.0, 1.5, applied=["amp"])]
-    state = ladder.LadderState(amp_cfg, applied=["amp"], result=finished[1])
+    state = comparing.LadderState(amp_cfg, applied=["amp"], result=finished[1])
     calls, saved, book = [], [], Book()
     outcomes = {"budget+accumulation_x2": (0.95, 495.0), "budget+checkpointing": (0.75, 450.0)}
-    budget.fit(s, state, book, finished, tools(outcomes, calls, saved))
+    measuring(monkeypatch, outcomes, calls, saved)
+    budget.fit(s, state, book, finished)
     assert sorted(calls) == sorted(outcomes)
     entry = book.doc["memory_budget"]
     assert entry["fits"] and entry["chosen"] == "budget+accumulation_x2" and entry["text"].startswith("fits: 495 MiB of the 512")
@@ -104,36 +106,39 @@ def test_the_fastest_configuration_that_fits_is_chosen_over_the_lowest_peak(tmp_
     assert chosen["memory_budget"] == {"budget_mib": 512.0, "fits": True, "out_of_memory": False}
 
 
-def test_a_configuration_that_already_fits_measures_no_move(tmp_path):
+def test_a_configuration_that_already_fits_measures_no_move(tmp_path, monkeypatch):
     s = session(tmp_path, 1024.0)
     finished = [record("baseline", s.base_cfg, 801.0, status="baseline")]
-    state = ladder.LadderState(s.base_cfg, result=finished[0])
+    state = comparing.LadderState(s.base_cfg, result=finished[0])
     calls, saved, book = [], [], Book()
-    budget.fit(s, state, book, finished, tools({}, calls, saved))
+    measuring(monkeypatch, {}, calls, saved)
+    budget.fit(s, state, book, finished)
     assert calls == [] and book.doc["memory_budget"]["chosen"] == "baseline"
 
 
-def test_when_nothing_fits_the_lowest_peak_is_built_on(tmp_path):
+def test_when_nothing_fits_the_lowest_peak_is_built_on(tmp_path, monkeypatch):
     s = session(tmp_path, 300.0)
     finished = [record("baseline", s.base_cfg, 801.0, status="baseline")]
-    state = ladder.LadderState(s.base_cfg, result=finished[0])
+    state = comparing.LadderState(s.base_cfg, result=finished[0])
     calls, saved, book = [], [], Book()
     outcomes = {"budget+accumulation_x16": (0.8, 470.0), "budget+amp": (1.2, 600.0), "budget+checkpointing": (0.8, 590.0),
                 "budget+accumulation_x16+amp": (1.1, 290.0), "budget+accumulation_x16+checkpointing": (0.8, 380.0)}
-    budget.fit(s, state, book, finished, tools(outcomes, calls, saved))
+    measuring(monkeypatch, outcomes, calls, saved)
+    budget.fit(s, state, book, finished)
     assert calls[:3] == ["budget+accumulation_x16", "budget+amp", "budget+checkpointing"]
     assert set(calls[3:]) == {"budget+accumulation_x16+amp", "budget+accumulation_x16+checkpointing"}
     assert book.doc["memory_budget"]["chosen"] == "budget+accumulation_x16+amp"
     assert state.cfg.precision == "bf16" and state.cfg.micro_batch_size == 2
 
 
-def test_a_budget_nothing_meets_says_so_and_what_would(tmp_path):
+def test_a_budget_nothing_meets_says_so_and_what_would(tmp_path, monkeypatch):
     s = session(tmp_path, 100.0)
     finished = [record("baseline", s.base_cfg, 801.0, status="baseline")]
-    state = ladder.LadderState(s.base_cfg, result=finished[0])
+    state = comparing.LadderState(s.base_cfg, result=finished[0])
     calls, saved, book = [], [], Book()
     outcomes = {"*": (0.9, 790.0)}  # every move, and every combination, peaks at 790 MiB
-    budget.fit(s, state, book, finished, tools(outcomes, calls, saved))
+    measuring(monkeypatch, outcomes, calls, saved)
+    budget.fit(s, state, book, finished)
     entry = book.doc["memory_budget"]
     assert not entry["fits"] and entry["chosen"] is None and state.applied == []
     assert entry["text"].startswith("nothing measured fits the 100 MiB budget; the smallest was 790 MiB")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from workbench import stats
-from workbench.run import ladder
+from workbench.run import comparing
 from workbench.run import rounds as paired
 
 MIN_EFFECT = 0.05
@@ -47,7 +47,7 @@ def judged(rng, floor: stats.NoiseFloor, effect: float, spread: float, burst_p: 
     """One comparison under the ladder's round rule and keep rule."""
     a, b = [], []
     view = SimpleNamespace(a_rounds=a, failure=None, interrupted=None, ratio=lambda: stats.paired_ratio(a, b))
-    more = ladder._still_open(floor, MIN_EFFECT, MOST)
+    more = comparing._still_open(floor, MIN_EFFECT, MOST)
 
     def measure(index, last):
         x, y = one_round(rng, effect, spread, burst_p)

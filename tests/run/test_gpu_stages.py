@@ -10,7 +10,7 @@ import pytest
 from workbench.config import RunConfig
 from workbench.device import Capabilities
 from workbench.errors import StageSkipped
-from workbench.run import ladder
+from workbench.run import comparing, first_pass, leave_one_out
 from workbench.run.stages import BATCH, MEMORY, STAGES, StageContext
 
 STAGE = {s.name: s for s in STAGES}
@@ -44,13 +44,13 @@ def test_decode_on_device_applies_to_an_imagefolder():
 
 def test_a_launch_bound_trace_takes_cuda_graphs_first():
     pending = [STAGE[n] for n in ("amp", "channels_last", "cuda_graphs", "compile")]
-    stage, why = ladder.next_stage(pending, [{"rule": "launch_bound", "severity": "medium"}], "trace")
+    stage, why = first_pass.next_stage(pending, [{"rule": "launch_bound", "severity": "medium"}], "trace")
     assert stage.name == "cuda_graphs" and "launch_bound" in why
 
 
 def test_the_batch_comes_after_the_speed_stages_and_before_the_memory_stages():
     kinds = [s.kind for s in sorted((s for s in STAGES if s.kind != "reference"),
-                                    key=lambda s: (ladder.PASS_ORDER.index(s.kind), ladder.STAGE_NAMES.index(s.name)))]
+                                    key=lambda s: (first_pass.PASS_ORDER.index(s.kind), first_pass.STAGE_NAMES.index(s.name)))]
     memory = kinds.count(MEMORY)
     assert memory >= 2 and kinds.index(BATCH) == len(kinds) - memory - 1 and kinds[-memory:] == [MEMORY] * memory
 
@@ -59,9 +59,9 @@ def test_leave_one_out_keeps_the_measured_batch_when_another_stage_is_dropped():
     base = RunConfig(batch_size=32, lr=1e-4, allow_batch_change=True)
     final = base.with_overrides(batch_size=256, lr=8e-4, fused_optimizer=True)
     session = SimpleNamespace(base_cfg=base, context=CPU)
-    without_fused = ladder._without(session, ["fused_optimizer", "batch_size"], "fused_optimizer", final)
+    without_fused = leave_one_out._without(session, ["fused_optimizer", "batch_size"], "fused_optimizer", final)
     assert (without_fused.batch_size, without_fused.lr, without_fused.fused_optimizer) == (256, 8e-4, False)
-    without_batch = ladder._without(session, ["fused_optimizer", "batch_size"], "batch_size", final)
+    without_batch = leave_one_out._without(session, ["fused_optimizer", "batch_size"], "batch_size", final)
     assert (without_batch.batch_size, without_batch.lr, without_batch.fused_optimizer) == (32, 1e-4, True)
 
 
@@ -70,7 +70,7 @@ def test_a_kept_batch_says_the_rule_it_assumes_and_the_accuracy_beside_it():
     against = SimpleNamespace(doc={"metrics": {"eval_accuracy": 0.31}})
     result = {"status": "kept", "reason": "1.80x [1.60, 2.00] vs fused_optimizer: faster, kept",
               "metrics": {"eval_accuracy": 0.27}}
-    said = ladder._with_batch_search(result, {"chosen": 128}, before, after, against)
+    said = first_pass._with_batch_search(result, {"chosen": 128}, before, after, against)
     assert said["reason"].startswith("batch 32 -> 128, learning rate 0.0001 -> 0.0004 (linear scaling, x4")
     assert "held-out accuracy 27.0% vs 31.0%" in said["reason"] and said["batch_search"] == {"chosen": 128}
 
@@ -79,7 +79,7 @@ def test_leave_one_out_rebuilds_the_kept_batch_whole_not_in_the_old_micro_batche
     base = RunConfig(batch_size=32, micro_batch_size=16, lr=1e-4, allow_batch_change=True)
     final = base.with_overrides(batch_size=256, micro_batch_size=0, lr=8e-4, fused_optimizer=True)
     session = SimpleNamespace(base_cfg=base, context=CPU)
-    without = ladder._without(session, ["fused_optimizer", "batch_size"], "fused_optimizer", final)
+    without = leave_one_out._without(session, ["fused_optimizer", "batch_size"], "fused_optimizer", final)
     assert (without.batch_size, without.micro_batch_size) == (256, 0)
 
 
@@ -88,11 +88,11 @@ def test_a_stage_whose_field_a_later_stage_replaced_leaves_the_list_without_a_me
     final = base.with_overrides(compile="reduce-overhead")
     said, added = [], []
     session = SimpleNamespace(base_cfg=base, context=CUDA, log=said.append)
-    state = ladder.LadderState(final, applied=["compile", "cuda_graphs"])
-    monkeypatch.setattr(ladder, "_compare", lambda *a, **k: pytest.fail("nothing to measure"))
+    state = comparing.LadderState(final, applied=["compile", "cuda_graphs"])
+    monkeypatch.setattr(comparing, "compare", lambda *a, **k: pytest.fail("nothing to measure"))
     book = SimpleNamespace(add=lambda key, entry: added.append((key, entry)))
     with pytest.raises(pytest.fail.Exception):   # cuda_graphs itself is still measured (without it: compile=default)
-        ladder.leave_one_out(session, state, book, [])
+        leave_one_out.leave_one_out(session, state, book, [])
     assert state.applied == ["cuda_graphs"] and added[0][1]["stage"] == "compile" and added[0][1]["dropped"]
     assert "replaced what it set" in said[0]
 
@@ -105,7 +105,7 @@ def test_a_resumed_run_reuses_its_batch_search(tmp_path, monkeypatch):
     monkeypatch.setattr(results_module, "read_stage_result",
                         lambda path: {"batch_search": {"start": 32, "chosen": 128, "lr_rule": "linear"}})
     cfg = RunConfig(batch_size=32, lr=1e-4, allow_batch_change=True)
-    again = ladder._searched_before(SimpleNamespace(resume=True, run_dir=tmp_path), cfg)
+    again = first_pass._searched_before(SimpleNamespace(resume=True, run_dir=tmp_path), cfg)
     assert again[0].batch_size == 128 and again[0].lr == pytest.approx(4e-4) and again[1]["chosen"] == 128
-    assert ladder._searched_before(SimpleNamespace(resume=False, run_dir=tmp_path), cfg) is None
-    assert ladder._searched_before(SimpleNamespace(resume=True, run_dir=tmp_path), cfg.with_overrides(batch_size=64)) is None
+    assert first_pass._searched_before(SimpleNamespace(resume=False, run_dir=tmp_path), cfg) is None
+    assert first_pass._searched_before(SimpleNamespace(resume=True, run_dir=tmp_path), cfg.with_overrides(batch_size=64)) is None

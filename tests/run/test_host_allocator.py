@@ -65,13 +65,13 @@ def test_a_configuration_that_already_keeps_its_memory_has_nothing_to_change():
 
 
 def test_the_ladder_hands_the_stage_what_was_measured_on_the_configuration_it_builds_on():
-    from workbench.run import ladder
+    from workbench.run import first_pass
     from workbench.run.record import StageRecord
     busy = {"system_time_share": 0.1, "minor_faults_per_step": 40000.0}
     session = SimpleNamespace(context=_ctx(CPU))
     record = StageRecord.of({"stage": "fused_optimizer", "status": "kept", "metrics": {"host_cpu": busy}})
-    assert ladder.context_on(session, record).host_cpu == busy
-    assert ladder.context_on(session, None).host_cpu is None
+    assert first_pass.context_on(session, record).host_cpu == busy
+    assert first_pass.context_on(session, None).host_cpu is None
 
 
 def test_a_run_that_asks_for_it_where_it_cannot_be_set_is_refused_before_anything_is_written(monkeypatch):

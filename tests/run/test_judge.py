@@ -12,7 +12,8 @@ from workbench import stats
 from workbench.run import judge, stage_results
 from workbench.config import RunConfig
 from workbench.launch import SideReport
-from workbench.run.ladder import LadderState, _advance
+from workbench.run.comparing import LadderState
+from workbench.run.first_pass import _advance
 from workbench.run.record import StageRecord
 from workbench.run.rounds import Comparison
 from workbench.run.stages import STAGES

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from workbench import stats
-from workbench.run import ladder
+from workbench.run import comparing, first_pass, headline, leave_one_out, second_look
 from workbench.config import RunConfig
 from workbench.device import Capabilities
 from workbench.launch import SideReport
@@ -132,7 +132,7 @@ PENDING = [STAGE[n] for n in ("dataloader", "batched_input", "tf32", "amp", "cha
     ([finding("optimizer_step")], "fixed", "dataloader"),
 ])
 def test_next_stage_follows_the_trace(findings, order, expected):
-    stage, why = ladder.next_stage(list(PENDING), findings, order)
+    stage, why = first_pass.next_stage(list(PENDING), findings, order)
     assert stage.name == expected
     assert ("optimizer_step" in why) == (expected == "fused_optimizer")
 
@@ -163,9 +163,9 @@ def fake_compare(gains: dict):
 
 
 def saving(monkeypatch) -> list[dict]:
-    """ladder._save without a run folder: the documents it would write, in order."""
+    """comparing.save without a run folder: the documents it would write, in order."""
     saved = []
-    monkeypatch.setattr(ladder, "_save", lambda session, doc: saved.append(doc) or StageRecord.of(doc))
+    monkeypatch.setattr(comparing, "save", lambda session, doc: saved.append(doc) or StageRecord.of(doc))
     return saved
 
 
@@ -181,15 +181,15 @@ def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):
     logs, book = [], Book()
     session = fake_session(logs)
     fused = STAGE["fused_optimizer"].apply(session.base_cfg, session.context)
-    state = ladder.LadderState(fused, applied=["fused_optimizer"])
+    state = comparing.LadderState(fused, applied=["fused_optimizer"])
     finished = [StageRecord.of(doc) for doc in (
         {"stage": "amp", "status": "rejected", "kind": "speed"},
         {"stage": "channels_last", "status": "rejected", "kind": "speed"},
         {"stage": "compile", "status": "rejected", "kind": "speed", "probe": True},
         {"stage": "checkpointing", "status": "tradeoff", "kind": "memory"})]
-    monkeypatch.setattr(ladder, "_compare", fake_compare({"second look: amp": 1.15, "second look: channels_last": 0.9}))
+    monkeypatch.setattr(comparing, "compare", fake_compare({"second look: amp": 1.15, "second look: channels_last": 0.9}))
     saved = saving(monkeypatch)
-    ladder.second_look(session, finished, state, book)
+    second_look.second_look(session, finished, state, book)
     assert [e["stage"] for e in book.doc["second_look"]] == ["amp", "channels_last"]
     assert [e["adopted"] for e in book.doc["second_look"]] == [True, False]
     assert state.applied == ["fused_optimizer", "amp"] and state.cfg.precision == "bf16"
@@ -208,14 +208,14 @@ def test_a_stage_adopted_on_its_second_look_stands_on_that_comparison_and_the_co
                     "rounds": 4, "verdict": "faster", "against": "baseline", "paired": True}
     kept = StageRecord.of({"stage": "fused_optimizer", "status": "kept", "kind": "speed",
                            "metrics": {"speedup_vs_baseline": paired_fused}})
-    state = ladder.LadderState(fused, applied=["fused_optimizer"], result=kept)
+    state = comparing.LadderState(fused, applied=["fused_optimizer"], result=kept)
     first_pass = {"ratio": 1.01, "ci95_low": 0.9, "ci95_high": 1.1, "verdict": "no significant change",
                   "paired": True, "against": "baseline"}
     finished = [StageRecord.of({"stage": "amp", "status": "rejected", "kind": "speed",
                                 "metrics": {"speedup_vs_baseline": first_pass}})]
-    monkeypatch.setattr(ladder, "_compare", fake_compare({"second look: amp": 1.15}))
+    monkeypatch.setattr(comparing, "compare", fake_compare({"second look: amp": 1.15}))
     saved = saving(monkeypatch)
-    ladder.second_look(session, finished, state, book)
+    second_look.second_look(session, finished, state, book)
     amp = saved[0]
     chained = amp["metrics"]["speedup_vs_baseline"]
     assert chained["chain"] == ["fused_optimizer", "amp"] and chained["paired"]
@@ -223,7 +223,7 @@ def test_a_stage_adopted_on_its_second_look_stands_on_that_comparison_and_the_co
     assert amp["adopted_config"] == state.cfg.to_dict() and state.cfg.precision == "bf16"
     assert state.result.stage == "amp"  # what a later adoption chains on
     # a resumed run's pass reads the stage as the pass left it, not the figure of the configuration it joined
-    resumed = ladder.first_pass_view(amp)
+    resumed = comparing.first_pass_view(amp)
     assert resumed["status"] == "rejected" and resumed["metrics"]["speedup_vs_baseline"] == first_pass
     assert "adopted_config" not in resumed and "second_look" not in resumed
 
@@ -238,7 +238,7 @@ def _skipped_on_its_gate(monkeypatch, final_host_cpu: dict) -> tuple[Book, list,
     final = session.base_cfg.with_overrides(batch_size=256)
     kept = StageRecord.of({"stage": "batch_size", "status": "kept", "kind": "batch",
                            "metrics": {"host_cpu": final_host_cpu}})
-    state = ladder.LadderState(final, applied=["batch_size"], result=kept)
+    state = comparing.LadderState(final, applied=["batch_size"], result=kept)
     skipped = StageRecord.of({"stage": "host_allocator", "status": "skipped", "kind": "speed",
                               "reason": "the configuration it builds on spends 1.0% of its CPU time in the kernel"})
     looked = []
@@ -253,9 +253,9 @@ def _skipped_on_its_gate(monkeypatch, final_host_cpu: dict) -> tuple[Book, list,
         looked.append((label, b.host_allocator))
         return Comparison([measured(100 * j, "a") for j in (1.0, 1.01, 0.99, 1.005)],
                           [measured(115 * j, "b") for j in (1.0, 1.01, 0.99, 1.005)])
-    monkeypatch.setattr(ladder, "_compare", compare)
+    monkeypatch.setattr(comparing, "compare", compare)
     saved = saving(monkeypatch)
-    ladder.second_look(session, [skipped], state, book)
+    second_look.second_look(session, [skipped], state, book)
     return book, looked, saved
 
 
@@ -281,10 +281,10 @@ def test_a_stage_the_second_look_cannot_apply_is_said_not_retried(monkeypatch):
     logs, book = [], Book()
     session = fake_session(logs)
     session.context = StageContext("cuda", CPU_BF16)  # the host allocator does not apply on a GPU
-    state = ladder.LadderState(session.base_cfg)
+    state = comparing.LadderState(session.base_cfg)
     finished = [judged("host_allocator", "undecided", 1.09, 0.93, 1.28, "inconclusive")]
-    monkeypatch.setattr(ladder, "_compare", lambda *args, **kw: pytest.fail("nothing to measure"))
-    ladder.second_look(session, finished, state, book)
+    monkeypatch.setattr(comparing, "compare", lambda *args, **kw: pytest.fail("nothing to measure"))
+    second_look.second_look(session, finished, state, book)
     entry = book.doc["second_look"][0]
     assert entry["stage"] == "host_allocator" and not entry["adopted"] and "on cuda" in entry["not_retried"]
     assert entry["ratio"] == 1.09  # the first pass's figure, shown as such
@@ -300,14 +300,14 @@ def test_second_look_gives_up_only_on_a_slowdown_nothing_since_can_offset(monkey
     logs, book = [], Book()
     session = fake_session(logs)
     fused = STAGE["fused_optimizer"].apply(session.base_cfg, session.context)
-    state = ladder.LadderState(fused, applied=["fused_optimizer"])
+    state = comparing.LadderState(fused, applied=["fused_optimizer"])
     finished = [judged("amp", "rejected", 0.97, 0.90, 1.04, "no significant change"),
                 judged("channels_last", "rejected", 0.88, 0.80, 0.97, "slower"),
                 judged("compile", "rejected", 0.80, 0.72, 0.86, "slower"),
                 judged("fused_optimizer", "kept", 1.15, 1.10, 1.20, "faster")]
     looked = []
-    monkeypatch.setattr(ladder, "_compare", lambda session, a, b, label, *args, **kw: looked.append(label) or comparison(1.0))
-    ladder.second_look(session, finished, state, book)
+    monkeypatch.setattr(comparing, "compare", lambda session, a, b, label, *args, **kw: looked.append(label) or comparison(1.0))
+    second_look.second_look(session, finished, state, book)
     # amp did not help (a look, always); channels_last at best 0.97x * 1.15 > 1.03; compile 0.86 * 1.15 < 1.03
     assert looked == ["second look: amp", "second look: channels_last"]
     skipped = book.doc["second_look"][-1]
@@ -321,30 +321,30 @@ def test_leave_one_out_drops_a_stage_that_no_longer_pays(monkeypatch):
     cfg = session.base_cfg
     for name in ("channels_last", "fused_optimizer"):
         cfg = STAGE[name].apply(cfg, session.context)
-    state = ladder.LadderState(cfg, applied=["channels_last", "fused_optimizer"])
-    monkeypatch.setattr(ladder, "_compare", fake_compare({"leave-one-out: channels_last": 1.0,
+    state = comparing.LadderState(cfg, applied=["channels_last", "fused_optimizer"])
+    monkeypatch.setattr(comparing, "compare", fake_compare({"leave-one-out: channels_last": 1.0,
                                                           "leave-one-out: fused_optimizer": 1.25}))
     finished = [StageRecord.of({"stage": name, "status": "kept", "kind": "speed", "reason": "faster, kept",
                                 "metrics": {"speedup_vs_previous": {"ratio": 1.1}}})
                 for name in ("channels_last", "fused_optimizer")]
     saved = saving(monkeypatch)
-    ladder.leave_one_out(session, state, book, finished)
+    leave_one_out.leave_one_out(session, state, book, finished)
     entries = {e["stage"]: e for e in book.doc["leave_one_out"]}
     assert entries["channels_last"]["dropped"] and not entries["fused_optimizer"].get("dropped")
     assert state.applied == ["fused_optimizer"] and state.cfg.memory_format == "contiguous"
     # its own file says so: no figure calls it kept while the final configuration lacks it
     assert [d["stage"] for d in saved] == ["channels_last"] and finished[0].status == "dropped"
     assert "leave-one-out on the final configuration" in saved[0]["reason"]
-    assert ladder.first_pass_view(saved[0])["status"] == "kept"  # what a resumed pass builds on
+    assert comparing.first_pass_view(saved[0])["status"] == "kept"  # what a resumed pass builds on
 
 
 def test_a_comparison_already_made_is_reused_not_measured_again(monkeypatch):
     calls, logs = [], []
-    monkeypatch.setattr(ladder.paired_rounds, "compare", lambda *args: calls.append(args) or comparison(1.2))
+    monkeypatch.setattr(comparing.paired_rounds, "compare", lambda *args: calls.append(args) or comparison(1.2))
     session = fake_session(logs)
     a, b, measured = session.base_cfg, session.base_cfg.with_overrides(fused_optimizer=True), {}
-    first = ladder._compare(session, a, b, "fused_optimizer", "baseline", "fused_optimizer", measured=measured)
-    again = ladder._compare(session, a, b, "leave-one-out: fused_optimizer", "without", "final", measured=measured)
+    first = comparing.compare(session, a, b, "fused_optimizer", "baseline", "fused_optimizer", measured=measured)
+    again = comparing.compare(session, a, b, "leave-one-out: fused_optimizer", "without", "final", measured=measured)
     assert again is first and len(calls) == 1 and "already made" in logs[-1]
 
 
@@ -394,7 +394,7 @@ def test_an_open_answer_gets_more_rounds_and_the_extras_stay_in_the_planned_last
     monkeypatch.setattr(paired, "_one_round", one_round)
     monkeypatch.setattr(paired, "launcher_for", lambda *args: None)
     session = SimpleNamespace(log=lambda message: None)
-    more = ladder._still_open(stats.NO_FLOOR, 0.03, 6)
+    more = comparing._still_open(stats.NO_FLOOR, 0.03, 6)
     side = paired.Side(RunConfig(), "x")
     result = paired.compare(session, side, side, 3, "test", more, 6)
     lasts = [last for _, last in calls]
@@ -421,12 +421,12 @@ def test_no_extra_rounds_when_even_the_most_rounds_would_leave_it_open(monkeypat
     said = []
     session = SimpleNamespace(log=said.append, base_cfg=RunConfig())
     side = paired.Side(RunConfig(), "x")
-    result = paired.compare(session, side, side, 3, "test", ladder._still_open(stats.NO_FLOOR, 0.03, 6), 6)
+    result = paired.compare(session, side, side, 3, "test", comparing._still_open(stats.NO_FLOOR, 0.03, 6), 6)
     assert len(result.a_rounds) == 3
     assert stats.judged_verdict(result.ratio(), 0.03) == "inconclusive"
     ahead = stats.projected(result.ratio(), 6)
     assert ahead["ci95_low"] < 1 < ahead["ci95_high"] and ahead["ratio"] == result.ratio()["ratio"]
-    ladder._say_if_futile(session, result, stats.NO_FLOOR, 6)
+    comparing._say_if_futile(session, result, stats.NO_FLOOR, 6)
     assert any("no extra rounds" in line for line in said)
 
 
@@ -453,7 +453,7 @@ def test_the_futility_check_saves_rounds_without_losing_a_real_effect():
         return stats.judged_verdict(ratio, 0.03), len(taken)
 
     every_round = lambda c: stats.judged_verdict(c.ratio(), 0.03) == "inconclusive"
-    futile = ladder._still_open(stats.NO_FLOOR, 0.03, 6)
+    futile = comparing._still_open(stats.NO_FLOOR, 0.03, 6)
     for effect, sigma in ((1.12, 0.04), (1.0, 0.08)):
         old = [trial(effect, sigma, every_round) for _ in range(400)]
         new = [trial(effect, sigma, futile) for _ in range(400)]
@@ -471,7 +471,7 @@ def test_the_futility_check_saves_rounds_without_losing_a_real_effect():
 def test_undecided_stages_get_their_second_look_first_the_widest_reach_first_and_afresh(monkeypatch):
     logs, book, looked = [], Book(), []
     session = fake_session(logs)
-    state = ladder.LadderState(session.base_cfg, applied=[])
+    state = comparing.LadderState(session.base_cfg, applied=[])
     finished = [judged("batched_input", "rejected", 1.02, 0.99, 1.04, "no significant change"),
                 StageRecord.of({"stage": "channels_last", "status": "undecided", "kind": "speed", "metrics": {
                     "speedup_vs_previous": {"ratio": 1.01, "ci95_low": 0.95, "ci95_high": 1.08, "verdict": "inconclusive"}}}),
@@ -481,25 +481,25 @@ def test_undecided_stages_get_their_second_look_first_the_widest_reach_first_and
     def compare(session, a, b, label, *args, **kw):
         looked.append((label, kw.get("fresh", False), kw.get("extra")))
         return comparison(1.0)
-    monkeypatch.setattr(ladder, "_compare", compare)
+    monkeypatch.setattr(comparing, "compare", compare)
     saved = saving(monkeypatch)
-    ladder.second_look(session, finished, state, book)
+    second_look.second_look(session, finished, state, book)
     # both undecided stages were decided "no significant change" on their second look: rejected now
     assert {d["stage"]: d["status"] for d in saved} == {"amp": "rejected", "channels_last": "rejected"}
-    assert looked == [("second look: amp", True, ladder.SETTLING_ROUNDS_FACTOR),
-                      ("second look: channels_last", True, ladder.SETTLING_ROUNDS_FACTOR),
-                      ("second look: batched_input", False, ladder.EXTRA_ROUNDS_FACTOR)]
+    assert looked == [("second look: amp", True, comparing.SETTLING_ROUNDS_FACTOR),
+                      ("second look: channels_last", True, comparing.SETTLING_ROUNDS_FACTOR),
+                      ("second look: batched_input", False, comparing.EXTRA_ROUNDS_FACTOR)]
 
 
 def test_extra_rounds_stop_where_the_time_budget_ends():
     said = []
     session = SimpleNamespace(time_budget_s=100.0, started=time.monotonic() - 99.0, log=said.append)
     taken = SimpleNamespace(a_rounds=[1, 2, 3, 4])
-    more = ladder._within_budget(session, lambda c: True, begun=time.monotonic() - 8.0)  # 2 s a round, 1 s left
+    more = comparing._within_budget(session, lambda c: True, begun=time.monotonic() - 8.0)  # 2 s a round, 1 s left
     assert not more(taken) and "time budget (100 s" in said[-1]
     roomy = SimpleNamespace(time_budget_s=100.0, started=time.monotonic(), log=said.append)
-    assert ladder._within_budget(roomy, lambda c: True, begun=time.monotonic() - 8.0)(taken)
-    assert not ladder._within_budget(roomy, lambda c: False, begun=time.monotonic())(taken)  # settled: no more
+    assert comparing._within_budget(roomy, lambda c: True, begun=time.monotonic() - 8.0)(taken)
+    assert not comparing._within_budget(roomy, lambda c: False, begun=time.monotonic())(taken)  # settled: no more
 
 
 def simulated_round(rng, effect: float, noise: float = 0.12, burst_p: float = 0.15, burst: float = 0.35) -> tuple[float, float]:
@@ -513,9 +513,9 @@ def simulated_round(rng, effect: float, noise: float = 0.12, burst_p: float = 0.
 
 
 def decided(rng, effect: float, planned: int, most: int, floor: stats.NoiseFloor) -> tuple[str, int]:
-    """A comparison under the ladder's own round rule (ladder._still_open, projected to `most`)."""
+    """A comparison under the ladder's own round rule (comparing._still_open, projected to `most`)."""
     a, b = [], []
-    more = ladder._still_open(floor, 0.05, most)
+    more = comparing._still_open(floor, 0.05, most)
     def ratio():
         return stats.paired_ratio(a, b)
     def one_round(index, last):
@@ -540,7 +540,7 @@ def found_rates(effect: float, trials: int = 400, seed: int = 7) -> tuple[float,
         old += verdict == "faster"
         first, taken = decided(rng, effect, 4, 4, floor)
         if first == "inconclusive":
-            first, more_taken = decided(rng, effect, 4, 4 * ladder.SETTLING_ROUNDS_FACTOR, floor)
+            first, more_taken = decided(rng, effect, 4, 4 * comparing.SETTLING_ROUNDS_FACTOR, floor)
             taken += more_taken
         new += first == "faster"
         rounds_new += taken
@@ -588,8 +588,8 @@ def test_the_headline_is_narrowed_with_extra_rounds_while_the_budget_lasts(monke
                               started=time.monotonic())
     side = paired.Side(RunConfig(), "x")
     first = paired.compare(session, side, side, 4, "headline")
-    assert stats.half_width(first.ratio()) > ladder.HEADLINE_HALF_WIDTH
-    narrowed = ladder._narrowed(session, first, RunConfig(rounds=4))
+    assert stats.half_width(first.ratio()) > headline.HEADLINE_HALF_WIDTH
+    narrowed = headline._narrowed(session, first, RunConfig(rounds=4))
     assert 4 < len(narrowed.a_rounds) <= 12 and len(first.a_rounds) == 4  # the earlier comparison is untouched
     assert stats.half_width(narrowed.ratio()) < stats.half_width(first.ratio())
     assert not any(last for _, last in calls[4:])  # the extras ran once, in the planned last round
@@ -598,7 +598,7 @@ def test_the_headline_is_narrowed_with_extra_rounds_while_the_budget_lasts(monke
     # No time left: the headline stays as measured.
     calls.clear()
     late = SimpleNamespace(log=said.append, time_budget_s=480.0, started=time.monotonic() - 480.0)
-    assert ladder._narrowed(late, first, RunConfig(rounds=4)) is first and calls == []
+    assert headline._narrowed(late, first, RunConfig(rounds=4)) is first and calls == []
 
 
 def test_a_narrow_headline_gets_no_extra_rounds_and_a_failed_extra_round_keeps_the_rest(monkeypatch):
@@ -610,11 +610,11 @@ def test_a_narrow_headline_gets_no_extra_rounds_and_a_failed_extra_round_keeps_t
     side = paired.Side(RunConfig(), "x")
     scripted_rounds(monkeypatch, [1.30, 1.31, 1.30, 1.31], calls)
     tight = paired.compare(session, side, side, 4, "headline")
-    assert ladder._narrowed(session, tight, RunConfig(rounds=4)) is tight and len(calls) == 4
+    assert headline._narrowed(session, tight, RunConfig(rounds=4)) is tight and len(calls) == 4
     calls.clear()
     scripted_rounds(monkeypatch, [1.45, 1.20, 1.38, 1.25, 1.30], calls, fail_at=5)
     wide = paired.compare(session, side, side, 4, "headline")
-    kept = ladder._narrowed(session, wide, RunConfig(rounds=4))
+    kept = headline._narrowed(session, wide, RunConfig(rounds=4))
     assert len(kept.a_rounds) == 5 and kept.failure is None
     assert "the 5 rounds before it stand" in said[-1]
 
@@ -628,9 +628,9 @@ def test_a_stop_while_narrowing_keeps_the_headline_as_it_stood(monkeypatch):
     side = paired.Side(RunConfig(), "x")
     scripted_rounds(monkeypatch, [1.45, 1.20, 1.38, 1.25, 1.30, 1.31], calls, stop_at=6)
     wide = paired.compare(session, side, side, 4, "headline")
-    stopped = ladder._narrowed(session, wide, RunConfig(rounds=4))
+    stopped = headline._narrowed(session, wide, RunConfig(rounds=4))
     assert len(stopped.a_rounds) == 6 and isinstance(stopped.interrupted, KeyboardInterrupt)
-    assert stopped.failure is None  # saved as measured (ladder._saved_then_stop), then the stop goes on
+    assert stopped.failure is None  # saved as measured (comparing.saved_then_stop), then the stop goes on
 
 
 def test_the_headline_gets_the_rounds_its_planned_spread_asks_for_not_until_it_looks_narrow(monkeypatch):
@@ -642,8 +642,8 @@ def test_the_headline_gets_the_rounds_its_planned_spread_asks_for_not_until_it_l
     side = paired.Side(RunConfig(), "x")
     scripted_rounds(monkeypatch, [1.45, 1.20, 1.38, 1.25] + [1.30] * 8, calls)
     wide = paired.compare(session, side, side, 4, "headline")
-    needed = stats.rounds_for_half_width(wide.ratio(), ladder.HEADLINE_HALF_WIDTH, 12)
-    narrowed = ladder._narrowed(session, wide, RunConfig(rounds=4))
+    needed = stats.rounds_for_half_width(wide.ratio(), headline.HEADLINE_HALF_WIDTH, 12)
+    narrowed = headline._narrowed(session, wide, RunConfig(rounds=4))
     # Identical extra rounds narrow the interval at once; the count was fixed before them all the same.
     assert len(narrowed.a_rounds) == needed > 5
 

@@ -10,21 +10,19 @@ When none fits, the one with the lowest peak is adopted and the rest are tried o
 Then the choice: among every configuration the run measured (the pass's too), the fastest whose peak
 fits (workbench/frontier.py). Nothing fitting ends the run with "nothing fits", the smallest peak,
 and what would (sharding over processes, predicted): not an error.
-
-Comparisons and saves are the ladder's own (handed in as `Tools`: one way of measuring and writing).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 from workbench import frontier, memory_model
 from workbench.memory_budget import fits
 from workbench.config import MEASUREMENT_FIELDS, RunConfig, divisors
 from workbench.errors import StageSkipped
 from workbench.memory_model import Parts, Prediction
-from workbench.run import stage_results
+from workbench.run import comparing, stage_results
+from workbench.run.comparing import LadderState, Verdicts
 from workbench.run.record import StageRecord
 from workbench.run.stages import MEMORY, MEMORY_ROUNDS, Stage, StageContext, adafactor, fsdp, optimizer_8bit, zero1
 from workbench.results import stage_trace_dir
@@ -34,14 +32,6 @@ PREFIX = "budget+"
 MOST_MICRO_BATCHES = 16
 # BatchNorm cannot train on one sample ("expected more than 1 value per channel"): micro-batches of 2 at least.
 SMALLEST_MICRO_BATCH = 2
-
-
-@dataclass(frozen=True)
-class Tools:
-    """The ladder's measuring and saving, handed in (the ladder owns how a comparison is made)."""
-
-    compare: Callable      # ladder._compare
-    save: Callable         # ladder._save
 
 
 @dataclass(frozen=True)
@@ -113,14 +103,14 @@ def _peak(record: StageRecord) -> float | None:
     return (record.doc.get("metrics") or {}).get("peak_memory_mb")
 
 
-def fit(session, state, verdicts, finished: list[StageRecord], tools: Tools) -> None:
+def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRecord]) -> None:
     """Meet the budget: measure moves while the configuration is over it, then choose (see the module)."""
     budget_mib = session.memory_budget_mib
     unconstrained = frontier.fastest(frontier.points_from(r.doc for r in finished))
     before = (state.cfg, list(state.applied), state.result)
     current = _current(session, state)
     while current is not None and _peak(current) > budget_mib:
-        records = _measure_moves(session, state, current, tools)
+        records = _measure_moves(session, state, current)
         finished += records
         measured = [r for r in records if _peak(r) is not None]
         if not measured or any(_peak(r) <= budget_mib for r in measured):
@@ -132,7 +122,7 @@ def fit(session, state, verdicts, finished: list[StageRecord], tools: Tools) -> 
                     f"({_peak(lowest):.0f} MiB): the other moves are tried on top of it")
         _adopt(session, state, lowest)
         current = lowest
-    if not _choose(session, state, verdicts, finished, unconstrained, tools):
+    if not _choose(session, state, verdicts, finished, unconstrained):
         # Nothing fits: the final configuration stays the speed phases' (the moves adopted on the way
         # were steps of a search, not an answer); the report says what would fit.
         state.cfg, state.applied, state.result = before
@@ -149,7 +139,7 @@ def _current(session, state) -> StageRecord | None:
     return record
 
 
-def _measure_moves(session, state, current: StageRecord, tools: Tools) -> list[StageRecord]:
+def _measure_moves(session, state: LadderState, current: StageRecord) -> list[StageRecord]:
     metrics = current.doc["metrics"]
     parts = Parts.of(metrics)
     found = moves(state.cfg, parts, metrics["peak_memory_mb"], metrics.get("optimizer_state_mib_by_kind") or {},
@@ -157,7 +147,7 @@ def _measure_moves(session, state, current: StageRecord, tools: Tools) -> list[S
     session.log(f"-- memory budget: {current.stage} peaks at {metrics['peak_memory_mb']:.0f} MiB, over the "
                 f"{session.memory_budget_mib:.0f} MiB budget; largest part: {parts.largest()}; trying "
                 + (", ".join(f"{m.name} (predicted {m.prediction.peak_mib:.0f} MiB)" for m in found) or "nothing: no move applies"))
-    return [_measure(session, state, current, move, tools) for move in found]
+    return [_measure(session, state, current, move) for move in found]
 
 
 def _name(state, move: Move) -> str:
@@ -166,7 +156,7 @@ def _name(state, move: Move) -> str:
     return PREFIX + "+".join((adopted[-1:] if adopted else []) + [move.name])
 
 
-def _measure(session, state, current: StageRecord, move: Move, tools: Tools) -> StageRecord:
+def _measure(session, state: LadderState, current: StageRecord, move: Move) -> StageRecord:
     name = _name(state, move)
     stage = Stage(name, MEMORY, f"memory budget: {move.name} on {current.stage}", lambda cfg, ctx: move.cfg,
                   changes=move.changes)
@@ -175,7 +165,7 @@ def _measure(session, state, current: StageRecord, move: Move, tools: Tools) -> 
     trace_dir = stage_trace_dir(session.profiles_dir, name) if move.cfg.trace else None
     # Measured afresh, with its trace, even where the pass compared the same pair: on a CPU the peak a
     # budget is judged on comes from the trace's memory events (resident memory hides what a move frees).
-    comparison = tools.compare(session, state.cfg, move.cfg, name, current.stage, name, trace_dir,
+    comparison = comparing.compare(session, state.cfg, move.cfg, name, current.stage, name, trace_dir,
                                min(move.cfg.rounds, MEMORY_ROUNDS), None, None)
     why = f"memory budget: {current.stage} is over it; predicted {move.prediction.peak_mib:.0f} MiB ({move.prediction.basis})"
     doc = stage_results.stage(session, stage, position, move.cfg, list(state.applied) + [name], comparison,
@@ -183,7 +173,7 @@ def _measure(session, state, current: StageRecord, move: Move, tools: Tools) -> 
     peak = (doc.get("metrics") or {}).get("peak_memory_mb")
     doc = {**doc, "memory_budget": {"budget_mib": session.memory_budget_mib, "fits": fits(peak, session.memory_budget_mib),
                                     "out_of_memory": frontier.is_out_of_memory(doc.get("reason"))}}
-    record = tools.save(session, doc)
+    record = comparing.save(session, doc)
     if comparison.interrupted is not None:
         raise comparison.interrupted
     return record
@@ -194,7 +184,7 @@ def _adopt(session, state, record: StageRecord) -> None:
     state.applied, state.result = list(record.applied), record
 
 
-def _choose(session, state, verdicts, finished: list[StageRecord], unconstrained, tools: Tools) -> bool:
+def _choose(session, state: LadderState, verdicts: Verdicts, finished: list[StageRecord], unconstrained) -> bool:
     """The fastest measured configuration that fits becomes the final one (True); or nothing fits, said so."""
     budget_mib, allow = session.memory_budget_mib, session.base_cfg.allow_optimizer_change
     points = frontier.points_from(r.doc for r in finished)
@@ -216,7 +206,7 @@ def _choose(session, state, verdicts, finished: list[StageRecord], unconstrained
         doc = {**record.doc, "status": "kept",
                "reason": f"{record.doc.get('reason', '')}; the fastest measured configuration within the "
                          f"{budget_mib:.0f} MiB memory budget: carried into the final configuration"}
-        finished[finished.index(record)] = record = tools.save(session, doc)
+        finished[finished.index(record)] = record = comparing.save(session, doc)
     _adopt(session, state, record)
     return True
 
