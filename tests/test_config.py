@@ -207,7 +207,9 @@ def test_machine_defaults_live_with_the_config():
 
     assert machine_defaults("cuda")["image_size"] == 224 and machine_defaults("cpu")["image_size"] == 32
     cfg, line = for_machine(device="cpu", batch_size=8)
-    assert (cfg.image_size, cfg.batch_size) == (32, 8) and line.startswith("defaults for cpu")
+    assert (cfg.image_size, cfg.batch_size) == (32, 8)
+    assert line == "defaults for cpu: image_size=32 (override with --image-size)"  # the batch was given: not a default
+    assert for_machine(device="cpu", batch_size=8, image_size=96)[1] == ""
 
 
 def test_clip_grad_norm_reaches_the_step(tmp_path):
@@ -219,3 +221,16 @@ def test_clip_grad_norm_reaches_the_step(tmp_path):
                     synthetic_per_batch=16, device="cpu", clip_grad_norm=0.5, data_dir=str(tmp_path))
     assert build(cfg, log=lambda message: None).step.settings.clip_grad_norm == 0.5
     assert build(cfg.with_overrides(clip_grad_norm=0.0), log=lambda message: None).step.settings.clip_grad_norm is None
+
+
+def test_progress_says_a_step_count_only_where_there_is_one(capsys):
+    import io
+
+    from workbench.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress("amp", stream=stream)
+    progress.update("trace", 3, 5, force=True)
+    progress.update("warm-up", 1, None, force=True)
+    assert "[amp] trace step 3/5" in stream.getvalue() and "step 1  elapsed" in stream.getvalue()
+    assert "None" not in stream.getvalue()

@@ -86,3 +86,20 @@ def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
     with pytest.raises(UsageError, match="WORKBENCH_LOCK_FILE=.*cannot be opened"):
         with MachineLock("x", path=blocker / "lock"):
             pass
+
+
+def test_the_run_before_is_remembered_so_its_load_is_not_called_busy(tmp_path, monkeypatch):
+    from workbench.machine_lock import MachineLock, previous_run
+    from workbench.run import session
+
+    path = tmp_path / "lock"
+    with MachineLock("workbench run first", path=path):
+        pass
+    with MachineLock("workbench run second", path=path):
+        what, ago = previous_run(path)
+        assert what == "workbench run first" and 0 <= ago < 5
+        monkeypatch.setattr(session.os, "getloadavg", lambda: (2.7, 1.0, 0.5))
+        note = session.busy_warning(2, (what, ago))
+        assert note.startswith("note: 1-minute load 2.7") and "workbench run first" in note and "busy" not in note
+        assert session.busy_warning(2, (what, 600.0)).startswith("warning: the machine is busy")
+        assert session.busy_warning(2, None).startswith("warning: the machine is busy")

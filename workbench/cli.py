@@ -46,7 +46,8 @@ def overrides_from(args: argparse.Namespace) -> dict:
 def config_from(args: argparse.Namespace, base: dict | None = None) -> RunConfig:
     """RunConfig from machine defaults, then a resumed run's settings, then the command line."""
     cfg, line = for_machine(**{**(base or {}), **overrides_from(args)})
-    print(line, file=sys.stderr)
+    if line:
+        print(line, file=sys.stderr)
     return cfg
 
 

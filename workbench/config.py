@@ -175,8 +175,11 @@ def for_machine(**fields: Any) -> tuple[RunConfig, str]:
 
     device_type = resolve_device_type(fields.get("device", "auto"))
     defaults = machine_defaults(device_type)
-    label = ", ".join(f"{key}={value}" for key, value in defaults.items())
-    line = f"defaults for {device_type}: {label} (override with --image-size/--batch-size)"
+    taken = {key: value for key, value in defaults.items() if key not in fields}
+    label = ", ".join(f"{key}={value}" for key, value in taken.items())
+    flags = "/".join(f"--{key.replace('_', '-')}" for key in taken)
+    # Only the defaults this run took: a field given on the command line is not a default.
+    line = f"defaults for {device_type}: {label} (override with {flags})" if taken else ""
     return RunConfig(**{**defaults, **fields}), line
 
 

@@ -105,12 +105,48 @@ class MachineLock:
 
     def _record(self) -> None:
         self._file.seek(0)
+        previous = _read(self._file.read())
+        self._file.seek(0)
         self._file.truncate()
         since = dt.datetime.now().isoformat(timespec="seconds")
-        self._file.write(json.dumps({"pid": os.getpid(), "what": self.what, "since": since}))
+        # The run before this one, if it ended cleanly: its load is still in the load average for a minute.
+        before = {"previous": {"what": previous["what"], "ended": previous["ended"]}} if "ended" in previous else {}
+        self._file.write(json.dumps({"pid": os.getpid(), "what": self.what, "since": since, **before}))
         self._file.flush()
 
     def _close(self) -> None:
         if self._file is not None:
+            self._mark_ended()
             self._file.close()  # closing the descriptor releases the flock
             self._file = None
+
+    def _mark_ended(self) -> None:
+        try:
+            self._file.seek(0)
+            info = _read(self._file.read())
+            self._file.seek(0)
+            self._file.truncate()
+            self._file.write(json.dumps({**info, "ended": time.time()}))
+            self._file.flush()
+        except (OSError, ValueError):
+            pass  # the lock is released all the same
+
+
+def _read(text: str) -> dict:
+    try:
+        info = json.loads(text)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def previous_run(path: Path | None = None, now: float | None = None) -> tuple[str, float] | None:
+    """The measuring run that held the machine before the current holder, and how many seconds ago it
+    ended (None: none recorded)."""
+    try:
+        info = _read((path or lock_path()).read_text()).get("previous") or {}
+    except OSError:
+        return None
+    if "ended" not in info:
+        return None
+    return str(info.get("what", "a measuring run")), (now or time.time()) - float(info["ended"])

@@ -28,7 +28,7 @@ class Progress:
         new_phase = phase != self.phase
         if not (force or new_phase) and now - self.last < MIN_INTERVAL_S:
             return
-        counter = f" step {step}/{total}" if step is not None else ""
+        counter = "" if step is None else f" step {step}/{total}" if total is not None else f" step {step}"
         print(f"[{self.stage}] {phase}{counter}  elapsed {self.elapsed():6.1f}s", file=self.stream, flush=True)
         self.last, self.printed_once, self.phase = now, True, phase
 

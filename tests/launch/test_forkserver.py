@@ -66,3 +66,26 @@ def test_a_stop_while_the_server_warms_up_waits_for_the_fork_and_stops_the_child
         server.run("time:sleep", [2], timeout_s=60, warm="time:sleep")
     assert 1.5 < time.monotonic() - started < 30  # it waited for the warm-up's fork, then stopped the child
     assert server.run("os:_exit", [0], timeout_s=60) == 0  # and the server still serves
+
+
+def test_a_server_whose_parent_is_gone_ends_quietly(tmp_path):
+    """The parent killed (SIGKILL leaves no goodbye): the server's answer meets a closed pipe. It ends
+    with status 0 and no traceback on the terminal."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    request_read, request_write = os.pipe()
+    answer_read, answer_write = os.pipe()
+    code = f"from workbench.launch.forkserver import serve; raise SystemExit(serve({request_read}, {answer_write}, []))"
+    server = subprocess.Popen([sys.executable, "-c", code], pass_fds=(request_read, answer_write),
+                              env={**os.environ, "PYTHONPATH": str(root)}, stderr=subprocess.PIPE, text=True)
+    os.close(request_read), os.close(answer_write)
+    os.close(answer_read)  # the parent is gone before the answer comes
+    os.write(request_write, (json.dumps({"target": "time:sleep", "args": [0.2]}) + "\n").encode())
+    os.close(request_write)
+    _, err = server.communicate(timeout=60)
+    assert server.returncode == 0 and "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -228,8 +228,20 @@ def serve(request_fd: int, answer_fd: int, preload: list[str]) -> int:
             pid = os.fork()
             if pid == 0:
                 _child(request["target"], request["args"], (request_fd, answer_fd))
-            os.write(answer_fd, (json.dumps({"pid": pid}) + "\n").encode())
+            if not _answer(answer_fd, {"pid": pid}):
+                break
             _, status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(status)  # -N for a signal, as subprocess reports it
-            os.write(answer_fd, (json.dumps({"pid": pid, "code": code}) + "\n").encode())
+            if not _answer(answer_fd, {"pid": pid, "code": code}):
+                break
     return 0
+
+
+def _answer(answer_fd: int, message: dict) -> bool:
+    """Tell the parent; False when it is gone (killed, even with SIGKILL): the server then ends quietly,
+    since its finished rounds are on disk already and nobody is left to read the answer."""
+    try:
+        os.write(answer_fd, (json.dumps(message) + "\n").encode())
+        return True
+    except BrokenPipeError:
+        return False

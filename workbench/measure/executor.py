@@ -30,7 +30,7 @@ from workbench.errors import StageSkipped, UsageError
 from workbench.training.model import apply_all, build_model, build_optimizer, natural_blocks
 from workbench.progress import Progress, stderr_log
 from workbench.results import CUDA_SNAPSHOT_FILE, MEMORY_TIMELINE_FILE, per_rank, write_text_atomic
-from workbench.trace.capture import capture, cuda_snapshot, memory_timeline
+from workbench.trace.capture import capture, cuda_snapshot, memory_timeline, trace_steps
 from workbench.training.step import BatchStream, StepSettings, TrainStep, UserTask, classification_loss, map_tensors
 
 
@@ -353,7 +353,7 @@ def _trace_pass(built: Built, trace_dir: Path, progress: Progress, brief: bool =
     def one_step(i: int) -> None:
         images, labels = built.stream.next(annotate=True)
         built.step(images, labels)
-        progress.update("trace", i + 1, None)
+        progress.update("trace", i + 1, trace_steps(brief))
 
     try:
         return capture(one_step, trace_dir, built.device.type, built.cfg.trace_with_stack,

@@ -14,6 +14,7 @@ import torch
 from workbench import device as devices
 from workbench import environment
 from workbench import memory_budget, peaks
+from workbench.machine_lock import previous_run
 from workbench.launch.nodes import Nodes
 from workbench.run import folders
 from workbench.training import host_memory, loader_sweep
@@ -147,7 +148,7 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     (nodes, link: run/nodes.py); the other nodes have none (run/follow.py).
     """
     check_time_budget(time_budget_s)
-    load_warning = busy_warning(devices.usable_cores())  # before our own sweep adds load
+    load_warning = busy_warning(devices.usable_cores(), previous_run())  # before our own sweep adds load
     device_type = devices.resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
     check_nproc(nproc, device_type, isolate or nproc == 1)
@@ -238,13 +239,22 @@ def check_host_allocator(cfg: RunConfig, isolate: bool) -> None:
         raise UsageError(f"host_allocator={cfg.host_allocator} cannot be set here: {why}; allowed: system")
 
 
-def busy_warning(cores: int) -> str | None:
-    """Other work on the machine skews every figure (by 2-4x when CPU threads contend): say so."""
+# The 1-minute load average decays with a one-minute time constant: a run of ours that ended this
+# recently still shows in it.
+OWN_LOAD_WINDOW_S = 120.0
+
+
+def busy_warning(cores: int, previous: tuple[str, float] | None = None) -> str | None:
+    """Other work on the machine skews every figure (by 2-4x when CPU threads contend): say so; where
+    the load is the decaying trace of our own run that just ended, say that instead of 'busy'."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if load > BUSY_LOAD_PER_CORE * cores:
-        return (f"warning: the machine is busy (1-minute load {load:.1f} on {cores} cores) before we start; "
-                "timings will be slower and noisier than on a quiet machine")
-    return None
+    if load <= BUSY_LOAD_PER_CORE * cores:
+        return None
+    if previous is not None and previous[1] < OWN_LOAD_WINDOW_S:
+        return (f"note: 1-minute load {load:.1f} on {cores} cores, most likely the trace of `{previous[0]}`, which "
+                f"ended {previous[1]:.0f} s ago (the average decays over about a minute); nothing else is measuring")
+    return (f"warning: the machine is busy (1-minute load {load:.1f} on {cores} cores) before we start; "
+            "timings will be slower and noisier than on a quiet machine")
 
 
 def _announce(session: Session) -> None:
