@@ -82,6 +82,11 @@ def test_the_moves_follow_the_part_that_dominates_and_say_what_they_predict():
     assert all(m.changes != "optimizer" for m in without_flag)
 
 
+def test_emulated_bf16_is_no_move_worth_its_minutes():
+    moves = budget.moves(RunConfig(batch_size=32), Parts(98, 98, 195, 410), 801, STATES, StageContext("cpu", NO_BF16), 512, False)
+    assert "amp" not in [m.name for m in moves] and moves
+
+
 def test_micro_batches_stay_at_two_samples_or_more_for_batchnorm():
     moves = budget.moves(RunConfig(batch_size=8), Parts(40, 40, 80, 400), 560, {}, StageContext("cpu", CPU_BF16), 100, False)
     accumulation = next(m for m in moves if m.name.startswith("accumulation"))

@@ -64,12 +64,11 @@ def moves(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, ct
 
 
 def _amp(cfg: RunConfig, ctx: StageContext):
-    if cfg.precision != "fp32":
-        return None
-    # A CPU without native bf16 emulates it (an order of magnitude slower): still a memory route, and
-    # the frontier shows what it costs.
-    dtype = ctx.capabilities.amp_dtype or ("bf16" if ctx.device_type == "cpu" else None)
-    return ("amp", cfg.with_overrides(precision=dtype), "") if dtype else None
+    # Only where the device does it natively: a CPU without native bf16 emulates it an order of magnitude
+    # slower (ResNet-50 at 96 px: minutes a round); the pass's brief amp probe already puts it on the
+    # frontier with its peak and its cost.
+    dtype = ctx.capabilities.amp_dtype
+    return ("amp", cfg.with_overrides(precision=dtype), "") if dtype and cfg.precision == "fp32" else None
 
 
 def _accumulation(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, budget_mib: float):
