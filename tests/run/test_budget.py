@@ -150,3 +150,21 @@ def test_a_budget_nothing_meets_says_so_and_what_would(tmp_path, monkeypatch):
     assert "--allow-optimizer-change" in entry["text"]
     # one level of combinations on the lowest peak, then no further: nothing lowered it again
     assert len(calls) == 5
+
+
+def test_a_final_configuration_leave_one_out_changed_is_measured_before_the_moves(tmp_path, monkeypatch):
+    """Leave-one-out dropped channels_last: the configuration the ladder holds was measured only inside
+    that check. It is measured first (budget+start), and the moves build on it."""
+    s = session(tmp_path, 512.0)
+    both = s.base_cfg.with_overrides(precision="bf16", memory_format="channels_last")
+    finished = [record("baseline", s.base_cfg, 801.0, status="baseline"),
+                record("channels_last", both, 596.0, 1.8, applied=["amp", "channels_last"])]
+    state = comparing.LadderState(s.base_cfg.with_overrides(precision="bf16"), applied=["amp"], result=finished[1])
+    calls, saved, book = [], [], Book()
+    measuring(monkeypatch, {"budget+start": (0.98, 594.0), "*": (0.8, 480.0)}, calls, saved)
+    budget.fit(s, state, book, finished)
+    assert calls[0] == "budget+start" and "budget+checkpointing" in calls[1:]
+    start = saved[0]
+    assert start["config"]["memory_format"] == "contiguous" and start["applied"] == ["amp", "budget+start"]
+    moved = next(d for d in saved if d["stage"] == "budget+checkpointing")
+    assert moved["memory_prediction"]["builds_on"] == "budget+start" and moved["applied"] == ["amp", "budget+checkpointing"]

@@ -107,7 +107,7 @@ def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRec
     budget_mib = session.memory_budget_mib
     unconstrained = frontier.fastest(frontier.points_from(r.doc for r in finished))
     before = (state.cfg, list(state.applied), state.result)
-    current = _current(session, state)
+    current = _current(session, state, finished)
     while current is not None and _peak(current) > budget_mib:
         records = _measure_moves(session, state, current)
         finished += records
@@ -127,15 +127,24 @@ def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRec
         state.cfg, state.applied, state.result = before
 
 
-def _current(session, state) -> StageRecord | None:
-    """The record of the configuration the ladder holds (None where it was not measured as a stage:
-    a leave-one-out that dropped a stage holds a configuration measured only inside that check)."""
+def _current(session, state: LadderState, finished: list[StageRecord]) -> StageRecord | None:
+    """The record of the configuration the ladder holds. Where leave-one-out dropped a stage, that
+    configuration was measured only inside the check (without its trace, so without its peak as a CPU
+    run judges it): it is measured here first, as budget+start, against the record it came from."""
     record = state.result
-    if record is None or not same_config(record.config, state.cfg) or _peak(record) is None:
-        session.log("-- memory budget: the final configuration has no measured peak of its own; choosing among "
-                    "the configurations measured")
+    if record is None or (same_config(record.config, state.cfg) and _peak(record) is not None):
+        return record
+    session.log("-- memory budget: leave-one-out changed the final configuration since it was measured: "
+                "measuring it first (budget+start)")
+    unchanged = Prediction(_peak(record) or 0.0, 0.0, "the final configuration as leave-one-out left it")
+    start = _measure(session, state, record, Move("start", state.cfg, unchanged), name=PREFIX + "start")
+    finished.append(start)
+    if _peak(start) is None:
         return None
-    return record
+    applied = list(state.applied)  # the same stages: the start is a measurement, not a move
+    _adopt(session, state, start)
+    state.applied = applied
+    return start
 
 
 def _measure_moves(session, state: LadderState, current: StageRecord) -> list[StageRecord]:
@@ -155,8 +164,8 @@ def _name(state, move: Move) -> str:
     return PREFIX + "+".join((adopted[-1:] if adopted else []) + [move.name])
 
 
-def _measure(session, state: LadderState, current: StageRecord, move: Move) -> StageRecord:
-    name = _name(state, move)
+def _measure(session, state: LadderState, current: StageRecord, move: Move, name: str | None = None) -> StageRecord:
+    name = name or _name(state, move)
     stage = Stage(name, MEMORY, f"memory budget: {move.name} on {current.stage}", lambda cfg, ctx: move.cfg,
                   changes=move.changes)
     position, started = state.position, time.perf_counter()
