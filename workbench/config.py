@@ -86,7 +86,8 @@ class RunConfig:
         "state), zero1 (ZeroRedundancyOptimizer: the optimizer state sharded) or fsdp (FSDP2 fully_shard: "
         "weights, gradients and optimizer state sharded per block)"))
     checkpointing: str = field(default="none", metadata=_doc(
-        "activation checkpointing: none, or blocks (recompute each natural block of the model in backward)"))
+        "activation checkpointing: none, blocks (recompute each natural block of the model in backward), or "
+        "blocks:K (selective: only the first K blocks, which hold the largest activations in a CNN)"))
     compile: str = field(default="none", metadata=_doc(
         "torch.compile mode: none, default, reduce-overhead or max-autotune"))
     # Two: the first step pays for allocation, autotuning and compile and creates the optimizer's
@@ -220,7 +221,7 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("compile", cfg.compile, COMPILE_MODES)
     _check_choice("optimizer", cfg.optimizer, OPTIMIZERS)
     _check_choice("device", cfg.device, DEVICES)
-    _check_choice("checkpointing", cfg.checkpointing, CHECKPOINT_MODES)
+    checkpointed_blocks(cfg.checkpointing)
     _check_choice("input_pipeline", cfg.input_pipeline, INPUT_PIPELINES)
     _check_choice("order", cfg.order, ORDERS)
     _check_choice("sharding", cfg.sharding, SHARDINGS)
@@ -252,6 +253,28 @@ def _validate_data(data: str) -> None:
             raise UsageError("data='imagefolder:' needs a path, e.g. imagefolder:/data/my_images")
         return
     _check_choice("data", data, ("auto", "cifar10", "synthetic", "imagefolder:PATH"))
+
+
+# Adafactor scales each update by the parameter's own RMS, so its lr is relative: torch's default 1e-2
+# moves a weight about as far per step as Adam's 1e-4 does. The run's lr is used as set when the user
+# changed it from the lab's Adam default.
+ADAM_DEFAULT_LR, ADAFACTOR_DEFAULT_LR = 1e-4, 1e-2
+
+
+def optimizer_lr(optimizer: str, lr: float) -> float:
+    """The learning rate an optimizer is built with (the workbench's and the generated script's alike)."""
+    return ADAFACTOR_DEFAULT_LR if optimizer == "adafactor" and lr == ADAM_DEFAULT_LR else lr
+
+
+def checkpointed_blocks(mode: str) -> int | None:
+    """How many of the model's blocks a checkpointing mode wraps: 0 for none, None for all of them."""
+    if mode in CHECKPOINT_MODES:
+        return 0 if mode == "none" else None
+    head, _, count = mode.partition(":")
+    if head == "blocks" and count.isdigit() and int(count) >= 1:
+        return int(count)
+    raise UsageError(f"checkpointing={mode!r} is not allowed; choose one of: none, blocks, blocks:K (K >= 1: the "
+                     "first K blocks)")
 
 
 def divisors(n: int) -> list[int]:

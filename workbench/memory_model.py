@@ -104,7 +104,7 @@ class Prediction:
 
 
 def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
-            state_by_kind: Mapping[str, float] | None = None, world: int = 1) -> Prediction:
+            state_by_kind: Mapping[str, float] | None = None, world: int = 1, blocks: int | None = None) -> Prediction:
     """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak,
     per process of `world` (state_by_kind: each optimizer's whole state, unsharded)."""
     activations, basis = parts.activations, []
@@ -123,8 +123,10 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
                      + (f"; +{late_gradients:.0f} MiB of gradients already allocated in the later micro-batches"
                         if late_gradients else ""))
     if before.get("checkpointing", "none") == "none" and after.get("checkpointing", "none") != "none":
-        activations *= 1 - CHECKPOINT_ACTIVATION_SAVING
-        basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING:g}")
+        share = _checkpointed_share(after["checkpointing"], blocks)
+        activations *= 1 - CHECKPOINT_ACTIVATION_SAVING * share
+        basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING * share:.2g}"
+                     + (f" ({after['checkpointing']} of {blocks}, counted as their share of the blocks)" if share < 1 else ""))
     state = _state(parts, before, after, state_by_kind, world, basis)
     replicated = parts.weights + parts.gradients
     if before.get("sharding", "none") != "fsdp" and after.get("sharding") == "fsdp" and world > 1:
@@ -147,6 +149,40 @@ def _state(parts: Parts, before: Mapping, after: Mapping, state_by_kind: Mapping
         state /= world
         basis.append(f"optimizer state sharded over {world} processes")
     return state
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What a measured configuration's predictions start from: its parts and peak, the state each
+    optimizer would keep for its parameters, and how many natural blocks it has (for blocks:K)."""
+
+    parts: Parts
+    peak_mib: float
+    config: Mapping
+    state_by_kind: Mapping[str, float]
+    blocks: int | None = None
+
+    @classmethod
+    def of(cls, doc: Mapping) -> "Basis | None":
+        """From a stage document (None where it has no measured breakdown)."""
+        metrics = doc.get("metrics") or {}
+        parts = Parts.of(metrics)
+        if parts is None or doc.get("config") is None:
+            return None
+        return cls(parts, metrics["peak_memory_mb"], doc["config"], metrics.get("optimizer_state_mib_by_kind") or {},
+                   (doc.get("decisions") or {}).get("natural_blocks"))
+
+    def predict(self, after: Mapping, world: int = 1) -> Prediction:
+        return predict(self.parts, self.peak_mib, self.config, after, self.state_by_kind, world, self.blocks)
+
+
+def _checkpointed_share(mode: str, blocks: int | None) -> float:
+    """The share of the blocks a checkpointing mode wraps (blocks:K of n); 1 for all of them. Counted
+    evenly: a CNN's first blocks hold more activations, so a selective saving is predicted low there."""
+    head, _, count = mode.partition(":")
+    if not count or not blocks:
+        return 1.0
+    return min(1.0, int(count) / blocks)
 
 
 def _micro(cfg: Mapping) -> int:

@@ -129,7 +129,7 @@ def test_optimized_script_compiles_and_holds_the_kept_settings(ladder, tmp_path)
     text = script.read_text()
     for setting in ('MODEL_NAME = "resnet18"', "IMAGE_SIZE = 32", "BATCH_SIZE = 128", "NUM_WORKERS = 2",
                     "PERSISTENT_WORKERS = True", 'PRECISION = "fp32"', "CHANNELS_LAST = True",
-                    'COMPILE_MODE = "default"', "ACCUMULATION_STEPS = 1", "CHECKPOINTING = False",
+                    'COMPILE_MODE = "default"', "ACCUMULATION_STEPS = 1", "CHECKPOINT_BLOCKS = 0",
                     "LR = 0.0001", 'DEFAULT_DEVICE = "cpu"'):
         assert setting in text
     for needed in ("def _check_integrity", 'encoding="latin1"', "WORKBENCH_SYNTHETIC", "RandomResizedCrop",

@@ -12,7 +12,7 @@ import pytest
 from workbench.config import RunConfig
 from workbench.device import Capabilities
 from workbench.launch import SideReport
-from workbench.memory_model import Parts
+from workbench.memory_model import Basis, Parts
 from workbench.run import budget, comparing
 from workbench.run.record import StageRecord
 from workbench.run.rounds import Comparison
@@ -71,24 +71,28 @@ def measuring(monkeypatch, outcomes: dict, calls: list, saved: list) -> None:
     monkeypatch.setattr(comparing, "save", lambda s, doc: saved.append(doc) or StageRecord.of(doc))
 
 
+def basis(parts: Parts, peak: float, states: dict, cfg: RunConfig, blocks: int | None = None) -> Basis:
+    return Basis(parts, peak, cfg.to_dict(), states, blocks)
+
+
 def test_the_moves_follow_the_part_that_dominates_and_say_what_they_predict():
     cfg = RunConfig(batch_size=32)
-    activations = budget.moves(cfg, Parts(98, 98, 195, 410), 801, STATES, StageContext("cpu", CPU_BF16), 512, True)
+    activations = budget.moves(cfg, basis(Parts(98, 98, 195, 410), 801, STATES, cfg), StageContext("cpu", CPU_BF16), 512, True)
     assert [m.name for m in activations][:3] == ["accumulation_x4", "amp", "checkpointing"]
     assert activations[0].prediction.peak_mib == pytest.approx(801 - 410 * 0.75)  # 4 micro-batches of 8 predicted to fit
-    state_heavy = budget.moves(cfg, Parts(42, 42, 85, 20), 189, STATES, StageContext("cpu", CPU_BF16), 150, True)
+    state_heavy = budget.moves(cfg, basis(Parts(42, 42, 85, 20), 189, STATES, cfg), StageContext("cpu", CPU_BF16), 150, True)
     assert state_heavy[0].name in ("adam8bit", "adafactor") and state_heavy[0].changes == "optimizer"
-    without_flag = budget.moves(cfg, Parts(42, 42, 85, 20), 189, STATES, StageContext("cpu", CPU_BF16), 150, False)
+    without_flag = budget.moves(cfg, basis(Parts(42, 42, 85, 20), 189, STATES, cfg), StageContext("cpu", CPU_BF16), 150, False)
     assert all(m.changes != "optimizer" for m in without_flag)
 
 
 def test_emulated_bf16_is_no_move_worth_its_minutes():
-    moves = budget.moves(RunConfig(batch_size=32), Parts(98, 98, 195, 410), 801, STATES, StageContext("cpu", NO_BF16), 512, False)
+    moves = budget.moves(RunConfig(batch_size=32), basis(Parts(98, 98, 195, 410), 801, STATES, RunConfig(batch_size=32)), StageContext("cpu", NO_BF16), 512, False)
     assert "amp" not in [m.name for m in moves] and moves
 
 
 def test_micro_batches_stay_at_two_samples_or_more_for_batchnorm():
-    moves = budget.moves(RunConfig(batch_size=8), Parts(40, 40, 80, 400), 560, {}, StageContext("cpu", CPU_BF16), 100, False)
+    moves = budget.moves(RunConfig(batch_size=8), basis(Parts(40, 40, 80, 400), 560, {}, RunConfig(batch_size=8)), StageContext("cpu", CPU_BF16), 100, False)
     accumulation = next(m for m in moves if m.name.startswith("accumulation"))
     assert accumulation.cfg.micro_batch_size == 2
 
@@ -168,3 +172,16 @@ def test_a_final_configuration_leave_one_out_changed_is_measured_before_the_move
     assert start["config"]["memory_format"] == "contiguous" and start["applied"] == ["amp", "budget+start"]
     moved = next(d for d in saved if d["stage"] == "budget+checkpointing")
     assert moved["memory_prediction"]["builds_on"] == "budget+start" and moved["applied"] == ["amp", "budget+checkpointing"]
+
+
+def test_selective_checkpointing_takes_only_as_many_blocks_as_the_budget_needs():
+    cfg = RunConfig(batch_size=32)
+    parts = Parts(98, 98, 195, 410)
+    # all five blocks save 205 MiB (predicted): 801 -> 596; the first two of five, 82 MiB: 719 fits 720
+    found = budget.moves(cfg, basis(parts, 801, STATES, cfg, blocks=5), StageContext("cpu", CPU_BF16), 720, False)
+    selective = next(m for m in found if m.name.startswith("checkpointing_"))
+    assert selective.name == "checkpointing_2of5" and selective.cfg.checkpointing == "blocks:2"
+    assert selective.prediction.peak_mib == pytest.approx(801 - 410 * 0.5 * 2 / 5)
+    # a budget only all blocks meet: no selective move (all blocks is its own)
+    found = budget.moves(cfg, basis(parts, 801, STATES, cfg, blocks=5), StageContext("cpu", CPU_BF16), 600, False)
+    assert not any(m.name.startswith("checkpointing_") for m in found)

@@ -210,7 +210,7 @@ def _conv_weights(model: nn.Module) -> list[torch.Tensor]:
 def test_apply_all_channels_last_converts_conv_weights(resnet):
     assert not any(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(resnet))
     model, notes = apply_all(resnet, "channels_last", "none", "none", CPU)
-    assert notes == {}
+    assert notes == {"natural_blocks": 5}  # what a selective checkpointing (blocks:K) chooses among
     assert all(w.is_contiguous(memory_format=torch.channels_last) for w in _conv_weights(model))
 
 
@@ -255,3 +255,23 @@ def test_compile_builds_a_graph_and_matches_eager():
         assert torch.allclose(out, eager(inputs), rtol=1e-4, atol=1e-5)
     finally:
         torch._dynamo.reset()
+
+
+def test_selective_checkpointing_wraps_the_first_blocks_only():
+    import torchvision
+    from workbench.config import RunConfig, checkpointed_blocks
+    from workbench.errors import UsageError
+    from workbench.training.model import Checkpointed, natural_block_count, wrap_checkpoints
+
+    model = torchvision.models.resnet18(num_classes=10)
+    assert natural_block_count(model) == 5
+    assert wrap_checkpoints(model, 2) == ["stem", "layer1"]
+    assert isinstance(model.conv1, Checkpointed) and isinstance(model.layer1, Checkpointed)
+    assert not isinstance(model.layer2, Checkpointed)
+    assert checkpointed_blocks("blocks:3") == 3 and checkpointed_blocks("blocks") is None and checkpointed_blocks("none") == 0
+    for bad in ("blocks:0", "blocks:x", "some"):
+        with pytest.raises(UsageError, match="blocks:K"):
+            RunConfig(checkpointing=bad)
+    import torch
+    images = torch.randn(2, 3, 32, 32)
+    torch.nn.functional.cross_entropy(model(images), torch.tensor([1, 2])).backward()  # still trains

@@ -14,6 +14,7 @@ import string
 import textwrap
 from pathlib import Path
 
+from workbench.config import optimizer_lr
 from workbench.report import budget, plots
 from workbench.report.advice import lessons_section, recommendations_section
 from workbench.report.bottlenecks import bottlenecks
@@ -70,6 +71,14 @@ def render_markdown(view: RunView) -> str:
 
 # --- optimized_training.py ------------------------------------------------------------------
 
+def _checkpoint_blocks(mode: str) -> int:
+    """The script's CHECKPOINT_BLOCKS: 0 (none), K (blocks:K) or all five of a ResNet (blocks)."""
+    if mode in (None, "none"):
+        return 0
+    head, _, count = mode.partition(":")
+    return int(count) if count.isdigit() else 5
+
+
 def script_settings(view: RunView) -> dict[str, str]:
     """Template fields, as Python literals, from the optimized configuration (or the run's base)."""
     final = view.final
@@ -86,9 +95,10 @@ def script_settings(view: RunView) -> dict[str, str]:
         "prefetch_factor": int(cfg.get("prefetch_factor") or 2),
         "precision": str(cfg.get("precision", "fp32")),
         "tf32": bool(cfg.get("tf32", False)), "channels_last": cfg.get("memory_format") == "channels_last",
-        "checkpointing": cfg.get("checkpointing", "none") != "none",
+        "checkpoint_blocks": _checkpoint_blocks(cfg.get("checkpointing", "none")),
         "compile_mode": None if compile_mode in (None, "none") else str(compile_mode),
-        "optimizer": str(cfg.get("optimizer", "adam")), "lr": float(cfg.get("lr", 1e-4)),
+        "optimizer": str(cfg.get("optimizer", "adam")),
+        "lr": optimizer_lr(str(cfg.get("optimizer", "adam")), float(cfg.get("lr", 1e-4))),
         "fused_optimizer": bool(cfg.get("fused_optimizer", False)),
         "retain_host_memory": cfg.get("host_allocator", "system") == "retain",
     }

@@ -20,7 +20,7 @@ from workbench import frontier, memory_model
 from workbench.memory_budget import fits
 from workbench.config import MEASUREMENT_FIELDS, RunConfig, divisors
 from workbench.errors import StageSkipped
-from workbench.memory_model import Parts, Prediction
+from workbench.memory_model import Basis, Parts, Prediction
 from workbench.run import comparing, stage_results
 from workbench.run.comparing import LadderState, Verdicts
 from workbench.run.record import StageRecord
@@ -47,17 +47,17 @@ def same_config(a: RunConfig, b: RunConfig) -> bool:
     return a.with_overrides(**{key: getattr(b, key) for key in MEASUREMENT_FIELDS}) == b
 
 
-def moves(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, ctx: StageContext,
-          budget_mib: float, allow_optimizer_change: bool) -> list[Move]:
-    """The memory moves that apply on cfg, largest predicted saving first."""
-    found = [_amp(cfg, ctx), _accumulation(cfg, parts, peak_mib, state_by_kind, budget_mib), _checkpointing(cfg)]
+def moves(cfg: RunConfig, basis: Basis, ctx: StageContext, budget_mib: float, allow_optimizer_change: bool) -> list[Move]:
+    """The memory moves that apply on cfg (measured as `basis`), largest predicted saving first."""
+    predict = lambda changed: basis.predict(changed.to_dict(), ctx.world_size)
+    found = [_amp(cfg, ctx), _accumulation(cfg, predict, budget_mib), _checkpointing(cfg),
+             _selective_checkpointing(cfg, predict, basis.blocks, budget_mib)]
     found += [_applied(apply, cfg, ctx) for apply in (zero1, fsdp)]  # several processes only
     if allow_optimizer_change:
         found += [_applied(apply, cfg, ctx, frontier.OPTIMIZER_CHANGE) for apply in (optimizer_8bit, adafactor)]
     predicted = []
     for name, changed, changes in (m for m in found if m is not None):
-        prediction = memory_model.predict(parts, peak_mib, cfg.to_dict(), changed.to_dict(), state_by_kind,
-                                          ctx.world_size)
+        prediction = predict(changed)
         if prediction.saving_mib > 0:
             predicted.append(Move(name, changed, prediction, changes))
     return sorted(predicted, key=lambda m: m.prediction.saving_mib, reverse=True)
@@ -71,21 +71,32 @@ def _amp(cfg: RunConfig, ctx: StageContext):
     return ("amp", cfg.with_overrides(precision=dtype), "") if dtype and cfg.precision == "fp32" else None
 
 
-def _accumulation(cfg: RunConfig, parts: Parts, peak_mib: float, state_by_kind: dict, budget_mib: float):
+def _accumulation(cfg: RunConfig, predict, budget_mib: float):
     """The fewest micro-batches predicted to fit; the most allowed where none is."""
     micro = cfg.effective_micro_batch
     splits = [k for k in divisors(micro) if 2 <= k <= MOST_MICRO_BATCHES and micro // k >= SMALLEST_MICRO_BATCH]
     if not splits:
         return None
-    predicted = lambda k: memory_model.predict(parts, peak_mib, cfg.to_dict(), cfg.with_overrides(
-        micro_batch_size=micro // k).to_dict(), state_by_kind).peak_mib
-    needed = next((k for k in splits if predicted(k) <= budget_mib), splits[-1])
+    needed = next((k for k in splits if predict(cfg.with_overrides(micro_batch_size=micro // k)).peak_mib <= budget_mib),
+                  splits[-1])
     smaller = micro // needed
     return f"accumulation_x{cfg.batch_size // smaller}", cfg.with_overrides(micro_batch_size=smaller), ""
 
 
 def _checkpointing(cfg: RunConfig):
     return ("checkpointing", cfg.with_overrides(checkpointing="blocks"), "") if cfg.checkpointing == "none" else None
+
+
+def _selective_checkpointing(cfg: RunConfig, predict, blocks: int | None, budget_mib: float):
+    """Only as many blocks as the budget needs (the first K: recomputing fewer costs less time), where
+    fewer than all are predicted to fit; None otherwise (all blocks is its own move)."""
+    if cfg.checkpointing != "none" or not blocks or blocks < 2:
+        return None
+    for count in range(1, blocks):
+        changed = cfg.with_overrides(checkpointing=f"blocks:{count}")
+        if predict(changed).peak_mib <= budget_mib:
+            return f"checkpointing_{count}of{blocks}", changed, ""
+    return None
 
 
 def _applied(apply, cfg: RunConfig, ctx: StageContext, changes: str = ""):
@@ -150,8 +161,8 @@ def _current(session, state: LadderState, finished: list[StageRecord]) -> StageR
 def _measure_moves(session, state: LadderState, current: StageRecord) -> list[StageRecord]:
     metrics = current.doc["metrics"]
     parts = Parts.of(metrics)
-    found = moves(state.cfg, parts, metrics["peak_memory_mb"], metrics.get("optimizer_state_mib_by_kind") or {},
-                  session.context, session.memory_budget_mib, session.base_cfg.allow_optimizer_change)
+    found = moves(state.cfg, Basis.of(current.doc), session.context, session.memory_budget_mib,
+                  session.base_cfg.allow_optimizer_change)
     session.log(f"-- memory budget: {current.stage} peaks at {metrics['peak_memory_mb']:.0f} MiB, over the "
                 f"{session.memory_budget_mib:.0f} MiB budget; largest part: {parts.largest()}; trying "
                 + (", ".join(f"{m.name} (predicted {m.prediction.peak_mib:.0f} MiB)" for m in found) or "nothing: no move applies"))

@@ -13,7 +13,7 @@ from workbench.run import judge
 from workbench.run.reading import read_trace
 from workbench.run.result import Measurement, RunFacts, Verdict, assemble, judged_metrics, measured
 from workbench.run.rounds import Comparison
-from workbench.memory_model import Parts, predict
+from workbench.memory_model import Basis
 from workbench.run.stages import MEMORY, REFERENCE, Stage
 from workbench.trace import comm
 
@@ -73,15 +73,12 @@ def stage(facts: RunFacts, stage: Stage, position: int, cfg, applied: list[str],
 def memory_prediction(against: dict, cfg, metrics: dict, facts) -> dict | None:
     """A memory stage's saving as predicted from the breakdown of the configuration it builds on
     (workbench/memory_model.py), beside the saving measured: the report shows both."""
-    before = against.get("metrics") or {}
-    parts = Parts.of(before)
-    if parts is None or against.get("config") is None:
+    basis = Basis.of(against)
+    if basis is None:
         return None
-    world = getattr(facts.context, "world_size", 1)
-    predicted = predict(parts, before["peak_memory_mb"], against["config"], cfg.to_dict(),
-                        before.get("optimizer_state_mib_by_kind"), world)
+    predicted = basis.predict(cfg.to_dict(), getattr(facts.context, "world_size", 1))
     peak = metrics.get("peak_memory_mb")
-    measured = before["peak_memory_mb"] - peak if peak is not None else None
+    measured = basis.peak_mib - peak if peak is not None else None
     return {"builds_on": against.get("stage"), "predicted_peak_mib": predicted.peak_mib,
             "predicted_saving_mib": predicted.saving_mib, "measured_saving_mib": measured,
             "prediction_error": (predicted.saving_mib / measured - 1) if measured else None, "basis": predicted.basis}

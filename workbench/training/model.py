@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision import models
 
+from workbench.config import checkpointed_blocks, optimizer_lr
 from workbench.errors import StageSkipped, UsageError
 
 
@@ -79,19 +80,9 @@ def build_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.
     if name in ("adam8bit", "adamw8bit"):
         return _eight_bit(name, params, lr)
     if name == "adafactor":
-        return torch.optim.Adafactor(params, lr=adafactor_lr(lr))
+        return torch.optim.Adafactor(params, lr=optimizer_lr(name, lr))
     optimizer_class = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
     return optimizer_class(params, lr=lr, fused=fused_arg)
-
-
-# Adafactor scales each update by the parameter's own RMS, so its lr is relative: torch's default 1e-2
-# moves a weight about as far per step as Adam's 1e-4 does. The run's lr is used as set when the user
-# changed it from the lab's Adam default.
-ADAM_DEFAULT_LR, ADAFACTOR_DEFAULT_LR = 1e-4, 1e-2
-
-
-def adafactor_lr(lr: float) -> float:
-    return ADAFACTOR_DEFAULT_LR if lr == ADAM_DEFAULT_LR else lr
 
 
 def eight_bit_unavailable() -> str | None:
@@ -135,26 +126,28 @@ class Checkpointed(nn.Module):
         return checkpoint(self.inner, *args, use_reentrant=False)
 
 
-def _wrap_resnet(model: nn.Module) -> list[str]:
+def _wrap_resnet(model: nn.Module, limit: int | None = None) -> list[str]:
     # The stem runs as four separate calls in ResNet.forward, so it becomes one checkpointed
     # Sequential in conv1's place and the other three become identities.
-    model.conv1 = Checkpointed(nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool))
-    model.bn1, model.relu, model.maxpool = nn.Identity(), nn.Identity(), nn.Identity()
-    for name in ("layer1", "layer2", "layer3", "layer4"):
+    names = ["stem", "layer1", "layer2", "layer3", "layer4"][:limit]
+    if "stem" in names:
+        model.conv1 = Checkpointed(nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool))
+        model.bn1, model.relu, model.maxpool = nn.Identity(), nn.Identity(), nn.Identity()
+    for name in names[1:]:
         setattr(model, name, Checkpointed(getattr(model, name)))
-    return ["stem", "layer1", "layer2", "layer3", "layer4"]
+    return names
 
 
-def _wrap_children(container: nn.Module, prefix: str) -> list[str]:
+def _wrap_children(container: nn.Module, prefix: str, limit: int | None = None) -> list[str]:
     """Checkpoint each child: for containers whose children are whole blocks (ViT encoder layers)."""
     names = []
-    for name, child in list(container.named_children()):
+    for name, child in list(container.named_children())[:limit]:
         setattr(container, name, Checkpointed(child))
         names.append(f"{prefix}{name}")
     return names
 
 
-def _wrap_segments(sequential: nn.Sequential, prefix: str) -> list[str]:
+def _wrap_segments(sequential: nn.Sequential, prefix: str, limit: int | None = None) -> list[str]:
     """Checkpoint about sqrt(n) runs of consecutive children, as checkpoint_sequential does.
 
     One checkpoint per single layer would keep every layer's input and free nothing (more memory,
@@ -167,22 +160,40 @@ def _wrap_segments(sequential: nn.Sequential, prefix: str) -> list[str]:
         delattr(sequential, name)
     names = []
     for index, segment in enumerate(segments):
-        sequential.add_module(str(index), Checkpointed(nn.Sequential(*(module for _, module in segment))))
-        names.append(f"{prefix}{segment[0][0]}-{segment[-1][0]}" if len(segment) > 1 else f"{prefix}{segment[0][0]}")
+        run = nn.Sequential(*(module for _, module in segment))
+        wrapped = limit is None or index < limit
+        sequential.add_module(str(index), Checkpointed(run) if wrapped else run)
+        if wrapped:
+            names.append(f"{prefix}{segment[0][0]}-{segment[-1][0]}" if len(segment) > 1 else f"{prefix}{segment[0][0]}")
     return names
 
 
-def wrap_checkpoints(model: nn.Module) -> list[str]:
-    """Checkpoint the model's natural blocks; return what was wrapped (empty: nothing to wrap)."""
+def natural_block_count(model: nn.Module) -> int:
+    """How many natural blocks wrap_checkpoints would find (without wrapping anything): what a
+    selective checkpointing (blocks:K) chooses among."""
     if isinstance(model, models.ResNet):
-        return _wrap_resnet(model)
+        return 5
     if isinstance(model, models.VisionTransformer):
-        return _wrap_children(model.encoder.layers, "encoder.layers.")
+        return len(model.encoder.layers)
+    sequential = getattr(model, "features", None) if not isinstance(model, nn.Sequential) else model
+    if not isinstance(sequential, nn.Sequential) or not len(sequential):
+        return 0
+    size = max(1, math.ceil(len(sequential) / math.ceil(math.sqrt(len(sequential)))))
+    return math.ceil(len(sequential) / size)
+
+
+def wrap_checkpoints(model: nn.Module, limit: int | None = None) -> list[str]:
+    """Checkpoint the model's natural blocks (the first `limit` of them, in order; None: all); return
+    what was wrapped (empty: nothing to wrap)."""
+    if isinstance(model, models.ResNet):
+        return _wrap_resnet(model, limit)
+    if isinstance(model, models.VisionTransformer):
+        return _wrap_children(model.encoder.layers, "encoder.layers.", limit)
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
-        return _wrap_segments(features, "features.")
+        return _wrap_segments(features, "features.", limit)
     if isinstance(model, nn.Sequential):
-        return _wrap_segments(model, "")
+        return _wrap_segments(model, "", limit)
     return []
 
 
@@ -205,12 +216,12 @@ def apply_all(model: nn.Module, memory_format: str, checkpointing: str, compile_
     and wrapping after would checkpoint opaque compiled code); compile comes last and sees the
     final module.
     """
-    notes: dict = {}
+    notes: dict = {"natural_blocks": natural_block_count(model)}
     model = model.to(device)
     if memory_format == "channels_last":
         model = model.to(memory_format=torch.channels_last)
-    if checkpointing == "blocks":
-        wrapped = wrap_checkpoints(model)
+    if checkpointing != "none":
+        wrapped = wrap_checkpoints(model, checkpointed_blocks(checkpointing))
         if not wrapped:
             raise StageSkipped(f"checkpointing=blocks: no natural blocks found in {type(model).__name__}; "
                              "supported: ResNets, ViTs, models with a Sequential 'features', nn.Sequential")
