@@ -137,6 +137,9 @@ def measure_probe(session, cfg: RunConfig, batch: int, room_mb: float | None) ->
 def run_search(session, cfg: RunConfig) -> tuple[RunConfig, dict]:
     """The whole search for the configuration cfg: the sizes probed, the one chosen and its record."""
     room = session.environment.get("device_memory_mb") if session.context.device_type == "cuda" else available_memory_mb()
+    budget_mib = getattr(session, "memory_budget_mib", None)
+    if budget_mib:  # under a memory budget a size fits only within it: the room whose share is the budget
+        room = min(room or math.inf, budget_mib / MEMORY_SHARE)
     session.log(f"== batch_size: searching the largest batch that fits, from {cfg.batch_size} up to "
                 f"{cfg.batch_size * MOST_FACTOR} (doubling; each size one brief process)")
     probes = search(cfg.batch_size, lambda batch: measure_probe(session, cfg, batch, room), log=session.log)
