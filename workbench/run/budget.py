@@ -139,14 +139,15 @@ def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRec
 
 
 def _current(session, state: LadderState, finished: list[StageRecord]) -> StageRecord | None:
-    """The record of the configuration the ladder holds. Where leave-one-out dropped a stage, that
-    configuration was measured only inside the check (without its trace, so without its peak as a CPU
-    run judges it): it is measured here first, as budget+start, against the record it came from."""
+    """The record of the configuration the ladder holds. Where a second look adopted a stage or
+    leave-one-out dropped one, that configuration was measured only inside the check (without its
+    trace, so without its peak as a CPU run judges it): it is measured here first, as budget+start,
+    against the record it came from."""
     record = state.result
     if record is None or (same_config(record.config, state.cfg) and _peak(record) is not None):
         return record
-    session.log("-- memory budget: leave-one-out changed the final configuration since it was measured: "
-                "measuring it first (budget+start)")
+    session.log("-- memory budget: the final configuration was not measured as a stage of its own (a second look "
+                "or leave-one-out changed it since): measuring it first (budget+start)")
     unchanged = Prediction(_peak(record) or 0.0, 0.0, "the final configuration as leave-one-out left it")
     start = _measure(session, state, record, Move("start", state.cfg, unchanged), name=PREFIX + "start")
     finished.append(start)
