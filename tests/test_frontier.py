@@ -51,6 +51,8 @@ def test_points_from_stage_files_with_out_of_memory_failures():
             {"stage": "big", "status": "failed", "reason": "RuntimeError: DefaultCPUAllocator: can't allocate memory"},
             {"stage": "compile", "status": "failed", "reason": "RuntimeError: something else"},
             {"stage": "tf32", "status": "skipped", "reason": "no GPU"},
+            {"stage": "host_allocator", "status": "kept", "adopted_config": {"precision": "bf16"},
+             "metrics": {"peak_memory_mb": 801, "speedup_vs_baseline": {"ratio": 2.0}}},
             {"stage": "final", "status": "final", "metrics": {"peak_memory_mb": 450, "speedup_vs_baseline": {"ratio": 0.8}}}]
     found = {p.name: p for p in frontier.points_from(docs)}
     assert set(found) == {"baseline", "budget+checkpointing", "budget+amp", "big"}

@@ -54,6 +54,10 @@ def _point(doc: Mapping, base_rate: float | None) -> Point | None:
     metrics = doc.get("metrics") or {}
     if doc.get("status") in ("failed", "skipped", "cancelled") or metrics.get("peak_memory_mb") is None:
         return None
+    if doc.get("adopted_config"):
+        # Adopted on its second look: its speed stands on the configuration it joined, its peak on the
+        # one its pass measured. No configuration has both; the budget measures the joined one itself.
+        return None
     speedup = 1.0 if doc["stage"] == "baseline" else (metrics.get("speedup_vs_baseline") or {}).get("ratio")
     throughput = base_rate * speedup if base_rate and speedup else None
     return Point(doc["stage"], metrics["peak_memory_mb"], speedup, throughput, MEASURED, changes)
