@@ -125,6 +125,18 @@ def test_a_configuration_that_already_fits_measures_no_move(tmp_path, monkeypatc
     assert calls == [] and book.doc["memory_budget"]["chosen"] == "baseline"
 
 
+def test_a_final_configuration_that_fits_stays_though_a_rejected_one_reads_faster(tmp_path, monkeypatch):
+    s = session(tmp_path, 1024.0)
+    amp_cfg = s.base_cfg.with_overrides(precision="bf16")
+    finished = [record("baseline", s.base_cfg, 801.0, status="baseline"), record("amp", amp_cfg, 594.0, 1.5, applied=["amp"]),
+                record("compile", amp_cfg.with_overrides(compile="default"), 561.0, 1.55, status="rejected")]
+    state = comparing.LadderState(amp_cfg, applied=["amp"], result=finished[1])
+    calls, saved, book = [], [], Book()
+    measuring(monkeypatch, {}, calls, saved)
+    budget.fit(s, state, book, finished)
+    assert calls == [] and book.doc["memory_budget"]["chosen"] == "amp" and state.applied == ["amp"]
+
+
 def test_when_nothing_fits_the_lowest_peak_is_built_on(tmp_path, monkeypatch):
     s = session(tmp_path, 300.0)
     finished = [record("baseline", s.base_cfg, 801.0, status="baseline")]

@@ -64,12 +64,13 @@ def test_a_budget_nothing_meets_ends_in_nothing_fits_and_what_would(data_dir):
     assert (data_dir / "reports/tight/memory_frontier.png").stat().st_size > 10_000
 
 
-def test_a_generous_budget_keeps_the_fastest_configuration_that_fits(data_dir):
+def test_a_generous_budget_keeps_the_configuration_the_speed_phases_chose(data_dir):
     proc = workbench(data_dir, "run", "--stages", "amp", "--run-name", "roomy", "--memory-budget", "8GiB", *TINY)
     assert proc.returncode == 0, proc.stderr[-3000:]
     entry = verdicts(data_dir, "roomy")["memory_budget"]
-    fitting = [p for p in entry["points"] if p["status"] == "measured" and p["peak_mib"] <= entry["budget_mib"]]
-    assert entry["fits"] and entry["chosen"] == max(fitting, key=lambda p: p["speedup"])["name"]
+    # the speed phases' own answer fits, so it stays (whether amp was kept depends on this machine's timings)
+    kept = "amp" if stage(data_dir, "roomy", "amp")["status"] == "kept" else "baseline"
+    assert entry["fits"] and entry["chosen"] == kept
     assert not any(p["name"].startswith("budget+") for p in entry["points"])  # it fit: no move was needed
     assert entry["text"].startswith("fits: ")
 

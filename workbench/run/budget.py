@@ -119,6 +119,7 @@ def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRec
     unconstrained = frontier.fastest(frontier.points_from(r.doc for r in finished))
     before = (state.cfg, list(state.applied), state.result)
     current = _current(session, state, finished)
+    fits_already = current if current is not None and _peak(current) <= budget_mib else None
     while current is not None and _peak(current) > budget_mib:
         records = _measure_moves(session, state, current)
         finished += records
@@ -132,7 +133,7 @@ def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRec
                     f"({_peak(lowest):.0f} MiB): the other moves are tried on top of it")
         _adopt(session, state, lowest)
         current = lowest
-    if not _choose(session, state, verdicts, finished, unconstrained):
+    if not _choose(session, state, verdicts, finished, unconstrained, fits_already):
         # Nothing fits: the final configuration stays the speed phases' (the moves adopted on the way
         # were steps of a search, not an answer); the report says what would fit.
         state.cfg, state.applied, state.result = before
@@ -204,11 +205,15 @@ def _adopt(session, state, record: StageRecord) -> None:
     state.applied, state.result = list(record.applied), record
 
 
-def _choose(session, state: LadderState, verdicts: Verdicts, finished: list[StageRecord], unconstrained) -> bool:
-    """The fastest measured configuration that fits becomes the final one (True); or nothing fits, said so."""
+def _choose(session, state: LadderState, verdicts: Verdicts, finished: list[StageRecord], unconstrained,
+            fits_already: StageRecord | None = None) -> bool:
+    """The fastest measured configuration that fits becomes the final one (True); or nothing fits, said so.
+    Where the speed phases' own configuration fits, it stays: a stage they did not keep is not faster by
+    their rule, however its point estimate reads."""
     budget_mib, allow = session.memory_budget_mib, session.base_cfg.allow_optimizer_change
     points = frontier.points_from(r.doc for r in finished)
-    chosen = frontier.choose(points, budget_mib, allow)
+    kept = next((p for p in points if fits_already is not None and p.name == fits_already.stage), None)
+    chosen = kept or frontier.choose(points, budget_mib, allow)
     entry = {"budget": session.base_cfg.memory_budget, "budget_mib": budget_mib,
              "judged_on": session.decisions.get("memory_budget", ""),
              "unconstrained_best": unconstrained.name if unconstrained else None,
