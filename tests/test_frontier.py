@@ -52,10 +52,13 @@ def test_points_from_stage_files_with_out_of_memory_failures():
             {"stage": "compile", "status": "failed", "reason": "RuntimeError: something else"},
             {"stage": "tf32", "status": "skipped", "reason": "no GPU"},
             {"stage": "host_allocator", "status": "kept", "adopted_config": {"precision": "bf16"},
-             "metrics": {"peak_memory_mb": 801, "speedup_vs_baseline": {"ratio": 2.0}}},
+             "config": {"precision": "fp32"}, "metrics": {"peak_memory_mb": 801, "speedup_vs_baseline": {"ratio": 2.0}}},
+            {"stage": "amp", "status": "kept", "adopted_config": {"precision": "bf16", "rounds": 4},
+             "config": {"precision": "bf16", "rounds": 1}, "metrics": {"peak_memory_mb": 594, "speedup_vs_baseline": {"ratio": 1.5}}},
             {"stage": "final", "status": "final", "metrics": {"peak_memory_mb": 450, "speedup_vs_baseline": {"ratio": 0.8}}}]
     found = {p.name: p for p in frontier.points_from(docs)}
-    assert set(found) == {"baseline", "budget+checkpointing", "budget+amp", "big"}
+    # host_allocator joined another configuration on its second look: no point; amp joined its own: a point
+    assert set(found) == {"baseline", "budget+checkpointing", "budget+amp", "big", "amp"}
     assert found["budget+checkpointing"].throughput == 16.0 and found["baseline"].speedup == 1.0
     assert found["budget+amp"].status == OUT_OF_MEMORY and found["big"].status == OUT_OF_MEMORY
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from workbench.config import MEASUREMENT_FIELDS
+
 MEASURED, OUT_OF_MEMORY = "measured", "out of memory"
 # The words a failure reads as when it ran out of memory: CUDA's OutOfMemoryError and the CPU
 # allocator's (measure/failures.py writes the first; the second is the allocator's own text).
@@ -54,13 +56,20 @@ def _point(doc: Mapping, base_rate: float | None) -> Point | None:
     metrics = doc.get("metrics") or {}
     if doc.get("status") in ("failed", "skipped", "cancelled") or metrics.get("peak_memory_mb") is None:
         return None
-    if doc.get("adopted_config"):
-        # Adopted on its second look: its speed stands on the configuration it joined, its peak on the
-        # one its pass measured. No configuration has both; the budget measures the joined one itself.
+    if doc.get("adopted_config") and not _same(doc["adopted_config"], doc.get("config") or {}):
+        # Adopted on its second look onto another configuration: its speed stands on the one it joined,
+        # its peak on the one its pass measured. No configuration has both; the budget measures the
+        # joined one itself (budget+start).
         return None
     speedup = 1.0 if doc["stage"] == "baseline" else (metrics.get("speedup_vs_baseline") or {}).get("ratio")
     throughput = base_rate * speedup if base_rate and speedup else None
     return Point(doc["stage"], metrics["peak_memory_mb"], speedup, throughput, MEASURED, changes)
+
+
+def _same(a: Mapping, b: Mapping) -> bool:
+    """Two configurations alike but for how they were measured (rounds, steps)."""
+    measured = set(MEASUREMENT_FIELDS)
+    return {k: v for k, v in a.items() if k not in measured} == {k: v for k, v in b.items() if k not in measured}
 
 
 def _rate(doc: Mapping) -> float | None:
