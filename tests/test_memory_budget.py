@@ -52,3 +52,11 @@ def test_a_bad_budget_on_the_command_line_exits_2_before_anything_is_written(tmp
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and f"memory_budget={budget!r}" in proc.stderr
     assert not any(tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("field, value, allowed", [("sharding", "zero3", "none, zero1, fsdp"),
+                                                   ("optimizer", "adam4bit", "adam8bit, adamw8bit, adafactor")])
+def test_the_new_memory_settings_refuse_a_bad_value_in_one_line(field, value, allowed):
+    with pytest.raises(UsageError) as error:
+        RunConfig(**{field: value})
+    assert repr(value) in str(error.value) and allowed in str(error.value)

@@ -56,7 +56,7 @@ def _point(doc: Mapping, base_rate: float | None) -> Point | None:
     metrics = doc.get("metrics") or {}
     if doc.get("status") in ("failed", "skipped", "cancelled") or metrics.get("peak_memory_mb") is None:
         return None
-    if doc.get("adopted_config") and not _same(doc["adopted_config"], doc.get("config") or {}):
+    if doc.get("adopted_config") and not same_config(doc["adopted_config"], doc.get("config") or {}):
         # Adopted on its second look onto another configuration: its speed stands on the one it joined,
         # its peak on the one its pass measured. No configuration has both; the budget measures the
         # joined one itself (budget+start).
@@ -66,8 +66,8 @@ def _point(doc: Mapping, base_rate: float | None) -> Point | None:
     return Point(doc["stage"], metrics["peak_memory_mb"], speedup, throughput, MEASURED, changes)
 
 
-def _same(a: Mapping, b: Mapping) -> bool:
-    """Two configurations alike but for how they were measured (rounds, steps)."""
+def same_config(a: Mapping, b: Mapping) -> bool:
+    """Two configurations (RunConfig dicts) alike but for how they were measured (rounds, steps)."""
     measured = set(MEASUREMENT_FIELDS)
     return {k: v for k, v in a.items() if k not in measured} == {k: v for k, v in b.items() if k not in measured}
 

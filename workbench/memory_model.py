@@ -31,7 +31,6 @@ CHECKPOINT_ACTIVATION_SAVING = 0.5
 # bitsandbytes' 8-bit states: tensors under this many elements keep two fp32 states; larger ones one byte
 # per state per element, an fp32 absmax per block of 256, and a 256-entry fp32 code book per state.
 BNB_MIN_8BIT_SIZE, BNB_BLOCK, BNB_QMAP = 4096, 256, 256
-# Bytes of state per parameter element, and whether the step count is a tensor of its own.
 ADAM_KINDS = ("adam", "adamw")
 EIGHT_BIT_KINDS = ("adam8bit", "adamw8bit")
 OPTIMIZER_KINDS = ADAM_KINDS + ("sgd",) + EIGHT_BIT_KINDS + ("adafactor",)
@@ -57,10 +56,6 @@ class Parts:
         peak = ((metrics.get("memory_timeline") or {}).get("peak") or {}).get("by_category_mib") or {}
         return cls(parts["weights"], parts["gradients"], parts["optimizer_state"],
                    max(0.0, parts.get("activations_and_other", 0.0)), peak.get("gradients"))
-
-    @property
-    def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer_state + self.activations
 
     def largest(self) -> str:
         named = {"weights": self.weights, "gradients": self.gradients, "optimizer state": self.optimizer_state,

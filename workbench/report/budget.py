@@ -62,13 +62,16 @@ def section(view: RunView) -> list[str]:
     budget_mib, entry = budget_of(view)
     if budget_mib is None:
         return []
+    found = points(view)
+    front = frontier.pareto(found)
     rows = [[p.name, _peak(p), _fits(p, budget_mib), _speed(p), fmt("rate", p.throughput) if p.throughput else "-",
-             "chosen" if p.name == entry.get("chosen") else ("frontier" if p in frontier.pareto(points(view)) else "")]
-            for p in points(view)]
+             "chosen" if p.name == entry.get("chosen") else ("frontier" if p in front else "")]
+            for p in found]
     lines = ["## Memory budget: the frontier", "",
              "Every configuration the run measured, by its peak memory and its speed against the baseline "
-             "(paired, or chained through the paired comparisons it stands on). The choice is the fastest that "
-             "fits; a change of optimizer only with --allow-optimizer-change.", "",
+             "(paired, or chained through the paired comparisons it stands on). Where the speed phases' own "
+             "configuration fits it stays; otherwise the choice is the fastest that fits; a change of optimizer "
+             "only with --allow-optimizer-change.", "",
              *table(["configuration", "peak (MiB)", "fits", "speed vs baseline", "samples/s", ""], rows), ""]
     return lines + _out_of_memory_note(view)
 

@@ -7,8 +7,9 @@ saving before it is measured): bf16 autocast, more and smaller micro-batches, ch
 the user allows a change of optimization, 8-bit or factored optimizer states. Each is measured as a
 paired trade-off against the configuration it joins, saved as a stage of its own (budget+<move>).
 When none fits, the one with the lowest peak is adopted and the rest are tried on top of it.
-Then the choice: among every configuration the run measured (the pass's too), the fastest whose peak
-fits (workbench/frontier.py). Nothing fitting ends the run with "nothing fits", the smallest peak,
+Then the choice: the speed phases' own configuration where it fits (a stage they rejected is not
+faster by their rule); otherwise, among every configuration the run measured (the pass's too), the
+fastest whose peak fits (workbench/frontier.py). Nothing fitting ends the run with "nothing fits", the smallest peak,
 and what would (sharding over processes, predicted): not an error.
 """
 from __future__ import annotations
@@ -18,14 +19,13 @@ from dataclasses import dataclass
 
 from workbench import frontier, memory_model
 from workbench.memory_budget import fits
-from workbench.config import MEASUREMENT_FIELDS, RunConfig, divisors
+from workbench.config import RunConfig, divisors
 from workbench.errors import StageSkipped
 from workbench.memory_model import Basis, Parts, Prediction
 from workbench.run import comparing, stage_results
 from workbench.run.comparing import LadderState, Verdicts
 from workbench.run.record import StageRecord
 from workbench.run.stages import MEMORY, MEMORY_ROUNDS, Stage, StageContext, adafactor, fsdp, optimizer_8bit, zero1
-from workbench.results import stage_trace_dir
 
 PREFIX = "budget+"
 # The most micro-batches a budget splits a batch into: past this the step is mostly per-call overhead.
@@ -40,11 +40,6 @@ class Move:
     cfg: RunConfig
     prediction: Prediction
     changes: str = ""      # "optimizer" where it changes the optimization
-
-
-def same_config(a: RunConfig, b: RunConfig) -> bool:
-    """Equal but for how they are measured (rounds, steps)."""
-    return a.with_overrides(**{key: getattr(b, key) for key in MEASUREMENT_FIELDS}) == b
 
 
 def moves(cfg: RunConfig, basis: Basis, ctx: StageContext, budget_mib: float, allow_optimizer_change: bool) -> list[Move]:
@@ -145,11 +140,11 @@ def _current(session, state: LadderState, finished: list[StageRecord]) -> StageR
     trace, so without its peak as a CPU run judges it): it is measured here first, as budget+start,
     against the record it came from."""
     record = state.result
-    if record is None or (same_config(record.config, state.cfg) and _peak(record) is not None):
+    if record is None or (frontier.same_config(record.doc["config"], state.cfg.to_dict()) and _peak(record) is not None):
         return record
     session.log("-- memory budget: the final configuration was not measured as a stage of its own (a second look "
                 "or leave-one-out changed it since): measuring it first (budget+start)")
-    unchanged = Prediction(_peak(record) or 0.0, 0.0, "the final configuration as leave-one-out left it")
+    unchanged = Prediction(_peak(record) or 0.0, 0.0, "the final configuration as the second look or leave-one-out left it")
     start = _measure(session, state, record, Move("start", state.cfg, unchanged), name=PREFIX + "start")
     finished.append(start)
     if _peak(start) is None:
@@ -183,7 +178,7 @@ def _measure(session, state: LadderState, current: StageRecord, move: Move, name
                   changes=move.changes)
     position, started = state.position, time.perf_counter()
     state.position += 1
-    trace_dir = stage_trace_dir(session.profiles_dir, name) if move.cfg.trace else None
+    trace_dir = comparing.trace_dir_for(session, move.cfg, name)
     # Measured afresh, with its trace, even where the pass compared the same pair: on a CPU the peak a
     # budget is judged on comes from the trace's memory events (resident memory hides what a move frees).
     comparison = comparing.compare(session, state.cfg, move.cfg, name, current.stage, name, trace_dir,
@@ -201,7 +196,7 @@ def _measure(session, state: LadderState, current: StageRecord, move: Move, name
 
 
 def _adopt(session, state, record: StageRecord) -> None:
-    state.cfg = record.config.with_overrides(**{key: getattr(session.base_cfg, key) for key in MEASUREMENT_FIELDS})
+    state.cfg = comparing.measured_as(record.config, session.base_cfg)
     state.applied, state.result = list(record.applied), record
 
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from workbench import results, stats
-from workbench.config import RunConfig
+from workbench.config import MEASUREMENT_FIELDS, RunConfig
 from workbench.errors import ResultFileError, SaveError
 from workbench.results import VERDICTS_FILE, stage_result_path, write_json_atomic
 from workbench.run import console, rounds as paired_rounds
@@ -221,3 +221,9 @@ def first_pass_view(found: dict) -> dict:
 
 def stage_named(name: str) -> Stage:
     return next(s for s in STAGES if s.name == name)
+
+
+def measured_as(cfg: RunConfig, base: RunConfig) -> RunConfig:
+    """A measured configuration carried forward with the run's own measuring settings (a brief probe's
+    rounds and steps must not become the next stage's)."""
+    return cfg.with_overrides(**{key: getattr(base, key) for key in MEASUREMENT_FIELDS})

@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 
 from workbench import results, stats
-from workbench.config import MEASUREMENT_FIELDS, RunConfig
+from workbench.config import RunConfig
 from workbench.errors import ResultFileError, StageSkipped
 from workbench.run import batch_search, comparing, console, judge, stage_results
 from workbench.run.comparing import LadderState, Verdicts
@@ -136,8 +136,7 @@ def _nothing_to_change(session: Session, stage: Stage, against: StageRecord) -> 
 
 def _advance(state: LadderState, result: StageRecord, mode: str, base: RunConfig) -> None:
     if mode == "ladder" and result.status == "kept":
-        measured = {key: getattr(base, key) for key in MEASUREMENT_FIELDS}
-        state.cfg = result.config.with_overrides(**measured)
+        state.cfg = comparing.measured_as(result.config, base)
         state.applied, state.result = list(result.applied), result
 
 
