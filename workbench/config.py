@@ -27,6 +27,10 @@ ORDERS = ("trace", "fixed")
 # weights, gradients and optimizer state (and gathers each block's weights when it runs).
 SHARDINGS = ("none", "zero1", "fsdp")
 HOST_ALLOCATORS = ("system", "retain")
+TOKEN_DTYPES = ("uint16", "uint32")
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")  # training/attention.py pins one
+# The built-in GPT-2-style decoders (workbench/training/gpt.py), named here so that validation needs no torch.
+GPT_MODELS = ("gpt", "gpt-mini", "gpt2", "gpt2-medium")
 # Settings of the whole measuring process, not of a model in it: two configurations that differ in one
 # cannot share a process (workbench/run/rounds.py measures each side in its own).
 PROCESS_SETTINGS = ("host_allocator",)
@@ -37,6 +41,9 @@ MEASUREMENT_FIELDS = ("repeats", "rounds", "warmup_steps", "timed_steps")
 # ~7 images/s on a CPU and a ladder would take hours. The CLI and the Python API both start here.
 GPU_DEFAULTS = {"image_size": 224, "batch_size": 32}
 CPU_DEFAULTS = {"image_size": 32, "batch_size": 32}
+# A language model's window: GPT-2's context on a GPU, a CPU ladder's size elsewhere.
+GPU_TOKEN_DEFAULTS = {"seq_len": 1024, "batch_size": 16}
+CPU_TOKEN_DEFAULTS = {"seq_len": 128, "batch_size": 32}
 
 
 def _doc(text: str, **extra: Any) -> dict:
@@ -46,10 +53,17 @@ def _doc(text: str, **extra: Any) -> dict:
 @dataclass(frozen=True)
 class RunConfig:
     model: str = field(default="resnet18", metadata=_doc(
-        "torchvision classification model name (resnet18, resnet50, mobilenet_v3_large, vit_b_16, ...) "
-        "or 'module:function' returning an nn.Module; the class count comes from the data"))
+        "torchvision classification model name (resnet18, resnet50, mobilenet_v3_large, vit_b_16, ...), a built-in "
+        "GPT-2-style language model (gpt, gpt-mini, gpt2, gpt2-medium: trained on tokens), or 'module:function' "
+        "returning an nn.Module (a classifier, or a causal language model with --data tokens[:PATH]); the class "
+        "count or the vocabulary comes from the data"))
     image_size: int = field(default=32, metadata=_doc(
         "side of the square training crop in pixels (the lab uses 224; 32 is CIFAR's native size)"))
+    seq_len: int = field(default=128, metadata=_doc(
+        "tokens per sample for language models (--data tokens or tokens:PATH): each sample is a window of seq_len "
+        "input tokens and the same window shifted by one as targets"))
+    token_dtype: str = field(default="uint16", metadata=_doc(
+        "the id type of a token file (data=tokens:PATH): uint16 (nanoGPT's and llm.c's .bin) or uint32"))
     batch_size: int = field(default=32, metadata=_doc("samples per optimizer step (the effective batch)"))
     micro_batch_size: int = field(default=0, metadata=_doc(
         "samples per forward/backward pass; 0 means the whole batch. batch_size / micro_batch_size "
@@ -76,6 +90,9 @@ class RunConfig:
     tf32: bool = field(default=False, metadata=_doc("allow TF32 matmuls and convolutions (CUDA, Ampere and newer)"))
     fused_optimizer: bool = field(default=False, metadata=_doc(
         "fused optimizer step: one multi-tensor kernel for all parameters instead of a loop (CPU and CUDA)"))
+    attention: str = field(default="auto", metadata=_doc(
+        "the backend F.scaled_dot_product_attention runs: auto (SDPA's own pick per call), flash, efficient, cudnn "
+        "or math (the reference that materializes the scores); only for models that call SDPA"))
     memory_format: str = field(default="contiguous", metadata=_doc("contiguous (NCHW) or channels_last (NHWC)"))
     host_allocator: str = field(default="system", metadata=_doc(
         "system (glibc's default: large freed host blocks go back to the kernel, and the next step faults "
@@ -86,8 +103,9 @@ class RunConfig:
         "state), zero1 (ZeroRedundancyOptimizer: the optimizer state sharded) or fsdp (FSDP2 fully_shard: "
         "weights, gradients and optimizer state sharded per block)"))
     checkpointing: str = field(default="none", metadata=_doc(
-        "activation checkpointing: none, blocks (recompute each natural block of the model in backward), or "
-        "blocks:K (selective: only the first K blocks, which hold the largest activations in a CNN)"))
+        "activation checkpointing: none, blocks (recompute each natural block of the model in backward), "
+        "blocks:K (selective: only the first K blocks, which hold the largest activations in a CNN) or every:K "
+        "(selective: every K-th block, for the equal blocks of a transformer)"))
     compile: str = field(default="none", metadata=_doc(
         "torch.compile mode: none, default, reduce-overhead or max-autotune"))
     # Two: the first step pays for allocation, autotuning and compile and creates the optimizer's
@@ -130,7 +148,9 @@ class RunConfig:
     device: str = field(default="auto", metadata=_doc("auto, cpu, cuda or mps (auto picks cuda, then mps, then cpu)"))
     threads: int = field(default=0, metadata=_doc("intra-op CPU threads; 0 uses every usable core (split between processes under --nproc)"))
     data: str = field(default="auto", metadata=_doc(
-        "auto (CIFAR-10 if present or downloadable, else synthetic), cifar10, synthetic, or imagefolder:PATH"))
+        "auto (CIFAR-10 if present or downloadable, else synthetic; synthetic tokens for a built-in gpt), cifar10, "
+        "synthetic, imagefolder:PATH, tokens (synthetic tokens for a language model) or tokens:PATH (a flat token "
+        "file, nanoGPT's train.bin)"))
     data_dir: str = field(default="data", metadata=_doc("where CIFAR-10 (or the synthetic CIFAR-format data) lives"))
     synthetic_per_batch: int = field(default=10000, metadata=_doc(
         "images per data_batch file when writing synthetic CIFAR-format data (the real files hold 10000)"))
@@ -164,8 +184,10 @@ class RunConfig:
         return replace(self, **changes)
 
 
-def machine_defaults(device_type: str) -> dict:
-    """The fields whose default depends on the machine, for a resolved device type."""
+def machine_defaults(device_type: str, tokens: bool = False) -> dict:
+    """The fields whose default depends on the machine, for a resolved device type and workload."""
+    if tokens:
+        return dict(GPU_TOKEN_DEFAULTS if device_type == "cuda" else CPU_TOKEN_DEFAULTS)
     return dict(GPU_DEFAULTS if device_type == "cuda" else CPU_DEFAULTS)
 
 
@@ -175,7 +197,9 @@ def for_machine(**fields: Any) -> tuple[RunConfig, str]:
     from workbench.device import resolve_device_type  # torch, imported only when asked
 
     device_type = resolve_device_type(fields.get("device", "auto"))
-    defaults = machine_defaults(device_type)
+    tokens = is_token_data(fields.get("data", "auto")) or (fields.get("data", "auto") == "auto"
+                                                            and is_gpt(fields.get("model", "")))
+    defaults = machine_defaults(device_type, tokens)
     taken = {key: value for key, value in defaults.items() if key not in fields}
     label = ", ".join(f"{key}={value}" for key, value in taken.items())
     flags = "/".join(f"--{key.replace('_', '-')}" for key in taken)
@@ -205,7 +229,7 @@ def _check_positive(name: str, value: int | float, minimum: int = 1) -> None:
 
 
 def validate(cfg: RunConfig) -> None:
-    for name in ("image_size", "batch_size", "timed_steps", "repeats", "rounds", "prefetch_factor", "synthetic_per_batch"):
+    for name in ("image_size", "seq_len", "batch_size", "timed_steps", "repeats", "rounds", "prefetch_factor", "synthetic_per_batch"):
         _check_positive(name, getattr(cfg, name))
     # At least one warm-up step: the first step pays for allocation, cuDNN autotuning and compile.
     _check_positive("warmup_steps", cfg.warmup_steps)
@@ -225,10 +249,13 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("input_pipeline", cfg.input_pipeline, INPUT_PIPELINES)
     _check_choice("order", cfg.order, ORDERS)
     _check_choice("sharding", cfg.sharding, SHARDINGS)
+    _check_choice("token_dtype", cfg.token_dtype, TOKEN_DTYPES)
+    _check_choice("attention", cfg.attention, ATTENTION_BACKENDS)
     if not 0 <= cfg.min_effect < 1:
         raise UsageError(f"min_effect={cfg.min_effect} is out of range; allowed: 0 <= min_effect < 1 (0.03 is 3%)")
     _validate_batches(cfg)
     _validate_data(cfg.data)
+    _validate_workload(cfg)
     memory_budget.parse(cfg.memory_budget)
     if cfg.persistent_workers and cfg.num_workers == 0:
         raise UsageError("persistent_workers=True needs num_workers > 0 (got num_workers=0)")
@@ -248,11 +275,42 @@ def _validate_batches(cfg: RunConfig) -> None:
 
 
 def _validate_data(data: str) -> None:
-    if data.startswith("imagefolder:"):
-        if not data.split(":", 1)[1]:
-            raise UsageError("data='imagefolder:' needs a path, e.g. imagefolder:/data/my_images")
-        return
-    _check_choice("data", data, ("auto", "cifar10", "synthetic", "imagefolder:PATH"))
+    for prefix, example in (("imagefolder:", "imagefolder:/data/my_images"), ("tokens:", "tokens:data/train.bin")):
+        if data.startswith(prefix):
+            if not data.split(":", 1)[1]:
+                raise UsageError(f"data={data!r} needs a path, e.g. {example}")
+            return
+    _check_choice("data", data, ("auto", "cifar10", "synthetic", "imagefolder:PATH", "tokens", "tokens:PATH"))
+
+
+def _validate_workload(cfg: RunConfig) -> None:
+    """A built-in GPT reads tokens, a torchvision classifier images: the other pairings cannot train."""
+    if is_gpt(cfg.model) and cfg.data not in ("auto",) and not is_token_data(cfg.data):
+        raise UsageError(f"model={cfg.model} is a language model and data={cfg.data!r} holds images; allowed: "
+                         "tokens (synthetic) or tokens:PATH")
+    if is_token_data(cfg.data) and ":" not in cfg.model and not is_gpt(cfg.model):
+        raise UsageError(f"data={cfg.data!r} holds tokens and model={cfg.model} is an image classifier; allowed: "
+                         f"{', '.join(GPT_MODELS)} or module:function returning a causal language model")
+    if is_token_data(data_source(cfg)) and cfg.input_pipeline != "per_sample":
+        raise UsageError(f"input_pipeline={cfg.input_pipeline} augments images; with token data allowed: per_sample")
+
+
+def is_token_data(data: str) -> bool:
+    return data == "tokens" or data.startswith("tokens:")
+
+
+def is_gpt(model: str) -> bool:
+    return model in GPT_MODELS
+
+
+def data_source(cfg: RunConfig) -> str:
+    """The data the run reads: data=auto means synthetic tokens for a built-in GPT, images otherwise."""
+    return "tokens" if cfg.data == "auto" and is_gpt(cfg.model) else cfg.data
+
+
+def is_token_workload(cfg: RunConfig) -> bool:
+    """A language model on token windows: throughput also in tokens/s, image-only stages skipped."""
+    return is_token_data(data_source(cfg))
 
 
 # Adafactor scales each update by the parameter's own RMS, so its lr is relative: torch's default 1e-2
@@ -267,14 +325,31 @@ def optimizer_lr(optimizer: str, lr: float) -> float:
 
 
 def checkpointed_blocks(mode: str) -> int | None:
-    """How many of the model's blocks a checkpointing mode wraps: 0 for none, None for all of them."""
+    """How many of the model's blocks a checkpointing mode wraps: 0 for none, None for all of them;
+    every:K wraps about one block in K, which a count cannot say without the model: None."""
     if mode in CHECKPOINT_MODES:
         return 0 if mode == "none" else None
     head, _, count = mode.partition(":")
-    if head == "blocks" and count.isdigit() and int(count) >= 1:
-        return int(count)
+    if head in ("blocks", "every") and count.isdigit() and int(count) >= 1:
+        return int(count) if head == "blocks" else None
     raise UsageError(f"checkpointing={mode!r} is not allowed; choose one of: none, blocks, blocks:K (K >= 1: the "
-                     "first K blocks)")
+                     "first K blocks), every:K (every K-th block: blocks 0, K, 2K, ...)")
+
+
+def checkpoint_picks(mode: str, count: int) -> list[int]:
+    """The indices of the blocks a checkpointing mode wraps, out of `count` natural blocks."""
+    checkpointed_blocks(mode)  # the one place a bad mode is refused
+    head, _, k = mode.partition(":")
+    if mode == "none":
+        return []
+    if head == "every":
+        return list(range(0, count, int(k)))
+    return list(range(count if not k else min(count, int(k))))
+
+
+def checkpoint_share(mode: str, count: int) -> float:
+    """The share of the natural blocks a mode wraps (1.0 for all; a memory prediction scales by it)."""
+    return len(checkpoint_picks(mode, count)) / count if count else 1.0
 
 
 def divisors(n: int) -> list[int]:

@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from workbench.config import checkpoint_share
+
 MIB = 2**20
 # The two activation shares are the ResNet-50 figures (96 px, CPU, 2026-11): bf16 saved 49% (batch 64)
 # and 50% (batch 32) of the activations part, checkpointing the stem and layer1-4 53% at both sizes.
@@ -172,12 +174,9 @@ class Basis:
 
 
 def _checkpointed_share(mode: str, blocks: int | None) -> float:
-    """The share of the blocks a checkpointing mode wraps (blocks:K of n); 1 for all of them. Counted
-    evenly: a CNN's first blocks hold more activations, so a selective saving is predicted low there."""
-    head, _, count = mode.partition(":")
-    if not count or not blocks:
-        return 1.0
-    return min(1.0, int(count) / blocks)
+    """The share of the blocks a checkpointing mode wraps (blocks:K of n, every:K); 1 for all of them.
+    Counted evenly: a CNN's first blocks hold more activations, so a selective saving is predicted low there."""
+    return checkpoint_share(mode, blocks) if blocks else 1.0
 
 
 def _micro(cfg: Mapping) -> int:

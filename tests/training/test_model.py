@@ -265,7 +265,7 @@ def test_selective_checkpointing_wraps_the_first_blocks_only():
 
     model = torchvision.models.resnet18(num_classes=10)
     assert natural_block_count(model) == 5
-    assert wrap_checkpoints(model, 2) == ["stem", "layer1"]
+    assert wrap_checkpoints(model, "blocks:2") == ["stem", "layer1"]
     assert isinstance(model.conv1, Checkpointed) and isinstance(model.layer1, Checkpointed)
     assert not isinstance(model.layer2, Checkpointed)
     assert checkpointed_blocks("blocks:3") == 3 and checkpointed_blocks("blocks") is None and checkpointed_blocks("none") == 0

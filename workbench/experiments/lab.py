@@ -26,7 +26,7 @@ from workbench.run import rounds as round_loop
 from workbench.run.reading import tensor_peak
 from workbench.config import RunConfig
 from workbench.progress import stderr_log  # noqa: F401 - the experiments import it from here
-from workbench.training.data import load_data
+from workbench.training.data import load_configured
 from workbench.experiments import rows
 from workbench.results import SCHEMA_VERSION, experiment_path, write_json_atomic
 
@@ -103,7 +103,7 @@ class Lab:
         self.log = lambda message: log(f"[experiment {name}] {message}")
         self.started = time.perf_counter()
         self.facts, self.caps, self.peaks = _device(cfg.device)
-        data = load_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=self.log)
+        data = load_configured(cfg, log=self.log)
         self.data, self.dataset_size = data, len(data.dataset)
         self.variants: list[Variant] = []
         self.raws: dict[str, list[dict]] = {}

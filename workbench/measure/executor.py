@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from workbench import host_usage, memory_budget, memory_model, stats
 from workbench.measure import clocks, distributed
-from workbench.config import RunConfig, check_device_support
+from workbench.config import RunConfig, check_device_support, data_source
 from workbench.training.data import DataSpec, build_loader, load_data
 from workbench.measure.distributed import DistInfo
 from workbench.device import probe, resolve_device_type, threads_for
@@ -27,7 +27,8 @@ from workbench.training import host_memory
 from workbench.training.batched_input import DeviceAugment
 from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
-from workbench.training.model import apply_all, build_model, build_optimizer, natural_blocks
+from workbench.training.model import apply_all, build_model, build_optimizer, natural_block_count, natural_blocks
+from workbench.training.language import language_model_loss, next_token_correct
 from workbench.progress import Progress, stderr_log
 from workbench.results import CUDA_SNAPSHOT_FILE, MEMORY_TIMELINE_FILE, per_rank, write_text_atomic
 from workbench.trace.capture import capture, cuda_snapshot, memory_timeline, trace_steps
@@ -68,12 +69,17 @@ def seed_everything(seed: int) -> None:
 
 @functools.lru_cache(maxsize=4)
 def shared_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: int, train: bool,
-                pipeline: str) -> DataSpec:
+                pipeline: str, seq_len: int = 128, token_dtype: str = "uint16") -> DataSpec | None:
     """Datasets are read-only: the two configurations of a paired round share one copy (and its
     loading time) when they read the same data the same way (`pipeline`: the input_pipeline)."""
     file_loader = read_encoded if pipeline == "decode_on_device" else None
     return load_data(data, data_dir, image_size, per_batch, seed, train=train, log=stderr_log,
-                     batched=pipeline == "batched", file_loader=file_loader)
+                     batched=pipeline == "batched", file_loader=file_loader, seq_len=seq_len, token_dtype=token_dtype)
+
+
+def configured_data(cfg: RunConfig, train: bool, pipeline: str) -> DataSpec | None:
+    return shared_data(data_source(cfg), cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, train,
+                       pipeline, cfg.seq_len, cfg.token_dtype)
 
 
 def device_transform(cfg: RunConfig, device: torch.device) -> Callable | None:
@@ -124,8 +130,8 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     if cfg.input_pipeline != "per_sample" and dataset is not None:
         raise StageSkipped(f"input_pipeline={cfg.input_pipeline} needs the workbench's own data (CIFAR format or "
                            "an ImageFolder); a dataset from Python brings its own transforms")
-    spec = user_data_spec(dataset, model_factory) if dataset is not None else shared_data(
-        cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, True, cfg.input_pipeline)
+    spec = user_data_spec(dataset, model_factory) if dataset is not None else configured_data(
+        cfg, True, cfg.input_pipeline)
     data = spec.dataset
     file_notes = _check_files(cfg, data)
     # decode_on_device: files' bytes of many lengths, packed into one tensor a batch.
@@ -134,18 +140,20 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
                           cfg.persistent_workers, cfg.prefetch_factor, cfg.seed, distributed.sampler(data, dist, cfg.seed),
                           collate)
     eval_data = _eval_data(cfg, dataset, log)  # before the memory baseline: data is not the model's memory
+    loss_fn = language_model_loss if spec.tokens_per_sample else _loss_fn(dataset)
     make_model = (lambda: model_factory(spec.num_classes)) if model_factory else (
-        lambda: build_model(cfg.model, spec.num_classes))
+        lambda: build_model(cfg.model, spec.num_classes, cfg.seq_len if spec.tokens_per_sample else 0))
     # The batched pipelines load uint8 images at their source size, or files' bytes: count on what
     # the model sees, the same transform run on the CPU.
     on_cpu = device_transform(cfg, torch.device("cpu"))
     augment_on_cpu = (lambda b: (on_cpu(b[0]), b[1])) if on_cpu else None
-    flops = count_flops(make_model, cfg, data, _loss_fn(dataset), augment_on_cpu, collate)
+    flops = count_flops(make_model, cfg, data, loss_fn, augment_on_cpu, collate)
     rss_before_model = clocks.current_rss_mb()
     eager = make_model()
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist, cfg.sharding, natural_blocks(m)))
-    notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes)
+    notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes,
+                 **token_notes(eager, cfg, spec.tokens_per_sample))
     allocator = host_memory.in_effect()
     if allocator:
         notes["host_allocator_settings"] = allocator
@@ -156,17 +164,36 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
                             clip_grad_norm=cfg.clip_grad_norm or None,
                             device_transform=device_transform(cfg, device),
                             # decode_jpeg(device=...) takes the files' bytes from host memory itself.
-                            transform_moves_images=cfg.input_pipeline == "decode_on_device")
+                            transform_moves_images=cfg.input_pipeline == "decode_on_device",
+                            attention=cfg.attention)
     # A user's batch travels whole (any structure) to the loss that knows it.
-    return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings, _loss_fn(dataset)),
+    return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings, loss_fn),
                  BatchStream(loader, whole=dataset is not None), spec.description, len(data), notes, dist, eval_data)
 
 
 def _eval_data(cfg: RunConfig, dataset, log):
-    """The held-out split (CIFAR's test_batch) for a quick accuracy check; None where there is none."""
+    """The held-out split (CIFAR's test_batch, a token file's last windows) for a quick accuracy check;
+    None where there is none."""
     if dataset is not None or cfg.data.startswith("imagefolder:"):
         return None
-    return shared_data(cfg.data, cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, False, "per_sample").dataset
+    spec = configured_data(cfg, False, "per_sample")
+    return spec.dataset if spec is not None else None
+
+
+def token_notes(model: torch.nn.Module, cfg: RunConfig, tokens_per_sample: int) -> dict:
+    """A language model's facts: tokens per sample, and the 6N-plus-attention FLOPs estimate (PaLM's
+    appendix B, nanoGPT's estimate_mfu) to set beside the counted FLOPs."""
+    if not tokens_per_sample:
+        return {}
+    parameters = sum(p.numel() for p in model.parameters())
+    layers = natural_block_count(model)
+    embedding = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
+    width = embedding.embedding_dim if embedding is not None else 0
+    per_token = 6 * parameters + 12 * layers * width * tokens_per_sample
+    return {"tokens_per_sample": tokens_per_sample, "parameters": parameters,
+            "flops_estimate_per_step": float(per_token * tokens_per_sample * cfg.batch_size),
+            "flops_estimate_method": f"6N + 12 L d T per token (N={parameters:,} parameters, L={layers} blocks, "
+                                     f"d={width}, T={tokens_per_sample})"}
 
 
 @torch.no_grad()
@@ -176,6 +203,8 @@ def evaluate(built: Built, max_images: int = EVAL_IMAGES) -> float | None:
     if built.eval_data is None:
         return None
     subset = torch.utils.data.Subset(built.eval_data, range(min(max_images, len(built.eval_data))))
+    if built.notes.get("tokens_per_sample"):
+        return _next_token_accuracy(built, subset)
     loader = torch.utils.data.DataLoader(subset, batch_size=EVAL_BATCH)
     fmt = torch.channels_last if built.cfg.memory_format == "channels_last" else torch.contiguous_format
     built.eager_model.eval()
@@ -188,6 +217,21 @@ def evaluate(built: Built, max_images: int = EVAL_IMAGES) -> float | None:
     finally:
         built.eager_model.train()
     return correct / len(subset)
+
+
+def _next_token_accuracy(built: Built, subset) -> float:
+    """A language model's held-out check: the share of next tokens it predicts (top-1)."""
+    loader = torch.utils.data.DataLoader(subset, batch_size=built.cfg.batch_size)
+    built.eager_model.eval()
+    correct = counted = 0
+    try:
+        for ids, targets in loader:
+            with built.step.autocast():
+                hits, total = next_token_correct(built.eager_model, ids.to(built.device), targets.to(built.device))
+            correct, counted = correct + hits, counted + total
+    finally:
+        built.eager_model.train()
+    return correct / counted
 
 
 def run_steps(built: Built, count: int, progress: Progress, phase: str, clock=None) -> list[torch.Tensor]:
@@ -446,7 +490,21 @@ def window_metrics(built: Built, window: Window, warmup_s: float, peak_flops: fl
             "loss_finite": bool(np.all(np.isfinite(losses))), "losses": losses,
             **_memory(built, window, rss_before_mb), "host_cpu": host_cpu(window),
             **_flops_metrics(built.notes["flops_per_step"], spread["mean"], peak_flops, peak_source),
-            "trained_steps": cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps}
+            "trained_steps": cfg.warmup_steps + 1 + cfg.repeats * cfg.timed_steps,
+            **_token_rates(built.notes, throughput, spread["mean"], peak_flops)}
+
+
+def _token_rates(notes: dict, throughput: dict, mean_step_s: float, peak_flops: float | None) -> dict:
+    """A language model's throughput in tokens/s (samples/s x seq_len), and its MFU by the 6N-plus-attention
+    estimate, beside the one from the counted FLOPs."""
+    per_sample = notes.get("tokens_per_sample")
+    if not per_sample:
+        return {}
+    estimate = notes["flops_estimate_per_step"]
+    return {"tokens_per_sample": per_sample,
+            "tokens_per_s": {key: throughput[key] * per_sample for key in ("median", "ci95_low", "ci95_high")},
+            "flops_estimate_per_step": estimate, "flops_estimate_method": notes["flops_estimate_method"],
+            "mfu_estimate": estimate / mean_step_s / peak_flops if peak_flops else None}
 
 
 def host_cpu(window: Window) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from statistics import fmean
 
-from workbench.report.markdown import SCRIPT_NAME, device_name, show, speedup_text, throughput_text
+from workbench.report.markdown import device_name, script_name, show, speedup_text, throughput_text
 from workbench.report.table import RunView
 from workbench.report.verdicts import interval, load_verdicts, verdict_words
 from workbench.trace import diagnose
@@ -38,9 +38,9 @@ def recommendations_section(view: RunView) -> list[str]:
 def _headline(view: RunView, base: dict, final: dict) -> str:
     if final is base:
         return (f"- Keep the baseline settings on {device_name(view)}: no stage was kept. "
-                f"`{SCRIPT_NAME}` holds them.")
+                f"`{script_name(view)}` holds them.")
     return (f"- Train with `{final.get('applied')}` on {device_name(view)}: "
-            f"{speedup_text(final, 'speedup_vs_baseline')} over the baseline. `{SCRIPT_NAME}` holds "
+            f"{speedup_text(final, 'speedup_vs_baseline')} over the baseline. `{script_name(view)}` holds "
             "these settings.")
 
 

@@ -15,11 +15,11 @@ import textwrap
 from pathlib import Path
 
 from workbench.config import optimizer_lr
-from workbench.report import budget, plots
+from workbench.report import budget, changes, plots
 from workbench.report.advice import lessons_section, recommendations_section
 from workbench.report.bottlenecks import bottlenecks
 from workbench.report.markdown import (CSV_NAME, DASHBOARD_NAME, REPORT_NAME, SCRIPT_NAME, device_name,
-                                       environment, environment_section, executive_summary, links_section,
+                                       environment, environment_section, executive_summary, links_section, script_name,
                                        speedup_text, throughput_text)
 from workbench.report.stages import optimizations_section
 from workbench.report.experiments import experiments_section
@@ -40,13 +40,29 @@ def build_report(run_dir: Path) -> list[Path]:
         plots.dashboard(view.records, view.run_dir / DASHBOARD_NAME,
                         f"Optimization dashboard: {run_name(view)}", _frontier_panel(view)),
         write_text_atomic(view.run_dir / REPORT_NAME, render_markdown(view)),
-        write_text_atomic(view.run_dir / SCRIPT_NAME, render_script(view)),
+        _write_script(view),
     ]
     charts = [memory_chart(view.results, view.run_dir / MEMORY_CHART_NAME),
               budget.frontier_chart(view, view.run_dir / budget.FRONTIER_NAME),
               timeline_chart(view.results, view.run_dir / TIMELINE_CHART_NAME)]
     point_latest(view.run_dir)
     return written + [chart for chart in charts if chart]
+
+
+def _write_script(view: RunView) -> Path:
+    """optimized_training.py for an image run; for a language model, the changes to make in your own loop."""
+    if script_name(view) == SCRIPT_NAME:
+        return write_text_atomic(view.run_dir / SCRIPT_NAME, render_script(view))
+    cfg = _final_config(view)
+    model = str(cfg.get("model", "your model"))
+    text = changes.render(cfg, model, script_provenance(view)["provenance"].replace("\n", " "))
+    return write_text_atomic(view.run_dir / changes.CHANGES_NAME, text)
+
+
+def _final_config(view: RunView) -> dict:
+    final = view.final
+    result = view.result(final["stage"]) if final else None
+    return (result or {}).get("config") or view.run.get("config") or {}
 
 
 def _frontier_panel(view: RunView):
@@ -82,8 +98,7 @@ def _checkpoint_blocks(mode: str) -> int:
 def script_settings(view: RunView) -> dict[str, str]:
     """Template fields, as Python literals, from the optimized configuration (or the run's base)."""
     final = view.final
-    result = view.result(final["stage"]) if final else None
-    cfg = (result or {}).get("config") or view.run.get("config") or {}
+    cfg = _final_config(view)
     batch = int(cfg.get("batch_size", 32))
     micro = int(cfg.get("micro_batch_size") or batch)
     compile_mode = cfg.get("compile", "none")
@@ -117,8 +132,10 @@ def _measured_text(final: dict | None) -> str:
     if not final or final.get("throughput_samples_per_s") is None:
         return "no throughput (nothing was measured)"
     low, high = final.get("throughput_ci95_low"), final.get("throughput_ci95_high")
-    return (f"{fmt('rate', final['throughput_samples_per_s'])} samples/s "
-            f"(95% CI {fmt('rate', low)}-{fmt('rate', high)}) on {final.get('stage')}")
+    tokens = final.get("throughput_tokens_per_s")
+    in_tokens = f" ({fmt('rate', tokens)} tokens/s)" if tokens is not None else ""
+    return (f"{fmt('rate', final['throughput_samples_per_s'])} samples/s{in_tokens} "
+            f"(95% CI {fmt('rate', low)}-{fmt('rate', high)} samples/s) on {final.get('stage')}")
 
 
 def literal(value) -> str:

@@ -21,6 +21,14 @@ REPORT_NAME = "optimization_report.md"
 SCRIPT_NAME = "optimized_training.py"
 
 
+def script_name(view) -> str:
+    """What carries the final settings: a runnable script for an image run, the changes to make in your
+    own loop for a language model's (report/changes.py)."""
+    from workbench.report.changes import CHANGES_NAME, is_token_run
+
+    return CHANGES_NAME if is_token_run(view.run.get("config") or {}) else SCRIPT_NAME
+
+
 # --- text helpers ----------------------------------------------------------------------------
 
 def show(kind: str, value: Any, unit: str = "") -> str:
@@ -63,7 +71,9 @@ def speedup_text(record: dict, prefix: str) -> str:
 def throughput_text(record: dict) -> str:
     low, high = record.get("throughput_ci95_low"), record.get("throughput_ci95_high")
     interval = f" (95% CI {show('rate', low)}–{show('rate', high)} samples/s)" if low is not None else ""
-    return f"{show('rate', record.get('throughput_samples_per_s'), ' samples/s')}{interval}"
+    tokens = record.get("throughput_tokens_per_s")
+    in_tokens = f", {show('rate', tokens, ' tokens/s')}" if tokens is not None else ""
+    return f"{show('rate', record.get('throughput_samples_per_s'), ' samples/s')}{in_tokens}{interval}"
 
 
 def count(n: int, noun: str) -> str:
@@ -220,9 +230,11 @@ def _node_scaling_lines(base: dict, final: dict) -> list[str]:
 
 
 def overview_table(view: RunView) -> list[str]:
-    headers = ["stage", "status", "throughput (samples/s)", "measured in", "speedup vs baseline",
-               "speedup vs previous", "peak memory (MiB)", "impact"]
-    rows = [[r["stage"], r["status"], show("rate", r.get("throughput_samples_per_s")), r.get("throughput_from") or "n/a",
+    in_tokens = any(r.get("tokens_per_sample") for r in view.records)
+    headers = ["stage", "status", "throughput (tokens/s)" if in_tokens else "throughput (samples/s)", "measured in",
+               "speedup vs baseline", "speedup vs previous", "peak memory (MiB)", "impact"]
+    rows = [[r["stage"], r["status"], show("rate", r.get("throughput_tokens_per_s" if in_tokens else "throughput_samples_per_s")),
+             r.get("throughput_from") or "n/a",
              show("ratio", r.get("speedup_vs_baseline"), "x"),
              show("ratio", r.get("speedup_vs_previous"), "x"),
              show("mb", r.get("peak_memory_mb")), r.get("impact") or "n/a"] for r in view.records]
@@ -300,7 +312,8 @@ def _link(label: str, target: tuple[str, bool] | None) -> str:
 
 def links_section(view: RunView) -> list[str]:
     lines = ["## Links", "", f"- [Results table]({CSV_NAME})", f"- [Dashboard]({DASHBOARD_NAME})",
-             f"- [Optimized training script]({SCRIPT_NAME})"]
+             (f"- [Optimized training script]({SCRIPT_NAME})" if script_name(view) == SCRIPT_NAME
+              else f"- [What to change in your training script]({script_name(view)})")]
     lines += [f"- [{png.stem.replace('_', ' ')}]({png.name})" for png in sorted(view.run_dir.glob("*.png"))
               if png.name != DASHBOARD_NAME]
     lines += ["", "Per stage:", ""]

@@ -186,6 +186,10 @@ def _interval(record: dict, prefix: str) -> Interval:
     return None if low is None or high is None else (low, high)
 
 
+def _scaled(interval: Interval, factor: float) -> Interval:
+    return None if interval is None else (interval[0] * factor, interval[1] * factor)
+
+
 def _status_style(records: Sequence[dict]) -> tuple[list[str], list[str | None]]:
     statuses = [r.get("status") or "failed" for r in records]
     return [STATUS_COLORS.get(s, "#999999") for s in statuses], [STATUS_HATCHES.get(s) for s in statuses]
@@ -203,11 +207,18 @@ THROUGHPUT_TITLE = "Throughput per stage\n(each bar from its own comparison's ti
 def throughput_panel(ax, records: Sequence[dict]) -> None:
     colors, hatches = _status_style(records)
     baseline = next((r for r in records if r.get("status") == "baseline"), {})
+    # A language model's bars in tokens/s (samples/s x seq_len: the same intervals, scaled).
+    scale = {id(r): r.get("tokens_per_sample") or 1 for r in records}
+    unit = "tokens/s" if any(r.get("tokens_per_sample") for r in records) else "samples/s"
     reference = baseline.get("throughput_samples_per_s")
-    label = f"baseline {fmt('rate', reference)} samples/s" if reference else "baseline"
-    bar_chart(ax, [r["stage"] for r in records], [r.get("throughput_samples_per_s") for r in records],
-              errors=[_interval(r, "throughput") for r in records], colors=colors, hatches=hatches,
-              ylabel="samples/s (median, 95% CI)", title=THROUGHPUT_TITLE,
+    reference = reference * scale[id(baseline)] if reference is not None and baseline else reference
+    label = f"baseline {fmt('rate', reference)} {unit}" if reference else "baseline"
+    values = [None if r.get("throughput_samples_per_s") is None else r["throughput_samples_per_s"] * scale[id(r)]
+              for r in records]
+    errors = [_scaled(_interval(r, "throughput"), scale[id(r)]) for r in records]
+    bar_chart(ax, [r["stage"] for r in records], values,
+              errors=errors, colors=colors, hatches=hatches,
+              ylabel=f"{unit} (median, 95% CI)", title=THROUGHPUT_TITLE,
               reference=reference, reference_label=label, value_label=lambda v: fmt("rate", v),
               missing_label=_unmeasured(records))
 

@@ -42,6 +42,7 @@ COLUMNS = (
     ("device_busy_percent", "pct"), ("error", "text"),
     # Added after the others, so a reader that goes by position keeps working.
     ("speedup_vs_baseline_from", "text"),
+    ("throughput_tokens_per_s", "rate"), ("tokens_per_sample", "int"), ("mfu_estimate_percent", "pct"),
 )
 
 
@@ -152,6 +153,10 @@ def _metric_fields(metrics: dict) -> dict:
         "eval_accuracy_percent": _times(metrics.get("eval_accuracy"), 100.0),
         "trained_steps": metrics.get("trained_steps"),
         "world_size": metrics.get("world_size"),
+        # A language model's: samples/s x seq_len, and the MFU by 6N + attention beside the counted one.
+        "throughput_tokens_per_s": (metrics.get("tokens_per_s") or {}).get("median"),
+        "tokens_per_sample": metrics.get("tokens_per_sample"),
+        "mfu_estimate_percent": _times(metrics.get("mfu_estimate"), 100.0),
         **_scaling_fields(metrics.get("scaling") or {}),
     }
 

@@ -17,9 +17,17 @@ def one_line(result: dict) -> str:
     tp = metrics["throughput"]
     mfu = f", MFU {metrics['mfu']:.1%}" if metrics.get("mfu") else ""
     return (f"-- {result['stage']}: {result['status']}: {tp['median']:.1f} samples/s "
-            f"[{tp['ci95_low']:.1f}, {tp['ci95_high']:.1f}], step {metrics['step_time_s']['median'] * 1000:.1f} ms, "
+            f"[{tp['ci95_low']:.1f}, {tp['ci95_high']:.1f}]{tokens(metrics)}, step {metrics['step_time_s']['median'] * 1000:.1f} ms, "
             f"peak {metrics['peak_memory_mb']:.0f} MiB{mfu}, loss {metrics['final_loss']:.3f}{_accuracy(metrics)}; "
             f"{result['reason']}")
+
+
+def tokens(metrics: dict) -> str:
+    """", N tokens/s [low, high]" for a language model's throughput; nothing for images."""
+    rate = metrics.get("tokens_per_s")
+    if not rate:
+        return ""
+    return f" = {rate['median']:,.0f} tokens/s [{rate['ci95_low']:,.0f}, {rate['ci95_high']:,.0f}]"
 
 
 def _accuracy(metrics: dict) -> str:

@@ -16,7 +16,7 @@ from workbench.launch.launchers import Torchrun
 from workbench.launch.nodes import Nodes
 from workbench.progress import stderr_log
 from workbench.run import nodes as links
-from workbench.training.data import load_data
+from workbench.training.data import load_configured
 
 
 def follow(cfg: RunConfig, nproc: int, nodes: Nodes, log: Callable[[str], None] = stderr_log) -> int:
@@ -51,4 +51,4 @@ def prepare_data(request: RoundSpec, log: Callable[[str], None]) -> None:
     """The data node 0 measures on, here too (written once, before this node's ranks read it): node 0
     has prepared its own by the time it announces the first round, so a shared folder is not written twice."""
     config = RunConfig(**request.configs()[0])
-    load_data(config.data, config.data_dir, config.image_size, config.synthetic_per_batch, config.seed, log=log)
+    load_configured(config, log=log)

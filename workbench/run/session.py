@@ -19,9 +19,9 @@ from workbench.launch.nodes import Nodes
 from workbench.run import folders
 from workbench.training import host_memory, loader_sweep
 from workbench.config import RunConfig
-from workbench.training.data import load_data
-from workbench.config import check_device_support
-from workbench.training.model import check_model_spec
+from workbench.training.data import load_configured
+from workbench.config import check_device_support, is_token_workload
+from workbench.training.model import check_model_spec, first_batch_facts
 from workbench.errors import UsageError
 from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
 from workbench.progress import stderr_log
@@ -162,11 +162,13 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     # not leave 50,000 synthetic images behind. Whatever fails below removes what was made here.
     with folders.Created() as created:
         created.folder(run_dir, "reports_dir"), created.folder(profiles_dir, "profiles_dir")
-        spec = None if dataset is not None else load_data(cfg.data, cfg.data_dir, cfg.image_size,
-                                                          cfg.synthetic_per_batch, cfg.seed, log=log)
+        spec = None if dataset is not None else load_configured(cfg, log=log)
         data = dataset if dataset is not None else spec.dataset
-        if model_factory is None:
-            check_model_spec(cfg.model, spec.num_classes if spec else 10)
+        model_facts = {}
+        if model_factory is None and spec is not None:
+            model_facts = first_batch_facts(cfg.model, spec)
+        elif model_factory is None:
+            check_model_spec(cfg.model)
         world = nproc * nodes.nnodes
         if len(data) // world < cfg.batch_size:
             raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
@@ -175,7 +177,11 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
         session = replace(_settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
                                   sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc),
                           time_budget_s=time_budget_s, nodes=nodes, link=link, memory_budget_mib=budget_mib)
-        session = replace(session, context=replace(session.context, world_size=session.world_size))
+        session = replace(session, context=replace(session.context, world_size=session.world_size,
+                                                   model_facts=model_facts))
+        if model_facts:
+            session.decisions["model"] = describe_model(model_facts)
+            session.log(f"decision model: {session.decisions['model']}")
         if budget_note:
             session.decisions["memory_budget"] = budget_note
             session.log(f"decision memory_budget: {budget_note}")
@@ -194,12 +200,22 @@ def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, lo
                  "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
                  "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes,
                  **({"machine_load": load_warning} if load_warning else {})}
-    context = StageContext(facts.type, caps, best_workers, own_processes=isolate)
+    context = StageContext(facts.type, caps, best_workers, own_processes=isolate, capability=facts.capability)
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
                       peaks.measure(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
                       stages or [], nproc)
     _announce(session)
     return session
+
+
+def describe_model(facts: dict) -> str:
+    """What the stages were told about the model, in one line (checkpointing, channels_last, attention)."""
+    attention = {"sdpa": f"attention through F.scaled_dot_product_attention ({facts['sdpa_calls']} calls a forward)",
+                 "by_hand": "attention written by hand (softmax of a matmul): no SDPA backend to choose",
+                 "none": "no attention"}[facts["attention"]]
+    blocks = facts.get("blocks_found") or f"{facts['natural_blocks']} natural blocks"
+    return (f"{blocks if facts['natural_blocks'] else 'no natural blocks to checkpoint'}; "
+            f"{'convolutions' if facts['convolutions'] else 'no convolutions'}; {attention}")
 
 
 def resolve_memory_budget(cfg: RunConfig, facts) -> tuple[float | None, str]:
@@ -266,7 +282,8 @@ def _announce(session: Session) -> None:
         session.log(f"decision {key}: {value}")
     cfg = session.base_cfg
     model = f"{getattr(session.model_factory, '__name__', 'factory')} (from Python)" if session.model_factory else cfg.model
-    session.log(f"config: model={model} image_size={cfg.image_size} batch_size={cfg.batch_size} "
+    shape = f"seq_len={cfg.seq_len}" if is_token_workload(cfg) else f"image_size={cfg.image_size}"
+    session.log(f"config: model={model} {shape} batch_size={cfg.batch_size} "
                 f"warmup={cfg.warmup_steps} timed_steps={cfg.timed_steps} repeats={cfg.repeats}")
 
 

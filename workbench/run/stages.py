@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from workbench.config import RunConfig
+from workbench.config import RunConfig, is_token_workload
 from workbench.device import Capabilities
 from workbench.errors import StageSkipped, UsageError
 from workbench.trace import diagnose
-from workbench.training import host_memory
+from workbench.training import attention, host_memory
 from workbench.training.model import eight_bit_unavailable
 
 SPEED, MEMORY, REFERENCE = "speed", "memory", "reference"
@@ -40,7 +40,11 @@ class StageContext:
     # The timed window's host CPU figures of the configuration the stage builds on (executor.host_cpu),
     # where the ladder measured it: a stage that removes a measured cost applies where that cost shows.
     host_cpu: Mapping | None = None
+    capability: tuple[int, int] | None = None   # a CUDA device's compute capability (which SDPA backends it has)
     world_size: int = 1           # processes per stage (--nproc times the nodes): sharding needs two or more
+    # What the model's first batch showed (training/model.first_batch_facts): convolutions, natural blocks,
+    # attention; empty for a model from Python, which no stage then skips on.
+    model_facts: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,13 @@ def dataloader(cfg: RunConfig, ctx: StageContext) -> RunConfig:
                               pin_memory=ctx.capabilities.pin_memory)
 
 
+def _images_only(cfg: RunConfig, what: str) -> None:
+    if is_token_workload(cfg):
+        raise StageSkipped(f"{what} is for images; this run's samples are token windows")
+
+
 def batched_input(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    _images_only(cfg, "the batched pipeline (crop, flip and normalize on the device)")
     return cfg.with_overrides(input_pipeline="batched")
 
 
@@ -90,13 +100,52 @@ def amp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
 
 
 def decode_on_device(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    _images_only(cfg, "decoding JPEG files on the device")
     if not cfg.data.startswith("imagefolder:"):
-        raise StageSkipped(f"decoding JPEG files on the device needs data=imagefolder:PATH; this run's data is {cfg.data}")
+        what = "CIFAR-format arrays (already decoded)" if ctx.own_processes else "a dataset passed from Python"
+        raise StageSkipped(f"decoding JPEG files on the device needs data=imagefolder:PATH; this run's data is {what}")
     return cfg.with_overrides(input_pipeline="decode_on_device")
 
 
 def channels_last(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if ctx.model_facts.get("convolutions") is False:
+        raise StageSkipped("channels_last reorders the tensors of convolutions, and this model has none")
     return cfg.with_overrides(memory_format="channels_last")
+
+
+def _attention(cfg: RunConfig, ctx: StageContext, backend: str) -> RunConfig:
+    kind = ctx.model_facts.get("attention")
+    if kind == "by_hand":
+        raise StageSkipped("the model computes softmax(QK^T)V by hand, so there is no SDPA backend to choose "
+                           "(the attention_by_hand finding says what to change)")
+    if kind == "none":
+        raise StageSkipped("the model calls no F.scaled_dot_product_attention")
+    if kind is None:
+        raise StageSkipped("a model passed from Python is not inspected for attention; run it with --model "
+                           "module:function to have its SDPA backends measured")
+    offered = attention.offered(ctx.device_type, ctx.capability)
+    if backend not in offered:
+        raise StageSkipped(f"SDPA's {backend} backend is not offered on this {ctx.device_type}; offered: "
+                           f"{', '.join(offered)}")
+    if cfg.attention == backend:
+        raise StageSkipped(f"attention={backend} already")
+    return cfg.with_overrides(attention=backend)
+
+
+def attention_flash(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return _attention(cfg, ctx, "flash")
+
+
+def attention_efficient(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return _attention(cfg, ctx, "efficient")
+
+
+def attention_cudnn(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return _attention(cfg, ctx, "cudnn")
+
+
+def attention_math(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    return _attention(cfg, ctx, "math")
 
 
 def fused_optimizer(cfg: RunConfig, ctx: StageContext) -> RunConfig:
@@ -167,6 +216,9 @@ def fsdp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
 
 
 def checkpointing(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if ctx.model_facts.get("natural_blocks") == 0:
+        raise StageSkipped("no natural blocks found in the model; supported: ResNets, ViTs, a Sequential 'features', "
+                           "nn.Sequential, and a ModuleList or Sequential of repeated blocks (transformer layers)")
     return cfg.with_overrides(checkpointing="blocks")
 
 
@@ -204,6 +256,15 @@ STAGES: tuple[Stage, ...] = (
     Stage("decode_on_device", SPEED, "JPEG files read as bytes in the loader, decoded by torchvision.io.decode_jpeg "
           "on the device (nvJPEG on CUDA), then the batched crop/flip/normalize (ImageFolder data only)",
           decode_on_device),
+    Stage("attention_flash", SPEED, "F.scaled_dot_product_attention pinned to its flash backend (FlashAttention-2 "
+          "on Ampere+ GPUs, the fused CPU kernel on a CPU) instead of SDPA's own pick; models that call SDPA only",
+          attention_flash),
+    Stage("attention_efficient", SPEED, "SDPA pinned to its memory-efficient backend (CUDA only; models that call "
+          "SDPA)", attention_efficient),
+    Stage("attention_cudnn", SPEED, "SDPA pinned to cuDNN's fused attention (Hopper GPUs; models that call SDPA)",
+          attention_cudnn),
+    Stage("attention_math", SPEED, "SDPA pinned to its math reference (the full seq_len x seq_len scores kept): "
+          "what the fused backends save; only when named in --stages", attention_math, opt_in=True),
     Stage("channels_last", SPEED, "NHWC model weights and inputs (faster convolutions, mostly with AMP)",
           channels_last),
     Stage("fused_optimizer", SPEED, "fused optimizer step: one multi-tensor kernel for every parameter "

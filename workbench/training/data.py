@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from torchvision import datasets, transforms
 
+from workbench.config import data_source, is_token_data
 from workbench.training import safe_pickle
+from workbench.training.tokens import load_tokens
 from workbench.errors import UsageError
 from workbench.results import write_atomic
 
@@ -40,8 +42,9 @@ class DataSpec:
     """A dataset ready for a DataLoader, and a sentence saying what it is."""
 
     dataset: torch.utils.data.Dataset
-    num_classes: int
+    num_classes: int        # the vocabulary, for token windows
     description: str
+    tokens_per_sample: int = 0   # seq_len for token windows; 0 for images
 
 
 def train_transform(image_size: int) -> transforms.Compose:
@@ -311,11 +314,14 @@ def _transform(image_size: int, train: bool, batched: bool, fixed_size: bool):
 
 def load_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: int,
               train: bool = True, log=print, batched: bool = False,
-              file_loader: Callable[[str], object] | None = None) -> DataSpec:
+              file_loader: Callable[[str], object] | None = None, seq_len: int = 128,
+              token_dtype: str = "uint16") -> DataSpec:
     """The dataset a RunConfig names, with its transforms and a description of what it is.
     batched=True yields uint8 images for the on-device augmentation (workbench/training/batched_input.py);
     file_loader (an ImageFolder only) turns each file into a sample as it is, with no transform
     (the file's bytes for decode_on_device: workbench/training/jpeg_input.py)."""
+    if is_token_data(data):
+        return _token_spec(data, seq_len, token_dtype, seed, train)
     transform = _transform(image_size, train, batched, fixed_size=not data.startswith("imagefolder:"))
     if data.startswith("imagefolder:"):
         path = data.split(":", 1)[1]
@@ -328,6 +334,21 @@ def load_data(data: str, data_dir: str, image_size: int, per_batch: int, seed: i
     dataset = _open_cifar(Path(data_dir), train, transform)
     label = "CIFAR-10" if kind == "cifar10" else "synthetic CIFAR-format data (offline stand-in, not CIFAR-10)"
     return DataSpec(dataset, len(dataset.classes), f"{label}, {len(dataset)} images from {data_dir}")
+
+
+def load_configured(cfg, log=print) -> DataSpec:
+    """The training data a RunConfig names (what the run's setup and each node load before any stage)."""
+    return load_data(data_source(cfg), cfg.data_dir, cfg.image_size, cfg.synthetic_per_batch, cfg.seed, log=log,
+                     seq_len=cfg.seq_len, token_dtype=cfg.token_dtype)
+
+
+def _token_spec(data: str, seq_len: int, token_dtype: str, seed: int, train: bool) -> DataSpec | None:
+    """Token windows (training, or held out: None where a file is too short to spare any)."""
+    tokens = load_tokens(data, seq_len, token_dtype, seed)
+    windows = tokens.train if train else tokens.held_out
+    if windows is None:
+        return None
+    return DataSpec(windows, tokens.vocab_size, tokens.description, tokens_per_sample=seq_len)
 
 
 def build_loader(dataset, batch_size: int, num_workers: int, pin_memory: bool,

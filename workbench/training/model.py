@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import math
 import sys
@@ -12,14 +13,20 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision import models
 
-from workbench.config import checkpointed_blocks, optimizer_lr
+from workbench.config import CPU_TOKEN_DEFAULTS, checkpoint_picks, optimizer_lr
+from workbench.training import attention, gpt, language
 from workbench.errors import StageSkipped, UsageError
 
+DEFAULT_SEQ_LEN = CPU_TOKEN_DEFAULTS["seq_len"]
 
-def build_model(name: str, num_classes: int) -> nn.Module:
-    """A torchvision classifier by name (random init: no weights download) or a user factory."""
+
+def build_model(name: str, num_classes: int, seq_len: int = 0) -> nn.Module:
+    """A torchvision classifier by name (random init: no weights download), a built-in GPT, or a user
+    factory. For a language model (seq_len > 0) num_classes is the data's vocabulary."""
     if ":" in name:
-        return _from_factory(name, num_classes)
+        return _from_factory(name, num_classes, seq_len)
+    if gpt.is_builtin(name):
+        return gpt.build_gpt(name, num_classes, seq_len or DEFAULT_SEQ_LEN)
     available = models.list_models(module=models)
     if name not in available:
         raise UsageError(f"model={name!r} is not a torchvision classification model; allowed: "
@@ -27,22 +34,55 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def check_model_spec(name: str, num_classes: int = 10) -> None:
-    """Fail early, with one line, on a model the workers could not build.
+def check_model_spec(name: str, num_classes: int = 10, seq_len: int = 0) -> nn.Module | None:
+    """Fail early, with one line, on a model the workers could not build; return a factory's model.
 
     A factory is called once here: one that raises or returns something other than an nn.Module
     would otherwise fail in every stage's worker with less to say.
     """
     if ":" in name:
         try:
-            _from_factory(name, num_classes)
+            return _from_factory(name, num_classes, seq_len)
         except UsageError:
             raise
         except Exception as error:  # the user's code: whatever it raises is their one line
             raise UsageError(f"model={name!r} could not be built ({type(error).__name__}: "
                              f"{str(error).strip()[:200]}); allowed: a factory returning a torch.nn.Module") from None
-    elif name not in models.list_models(module=models):
+    if not gpt.is_builtin(name) and name not in models.list_models(module=models):
         build_model(name, 10)  # raises the UsageError that lists what is allowed
+    return None
+
+
+def first_batch_facts(name: str, spec) -> dict:
+    """Build the model once and feed it two samples of the data (a DataSpec); return what the stages ask
+    of it: convolutions, natural blocks, attention. A model and data that do not fit together fail here,
+    with one line saying what was fed and what the model wanted, not in every stage's worker."""
+    model = check_model_spec(name, spec.num_classes, spec.tokens_per_sample)
+    if model is None:
+        model = build_model(name, spec.num_classes, spec.tokens_per_sample)
+    first = torch.utils.data.default_collate([spec.dataset[i] for i in range(min(2, len(spec.dataset)))])
+    check = (lambda: language.check_first_batch(model, *first, name)) if spec.tokens_per_sample else (
+        lambda: _check_image_batch(model, first[0], spec.num_classes, name))
+    facts = attention.attention_facts(check)
+    blocks = repeated_blocks(model) if _layout(model)[0] == "children" else None
+    return {**facts, "convolutions": any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()),
+            "natural_blocks": natural_block_count(model),
+            **({"blocks_found": f"{blocks[0]}0..{len(blocks[1]) - 1} ({type(blocks[1][0]).__name__})"} if blocks else {})}
+
+
+def _check_image_batch(model: nn.Module, images: torch.Tensor, num_classes: int, name: str) -> None:
+    try:
+        with torch.no_grad():
+            logits = model(images)
+    except Exception as error:  # the user's code: whatever it raises is their one line
+        raise UsageError(f"model={name!r} cannot train on the first batch: fed images {tuple(images.shape)} "
+                         f"{str(images.dtype).replace('torch.', '')} with class labels; it raised "
+                         f"{type(error).__name__}: {str(error).strip()[:200]}; allowed: forward(images) -> logits "
+                         "(batch, classes), or for a language model --data tokens or tokens:PATH") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < num_classes:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise UsageError(f"model={name!r} returned {shape} for images {tuple(images.shape)}; allowed: logits "
+                         f"(batch, classes) with at least the data's {num_classes} classes")
 
 
 def _load_factory(spec: str):
@@ -58,18 +98,23 @@ def _load_factory(spec: str):
                          "importable from the current folder") from None
 
 
-def _from_factory(spec: str, num_classes: int) -> nn.Module:
-    model = _call_factory(_load_factory(spec), num_classes)
+def _from_factory(spec: str, num_classes: int, seq_len: int = 0) -> nn.Module:
+    model = _call_factory(_load_factory(spec), num_classes, seq_len)
     if not isinstance(model, nn.Module):
         raise UsageError(f"model={spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
-def _call_factory(factory, num_classes: int):
+def _call_factory(factory, num_classes: int, seq_len: int = 0):
+    """factory(num_classes=...), or for a language model factory(vocab_size=...), where it takes that
+    argument; factory() otherwise (a model that fixes its own output size)."""
+    size = {"vocab_size": num_classes} if seq_len else {"num_classes": num_classes}
     try:
-        return factory(num_classes=num_classes)
-    except TypeError:
-        return factory()  # a factory without a class-count argument
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    takes = next(iter(size)) in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+    return factory(**size) if takes else factory()
 
 
 def build_optimizer(name: str, params, lr: float, fused: bool = False) -> torch.optim.Optimizer:
@@ -112,6 +157,8 @@ def _eight_bit(name: str, params, lr: float) -> torch.optim.Optimizer:
 class Checkpointed(nn.Module):
     """Recompute `inner`'s activations in backward instead of keeping them (non-reentrant).
 
+    Keyword arguments pass through (a transformer layer's mask), and attributes the wrapper lacks are
+    looked up on `inner` (nn.TransformerEncoder reads its first layer's `self_attn`).
     With BatchNorm in train mode the recompute updates the running statistics a second time
     (pytorch issue 96136): timing and memory are unaffected, the statistics drift slightly.
     """
@@ -120,80 +167,121 @@ class Checkpointed(nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, *args):
+    def forward(self, *args, **kwargs):
         if not torch.is_grad_enabled():
-            return self.inner(*args)
-        return checkpoint(self.inner, *args, use_reentrant=False)
+            return self.inner(*args, **kwargs)
+        return checkpoint(self.inner, *args, use_reentrant=False, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
 
 
-def _wrap_resnet(model: nn.Module, limit: int | None = None) -> list[str]:
+def _wrap_resnet(model: nn.Module, picks: list[int]) -> list[str]:
     # The stem runs as four separate calls in ResNet.forward, so it becomes one checkpointed
     # Sequential in conv1's place and the other three become identities.
-    names = ["stem", "layer1", "layer2", "layer3", "layer4"][:limit]
+    names = [name for index, name in enumerate(["stem", "layer1", "layer2", "layer3", "layer4"]) if index in picks]
     if "stem" in names:
         model.conv1 = Checkpointed(nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool))
         model.bn1, model.relu, model.maxpool = nn.Identity(), nn.Identity(), nn.Identity()
-    for name in names[1:]:
-        setattr(model, name, Checkpointed(getattr(model, name)))
+    for name in names:
+        if name != "stem":
+            setattr(model, name, Checkpointed(getattr(model, name)))
     return names
 
 
-def _wrap_children(container: nn.Module, prefix: str, limit: int | None = None) -> list[str]:
-    """Checkpoint each child: for containers whose children are whole blocks (ViT encoder layers)."""
+def _wrap_children(container: nn.Module, prefix: str, picks: list[int]) -> list[str]:
+    """Checkpoint each picked child: for containers whose children are whole blocks (transformer layers)."""
     names = []
-    for name, child in list(container.named_children())[:limit]:
-        setattr(container, name, Checkpointed(child))
-        names.append(f"{prefix}{name}")
+    for index, (name, child) in enumerate(list(container.named_children())):
+        if index in picks:
+            setattr(container, name, Checkpointed(child))
+            names.append(f"{prefix}{name}")
     return names
 
 
-def _wrap_segments(sequential: nn.Sequential, prefix: str, limit: int | None = None) -> list[str]:
+def _segment_size(count: int) -> int:
+    return max(1, math.ceil(count / math.ceil(math.sqrt(count))))
+
+
+def _wrap_segments(sequential: nn.Sequential, prefix: str, picks: list[int]) -> list[str]:
     """Checkpoint about sqrt(n) runs of consecutive children, as checkpoint_sequential does.
 
     One checkpoint per single layer would keep every layer's input and free nothing (more memory,
     not less); segments keep only the segment boundaries and recompute the inside.
     """
     children = list(sequential.named_children())
-    size = max(1, math.ceil(len(children) / math.ceil(math.sqrt(len(children)))))
+    size = _segment_size(len(children))
     segments = [children[i:i + size] for i in range(0, len(children), size)]
     for name, _ in children:
         delattr(sequential, name)
     names = []
     for index, segment in enumerate(segments):
         run = nn.Sequential(*(module for _, module in segment))
-        wrapped = limit is None or index < limit
+        wrapped = index in picks
         sequential.add_module(str(index), Checkpointed(run) if wrapped else run)
         if wrapped:
             names.append(f"{prefix}{segment[0][0]}-{segment[-1][0]}" if len(segment) > 1 else f"{prefix}{segment[0][0]}")
     return names
 
 
+def repeated_blocks(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The model's list of repeated blocks, wherever it lives: the ModuleList or Sequential of two or
+    more children of one class holding the most parameters (nanoGPT's transformer.h, Hugging Face's
+    model.layers, nn.TransformerEncoder.layers). Its name (with a trailing dot) and the container."""
+    best, best_size = None, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
+            continue
+        kinds = {type(child) for child in module}
+        if len(kinds) != 1 or next(iter(kinds)) in LEAF_KINDS:
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if size > best_size:
+            best, best_size = (f"{name}." if name else "", module), size
+    return best
+
+
+# Containers of these are layers in a row (an MLP's Linears), not blocks worth a checkpoint each.
+LEAF_KINDS = (nn.Linear, nn.Conv2d, nn.ReLU, nn.GELU, nn.Dropout, nn.LayerNorm, nn.BatchNorm2d, nn.Identity)
+
+
+def _layout(model: nn.Module) -> tuple[str, object, str, int]:
+    """How a model's natural blocks are found: (kind, container, prefix, count)."""
+    if isinstance(model, models.ResNet):
+        return "resnet", model, "", 5
+    if isinstance(model, models.VisionTransformer):
+        return "children", model.encoder.layers, "encoder.layers.", len(model.encoder.layers)
+    features = getattr(model, "features", None)
+    if isinstance(features, nn.Sequential) and len(features):
+        return "segments", features, "features.", math.ceil(len(features) / _segment_size(len(features)))
+    if isinstance(model, nn.Sequential) and len(model):
+        return "segments", model, "", math.ceil(len(model) / _segment_size(len(model)))
+    found = repeated_blocks(model)
+    if found:
+        return "children", found[1], found[0], len(found[1])
+    return "none", None, "", 0
+
+
 def natural_block_count(model: nn.Module) -> int:
     """How many natural blocks wrap_checkpoints would find (without wrapping anything): what a
-    selective checkpointing (blocks:K) chooses among."""
-    if isinstance(model, models.ResNet):
-        return 5
-    if isinstance(model, models.VisionTransformer):
-        return len(model.encoder.layers)
-    sequential = getattr(model, "features", None) if not isinstance(model, nn.Sequential) else model
-    if not isinstance(sequential, nn.Sequential) or not len(sequential):
-        return 0
-    size = max(1, math.ceil(len(sequential) / math.ceil(math.sqrt(len(sequential)))))
-    return math.ceil(len(sequential) / size)
+    selective checkpointing (blocks:K, every:K) chooses among."""
+    return _layout(model)[3]
 
 
-def wrap_checkpoints(model: nn.Module, limit: int | None = None) -> list[str]:
-    """Checkpoint the model's natural blocks (the first `limit` of them, in order; None: all); return
-    what was wrapped (empty: nothing to wrap)."""
-    if isinstance(model, models.ResNet):
-        return _wrap_resnet(model, limit)
-    if isinstance(model, models.VisionTransformer):
-        return _wrap_children(model.encoder.layers, "encoder.layers.", limit)
-    features = getattr(model, "features", None)
-    if isinstance(features, nn.Sequential):
-        return _wrap_segments(features, "features.", limit)
-    if isinstance(model, nn.Sequential):
-        return _wrap_segments(model, "", limit)
+def wrap_checkpoints(model: nn.Module, mode: str = "blocks") -> list[str]:
+    """Checkpoint the model's natural blocks that the mode picks (blocks: all; blocks:K: the first K;
+    every:K: every K-th); return what was wrapped (empty: nothing to wrap)."""
+    kind, container, prefix, count = _layout(model)
+    picks = checkpoint_picks(mode, count)
+    if kind == "resnet":
+        return _wrap_resnet(model, picks)
+    if kind == "children":
+        return _wrap_children(container, prefix, picks)
+    if kind == "segments":
+        return _wrap_segments(container, prefix, picks)
     return []
 
 
@@ -201,8 +289,9 @@ def natural_blocks(model: nn.Module) -> list[nn.Module]:
     """The model's natural blocks as modules (after any checkpoint wrapping): FSDP shards each on its own."""
     if isinstance(model, models.ResNet):
         return [model.layer1, model.layer2, model.layer3, model.layer4]
-    if isinstance(model, models.VisionTransformer):
-        return list(model.encoder.layers)
+    kind, container, _, _ = _layout(model)
+    if kind == "children":
+        return list(container)
     features = getattr(model, "features", None)
     return list(features) if isinstance(features, nn.Sequential) else []
 
@@ -221,10 +310,11 @@ def apply_all(model: nn.Module, memory_format: str, checkpointing: str, compile_
     if memory_format == "channels_last":
         model = model.to(memory_format=torch.channels_last)
     if checkpointing != "none":
-        wrapped = wrap_checkpoints(model, checkpointed_blocks(checkpointing))
+        wrapped = wrap_checkpoints(model, checkpointing)
         if not wrapped:
-            raise StageSkipped(f"checkpointing=blocks: no natural blocks found in {type(model).__name__}; "
-                             "supported: ResNets, ViTs, models with a Sequential 'features', nn.Sequential")
+            raise StageSkipped(f"checkpointing={checkpointing}: no natural blocks found in {type(model).__name__}; "
+                               "supported: ResNets, ViTs, models with a Sequential 'features', nn.Sequential, and "
+                               "any model with a ModuleList or Sequential of repeated blocks (transformer layers)")
         notes["checkpointed_blocks"] = wrapped
     if distribute is not None:
         model = distribute(model)

@@ -19,6 +19,7 @@ from torch.profiler import record_function
 
 # The region names are the trace analysis's: defined once, in the torch-free trace package.
 from workbench.trace import regions
+from workbench.training import attention
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
@@ -98,6 +99,9 @@ class StepSettings:
     # The transform takes the images as the loader gave them and puts them on the device itself
     # (decode_on_device: decode_jpeg reads the files' bytes from host memory); labels still move.
     transform_moves_images: bool = False
+    # The SDPA backend forward and backward run under ("auto": SDPA's own pick). Backward too: a
+    # checkpointed block recomputes its attention there, and must pick what the forward picked.
+    attention: str = "auto"
 
 
 class TrainStep:
@@ -168,11 +172,12 @@ class TrainStep:
         return nullcontext() if last or self._no_sync is None else self._no_sync()
 
     def _forward_backward(self, batch, steps: int) -> torch.Tensor:
-        with region(regions.FORWARD, self.annotate), self.autocast():
-            # Divide by the micro-batch count so the summed gradients equal the full batch's mean.
-            loss = self.loss_fn(self.model, batch) / steps
-        with region(regions.BACKWARD, self.annotate):
-            self.scaler.scale(loss).backward()
+        with attention.kernel(self.settings.attention):
+            with region(regions.FORWARD, self.annotate), self.autocast():
+                # Divide by the micro-batch count so the summed gradients equal the full batch's mean.
+                loss = self.loss_fn(self.model, batch) / steps
+            with region(regions.BACKWARD, self.annotate):
+                self.scaler.scale(loss).backward()
         return loss.detach()
 
     def _optimizer_step(self) -> None:
