@@ -90,6 +90,37 @@ def test_token_model_runs_through_the_ladder(tmp_path):
     assert summary["breakdown_share"]["forward"] > 0 and summary["breakdown_share"]["backward"] > 0
 
 
+def test_own_optimizer_is_kept_and_fused_by_its_stage_and_files_name_the_model(tmp_path):
+    cfg = RunConfig(batch_size=8, warmup_steps=1, timed_steps=1, repeats=1, rounds=1, run_name="own", trace=False,
+                    reports_dir=str(tmp_path / "reports"), profiles_dir=str(tmp_path / "profiles"))
+    built = []
+
+    def adamw_groups(model: nn.Module) -> torch.optim.Optimizer:  # nanoGPT's configure_optimizers, in short
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        rest = [p for p in model.parameters() if p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                      lr=3e-4, betas=(0.9, 0.95))
+        built.append(optimizer)
+        return optimizer
+
+    results = optimize(cfg, model_factory=tiny_lm, dataset=TokenWindows(), loss_fn=lm_loss,
+                       optimizer_factory=adamw_groups, stages="fused_optimizer", log=lambda m: None)
+    by_stage = {r["stage"]: r for r in results}
+    assert by_stage["fused_optimizer"]["status"] not in ("failed", "skipped"), by_stage["fused_optimizer"]["reason"]
+    assert all(r["config"]["model"] == f"{__name__}:tiny_lm" for r in results)
+    assert "user dataset TokenWindows" in by_stage["baseline"]["data"]
+    assert all(isinstance(o, torch.optim.AdamW) for o in built)
+    from workbench.measure.executor import fused_copy
+
+    fused = fused_copy(built[0])
+    assert fused.defaults["fused"] and [g["weight_decay"] for g in fused.param_groups] == [0.1, 0.0]
+    assert fused.defaults["betas"] == (0.9, 0.95)
+
+
+def tiny_lm(num_classes=None) -> nn.Module:
+    return TinyLM()
+
+
 def test_loss_fn_without_a_dataset_is_refused():
     with pytest.raises(UsageError, match="loss_fn needs a dataset"):
         optimize(RunConfig(), loss_fn=lm_loss)

@@ -22,6 +22,7 @@ workbench/results.py), and the files are written too, so `workbench report <run>
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 from workbench.run import ladder, session as sessions
@@ -36,7 +37,8 @@ from workbench.training.step import UserTask
 def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = None, dataset=None,
              stages: str | None = None, ablation: bool = False, isolate: bool | None = None,
              resume: bool = False, overwrite: bool = False, log: Callable[[str], None] | None = None,
-             loss_fn: Callable | None = None, time_budget_s: float = sessions.DEFAULT_TIME_BUDGET_S) -> list[dict]:
+             loss_fn: Callable | None = None, time_budget_s: float = sessions.DEFAULT_TIME_BUDGET_S,
+             optimizer_factory: Callable | None = None) -> list[dict]:
     """Run the ladder (or the ablation) and return every stage result, baseline first.
 
     model_factory(num_classes) -> nn.Module replaces cfg.model; dataset replaces cfg.data. Stages run
@@ -47,6 +49,9 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
     name is refused unless resume (continue it) or overwrite (replace it) says so. Without cfg, the
     machine's defaults apply, as on the command line (224 px on a GPU, 32 px elsewhere). Extra rounds
     for open answers are spent only within time_budget_s seconds from the start (--time-budget).
+    optimizer_factory(model) -> Optimizer replaces cfg.optimizer with your own (nanoGPT's AdamW with its
+    weight-decay groups, say); the fused_optimizer stage rebuilds it with fused=True where torch has that.
+    The run's files name your model by its factory (module:name) and your dataset by its class.
     """
     if cfg is None:
         cfg, line = for_machine()
@@ -55,7 +60,11 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
         if dataset is None:
             raise UsageError("loss_fn needs a dataset (it receives that dataset's batches); allowed: pass dataset=")
         dataset = UserTask(dataset, loss_fn)  # the loss travels with the data to each stage
-    isolate = (model_factory is None and dataset is None) if isolate is None else isolate
+    isolate = (model_factory is None and dataset is None and optimizer_factory is None) if isolate is None else isolate
+    if optimizer_factory is not None and isolate:
+        raise UsageError("optimizer_factory runs in this process; allowed with isolate=False (or left unset)")
+    if model_factory is not None and cfg.model == RunConfig.model:  # name the user's model, not the default
+        cfg = cfg.with_overrides(model=factory_name(model_factory))
     chosen = select(stages)
     extra = {"log": log} if log else {}
     with MachineLock("workbench.api.optimize", log=log):  # one measuring run per machine: waits, says for whom
@@ -64,4 +73,11 @@ def optimize(cfg: RunConfig | None = None, *, model_factory: Callable | None = N
                                  sweep_workers=any(s.name == "dataloader" for s in chosen),
                                  stages=[s.name for s in chosen], overwrite=overwrite,
                                  time_budget_s=time_budget_s, **extra)
+        if optimizer_factory is not None:
+            session = replace(session, optimizer_factory=optimizer_factory)
         return ladder.run_ladder(session, stages)
+
+
+def factory_name(factory: Callable) -> str:
+    """module:name for a model factory ("module:<lambda>" for a lambda): what the files call the model."""
+    return f"{getattr(factory, '__module__', None) or 'python'}:{getattr(factory, '__qualname__', type(factory).__name__)}"

@@ -6,6 +6,7 @@ its configurations here, and the ladder never runs it in its own process.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import random
 import time
@@ -119,7 +120,7 @@ def _loss_fn(dataset):
 
 
 def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, log=print,
-          dist: DistInfo = DistInfo()) -> Built:
+          dist: DistInfo = DistInfo(), optimizer_factory: Callable | None = None) -> Built:
     device_type = resolve_device_type(cfg.device)
     check_device_support(cfg, device_type)
     device = distributed.device_for(device_type, dist)
@@ -157,8 +158,11 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     allocator = host_memory.in_effect()
     if allocator:
         notes["host_allocator_settings"] = allocator
-    optimizer = distributed.optimizer_for(lambda params: build_optimizer(cfg.optimizer, params, cfg.lr, cfg.fused_optimizer),
-                                          eager.parameters(), dist, cfg.sharding)
+    if optimizer_factory is not None:  # the user's own (weight-decay groups and all); the fused stage applies to it
+        optimizer = fused_copy(optimizer_factory(eager)) if cfg.fused_optimizer else optimizer_factory(eager)
+    else:
+        optimizer = distributed.optimizer_for(lambda params: build_optimizer(cfg.optimizer, params, cfg.lr, cfg.fused_optimizer),
+                                              eager.parameters(), dist, cfg.sharding)
     settings = StepSettings(device, cfg.precision, cfg.accumulation_steps,
                             cfg.memory_format == "channels_last", cfg.pin_memory and device_type == "cuda",
                             clip_grad_norm=cfg.clip_grad_norm or None,
@@ -169,6 +173,19 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     # A user's batch travels whole (any structure) to the loss that knows it.
     return Built(cfg, device, model, eager, optimizer, TrainStep(model, optimizer, settings, loss_fn),
                  BatchStream(loader, whole=dataset is not None), spec.description, len(data), notes, dist, eval_data)
+
+
+def fused_copy(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The same optimizer (class, groups, settings) with its fused step: for a user's own optimizer."""
+    if "fused" not in optimizer.defaults:
+        raise StageSkipped(f"{type(optimizer).__name__} has no fused implementation (torch's Adam, AdamW, SGD and "
+                           "Adagrad have one)")
+    groups = [{key: value for key, value in group.items()} for group in optimizer.param_groups]
+    settings = {**optimizer.defaults, "fused": True, "foreach": None}
+    # Only what the constructor takes: defaults also hold settings it derives (AdamW's decoupled_weight_decay).
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    return type(optimizer)(groups, **{key: value for key, value in settings.items()
+                                      if key in accepted and key != "differentiable"})
 
 
 def _eval_data(cfg: RunConfig, dataset, log):

@@ -27,7 +27,8 @@ Send = Callable[[SideReport], None]
 
 def _build_side(side: SideSpec, objects: dict) -> Built:
     log = lambda message: print(f"[{side.stage}] {message}", file=sys.stderr, flush=True)
-    return build(RunConfig(**side.config), objects.get("model_factory"), objects.get("dataset"), log=log)
+    return build(RunConfig(**side.config), objects.get("model_factory"), objects.get("dataset"), log=log,
+                  optimizer_factory=objects.get("optimizer_factory"))
 
 
 def interleaved(built: dict, order: list[str], progress: dict) -> dict:

@@ -29,7 +29,8 @@ def measure_stage(side: SideSpec, objects: dict | None = None, dist: DistInfo = 
     if in_own_process:  # never touch the signal handling of a caller running stages in-process
         install_stop_handler(progress)
     log = lambda message: print(f"[{side.stage}] {message}", file=stream, flush=True)
-    built = build(cfg, objects.get("model_factory"), objects.get("dataset"), log=log, dist=dist)
+    built = build(cfg, objects.get("model_factory"), objects.get("dataset"), log=log,
+                  optimizer_factory=objects.get("optimizer_factory"), dist=dist)
     peak, source = peak_for(cfg.precision, cfg.tf32, dict(side.peaks))
     trace_dir = Path(side.trace_dir) if side.trace_dir else None
     raw = measure_config(built, trace_dir, peak, source, built.notes["rss_before_model_mb"], progress, side.extras)

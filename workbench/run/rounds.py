@@ -171,7 +171,8 @@ def launcher_for(session, *configs: RunConfig) -> Launcher:
     if link is not None:
         return AcrossNodes(link, Torchrun(nproc=session.nproc, nodes=session.nodes))
     on_cpu = all(resolve_device_type(cfg.device) == "cpu" for cfg in configs)
-    objects = {"model_factory": session.model_factory, "dataset": session.dataset} if not session.isolate else None
+    objects = {"model_factory": session.model_factory, "dataset": session.dataset,
+               "optimizer_factory": getattr(session, "optimizer_factory", None)} if not session.isolate else None
     return choose(on_cpu, session.nproc, objects)
 
 

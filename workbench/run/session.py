@@ -22,6 +22,7 @@ from workbench.config import RunConfig
 from workbench.training.data import load_configured
 from workbench.config import check_device_support, is_token_workload
 from workbench.training.model import check_model_spec, first_batch_facts
+from workbench.training.step import UserTask
 from workbench.errors import UsageError
 from workbench.results import RUN_FILE, SCHEMA_VERSION, write_json_atomic
 from workbench.progress import stderr_log
@@ -66,6 +67,7 @@ class Session:
     # --memory-budget resolved on this device, in MiB (None: no budget); run/budget.py meets it.
     memory_budget_mib: float | None = None
     started: float = field(default_factory=time.monotonic)
+    optimizer_factory: Callable | None = None   # the user's optimizer(model), from Python (api.optimize)
 
     @property
     def nnodes(self) -> int:
@@ -173,7 +175,8 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
         if len(data) // world < cfg.batch_size:
             raise UsageError(f"batch_size={cfg.batch_size} is larger than a process's share of the data "
                              f"({len(data)} samples / {world} processes); allowed: at most {len(data) // world}")
-        description = spec.description if spec else f"user dataset {type(dataset).__name__} ({len(data)} samples)"
+        inner = getattr(dataset, "dataset", dataset) if isinstance(dataset, UserTask) else dataset
+        description = spec.description if spec else f"user dataset {type(inner).__name__} ({len(data)} samples)"
         session = replace(_settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning,
                                   sweep_workers, log, model_factory, dataset, isolate, resume, stages, nproc),
                           time_budget_s=time_budget_s, nodes=nodes, link=link, memory_budget_mib=budget_mib)
@@ -281,7 +284,8 @@ def _announce(session: Session) -> None:
     for key, value in session.decisions.items():
         session.log(f"decision {key}: {value}")
     cfg = session.base_cfg
-    model = f"{getattr(session.model_factory, '__name__', 'factory')} (from Python)" if session.model_factory else cfg.model
+    model = cfg.model if not session.model_factory or ":" in cfg.model else \
+        f"{getattr(session.model_factory, '__name__', 'factory')} (from Python)"
     shape = f"seq_len={cfg.seq_len}" if is_token_workload(cfg) else f"image_size={cfg.image_size}"
     session.log(f"config: model={model} {shape} batch_size={cfg.batch_size} "
                 f"warmup={cfg.warmup_steps} timed_steps={cfg.timed_steps} repeats={cfg.repeats}")

@@ -90,6 +90,12 @@ def check_first_batch(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor
     saying what was fed and what the model did, before any stage runs."""
     fed = (f"fed ids {tuple(ids.shape)} int64 (token windows) and targets of the same shape, ids up to "
            f"{int(ids.max())}")
+    largest = int(max(ids.max(), targets.max()))
+    embedding = next((m for m in model.modules() if isinstance(m, nn.Embedding)), None)
+    if embedding is not None and embedding.num_embeddings <= largest:
+        raise UsageError(f"model={spec!r} has a token embedding of {embedding.num_embeddings} rows, but the data holds "
+                         f"ids up to {largest}; allowed: a vocabulary of at least {largest + 1} (a factory taking "
+                         "vocab_size gets the data's)")
     try:
         with torch.no_grad():
             output = forward(model, ids, targets)
@@ -103,7 +109,6 @@ def check_first_batch(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
         raise UsageError(f"model={spec!r} returned logits of shape {tuple(logits.shape)} for {fed}; allowed: "
                          f"{CONTRACT} (one row of logits per position)")
-    largest = int(max(ids.max(), targets.max()))
     if logits.shape[-1] <= largest:
         raise UsageError(f"model={spec!r} has {logits.shape[-1]} logits per position, but the data holds ids up to "
                          f"{largest}; allowed: a vocabulary of at least {largest + 1}")

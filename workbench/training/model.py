@@ -235,7 +235,7 @@ def repeated_blocks(model: nn.Module) -> tuple[str, nn.Module] | None:
     for name, module in model.named_modules():
         if not isinstance(module, (nn.ModuleList, nn.Sequential)) or len(module) < 2:
             continue
-        kinds = {type(child) for child in module}
+        kinds = {type(child.inner) if isinstance(child, Checkpointed) else type(child) for child in module}
         if len(kinds) != 1 or next(iter(kinds)) in LEAF_KINDS:
             continue
         size = sum(p.numel() for p in module.parameters())
