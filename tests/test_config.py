@@ -104,17 +104,19 @@ CPU_NO_BF16 = DeviceFacts("cpu", "test cpu", cpu_flags=("avx2", "fma"), cpu_core
 CPU_BF16 = DeviceFacts("cpu", "test cpu", cpu_flags=("avx2", "avx512_bf16"), cpu_cores=2)
 A100 = DeviceFacts("cuda", "A100", capability=(8, 0), device_count=1)
 V100 = DeviceFacts("cuda", "V100", capability=(7, 0), device_count=1)
+H100 = DeviceFacts("cuda", "H100", capability=(9, 0), device_count=1)
 
 
 def test_stage_order_is_the_ladder():
     assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "decode_on_device",
+                                  "attention_flash", "attention_efficient", "attention_cudnn", "attention_math",
                                   "channels_last", "fused_optimizer", "host_allocator", "accumulation", "checkpointing",
                                   "optimizer_8bit", "adafactor", "zero1", "fsdp", "cuda_graphs", "compile", "batch_size")
 
 
 def test_select_all_and_by_name_keeps_baseline_first_and_ladder_order():
     # the trade-offs few runs need (another optimizer, sharding) run only when named
-    opt_in = {"optimizer_8bit", "adafactor", "zero1", "fsdp"}
+    opt_in = {"optimizer_8bit", "adafactor", "zero1", "fsdp", "attention_math"}
     assert [s.name for s in stages.select(None)] == [n for n in stages.STAGE_NAMES if n not in opt_in]
     assert [s.name for s in stages.select("compile, amp")] == ["baseline", "amp", "compile"]
     assert [s.name for s in stages.select("fsdp,adafactor")] == ["baseline", "adafactor", "fsdp"]
@@ -130,7 +132,10 @@ def test_every_stage_is_a_pure_function_of_the_config():
     given = dict(batch_size=8, data="imagefolder:/data/jpegs", allow_batch_change=True)
     cfg = RunConfig(**given)
     applied = set()
-    for ctx in (_ctx(A100, best_workers=2), dataclasses.replace(_ctx(CPU_BF16, best_workers=2), world_size=2)):
+    sdpa = {"attention": "sdpa"}
+    h100 = dataclasses.replace(_ctx(H100), capability=H100.capability, model_facts=sdpa)
+    for ctx in (dataclasses.replace(_ctx(A100, best_workers=2), capability=A100.capability, model_facts=sdpa),
+                dataclasses.replace(_ctx(CPU_BF16, best_workers=2), world_size=2), h100):
         for stage in stages.STAGES:
             try:
                 out = stage.apply(cfg, ctx)

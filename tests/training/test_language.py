@@ -293,3 +293,30 @@ def test_the_built_in_gpt_trains():
     assert abs(loss.item() - np.log(64)) < 0.5 and model.head.weight is model.token_embedding.weight
     model, notes = apply_all(model, "contiguous", "every:2", "none", torch.device("cpu"))
     assert notes["checkpointed_blocks"] == ["blocks.0", "blocks.2"]
+
+
+# --- findings for language models ----------------------------------------------------------------
+
+from workbench.trace import diagnose  # noqa: E402
+
+
+def _ops(*names):
+    return {"top_ops": [{"name": n, "device": "cpu", "share": 0.1, "calls": 1, "self_ms": 1.0} for n in names]}
+
+
+def test_attention_by_hand_is_found_from_the_model_or_from_a_trace_alone():
+    by_hand = diagnose.rule_attention_by_hand(_ops("aten::mm", "aten::bmm", "aten::_softmax"), {})
+    assert by_hand["rule"] == "attention_by_hand" and "scaled_dot_product_attention" in by_hand["action"]
+    assert diagnose.rule_attention_by_hand(
+        _ops("aten::_softmax", "aten::_scaled_dot_product_flash_attention_for_cpu"), {}) is None
+    assert diagnose.rule_attention_by_hand(_ops("aten::mm"), {"attention": "by_hand"})["rule"] == "attention_by_hand"
+    assert diagnose.rule_attention_by_hand(_ops("aten::_softmax", "aten::bmm"), {"attention": "sdpa"}) is None
+
+
+def test_logits_finding_gives_the_figure_against_the_peak():
+    context = {"logits": {"batch": 32, "seq_len": 128, "vocab": 50304}, "peak_memory_mb": 4000.0}
+    finding = diagnose.rule_logits({}, context)
+    assert finding["rule"] == "logits" and "32 x 128 x 50,304 in fp32 = 786 MiB" in finding["evidence"]
+    assert finding["value"] == pytest.approx(3 * 786.0 / 4000, rel=1e-3)
+    small = {"logits": {"batch": 32, "seq_len": 128, "vocab": 2048}, "peak_memory_mb": 4000.0}
+    assert diagnose.rule_logits({}, small) is None

@@ -73,7 +73,7 @@ def measured_lines(view: RunView, record: dict, result: dict) -> list[str]:
         bullet("Loss", _loss_text(record)),
     ]
     lines += [bullet("Compile time", compile_text(view, record))] if record.get("compile_s") else []
-    caveat = _caveat(record["stage"], result)
+    caveat = _caveat(record["stage"], result, (view.run.get("model_facts") or {}).get("batchnorm"))
     return lines + ([bullet("Caveat", caveat)] if caveat else [])
 
 
@@ -155,8 +155,11 @@ def compile_text(view: RunView, record: dict) -> str:
             f"{round(steps)} steps{epochs}.")
 
 
-def _caveat(stage: str, result: dict) -> str | None:
+def _caveat(stage: str, result: dict, batchnorm: bool | None = None) -> str | None:
+    """A BatchNorm caveat where the model has BatchNorm: known from its first batch (run.json's model_facts),
+    else guessed from a torchvision family's name (runs recorded before the facts were)."""
     model = str((result.get("config") or {}).get("model", "")).lower()
-    if stage in BATCHNORM_CAVEATS and any(name in model for name in BATCHNORM_MODELS):
+    has = batchnorm if batchnorm is not None else any(name in model for name in BATCHNORM_MODELS)
+    if stage in BATCHNORM_CAVEATS and has:
         return f"{model} uses BatchNorm: {BATCHNORM_CAVEATS[stage]}"
     return None

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from workbench.config import is_token_workload
 from workbench.results import breakdown_path, trace_summary_path
 from workbench.trace import analyze, diagnose
 
@@ -70,6 +71,14 @@ def diagnosis_context(cfg, metrics: Mapping, session) -> dict:
             "device_capacity_mb": env.get("device_memory_mb"), "peak_memory_mb": metrics["peak_memory_mb"],
             "compile": cfg.compile, "fused_optimizer": cfg.fused_optimizer,
             "step_time_s": metrics["step_time_s"]["median"], "host_allocator": cfg.host_allocator,
-            "host_cpu": metrics.get("host_cpu")}
+            "host_cpu": metrics.get("host_cpu"), **_model_context(cfg, session.context.model_facts)}
+
+
+def _model_context(cfg, facts: Mapping) -> dict:
+    """What the model's first batch showed, for the attention and logits rules."""
+    context = {"attention": facts["attention"]} if facts.get("attention") else {}
+    if facts.get("vocab") and is_token_workload(cfg):
+        context["logits"] = {"batch": cfg.effective_micro_batch, "seq_len": cfg.seq_len, "vocab": facts["vocab"]}
+    return context
 
 

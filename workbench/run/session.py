@@ -296,6 +296,7 @@ def write_run_file(session: Session) -> None:
         "schema": SCHEMA_VERSION, "run": session.run_dir.name, "mode": session.mode,
         "created": dt.datetime.now().isoformat(timespec="seconds"), "environment": session.environment,
         "data": session.data_description, "config": session.base_cfg.to_dict(), "decisions": session.decisions,
+        "model_facts": dict(session.context.model_facts),
         "peaks": session.peaks, "stages": session.stages,
         "nproc": session.nproc, "time_budget_s": session.time_budget_s, "single_process_baseline": session.single_process,
         **_nodes_record(session), "profiles_dir": str(session.profiles_dir), "pid": os.getpid()})

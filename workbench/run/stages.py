@@ -102,7 +102,7 @@ def amp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
 def decode_on_device(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     _images_only(cfg, "decoding JPEG files on the device")
     if not cfg.data.startswith("imagefolder:"):
-        what = "CIFAR-format arrays (already decoded)" if ctx.own_processes else "a dataset passed from Python"
+        what = f"CIFAR-format arrays (data={cfg.data}, already decoded)" if ctx.own_processes else "a dataset passed from Python"
         raise StageSkipped(f"decoding JPEG files on the device needs data=imagefolder:PATH; this run's data is {what}")
     return cfg.with_overrides(input_pipeline="decode_on_device")
 

@@ -8,7 +8,8 @@ with one named threshold below, so a finding can always say what was measured an
 Context keys, all optional: device_type ("cpu"/"cuda"/"mps"), pin_memory, num_workers, precision
 ("fp32"/"bf16"/"fp16"), cpu_native_bf16, tensor_cores, device_capacity_mb, peak_memory_mb,
 compile ("none" when off), step_time_s, host_allocator ("system"/"retain"), host_cpu (the timed
-window's minor_faults_per_step and system_time_share). "value" and "threshold" are None for a rule that is a
+window's minor_faults_per_step and system_time_share), attention ("sdpa"/"by_hand"/"none", from the model's
+first batch), logits ({batch, seq_len, vocab} of a language model's micro-batch). "value" and "threshold" are None for a rule that is a
 condition rather than a measured number against a limit. No torch import: the report runs this too.
 """
 from __future__ import annotations
@@ -63,6 +64,7 @@ PREDICTS = {
     "memory_pressure": {"accumulation", "checkpointing"},
     "optimizer_step": {"fused_optimizer"},
     "page_faults": {"host_allocator"},
+    "logits": {"accumulation"},
 }
 RULES_OUT = {
     "compute_bound": {"dataloader"},
@@ -282,10 +284,59 @@ def rule_unannotated_time(summary: dict, context: dict) -> dict | None:
         "Look for Python overhead, logging or host syncs (.item(), .cpu()) in the loop.")
 
 
+# Attention written by hand: softmax ops among the top operators and no fused SDPA op beside them.
+SOFTMAX_OPS = ("aten::softmax", "aten::_softmax", "aten::_softmax_backward_data", "softmax", "_softmax")
+SDPA_MARK = "scaled_dot_product"
+# The logits and what the loss makes of them (log-softmax, their gradient: about 3 copies in fp32) above
+# this share of the peak: computing the loss without all the logits at once is worth it.
+LOGITS_PEAK_SHARE_MAX = 0.25
+LOGITS_COPIES = 3
+
+
+def rule_attention_by_hand(summary: dict, context: dict) -> dict | None:
+    """softmax(QK^T)V written out: the (seq_len x seq_len) scores live in memory, where SDPA's fused
+    backends never materialize them. From the model's first batch where the run knows it, else the trace."""
+    ops = [row for row in summary.get("top_ops") or [] if row.get("device") == "cpu"]
+    softmax = [row for row in ops if row["name"] in SOFTMAX_OPS]
+    fused = any(SDPA_MARK in row["name"] for row in ops)
+    known = context.get("attention")
+    if known not in (None, "by_hand") or (known is None and (not softmax or fused)):
+        return None
+    share = sum(row.get("share", 0.0) for row in softmax)
+    where = ("the model's forward calls softmax between matmuls and never F.scaled_dot_product_attention"
+             if known else "softmax is among the top operators and no scaled_dot_product_attention op is")
+    return _finding(
+        "attention_by_hand", "medium",
+        f"Attention is computed by hand: {where}; softmax ops take {share:.1%} of operator time.", share or None, None,
+        "Call torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True): its flash and "
+        "memory-efficient backends never keep the seq_len x seq_len scores, and the attention stages can "
+        "then choose among them.")
+
+
+def rule_logits(summary: dict, context: dict) -> dict | None:
+    logits = context.get("logits")
+    peak = _peak_mb(summary, context)
+    if not logits or not peak:
+        return None
+    one_mib = logits["batch"] * logits["seq_len"] * logits["vocab"] * 4 / 2**20
+    share = LOGITS_COPIES * one_mib / peak
+    if share <= LOGITS_PEAK_SHARE_MAX:
+        return None
+    return _finding(
+        "logits", "medium",
+        f"The logits are {logits['batch']} x {logits['seq_len']} x {logits['vocab']:,} in fp32 = {one_mib:,.0f} MiB; "
+        f"with the loss's log-softmax and their gradient about {LOGITS_COPIES * one_mib:,.0f} MiB, {share:.0%} of the "
+        f"{peak:,.0f} MiB peak.", share, LOGITS_PEAK_SHARE_MAX,
+        "Compute the loss without all the logits at once: the head and cross-entropy over chunks of the sequence "
+        "(each chunk checkpointed), or a fused linear cross-entropy (Liger Kernel's, Apple's Cut Cross-Entropy); "
+        "a smaller micro-batch (accumulation) shrinks them too.")
+
+
 RULES: tuple[Callable[[dict, dict], dict | None], ...] = (
     rule_data_loading, rule_pageable_h2d, rule_device_idle, rule_launch_bound,
     rule_fp32_tensor_cores, rule_layout_conversions, rule_memory_pressure, rule_cpu_bf16,
-    rule_compute_bound, rule_optimizer_step, rule_page_faults, rule_unannotated_time,
+    rule_compute_bound, rule_optimizer_step, rule_page_faults, rule_unannotated_time, rule_attention_by_hand,
+    rule_logits,
 )
 
 

@@ -85,7 +85,7 @@ def next_token_correct(model: nn.Module, ids: torch.Tensor, targets: torch.Tenso
     return int((logits.argmax(-1) == targets).sum()), targets.numel()
 
 
-def check_first_batch(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor, spec: str) -> None:
+def check_first_batch(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor, spec: str) -> int | None:
     """One forward and loss on the first batch: a model and data that do not fit together get one line
     saying what was fed and what the model did, before any stage runs."""
     fed = (f"fed ids {tuple(ids.shape)} int64 (token windows) and targets of the same shape, ids up to "
@@ -101,14 +101,23 @@ def check_first_batch(model: nn.Module, ids: torch.Tensor, targets: torch.Tensor
             output = forward(model, ids, targets)
             loss = own_loss(output)
             logits = logits_of(output) if loss is None else None
+            vocab = logits_of(output).shape[-1] if loss is not None and _has_logits(output) else None
     except Exception as error:  # the user's code: whatever it raises is their one line
         raise UsageError(f"model={spec!r} cannot train on the first batch: {fed}; it raised {type(error).__name__}: "
                          f"{str(error).strip()[:200]}; allowed: {CONTRACT}") from None
     if logits is None:
-        return
+        return vocab
     if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(ids.shape):
         raise UsageError(f"model={spec!r} returned logits of shape {tuple(logits.shape)} for {fed}; allowed: "
                          f"{CONTRACT} (one row of logits per position)")
     if logits.shape[-1] <= largest:
         raise UsageError(f"model={spec!r} has {logits.shape[-1]} logits per position, but the data holds ids up to "
                          f"{largest}; allowed: a vocabulary of at least {largest + 1}")
+    return logits.shape[-1]
+
+
+def _has_logits(output) -> bool:
+    try:
+        return logits_of(output).dim() == 3
+    except TypeError:
+        return False

@@ -61,11 +61,15 @@ def first_batch_facts(name: str, spec) -> dict:
     if model is None:
         model = build_model(name, spec.num_classes, spec.tokens_per_sample)
     first = torch.utils.data.default_collate([spec.dataset[i] for i in range(min(2, len(spec.dataset)))])
-    check = (lambda: language.check_first_batch(model, *first, name)) if spec.tokens_per_sample else (
+    vocab = []
+    check = (lambda: vocab.append(language.check_first_batch(model, *first, name))) if spec.tokens_per_sample else (
         lambda: _check_image_batch(model, first[0], spec.num_classes, name))
     facts = attention.attention_facts(check)
+    if vocab and vocab[0]:
+        facts["vocab"] = vocab[0]
     blocks = repeated_blocks(model) if _layout(model)[0] == "children" else None
     return {**facts, "convolutions": any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules()),
+            "batchnorm": any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()),
             "natural_blocks": natural_block_count(model),
             **({"blocks_found": f"{blocks[0]}0..{len(blocks[1]) - 1} ({type(blocks[1][0]).__name__})"} if blocks else {})}
 
