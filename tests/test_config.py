@@ -228,6 +228,22 @@ def test_clip_grad_norm_reaches_the_step(tmp_path):
     assert build(cfg.with_overrides(clip_grad_norm=0.0), log=lambda message: None).step.settings.clip_grad_norm is None
 
 
+def test_each_compiled_build_compiles_afresh(tmp_path, monkeypatch):
+    """In-process rounds must not reuse an earlier round's compiled code: compile time is its first compile."""
+    import torch
+
+    from workbench.measure.executor import build
+
+    resets = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1))
+    cfg = RunConfig(data="synthetic", model="workbench.experiments.matrix:lab_cnn", image_size=8, batch_size=4,
+                    synthetic_per_batch=16, device="cpu", data_dir=str(tmp_path))
+    build(cfg, log=lambda message: None)
+    assert resets == []
+    build(cfg.with_overrides(compile="default"), log=lambda message: None)  # lazy: nothing compiles yet
+    assert resets == [1]
+
+
 def test_progress_says_a_step_count_only_where_there_is_one(capsys):
     import io
 

@@ -69,3 +69,26 @@ def test_later_micro_batches_run_with_every_gradient_allocated():
 def test_sharding_divides_what_is_replicated():
     assert sharded_peak(PARTS, 2) == pytest.approx((98 + 98 + 195) / 2 + 410)
     assert processes_to_fit(PARTS, 500) == 5 and processes_to_fit(PARTS, 400) is None
+
+
+def test_selective_checkpointing_is_predicted_from_each_blocks_share_of_the_activations():
+    base = {"precision": "fp32", "batch_size": 32, "checkpointing": "none"}
+    everything = predict(PARTS, 801.0, base, {**base, "checkpointing": "blocks"}).saving_mib
+    even = predict(PARTS, 801.0, base, {**base, "checkpointing": "blocks:4"}, blocks=5).saving_mib
+    shares = (0.081, 0.388, 0.279, 0.196, 0.056)  # ResNet-50's stem and four stages at 96 px (meta forward)
+    weighted = predict(PARTS, 801.0, base, {**base, "checkpointing": "blocks:4"}, blocks=5, block_shares=shares)
+    assert even == pytest.approx(everything * 0.8)
+    assert weighted.saving_mib == pytest.approx(everything * 0.944) and "counted per block" in weighted.basis
+    every_other = predict(PARTS, 801.0, base, {**base, "checkpointing": "every:2"}, blocks=5, block_shares=shares)
+    assert every_other.saving_mib == pytest.approx(everything * (0.081 + 0.279 + 0.056))
+
+
+def test_block_shares_come_from_a_forward_on_the_meta_device():
+    from workbench.training.model import block_activation_shares
+
+    with torch.device("meta"):
+        model = torchvision.models.resnet18(num_classes=10)
+        images = torch.zeros(2, 3, 64, 64)
+        shares = block_activation_shares(model, lambda: model(images))
+    assert len(shares) == 5 and sum(shares) == pytest.approx(1.0)
+    assert shares[1] > shares[2] > shares[3] > shares[4]  # each stage halves the side, doubles the channels

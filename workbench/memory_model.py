@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from workbench.config import checkpoint_share
+from workbench.config import checkpoint_picks, checkpoint_share
 
 MIB = 2**20
 # The two activation shares are the ResNet-50 figures (96 px, CPU, 2026-11): bf16 saved 49% (batch 64)
@@ -101,7 +101,8 @@ class Prediction:
 
 
 def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
-            state_by_kind: Mapping[str, float] | None = None, world: int = 1, blocks: int | None = None) -> Prediction:
+            state_by_kind: Mapping[str, float] | None = None, world: int = 1, blocks: int | None = None,
+            block_shares: tuple[float, ...] | None = None) -> Prediction:
     """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak,
     per process of `world` (state_by_kind: each optimizer's whole state, unsharded)."""
     activations, basis = parts.activations, []
@@ -120,10 +121,10 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
                      + (f"; +{late_gradients:.0f} MiB of gradients already allocated in the later micro-batches"
                         if late_gradients else ""))
     if before.get("checkpointing", "none") == "none" and after.get("checkpointing", "none") != "none":
-        share = _checkpointed_share(after["checkpointing"], blocks)
+        share, how = _checkpointed_share(after["checkpointing"], blocks, block_shares)
         activations *= 1 - CHECKPOINT_ACTIVATION_SAVING * share
         basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING * share:.2g}"
-                     + (f" ({after['checkpointing']} of {blocks}, counted as their share of the blocks)" if share < 1 else ""))
+                     + (f" ({after['checkpointing']} of {blocks}: {how})" if share < 1 else ""))
     state = _state(parts, before, after, state_by_kind, world, basis)
     replicated = parts.weights + parts.gradients
     if before.get("sharding", "none") != "fsdp" and after.get("sharding") == "fsdp" and world > 1:
@@ -158,6 +159,7 @@ class Basis:
     config: Mapping
     state_by_kind: Mapping[str, float]
     blocks: int | None = None
+    block_shares: tuple[float, ...] | None = None   # each block's share of the kept activations
 
     @classmethod
     def of(cls, doc: Mapping) -> "Basis | None":
@@ -166,17 +168,24 @@ class Basis:
         parts = Parts.of(metrics)
         if parts is None or doc.get("config") is None:
             return None
+        decisions = doc.get("decisions") or {}
+        shares = decisions.get("block_activation_shares")
         return cls(parts, metrics["peak_memory_mb"], doc["config"], metrics.get("optimizer_state_mib_by_kind") or {},
-                   (doc.get("decisions") or {}).get("natural_blocks"))
+                   decisions.get("natural_blocks"), tuple(shares) if shares else None)
 
     def predict(self, after: Mapping, world: int = 1) -> Prediction:
-        return predict(self.parts, self.peak_mib, self.config, after, self.state_by_kind, world, self.blocks)
+        return predict(self.parts, self.peak_mib, self.config, after, self.state_by_kind, world, self.blocks,
+                       self.block_shares)
 
 
-def _checkpointed_share(mode: str, blocks: int | None) -> float:
-    """The share of the blocks a checkpointing mode wraps (blocks:K of n, every:K); 1 for all of them.
-    Counted evenly: a CNN's first blocks hold more activations, so a selective saving is predicted low there."""
-    return checkpoint_share(mode, blocks) if blocks else 1.0
+def _checkpointed_share(mode: str, blocks: int | None, shares: tuple[float, ...] | None = None) -> tuple[float, str]:
+    """The share of the blocks' activations a checkpointing mode wraps (blocks:K of n, every:K; 1 for all),
+    and how it was counted: by each block's measured share of the activations where known (a CNN's first
+    blocks hold most), else evenly."""
+    if shares and (not blocks or len(shares) == blocks):
+        picked = checkpoint_picks(mode, len(shares))
+        return min(1.0, sum(shares[i] for i in picked)), "their share of the blocks' activations, counted per block"
+    return (checkpoint_share(mode, blocks) if blocks else 1.0), "counted as their share of the blocks"
 
 
 def _micro(cfg: Mapping) -> int:

@@ -104,6 +104,9 @@ TRACE_SUFFIX = ".pt.trace.json.gz"
 # Beside a stage's trace: its memory over one step by category (trace/memory_timeline.py), and on CUDA
 # the caching allocator's snapshot that pytorch.org/memory_viz opens. One per rank under --nproc.
 MEMORY_TIMELINE_FILE = "memory_timeline.json"
+# What the run measured beside a trace and the trace cannot hold (the timed window's page faults and kernel
+# time, the allocator setting): `workbench analyze` on the trace folder reads it, so its findings match the run's.
+MEASURED_CONTEXT_FILE = "measured_context.json"
 CUDA_SNAPSHOT_FILE = "memory_snapshot.pickle"
 
 

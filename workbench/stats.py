@@ -309,3 +309,8 @@ def welch_rates(new_rates: list[float], old_rates: list[float]) -> dict:
     half = t_quantile(df) * se
     return {"ratio": math.exp(diff), "ci95_low": math.exp(diff - half), "ci95_high": math.exp(diff + half),
             "method": f"Welch t-interval on log throughput ({len(new_rates)} vs {len(old_rates)} rounds, unpaired)"}
+
+
+def scaled_rate(throughput: dict, factor: float) -> dict:
+    """A throughput's median and interval times a factor (samples/s to tokens/s: x seq_len)."""
+    return {key: throughput[key] * factor for key in ("median", "ci95_low", "ci95_high")}

@@ -56,3 +56,15 @@ def test_a_trade_off_keeps_the_rules_advice_and_a_sweep_skip_or_a_stage_not_retr
     said = advice._measured_here(view_of(tmp_path, records, not_retried), {"rule": "data_loading"})
     assert "`dataloader` skipped (nothing to change on this machine" in said
     assert "on the final configuration" not in said  # the first-pass figure is not passed off as a second look
+
+
+def test_no_significant_change_says_holds_1_only_where_the_interval_does():
+    flat = {"stage": "channels_last", "verdict_vs_previous": "no significant change", "speedup_vs_previous": 1.01,
+            "speedup_vs_previous_ci95_low": 0.97, "speedup_vs_previous_ci95_high": 1.05}
+    small = {"stage": "compile", "verdict_vs_previous": "no significant change", "speedup_vs_previous": 1.03,
+             "speedup_vs_previous_ci95_low": 1.02, "speedup_vs_previous_ci95_high": 1.04}
+    text = advice._no_change([flat, small])
+    holds, rest = text.split("Measurable but too small to keep")
+    assert "`channels_last`" in holds and "`compile`" not in holds
+    assert "`compile` 1.03x" in rest and "excludes 1" in rest
+    assert "Measurable" not in advice._no_change([flat])

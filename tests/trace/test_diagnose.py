@@ -162,3 +162,19 @@ def test_a_trace_read_with_host_figures_measured_beside_it_can_say_page_faults()
     measured = {"host_cpu": {"system_time_share": 0.2, "minor_faults_per_step": 40000.0}}
     assert "page_faults" in [f["rule"] for f in explain.analyze_file(trace, measured)["findings"]]
     assert "page_faults" not in [f["rule"] for f in explain.analyze_file(trace)["findings"]]
+
+
+def test_workbench_analyze_reads_the_figures_the_run_wrote_beside_the_trace(tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    from workbench.results import MEASURED_CONTEXT_FILE
+    from workbench.trace import explain
+    source = next(Path(__file__).parents[1].joinpath("fixtures", "traces", "cpu_only").glob("*.json*"))
+    trace = Path(shutil.copy(source, tmp_path / source.name))
+    assert "page_faults" not in [f["rule"] for f in explain.analyze_file(trace)["findings"]]
+    (tmp_path / MEASURED_CONTEXT_FILE).write_text(json.dumps(
+        {"host_cpu": {"system_time_share": 0.087, "minor_faults_per_step": 41600.0}, "host_allocator": "system"}))
+    finding = next(f for f in explain.analyze_file(trace)["findings"] if f["rule"] == "page_faults")
+    assert "8.7%" in finding["evidence"] and "41,600" in finding["evidence"]

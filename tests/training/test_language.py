@@ -279,8 +279,7 @@ def test_a_pinned_backend_runs_and_matches_auto():
 
 def test_console_line_shows_tokens_per_second_beside_samples():
     metrics = {"throughput": {"median": 10.0, "ci95_low": 9.0, "ci95_high": 11.0}, "step_time_s": {"median": 0.1},
-               "peak_memory_mb": 100, "final_loss": 1.0,
-               "tokens_per_s": {"median": 1280.0, "ci95_low": 1152.0, "ci95_high": 1408.0}}
+               "peak_memory_mb": 100, "final_loss": 1.0, "tokens_per_sample": 128}
     line = one_line({"stage": "baseline", "status": "baseline", "reason": "r", "metrics": metrics})
     assert "10.0 samples/s [9.0, 11.0] = 1,280 tokens/s [1,152, 1,408]" in line
 

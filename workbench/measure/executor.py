@@ -28,10 +28,12 @@ from workbench.training import host_memory
 from workbench.training.batched_input import DeviceAugment
 from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
-from workbench.training.model import apply_all, build_model, build_optimizer, natural_block_count, natural_blocks
+from workbench.training.model import (apply_all, block_activation_shares, build_model, build_optimizer,
+                                      natural_block_count, natural_blocks)
 from workbench.training.language import language_model_loss, next_token_correct
 from workbench.progress import Progress, stderr_log
-from workbench.results import CUDA_SNAPSHOT_FILE, MEMORY_TIMELINE_FILE, per_rank, write_text_atomic
+from workbench.results import (CUDA_SNAPSHOT_FILE, MEASURED_CONTEXT_FILE, MEMORY_TIMELINE_FILE, per_rank,
+                               write_text_atomic)
 from workbench.trace.capture import capture, cuda_snapshot, memory_timeline, trace_steps
 from workbench.training.step import BatchStream, StepSettings, TrainStep, UserTask, classification_loss, map_tensors
 
@@ -149,11 +151,17 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     on_cpu = device_transform(cfg, torch.device("cpu"))
     augment_on_cpu = (lambda b: (on_cpu(b[0]), b[1])) if on_cpu else None
     flops = count_flops(make_model, cfg, data, loss_fn, augment_on_cpu, collate)
+    shares = activation_shares(make_model, cfg, data, loss_fn, augment_on_cpu, collate)
+    if cfg.compile != "none":
+        # A fresh start for dynamo's caches: in-process rounds (a model from Python) would otherwise reuse
+        # an earlier round's compiled code, and the warm-up would report a compile of 0 s.
+        torch._dynamo.reset()
     rss_before_model = clocks.current_rss_mb()
     eager = make_model()
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist, cfg.sharding, natural_blocks(m)))
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes,
+                 **({"block_activation_shares": [round(s, 4) for s in shares]} if shares else {}),
                  **token_notes(eager, cfg, spec.tokens_per_sample))
     allocator = host_memory.in_effect()
     if allocator:
@@ -336,6 +344,20 @@ def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data,
         return flops * cfg.effective_micro_batch * cfg.accumulation_steps
 
 
+def activation_shares(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data, loss_fn, prepare=None,
+                      collate: Callable | None = None) -> list[float] | None:
+    """Each natural block's share of the kept activations, from a forward on the meta device (no memory,
+    no compute); None where the model cannot run there or has no blocks (the prediction then counts evenly)."""
+    try:
+        batch = real_batch(data, cfg.effective_micro_batch, collate)
+        batch = map_tensors(prepare(batch) if prepare else batch, lambda t: t.to("meta"))
+        with torch.device("meta"):
+            model = make_model()
+            return block_activation_shares(model, lambda: loss_fn(model, batch))
+    except Exception:  # a factory doing real work at construction, an op without a meta kernel
+        return None
+
+
 def _step_flops(model: torch.nn.Module, batch, loss_fn) -> float:
     counter = FlopCounterMode(display=False)
     with counter:
@@ -421,6 +443,15 @@ def _trace_pass(built: Built, trace_dir: Path, progress: Progress, brief: bool =
                        built.dist.rank, built.dist.world_size, brief)
     finally:
         built.step.annotate = False
+
+
+def write_measured_context(built: Built, metrics: dict, trace_dir: Path) -> None:
+    """Beside the trace, what the run measured that the trace cannot hold: `workbench analyze` reads it."""
+    context = {"host_cpu": metrics.get("host_cpu"), "host_allocator": built.cfg.host_allocator,
+               "precision": built.cfg.precision, "num_workers": built.cfg.num_workers,
+               "fused_optimizer": built.cfg.fused_optimizer, "compile": built.cfg.compile}
+    name = per_rank(MEASURED_CONTEXT_FILE, built.dist.rank, built.dist.world_size)
+    write_text_atomic(trace_dir / name, json.dumps(context))
 
 
 def _memory_views(built: Built, trace_dir: Path, progress: Progress) -> dict:
@@ -519,7 +550,7 @@ def _token_rates(notes: dict, throughput: dict, mean_step_s: float, peak_flops: 
         return {}
     estimate = notes["flops_estimate_per_step"]
     return {"tokens_per_sample": per_sample,
-            "tokens_per_s": {key: throughput[key] * per_sample for key in ("median", "ci95_low", "ci95_high")},
+            "tokens_per_s": stats.scaled_rate(throughput, per_sample),
             "flops_estimate_per_step": estimate, "flops_estimate_method": notes["flops_estimate_method"],
             "mfu_estimate": estimate / mean_step_s / peak_flops if peak_flops else None}
 
@@ -561,6 +592,8 @@ def _with_extras(built: Built, metrics: dict, trace_dir: Path | None, progress: 
         # After the accuracy check: its steps revisit one batch, which says nothing about learning.
         metrics["compute_only"], metrics["compute_only_error"] = _guarded(lambda: compute_only(built, progress))
     trace, metrics["trace_error"] = _guarded(lambda: _trace_pass(built, trace_dir, progress, brief) if trace_dir else None)
+    if trace:
+        write_measured_context(built, metrics, Path(trace["file"]).parent)
     metrics["trace_overhead_s"] = trace["wall_s"] if trace else 0.0
     if trace_dir and not brief and built.cfg.memory_timeline:
         metrics["memory_timeline"], metrics["memory_timeline_error"] = _guarded(

@@ -175,11 +175,28 @@ def _compounding(view: RunView) -> str | None:
 
 
 def _no_change(steps: list[dict]) -> str | None:
-    flat = [r["stage"] for r in steps if r.get("verdict_vs_previous") == "no significant change"]
+    """Stages judged "no significant change": those whose interval holds 1, and apart from them those whose
+    interval excludes 1 but stays under the bar to keep (min_effect, or the machine's noise floor)."""
+    flat = [r for r in steps if r.get("verdict_vs_previous") == "no significant change"]
     if not flat:
         return None
-    return (f"- No measurable change (95% interval holds 1): {', '.join(f'`{s}`' for s in flat)}. "
-            "Small effects need more repeats to resolve.")
+    holds = [r for r in flat if not _excludes_one(r)]
+    under_bar = [r for r in flat if _excludes_one(r)]
+    parts = []
+    if holds:
+        names = ", ".join(f"`{r['stage']}`" for r in holds)
+        parts.append(f"No measurable change (95% interval holds 1): {names}. "
+                     "Small effects need more rounds to resolve.")
+    if under_bar:
+        shown = ", ".join(f"`{r['stage']}` {speedup_text(r, 'speedup_vs_previous')}" for r in under_bar)
+        parts.append(f"Measurable but too small to keep (the interval excludes 1, yet stays under the smallest "
+                     f"effect worth keeping or the machine's noise floor): {shown}.")
+    return "- " + " ".join(parts)
+
+
+def _excludes_one(record: dict) -> bool:
+    low, high = record.get("speedup_vs_previous_ci95_low"), record.get("speedup_vs_previous_ci95_high")
+    return low is not None and high is not None and (low > 1 or high < 1)
 
 
 def _predictions(view: RunView) -> str | None:

@@ -7,6 +7,7 @@ the lines to add to that loop instead: each one with the stage that measured it.
 from __future__ import annotations
 
 from workbench.config import GPT_MODELS
+from workbench.trace.diagnose import GLIBC_TUNABLES_LINE
 
 CHANGES_NAME = "what_to_change.md"
 
@@ -55,8 +56,7 @@ def _lines(cfg: dict) -> list[tuple[str, str]]:
                         f"persistent_workers=True, pin_memory={bool(cfg.get('pin_memory'))})"))
     if cfg.get("host_allocator") == "retain":
         changes.append(("keep freed host memory in the process (Linux, glibc)",
-                        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647 "
-                        "python train.py"))
+                        f"{GLIBC_TUNABLES_LINE} python train.py"))
     return changes
 
 

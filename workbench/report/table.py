@@ -154,7 +154,8 @@ def _metric_fields(metrics: dict) -> dict:
         "trained_steps": metrics.get("trained_steps"),
         "world_size": metrics.get("world_size"),
         # A language model's: samples/s x seq_len, and the MFU by 6N + attention beside the counted one.
-        "throughput_tokens_per_s": (metrics.get("tokens_per_s") or {}).get("median"),
+        "throughput_tokens_per_s": _times(throughput.get("median"), metrics.get("tokens_per_sample"))
+        if metrics.get("tokens_per_sample") else None,
         "tokens_per_sample": metrics.get("tokens_per_sample"),
         "mfu_estimate_percent": _times(metrics.get("mfu_estimate"), 100.0),
         **_scaling_fields(metrics.get("scaling") or {}),

@@ -24,9 +24,10 @@ def one_line(result: dict) -> str:
 
 def tokens(metrics: dict) -> str:
     """", N tokens/s [low, high]" for a language model's throughput; nothing for images."""
-    rate = metrics.get("tokens_per_s")
-    if not rate:
+    per_sample = metrics.get("tokens_per_sample")
+    if not per_sample:
         return ""
+    rate = {key: metrics["throughput"][key] * per_sample for key in ("median", "ci95_low", "ci95_high")}
     return f" = {rate['median']:,.0f} tokens/s [{rate['ci95_low']:,.0f}, {rate['ci95_high']:,.0f}]"
 
 

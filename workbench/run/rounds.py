@@ -84,6 +84,8 @@ def pooled(rounds: list[SideReport]) -> SideReport:
     rates = [round_throughput(report) for report in rounds]
     metrics["round_throughputs"] = rates
     metrics["throughput"] = _rate_interval(rates)
+    if metrics.get("tokens_per_sample"):  # a language model's rate, over the same rounds
+        metrics["tokens_per_s"] = stats.scaled_rate(metrics["throughput"], metrics["tokens_per_sample"])
     metrics["step_time_s"] = stats.spread(metrics["step_times_s"])
     metrics["epoch_time_s"] = last.metrics["epoch_time_s"] * last.metrics["throughput"]["median"] / metrics["throughput"]["median"]
     return replace(last, metrics=metrics)

@@ -163,7 +163,8 @@ def host_allocator(cfg: RunConfig, ctx: StageContext) -> RunConfig:
         raise StageSkipped(why)
     if not ctx.own_processes:
         raise StageSkipped("the allocator is set per measuring process, and this run's rounds share your Python "
-                           "process (a model or dataset passed from Python)")
+                           "process (a model or dataset passed from Python): measure it with --model module:function "
+                           f"on the command line, or start your script with {diagnose.GLIBC_TUNABLES_LINE}")
     if ctx.host_cpu is not None and not diagnose.faulting(ctx.host_cpu):
         share, faults = ctx.host_cpu.get("system_time_share", 0.0), ctx.host_cpu.get("minor_faults_per_step", 0.0)
         raise StageSkipped(f"the configuration it builds on spends {share:.1%} of its CPU time in the kernel, "

@@ -51,6 +51,10 @@ SYSTEM_TIME_SHARE_MAX = 0.05
 # sockets (gloo), futexes or I/O is not page faults, and keeping freed memory cannot remove it.
 PAGE_FAULTS_PER_STEP_MIN = 1000
 
+# The same setting for any script, no code change: glibc reads it at start (32 MiB is the most every
+# glibc takes for the mmap threshold; a larger value some ignore, and the trim threshold alone makes it worse).
+GLIBC_TUNABLES_LINE = "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647"
+
 SEVERITY_ORDER = ("high", "medium", "low", "info")
 
 # Which ladder stages a finding predicts will help, and which it predicts will not.
@@ -259,7 +263,7 @@ def rule_page_faults(summary: dict, context: dict) -> dict | None:
         f"{host.get('minor_faults_per_step', 0.0):,.0f} page faults per step: freed tensors go back to the "
         "kernel and are faulted in again the next step.", share, SYSTEM_TIME_SHARE_MAX,
         "Keep freed host memory in the process: the host_allocator stage (mallopt), or for a script "
-        "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=2147483647 "
+        f"{GLIBC_TUNABLES_LINE} "
         "(32 MiB is the most every glibc takes; a larger value some ignore, and the trim threshold alone "
         "makes it worse), or an allocator such as jemalloc or tcmalloc via LD_PRELOAD.")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from workbench.trace import analyze, comm, diagnose, ranks
 from workbench.errors import UsageError
-from workbench.results import TRACE_GLOBS
+from workbench.results import MEASURED_CONTEXT_FILE, TRACE_GLOBS
 
 ALLOWED = "a .json or .json.gz Chrome trace written by torch.profiler, or a folder holding them"
 # Tensor cores arrived with Volta (compute capability 7.0).
@@ -64,8 +64,17 @@ def _read(path: Path, with_communication: bool, measured: dict | None = None) ->
             TypeError) as error:
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise UsageError(f"{str(path)!r} is not a readable torch.profiler trace ({reason}); allowed: {ALLOWED}") from None
-    context = {**context_of(trace, summary), **(measured or {})}
+    context = {**context_of(trace, summary), **(measured if measured is not None else measured_beside(path))}
     return {**summary, "findings": diagnose.diagnose(summary, context)}, communication
+
+
+def measured_beside(path: Path) -> dict:
+    """The figures the run measured beside this trace (results.MEASURED_CONTEXT_FILE in its folder), if any."""
+    try:
+        measured = json.loads((Path(path).parent / MEASURED_CONTEXT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return measured if isinstance(measured, dict) else {}
 
 
 def analyze_file(path: Path, measured: dict | None = None) -> dict:

@@ -289,6 +289,45 @@ def wrap_checkpoints(model: nn.Module, mode: str = "blocks") -> list[str]:
     return []
 
 
+def _block_parts(model: nn.Module) -> list[list[nn.Module]]:
+    """Each natural block as the modules that run in it (before any wrapping), in wrap_checkpoints' order."""
+    kind, container, _, count = _layout(model)
+    if kind == "resnet":
+        return [[model.conv1, model.bn1, model.relu, model.maxpool],
+                *([getattr(model, name)] for name in ("layer1", "layer2", "layer3", "layer4"))]
+    children = list(container.children()) if container is not None else []
+    if kind == "segments":
+        size = _segment_size(len(children))
+        return [children[i:i + size] for i in range(0, len(children), size)]
+    return [[child] for child in children]
+
+
+def block_activation_shares(model: nn.Module, run_forward) -> list[float] | None:
+    """Each natural block's share of the activations the blocks keep for backward (the bytes its layers
+    output in one forward: run_forward()), for predicting a selective checkpointing's saving; None without
+    blocks. A CNN's first blocks keep most: counting blocks evenly would predict blocks:K's saving low."""
+    parts = _block_parts(model)
+    if not parts:
+        return None
+    sizes = [0] * len(parts)
+
+    def counter(index: int):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                sizes[index] += output.numel() * output.element_size()
+        return hook
+
+    handles = [leaf.register_forward_hook(counter(index)) for index, modules in enumerate(parts)
+               for module in modules for leaf in module.modules() if not list(leaf.children())]
+    try:
+        run_forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    total = sum(sizes)
+    return [size / total for size in sizes] if total else None
+
+
 def natural_blocks(model: nn.Module) -> list[nn.Module]:
     """The model's natural blocks as modules (after any checkpoint wrapping): FSDP shards each on its own."""
     if isinstance(model, models.ResNet):
