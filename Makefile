@@ -19,7 +19,7 @@ RUNPY := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY)
 endif
 WB := $(RUNPY) -m workbench.cli
 
-.PHONY: help setup check-env bench-verdicts ladder profile-baseline report tensorboard profile-lines bench test gpu-check experiments clean
+.PHONY: help setup check-env bench-verdicts ladder profile-baseline report tensorboard profile-lines bench test gpu-check experiments docs clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -67,6 +67,9 @@ gpu-check: setup ## short ladder on a GPU with the assertions that must hold the
 
 test: setup ## the test suite (CPU, a few minutes)
 	$(RUNPY) -m pytest -q
+
+docs: setup ## regenerate docs/commands.md from the command line's parser (the suite checks it is current)
+	$(RUNPY) -m workbench.reference > docs/commands.md
 
 clean: ## remove generated profiles, reports and data (keeps .venv)
 	rm -rf profiles/*/ reports/*/ reports/latest data/

@@ -75,3 +75,34 @@ def test_an_interval_far_above_the_bars_is_cut_at_twice_the_tallest_and_its_end_
     calm = Figure().add_subplot()
     plots.bar_chart(calm, ["a", "b"], [300.0, 350.0], errors=[(280.0, 320.0), (330.0, 370.0)])
     assert calm.get_ylim()[1] < 2 * 350.0 and not [t for t in calm.texts if t.get_text().startswith("CI to")]
+
+
+def test_labels_of_neighbouring_bars_without_data_do_not_overlap(tmp_path):
+    fig, ax = plots.new_figure(1, 1, size=(6, 4))
+    records = [{"stage": "baseline", "status": "baseline", "trace_step_time_ms": 400.0, "forward_percent": 40.0,
+                "backward_percent": 60.0},
+               {"stage": "batched_input", "status": "skipped"}, {"stage": "decode_on_device", "status": "skipped"},
+               {"stage": "amp", "status": "kept"}]
+    plots.breakdown_panel(ax, records)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    missing = [t for t in ax.texts if t.get_text() in ("skipped", "no trace")]
+    assert [t.get_text() for t in missing] == ["skipped", "skipped", "no trace"]
+    boxes = [t.get_window_extent(renderer) for t in missing]
+    assert all(not a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+
+
+def test_throughput_panel_writes_skipped_upwards_beside_each_other(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig, ax = plots.new_figure(1, 1, size=(6, 4))
+    records = [{"stage": "baseline", "status": "baseline", "throughput_samples_per_s": 80.0, "tokens_per_sample": 128},
+               {"stage": "dataloader", "status": "skipped"}, {"stage": "batched_input", "status": "skipped"},
+               {"stage": "amp", "status": "kept", "throughput_samples_per_s": 130.0, "tokens_per_sample": 128}]
+    plots.throughput_panel(ax, records)
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    skipped = [t for t in ax.texts if t.get_text() == "skipped"]
+    assert len(skipped) == 2 and skipped[0].get_rotation() == 90
+    assert not skipped[0].get_window_extent(renderer).overlaps(skipped[1].get_window_extent(renderer))
+    assert ax.get_ylabel().startswith("tokens/s")  # a language model's bars, in its unit

@@ -77,3 +77,10 @@ def test_the_probe_is_brief_untraced_and_at_the_scaled_learning_rate():
     assert (cfg.batch_size, cfg.micro_batch_size, cfg.rounds, cfg.trace) == (128, 0, 1, False)
     assert cfg.lr == pytest.approx(4e-4)
     assert "x2" in batch_search.lr_text(RunConfig(batch_size=32), RunConfig(batch_size=64, lr=2e-4))
+
+
+def test_a_probe_says_where_it_ran_and_reads_no_shared_peak():
+    alone = batch_search.verdict_of_fit(64, None, 120.0, 10_000.0, 50.0)
+    assert alone.why == "fits: 50.0 samples/s, peak 120 MiB (one brief process)"
+    shared = batch_search.verdict_of_fit(64, None, None, 10_000.0, 50.0, batch_search.SHARED)
+    assert "peak" not in shared.why.split("(")[0] and "in your Python process" in shared.why

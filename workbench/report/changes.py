@@ -55,7 +55,7 @@ def _lines(cfg: dict) -> list[tuple[str, str]]:
                         f"DataLoader(dataset, batch_size={cfg.get('batch_size')}, num_workers={cfg['num_workers']}, "
                         f"persistent_workers=True, pin_memory={bool(cfg.get('pin_memory'))})"))
     if cfg.get("host_allocator") == "retain":
-        changes.append(("keep freed host memory in the process (Linux, glibc)",
+        changes.append(("keep freed host memory in the process (Linux, glibc): start your script with",
                         f"{GLIBC_TUNABLES_LINE} python train.py"))
     return changes
 
@@ -70,5 +70,6 @@ def render(cfg: dict, model: str, provenance: str) -> str:
     if not changes:
         lines += ["Nothing: no stage beat the plain loop on this machine. Keep your script as it is.", ""]
     for index, (what, code) in enumerate(changes, 1):
-        lines += [f"## {index}. {what[0].upper()}{what[1:]}", "", "```python", code, "```", ""]
+        language = "bash" if code.startswith("GLIBC_TUNABLES") else "python"
+        lines += [f"## {index}. {what[0].upper()}{what[1:]}", "", f"```{language}", code, "```", ""]
     return "\n".join(lines)

@@ -116,9 +116,14 @@ def _clip_wide_intervals(ax, values, errors, value_label) -> None:
 
 
 def _label_bars(ax, bars, values, value_label, missing_label) -> None:
+    """Each bar's value on top; where there is none, why (skipped, failed), written upwards from the axis so
+    that neighbouring labels never run into each other."""
     missing = [missing_label] * len(values) if isinstance(missing_label, str) else missing_label
-    texts = [missing[i] if v is None else value_label(v) for i, v in enumerate(values)]
-    ax.bar_label(bars, texts, padding=3, fontsize=8)
+    ax.bar_label(bars, ["" if v is None else value_label(v) for v in values], padding=3, fontsize=8)
+    for bar, value, why in zip(bars, values, missing):
+        if value is None:
+            ax.annotate(why, (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 3), textcoords="offset points",
+                        ha="center", va="bottom", rotation=90, fontsize=7, color="#555555")
 
 
 def _decorate(ax, labels: Sequence[str], ylabel: str, title: str) -> None:
@@ -133,11 +138,13 @@ def _decorate(ax, labels: Sequence[str], ylabel: str, title: str) -> None:
 
 def stacked_bars(ax, labels: Sequence[str], series: dict[str, Sequence[float | None]],
                  ylabel: str = "", title: str = "", colors: Sequence[str] | None = None,
-                 totals: Sequence[str | None] | None = None, missing_label: str = "no data") -> None:
+                 totals: Sequence[str | None] | None = None,
+                 missing_label: str | Sequence[str] = "no data") -> None:
     """One bar per label, stacked from the series in order (None counts as 0).
 
     totals: per bar, a text printed on top (e.g. the absolute total when the stack shows shares);
-    None there marks a label without data, which prints missing_label instead.
+    None there marks a label without data, which prints missing_label instead (one string, or one per
+    bar), written upwards: side by side, horizontal words of neighbouring bars would run into each other.
     """
     bottoms = [0.0] * len(labels)
     for position, (name, values) in enumerate(series.items()):
@@ -146,9 +153,13 @@ def stacked_bars(ax, labels: Sequence[str], series: dict[str, Sequence[float | N
         ax.bar(range(len(labels)), heights, bottom=bottoms, label=name, color=color,
                edgecolor="white", linewidth=0.5, zorder=2)
         bottoms = [b + h for b, h in zip(bottoms, heights)]
+    missing = [missing_label] * len(labels) if isinstance(missing_label, str) else list(missing_label)
     for position, text in enumerate(totals or []):
-        ax.text(position, bottoms[position], missing_label if text is None else text,
-                ha="center", va="bottom", fontsize=8)
+        if text is None:
+            ax.text(position, bottoms[position] + 2, missing[position], ha="center", va="bottom", fontsize=7,
+                    rotation=90, color="#555555")
+        else:
+            ax.text(position, bottoms[position], text, ha="center", va="bottom", fontsize=8)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     _decorate(ax, labels, ylabel, title)
     ax.margins(y=0.1)
@@ -285,7 +296,8 @@ def breakdown_panel(ax, records: Sequence[dict]) -> None:
         return
     stacked_bars(ax, [r["stage"] for r in records], series, colors=BREAKDOWN_COLORS,
                  ylabel="% of the profiled step", title=title,
-                 totals=totals, missing_label="no trace summary")
+                 totals=totals, missing_label=[r.get("status") if r.get("status") in ("skipped", "failed")
+                                               else "no trace" for r in records])
     ax.set_ylim(0, 110)
 
 

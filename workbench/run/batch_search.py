@@ -87,8 +87,14 @@ def chosen(probes: list[Probe]) -> Probe | None:
     return min((p for p in fitting if p.samples_per_s >= fastest / (1 + PLATEAU_GAIN)), key=lambda p: p.batch)
 
 
+ALONE = "one brief process"
+# A probe in the caller's process (a model or dataset from Python): its resident-memory peak is the process's
+# whole history, not the probe's, so on a CPU it is not read at all.
+SHARED = "in your Python process: its peak is not the probe's alone, so it is not read on a CPU"
+
+
 def verdict_of_fit(batch: int, failure: str | None, peak_mb: float | None, room_mb: float | None,
-                   samples_per_s: float | None) -> Probe:
+                   samples_per_s: float | None, where: str = ALONE) -> Probe:
     """A probe's reading: out of memory (or any failure) does not fit; nor does a peak over
     MEMORY_SHARE of the room there is."""
     if failure is not None:
@@ -98,7 +104,7 @@ def verdict_of_fit(batch: int, failure: str | None, peak_mb: float | None, room_
                      f"does not fit: peak {peak_mb:.0f} MiB is over {MEMORY_SHARE:.0%} of {room_mb:.0f} MiB")
     rate = f"{samples_per_s:.1f} samples/s" if samples_per_s else "no throughput"
     peak = f", peak {peak_mb:.0f} MiB" if peak_mb is not None else ""
-    return Probe(batch, True, samples_per_s, peak_mb, f"fits: {rate}{peak} (one brief process)")
+    return Probe(batch, True, samples_per_s, peak_mb, f"fits: {rate}{peak} ({where})")
 
 
 def probe_config(cfg: RunConfig, batch: int) -> RunConfig:
@@ -130,8 +136,10 @@ def measure_probe(session, cfg: RunConfig, batch: int, room_mb: float | None) ->
     report = rounds.measure_alone(session, rounds.Side(probe_config(cfg, batch), f"batch {batch}"))
     if not report.measured:
         return verdict_of_fit(batch, (report.error or report.status).splitlines()[0][:160], None, room_mb, None)
-    return verdict_of_fit(batch, None, report.metrics.get("peak_memory_mb"), room_mb,
-                          rounds.round_throughput(report))
+    shared = not session.isolate
+    readable = not (shared and session.context.device_type == "cpu")
+    return verdict_of_fit(batch, None, report.metrics.get("peak_memory_mb") if readable else None, room_mb,
+                          rounds.round_throughput(report), SHARED if shared else ALONE)
 
 
 def run_search(session, cfg: RunConfig) -> tuple[RunConfig, dict]:
@@ -141,6 +149,7 @@ def run_search(session, cfg: RunConfig) -> tuple[RunConfig, dict]:
     if budget_mib:  # under a memory budget a size fits only within it: the room whose share is the budget
         room = min(room or math.inf, budget_mib / MEMORY_SHARE)
     session.log(f"== batch_size: searching the largest batch that fits, from {cfg.batch_size} up to "
-                f"{cfg.batch_size * MOST_FACTOR} (doubling; each size one brief process)")
+                f"{cfg.batch_size * MOST_FACTOR} (doubling; each size " + ("one brief process)" if session.isolate
+                                                                           else "measured briefly in your process)"))
     probes = search(cfg.batch_size, lambda batch: measure_probe(session, cfg, batch, room), log=session.log)
     return searched(cfg, probes)
