@@ -111,7 +111,7 @@ def test_stage_order_is_the_ladder():
     assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "decode_on_device",
                                   "attention_flash", "attention_efficient", "attention_cudnn", "attention_math",
                                   "channels_last", "fused_optimizer", "host_allocator", "accumulation", "checkpointing",
-                                  "optimizer_8bit", "adafactor", "zero1", "fsdp", "cuda_graphs", "compile", "batch_size")
+                                  "chunked_loss", "optimizer_8bit", "adafactor", "zero1", "fsdp", "cuda_graphs", "compile", "batch_size")
 
 
 def test_select_all_and_by_name_keeps_baseline_first_and_ladder_order():
@@ -149,7 +149,8 @@ def test_every_stage_is_a_pure_function_of_the_config():
     from workbench.training.model import eight_bit_unavailable
     needs_glibc = {"host_allocator"} if host_memory.unavailable_reason() else set()
     needs_bitsandbytes = {"optimizer_8bit"} if eight_bit_unavailable() else set()
-    assert applied == set(stages.STAGE_NAMES) - needs_glibc - needs_bitsandbytes
+    language_model_only = {"chunked_loss"}  # tests/training/test_language.py applies it to a gpt
+    assert applied == set(stages.STAGE_NAMES) - needs_glibc - needs_bitsandbytes - language_model_only
 
 
 def test_baseline_is_identity():

@@ -31,7 +31,7 @@ ALLOWED = {
     "entry": {"core", "trace", "training", "launch", "measure", "run", "report", "experiments"},
 }
 SUBPACKAGES = ("run", "launch", "measure", "trace", "training", "report", "experiments")
-ENTRY_MODULES = ("cli", "api", "__main__")
+ENTRY_MODULES = ("cli", "api", "__main__", "reference")  # reference: docs/commands.md from the parser
 
 
 def block(module: str) -> str:

@@ -275,7 +275,7 @@ COMPARE_OK, COMPARE_REGRESSION, COMPARE_BAD_INPUT, COMPARE_INTERNAL_ERROR = 0, 1
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from workbench.report.compare import compare_runs, format_table, machine_differences
+    from workbench.report.compare import compare_runs, family_text, format_table, machine_differences
 
     if not 0 <= args.threshold < 1:
         raise UsageError(f"--threshold {args.threshold} is out of range; allowed: 0 <= threshold < 1 (0.03 is 3%)")
@@ -299,6 +299,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print("note: the two runs did not run on the same machine and software, so a change below may be "
                   "the machine's, not the code's: " + "; ".join(differences))
         print(format_table(rows))
+        family = max((row["speedup"].get("family", 1) for row in rows if row.get("speedup")), default=0)
+        if family:
+            print(f"speed rows: {family_text(family)}")
     if regressed:
         print(f"REGRESSION: {args.metric} got significantly worse (interval beyond {args.threshold:.0%})", file=sys.stderr)
     return COMPARE_REGRESSION if regressed else COMPARE_OK

@@ -62,6 +62,9 @@ class RunConfig:
     seq_len: int = field(default=128, metadata=_doc(
         "tokens per sample for language models (--data tokens or tokens:PATH): each sample is a window of seq_len "
         "input tokens and the same window shifted by one as targets"))
+    loss_chunks: int = field(default=1, metadata=_doc(
+        "the built-in GPT's loss computed over this many slices of the sequence, each checkpointed, so that the "
+        "whole batch x seq_len x vocab logits never exist at once (1: all at once)"))
     token_dtype: str = field(default="uint16", metadata=_doc(
         "the id type of a token file (data=tokens:PATH): uint16 (nanoGPT's and llm.c's .bin) or uint32"))
     batch_size: int = field(default=32, metadata=_doc("samples per optimizer step (the effective batch)"))
@@ -229,7 +232,7 @@ def _check_positive(name: str, value: int | float, minimum: int = 1) -> None:
 
 
 def validate(cfg: RunConfig) -> None:
-    for name in ("image_size", "seq_len", "batch_size", "timed_steps", "repeats", "rounds", "prefetch_factor", "synthetic_per_batch"):
+    for name in ("image_size", "seq_len", "loss_chunks", "batch_size", "timed_steps", "repeats", "rounds", "prefetch_factor", "synthetic_per_batch"):
         _check_positive(name, getattr(cfg, name))
     # At least one warm-up step: the first step pays for allocation, cuDNN autotuning and compile.
     _check_positive("warmup_steps", cfg.warmup_steps)
@@ -291,6 +294,9 @@ def _validate_workload(cfg: RunConfig) -> None:
     if is_token_data(cfg.data) and ":" not in cfg.model and not is_gpt(cfg.model):
         raise UsageError(f"data={cfg.data!r} holds tokens and model={cfg.model} is an image classifier; allowed: "
                          f"{', '.join(GPT_MODELS)} or module:function returning a causal language model")
+    if cfg.loss_chunks > 1 and not is_gpt(cfg.model):
+        raise UsageError(f"loss_chunks={cfg.loss_chunks} needs a built-in GPT ({', '.join(GPT_MODELS)}), whose head and "
+                         "loss the workbench computes; allowed with other models: 1")
     if is_token_data(data_source(cfg)) and cfg.input_pipeline != "per_sample":
         raise UsageError(f"input_pipeline={cfg.input_pipeline} augments images; with token data allowed: per_sample")
 

@@ -314,3 +314,59 @@ def welch_rates(new_rates: list[float], old_rates: list[float]) -> dict:
 def scaled_rate(throughput: dict, factor: float) -> dict:
     """A throughput's median and interval times a factor (samples/s to tokens/s: x seq_len)."""
     return {key: throughput[key] * factor for key in ("median", "ci95_low", "ci95_high")}
+
+
+def _incomplete_beta(x: float, a: float, b: float) -> float:
+    """The regularized incomplete beta I_x(a, b), by its continued fraction (Lentz's method)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only
+        return 1.0 - _incomplete_beta(1 - x, b, a)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x)) / a
+    tiny, c, d = 1e-300, 1.0, 0.0
+    fraction = 0.0
+    for step in range(400):
+        m = step // 2
+        if step == 0:
+            numerator = 1.0
+        elif step % 2 == 0:
+            numerator = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
+        else:
+            numerator = -((a + m) * (a + b + m) * x) / ((a + 2 * m) * (a + 2 * m + 1))
+        d = 1.0 + numerator * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + numerator / c
+        c = c if abs(c) > tiny else tiny
+        fraction = (fraction or 1.0) * c * d
+        if abs(c * d - 1.0) < 1e-12:
+            break
+    return front * (fraction - 1.0)
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student's t distribution function."""
+    tail = 0.5 * _incomplete_beta(df / (df + t * t), df / 2, 0.5)
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile_at(df: float, level: float) -> float:
+    """The two-sided `level` quantile of Student's t (the 1 - (1 - level)/2 point), any df and level:
+    for intervals wider than 95% (a family of comparisons judged at once). Bisection on t_cdf; the degrees
+    of freedom are rounded down (the conservative side), as t_quantile's are."""
+    df = max(1, math.floor(df))
+    target = 1 - (1 - level) / 2
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < target:
+        high *= 2
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if t_cdf(middle, df) < target else (low, middle)
+    return (low + high) / 2
+
+
+def family_level(count: int, level: float = CONFIDENCE) -> float:
+    """Bonferroni: each of `count` intervals at this level keeps the chance of any false verdict among
+    them under 1 - level."""
+    return 1 - (1 - level) / max(count, 1)

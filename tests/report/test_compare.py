@@ -115,6 +115,36 @@ def test_a_real_10_percent_regression_is_caught_where_the_rounds_can_see_it():
     caught = [gain_change(simulated_run(rng, 0.14, 0.04, 8), simulated_run(rng, 0.14 + np.log(0.9), 0.04, 8),
                           0.03)["ci95_high"] < 0.97 for _ in range(400)]
     assert np.mean(caught) >= 0.9
+
+
+def test_judged_rows_are_controlled_as_a_family_not_one_by_one():
+    """24 stages of two runs of one revision, each 4 paired rounds at 5% noise: judged one by one at 95%,
+    some row is flagged faster or slower in most comparisons (24 chances); with the family's level the
+    chance of any flagged row stays near 5%, and the compare line says how many false rows to expect."""
+    from workbench import stats
+    from workbench.report.compare import family_text, gain_change
+
+    rng = np.random.default_rng(5)
+
+    def any_flag(level: float) -> bool:
+        verdicts = [gain_change(simulated_run(rng, 0.1, 0.05), simulated_run(rng, 0.1, 0.05), 0.0, level, 24)["verdict"]
+                    for _ in range(24)]
+        return any(v in ("faster", "slower") for v in verdicts)
+
+    one_by_one = np.mean([any_flag(0.95) for _ in range(200)])
+    as_family = np.mean([any_flag(stats.family_level(24)) for _ in range(200)])
+    assert one_by_one > 0.3 and as_family <= 0.08
+    assert "expect at most 0.05 false rows" in family_text(24) and "99.79%" in family_text(24)
+
+
+def test_the_t_quantile_at_any_level_is_students():
+    from workbench import stats
+
+    assert stats.t_quantile_at(3, 0.95) == pytest.approx(3.182, abs=1e-3)
+    assert stats.t_quantile_at(10, 0.99) == pytest.approx(3.169, abs=1e-3)
+    assert stats.t_quantile_at(1, 0.95) == pytest.approx(12.706, abs=1e-3)
+
+
 def test_faster_run_is_not_a_regression(tmp_path):
     faster = altered_copy(tmp_path, "07-compile.json", slow_down(0.8))
     rows, regressed = compare_runs(LADDER, faster)

@@ -195,3 +195,12 @@ def test_the_reports_bottleneck_section_names_the_straggler_from_rank_traces(tmp
     # One trace (a one-process run), or traces no longer on disk: no block.
     assert ranks_block({"trace_file": str(tmp_path / "gone" / "rank0.json")}, tmp_path) == []
     assert ranks_block({"trace_file": None}, tmp_path) == []
+
+
+def test_one_ranks_gpu_trace_alone_shows_its_exposed_communication(tmp_path):
+    write(tmp_path, [nccl_trace(0)])
+    doc = explain.analyze_file(next(tmp_path.iterdir()))
+    exposed = next(f for f in doc["findings"] if f["rule"] == "communication_exposed")
+    assert exposed["value"] == pytest.approx(10 / 21)
+    assert exposed["evidence"].startswith("This rank spends 47.6% of the step in collectives")
+    assert "GPU timeline alone" in exposed["evidence"]

@@ -319,3 +319,22 @@ def test_logits_finding_gives_the_figure_against_the_peak():
     assert finding["value"] == pytest.approx(3 * 786.0 / 4000, rel=1e-3)
     small = {"logits": {"batch": 32, "seq_len": 128, "vocab": 2048}, "peak_memory_mb": 4000.0}
     assert diagnose.rule_logits({}, small) is None
+
+
+def test_chunked_loss_is_the_same_loss_without_all_the_logits():
+    torch.manual_seed(0)
+    whole = build_model("gpt", 64, 16)
+    chunked = build_model("gpt", 64, 16, loss_chunks=4)
+    chunked.load_state_dict(whole.state_dict())
+    ids = torch.randint(0, 64, (2, 16))
+    targets = torch.roll(ids, -1, 1)
+    losses = [language.language_model_loss(model, (ids, targets)) for model in (whole, chunked)]
+    assert torch.allclose(losses[0], losses[1], atol=1e-5)
+    for loss in losses:
+        loss.backward()
+    assert torch.allclose(whole.head.weight.grad, chunked.head.weight.grad, atol=1e-5)
+    assert stages.chunked_loss(RunConfig(model="gpt"), _ctx()).loss_chunks == stages.LOSS_CHUNKS
+    with pytest.raises(StageSkipped, match="built-in"):
+        stages.chunked_loss(RunConfig(model="mine:build", data="tokens"), _ctx())
+    with pytest.raises(UsageError, match="loss_chunks=4 needs a built-in GPT"):
+        RunConfig(model="resnet18", loss_chunks=4)

@@ -145,7 +145,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     eval_data = _eval_data(cfg, dataset, log)  # before the memory baseline: data is not the model's memory
     loss_fn = language_model_loss if spec.tokens_per_sample else _loss_fn(dataset)
     make_model = (lambda: model_factory(spec.num_classes)) if model_factory else (
-        lambda: build_model(cfg.model, spec.num_classes, cfg.seq_len if spec.tokens_per_sample else 0))
+        lambda: build_model(cfg.model, spec.num_classes, cfg.seq_len if spec.tokens_per_sample else 0, cfg.loss_chunks))
     # The batched pipelines load uint8 images at their source size, or files' bytes: count on what
     # the model sees, the same transform run on the CPU.
     on_cpu = device_transform(cfg, torch.device("cpu"))

@@ -35,10 +35,23 @@ def _lines(cfg: dict) -> list[tuple[str, str]]:
     mode = cfg.get("checkpointing", "none")
     if mode != "none":
         which = {"blocks": "every block"}.get(mode, mode.replace("blocks:", "the first ").replace("every:", "every "))
+        head, _, k = mode.partition(":")
+        picked = {"blocks": "True" if not k else f"i < {k}", "every": f"i % {k} == 0"}[head]
         changes.append((f"checkpoint the repeated blocks ({which}): recompute their activations in backward",
+                        "from torch.utils.checkpoint import checkpoint\n"
+                        "for i, block in enumerate(self.blocks):   # in your model's forward\n"
+                        f"    x = checkpoint(block, x, use_reentrant=False) if {picked} else block(x)"
+                        if picked != "True" else
                         "from torch.utils.checkpoint import checkpoint\n"
                         "for block in self.blocks:   # in your model's forward\n"
                         "    x = checkpoint(block, x, use_reentrant=False)"))
+    chunks = int(cfg.get("loss_chunks") or 1)
+    if chunks > 1:
+        changes.append((f"compute the head and the loss over {chunks} slices of the sequence, each checkpointed",
+                        "def piece(h, t):\n    logits = head(ln_f(h))\n"
+                        "    return F.cross_entropy(logits.flatten(0, 1).float(), t.flatten(), reduction='sum')\n"
+                        f"loss = sum(checkpoint(piece, h, t, use_reentrant=False) for h, t in\n"
+                        f"           zip(hidden.chunk({chunks}, 1), targets.chunk({chunks}, 1))) / targets.numel()"))
     if cfg.get("fused_optimizer"):
         changes.append(("a fused optimizer step", "torch.optim.AdamW(model.parameters(), lr=lr, fused=True)"))
     if cfg.get("compile", "none") != "none":

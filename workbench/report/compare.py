@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from pathlib import Path
 
 from workbench import stats
@@ -49,10 +50,15 @@ def compare_runs(run_a_dir: Path, run_b_dir: Path, metric: str = "throughput",
     b_records = {r["stage"]: _one_denominator(r, b_flops.get(r["stage"]), a_flops.get(r["stage"])) for r in b_view.records}
     a_paired, b_paired = _paired_by_stage(a_view), _paired_by_stage(b_view)
     stages = list(a_records) + [s for s in b_records if s not in a_records]
+    # Every judged stage is one more chance of a false flag: each interval is widened (Bonferroni) so that
+    # the chance of any false verdict among them stays under 5% (two ladders of one revision, judged at 95%
+    # each, flagged 1 of 24 rows "faster").
+    judged = sum(_judgeable(a_paired.get(stage), b_paired.get(stage)) for stage in stages)
+    level = stats.family_level(judged)
+    changes = {stage: gain_change(a_paired.get(stage), b_paired.get(stage), threshold, level, judged) for stage in stages}
     rows = [row for stage in stages for name in METRICS
             if (row := delta_row(stage, name, a_records.get(stage), b_records.get(stage),
-                                 metric, threshold, gain_change(a_paired.get(stage), b_paired.get(stage), threshold)))
-            is not None]
+                                 metric, threshold, changes[stage])) is not None]
     rows.sort(key=_sort_key)
     return rows, any(row["regression"] for row in rows)
 
@@ -95,7 +101,21 @@ def _finite(ratio: dict) -> bool:
     return bool(ratio.get("ratio")) and (ratio.get("ci95_low") or 0) > 0 and math.isfinite(ratio.get("ci95_high", math.inf))
 
 
-def gain_change(a: dict | None, b: dict | None, threshold: float) -> dict | None:
+def _judgeable(a: dict | None, b: dict | None) -> bool:
+    return a is not None and b is not None and a["against"] == b["against"]
+
+
+def family_text(judged: int) -> str:
+    """What the family-wise level means for a reader of the table."""
+    if judged <= 1:
+        return f"{judged} stage judged at 95%"
+    level = stats.family_level(judged)
+    return (f"{judged} stages judged, each interval at {level:.2%} (Bonferroni): the chance of any false verdict "
+            f"among them is at most 5%, so expect at most {1 - stats.CONFIDENCE:.2f} false rows in all")
+
+
+def gain_change(a: dict | None, b: dict | None, threshold: float, level: float = stats.CONFIDENCE,
+                family: int = 1) -> dict | None:
     """B's paired speedup over A's, with a 95% interval that carries both runs' spread: a Welch
     t-interval on the two runs' per-round log ratios where they are recorded, else one built from
     each run's own interval. None when a side has none; a note when the two runs measured the stage
@@ -106,12 +126,15 @@ def gain_change(a: dict | None, b: dict | None, threshold: float) -> dict | None
         return {"not_judged": f"A measured it against {a['against']}, B against {b['against']}"}
     if len(a.get("log_ratios") or []) > 1 and len(b.get("log_ratios") or []) > 1:
         diff, se, df = stats.welch_logs(b["log_ratios"], a["log_ratios"])
-        half, method = stats.t_quantile(df) * se, "Welch t-interval on the two runs' per-round log ratios"
+        half, method = stats.t_quantile_at(df, level) * se, "Welch t-interval on the two runs' per-round log ratios"
     else:
         diff = math.log(b["ratio"]) - math.log(a["ratio"])
-        half, method = stats.Z_975 * math.hypot(_log_se(a), _log_se(b)), "from each run's own 95% interval"
+        z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+        half, method = z * math.hypot(_log_se(a), _log_se(b)), "from each run's own 95% interval"
     ratio = {"ratio": math.exp(diff), "ci95_low": math.exp(diff - half), "ci95_high": math.exp(diff + half),
-             "method": f"B's paired speedup vs {a['against']} over A's: {method}"}
+             "method": f"B's paired speedup vs {a['against']} over A's: {method}, at {level:.2%}"
+                       + (f" (one of {family} stages judged: Bonferroni)" if family > 1 else ""),
+             "level": level, "family": family}
     return {**ratio, "verdict": stats.judged_verdict(ratio, threshold)}
 
 

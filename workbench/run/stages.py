@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from workbench.config import RunConfig, is_token_workload
+from workbench.config import RunConfig, is_gpt, is_token_workload
 from workbench.device import Capabilities
 from workbench.errors import StageSkipped, UsageError
 from workbench.trace import diagnose
@@ -216,6 +216,21 @@ def fsdp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return _sharded(cfg, ctx, "fsdp")
 
 
+LOSS_CHUNKS = 4
+
+
+def chunked_loss(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if not is_token_workload(cfg):
+        raise StageSkipped("a chunked loss is for language models' logits (batch x seq_len x vocab)")
+    if not is_gpt(cfg.model):
+        raise StageSkipped("chunking the loss needs the model's last hidden states and output head, which the built-in "
+                           "gpt exposes and a model of yours computes inside its forward; for yours: the logits "
+                           "finding's action (a fused linear cross-entropy, or the head and loss over slices)")
+    if cfg.seq_len < LOSS_CHUNKS:
+        raise StageSkipped(f"seq_len={cfg.seq_len} is too short to cut into {LOSS_CHUNKS} slices")
+    return cfg.with_overrides(loss_chunks=LOSS_CHUNKS)
+
+
 def checkpointing(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     if ctx.model_facts.get("natural_blocks") == 0:
         raise StageSkipped("no natural blocks found in the model; supported: ResNets, ViTs, a Sequential 'features', "
@@ -277,6 +292,9 @@ STAGES: tuple[Stage, ...] = (
           "micro-batches: lower peak memory, not speed", accumulation),
     Stage("checkpointing", MEMORY, "recompute each block's activations in backward (non-reentrant): "
           "lower peak memory at a cost in time (BatchNorm statistics update twice: pytorch#96136)", checkpointing),
+    Stage("chunked_loss", MEMORY, f"the built-in gpt's output head and cross-entropy over {LOSS_CHUNKS} slices of the "
+          "sequence, each checkpointed: the batch x seq_len x vocab logits never exist at once (language models)",
+          chunked_loss),
     Stage("optimizer_8bit", MEMORY, "Adam's two states in 8 bits (bitsandbytes' blockwise-quantized Adam8bit/"
           "AdamW8bit): about 4x less optimizer state; changes the optimization (loss and held-out accuracy "
           "shown beside it); only when named in --stages or tried by --memory-budget", optimizer_8bit,

@@ -68,7 +68,7 @@ PREDICTS = {
     "memory_pressure": {"accumulation", "checkpointing"},
     "optimizer_step": {"fused_optimizer"},
     "page_faults": {"host_allocator"},
-    "logits": {"accumulation"},
+    "logits": {"accumulation", "chunked_loss"},
 }
 RULES_OUT = {
     "compute_bound": {"dataloader"},

@@ -65,7 +65,27 @@ def _read(path: Path, with_communication: bool, measured: dict | None = None) ->
         reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise UsageError(f"{str(path)!r} is not a readable torch.profiler trace ({reason}); allowed: {ALLOWED}") from None
     context = {**context_of(trace, summary), **(measured if measured is not None else measured_beside(path))}
-    return {**summary, "findings": diagnose.diagnose(summary, context)}, communication
+    findings = diagnose.diagnose(summary, context)
+    if not with_communication:
+        findings = _with_exposed_communication(trace, summary, findings)
+    return {**summary, "findings": findings}, communication
+
+
+def _with_exposed_communication(trace: dict, summary: dict, findings: list[dict]) -> list[dict]:
+    """One rank's trace alone: NCCL kernels on its GPU timeline with nothing else of the rank's running are
+    exposed communication too (read across ranks when there are several traces: trace/ranks.py)."""
+    if not summary.get("device"):
+        return findings
+    found = comm.communication(trace)
+    if found["timeline"] != comm.GPU_TIMELINE or not found["ops"]:
+        return findings
+    exposed = ranks.rule_communication_exposed([ranks.rank_row(summary, found)])
+    if exposed is None:
+        return findings
+    exposed["evidence"] = (exposed["evidence"].replace("Every rank spends at least", "This rank spends")
+                           + " Read from this rank's GPU timeline alone: the other ranks' traces say whether it "
+                             "waits for a slower rank or for the wire (workbench analyze on the folder of all ranks).")
+    return sorted(findings + [exposed], key=lambda f: diagnose.SEVERITY_ORDER.index(f["severity"]))
 
 
 def measured_beside(path: Path) -> dict:

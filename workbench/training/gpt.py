@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,9 @@ class GPT(nn.Module):
     """Token and position embeddings, `blocks` (a ModuleList: what checkpointing wraps), a final
     LayerNorm and the output head, which shares the token embedding's weight."""
 
-    def __init__(self, vocab_size: int, seq_len: int, size: GPTSize) -> None:
+    def __init__(self, vocab_size: int, seq_len: int, size: GPTSize, loss_chunks: int = 1) -> None:
         super().__init__()
-        self.seq_len = seq_len
+        self.seq_len, self.loss_chunks = seq_len, loss_chunks
         self.token_embedding = nn.Embedding(vocab_size, size.width)
         self.position_embedding = nn.Embedding(seq_len, size.width)
         self.blocks = nn.ModuleList(Block(size.width, size.heads) for _ in range(size.layers))
@@ -89,7 +90,9 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits (batch, seq_len, vocab); with targets while training, (logits, loss), and with
+        loss_chunks > 1 (None, loss) computed a chunk of the sequence at a time (chunked_loss)."""
         length = ids.shape[1]
         if length > self.seq_len:
             raise ValueError(f"a sequence of {length} tokens is longer than this model's {self.seq_len} positions")
@@ -97,8 +100,26 @@ class GPT(nn.Module):
         x = self.token_embedding(ids) + self.position_embedding(positions)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))
+        if targets is None or not torch.is_grad_enabled():
+            return self.head(self.ln_f(x))
+        if self.loss_chunks > 1:
+            return None, chunked_cross_entropy(x, targets, lambda h: self.head(self.ln_f(h)), self.loss_chunks)
+        logits = self.head(self.ln_f(x))
+        return logits, F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
 
 
-def build_gpt(name: str, vocab_size: int, seq_len: int) -> GPT:
-    return GPT(vocab_size, seq_len, SIZES[name])
+def chunked_cross_entropy(hidden: torch.Tensor, targets: torch.Tensor, head, chunks: int) -> torch.Tensor:
+    """Mean next-token cross-entropy without all the logits at once: the head and the loss run over
+    `chunks` slices of the sequence, each checkpointed, so backward recomputes one slice's logits at a time
+    instead of keeping batch x seq_len x vocab of them (and their log-softmax and gradient)."""
+    def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = head(h)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), t.reshape(-1), reduction="sum")
+
+    total = sum(checkpoint(piece, h, t, use_reentrant=False)
+                for h, t in zip(hidden.chunk(chunks, dim=1), targets.chunk(chunks, dim=1)))
+    return total / targets.numel()
+
+
+def build_gpt(name: str, vocab_size: int, seq_len: int, loss_chunks: int = 1) -> GPT:
+    return GPT(vocab_size, seq_len, SIZES[name], loss_chunks)

@@ -20,13 +20,14 @@ from workbench.errors import StageSkipped, UsageError
 DEFAULT_SEQ_LEN = CPU_TOKEN_DEFAULTS["seq_len"]
 
 
-def build_model(name: str, num_classes: int, seq_len: int = 0) -> nn.Module:
+def build_model(name: str, num_classes: int, seq_len: int = 0, loss_chunks: int = 1) -> nn.Module:
     """A torchvision classifier by name (random init: no weights download), a built-in GPT, or a user
-    factory. For a language model (seq_len > 0) num_classes is the data's vocabulary."""
+    factory. For a language model (seq_len > 0) num_classes is the data's vocabulary; loss_chunks > 1
+    (the built-in GPT only) computes its loss a slice of the sequence at a time."""
     if ":" in name:
         return _from_factory(name, num_classes, seq_len)
     if gpt.is_builtin(name):
-        return gpt.build_gpt(name, num_classes, seq_len or DEFAULT_SEQ_LEN)
+        return gpt.build_gpt(name, num_classes, seq_len or DEFAULT_SEQ_LEN, loss_chunks)
     available = models.list_models(module=models)
     if name not in available:
         raise UsageError(f"model={name!r} is not a torchvision classification model; allowed: "
