@@ -1,6 +1,7 @@
 """A language model through the ladder: the built-in GPT-2-style decoder on synthetic tokens, in tokens/s,
-with its blocks checkpointed and SDPA's backends measured. For your own model and tokens, the command line
-does the same: `workbench run --model mymodule:build --data tokens:train.bin --seq-len 256`.
+with its blocks checkpointed, its loss chunked, and SDPA's math reference measured against its fused
+kernel. For your own model and tokens, the command line does the same:
+`workbench run --model mymodule:build --data tokens:train.bin --seq-len 256`.
 
     python examples/language_model.py
     python examples/language_model.py --tiny
@@ -19,7 +20,7 @@ parser.add_argument("--run-name", default="example-gpt")
 args = parser.parse_args()
 small = dict(seq_len=32, batch_size=4, warmup_steps=1, timed_steps=2, repeats=1, rounds=1, trace=False) if args.tiny else {}
 cfg = RunConfig(model="gpt", data="tokens", run_name=args.run_name, **small)
-results = optimize(cfg, stages="attention_flash,checkpointing", overwrite=True)
+results = optimize(cfg, stages="attention_math,checkpointing,chunked_loss", overwrite=True)
 for result in results:
     metrics = result.get("metrics") or {}
     tokens = metrics.get("tokens_per_s")

@@ -29,7 +29,7 @@ def test_own_causal_lm_on_a_token_file(tmp_path):
     checkpointing = results["checkpointing"]
     assert checkpointing["status"] == "tradeoff", checkpointing.get("reason")
     assert checkpointing["decisions"]["checkpointed_blocks"] == ["transformer.h.0", "transformer.h.1", "transformer.h.2"]
-    assert results["attention_flash"]["config"]["attention"] == "flash"
+    assert "already runs its flash kernel" in results["attention_flash"]["reason"]  # a CPU: skipped up front
     metrics = results["baseline"]["metrics"]
     assert metrics["tokens_per_sample"] == 16
     assert abs(metrics["tokens_per_s"]["median"] - 16 * metrics["throughput"]["median"]) < 1e-6

@@ -124,7 +124,7 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
         share, how = _checkpointed_share(after["checkpointing"], blocks, block_shares)
         activations *= 1 - CHECKPOINT_ACTIVATION_SAVING * share
         basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING * share:.2g}"
-                     + (f" ({after['checkpointing']} of {blocks}: {how})" if share < 1 else ""))
+                     + (f" ({after['checkpointing']} of {blocks}: {how})" if share < 0.999 else ""))
     state = _state(parts, before, after, state_by_kind, world, basis)
     replicated = parts.weights + parts.gradients
     if before.get("sharding", "none") != "fsdp" and after.get("sharding") == "fsdp" and world > 1:

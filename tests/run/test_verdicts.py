@@ -151,9 +151,10 @@ def comparison(gain: float, rounds=4) -> Comparison:
 CPU_BF16 = Capabilities("bf16", "native", False, False, False, True)
 
 
-def fake_session(logs):
+def fake_session(logs, started: float | None = None):
     cfg = RunConfig(data="synthetic")
-    return SimpleNamespace(base_cfg=cfg, context=StageContext("cpu", CPU_BF16), log=logs.append, mode="ladder")
+    return SimpleNamespace(base_cfg=cfg, context=StageContext("cpu", CPU_BF16), log=logs.append, mode="ladder",
+                           time_budget_s=480.0, started=time.monotonic() if started is None else started)
 
 
 def fake_compare(gains: dict):
@@ -175,6 +176,18 @@ class Book:
 
     def add(self, key, entry):
         self.doc[key].append(entry)
+
+
+def test_no_second_look_starts_once_the_time_budget_is_spent(monkeypatch):
+    logs, book = [], Book()
+    session = fake_session(logs, started=time.monotonic() - 500.0)
+    state = comparing.LadderState(session.base_cfg)
+    finished = [StageRecord.of({"stage": "amp", "status": "rejected", "kind": "speed"})]
+    monkeypatch.setattr(comparing, "compare", fake_compare({}))  # any comparison would fail this test
+    second_look.second_look(session, finished, state, book)
+    entry = book.doc["second_look"][0]
+    assert entry["adopted"] is False and "time budget (480 s, --time-budget) was spent" in entry["not_retried"]
+    assert any("not retried: the time budget" in line for line in logs)
 
 
 def test_second_look_adopts_an_interaction_and_skips_probes(monkeypatch):

@@ -252,13 +252,16 @@ def test_stages_that_cannot_apply_to_a_language_model_skip_up_front():
 
 def test_attention_stages_follow_the_model_and_the_device():
     cfg = RunConfig(model="gpt")
-    assert stages.attention_flash(cfg, _ctx(attention="sdpa")).attention == "flash"
+    assert stages.attention_flash(cfg, _ctx("cuda", (8, 0), attention="sdpa")).attention == "flash"
+    with pytest.raises(StageSkipped, match="already runs its flash kernel"):
+        stages.attention_flash(cfg, _ctx(attention="sdpa"))
+    assert stages.attention_math(cfg, _ctx(attention="sdpa")).attention == "math"
     with pytest.raises(StageSkipped, match="not offered on this cpu"):
         stages.attention_efficient(cfg, _ctx(attention="sdpa"))
     with pytest.raises(StageSkipped, match="by hand"):
-        stages.attention_flash(cfg, _ctx(attention="by_hand"))
+        stages.attention_flash(cfg, _ctx("cuda", (8, 0), attention="by_hand"))
     with pytest.raises(StageSkipped, match="calls no"):
-        stages.attention_flash(cfg, _ctx(attention="none"))
+        stages.attention_flash(cfg, _ctx("cuda", (8, 0), attention="none"))
     assert attention.offered("cuda", (9, 0)) == ("flash", "efficient", "cudnn", "math")
     assert attention.offered("cuda", (7, 5)) == ("efficient", "math")
     assert stages.attention_cudnn(cfg, _ctx("cuda", (9, 0), attention="sdpa")).attention == "cudnn"
@@ -338,3 +341,12 @@ def test_chunked_loss_is_the_same_loss_without_all_the_logits():
         stages.chunked_loss(RunConfig(model="mine:build", data="tokens"), _ctx())
     with pytest.raises(UsageError, match="loss_chunks=4 needs a built-in GPT"):
         RunConfig(model="resnet18", loss_chunks=4)
+
+
+def test_a_checkpointed_block_copies_and_pickles():
+    import copy
+    import pickle
+
+    block = Checkpointed(nn.Linear(2, 2))
+    assert isinstance(copy.deepcopy(block).inner, nn.Linear)
+    assert pickle.loads(pickle.dumps(block)).in_features == 2  # read through to the inner layer

@@ -3,6 +3,7 @@ configuration (effects interact: bf16 pays on a CPU only once the optimizer step
 undecided one measured afresh with the most rounds the time budget allows."""
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 
 from workbench.config import RunConfig
@@ -51,12 +52,24 @@ def cannot_pay(rejected: StageRecord, gained: float, min_effect: float) -> str |
             f"cannot lift it past {1 + min_effect:.2f}x")
 
 
+def out_of_time(session: Session) -> str | None:
+    """Why no second look starts any more: the run's time budget is spent. A second look is another try,
+    not the ladder's answer (leave-one-out, the memory budget and the headline are): it waits for none."""
+    spent = time.monotonic() - session.started
+    if spent <= session.time_budget_s:
+        return None
+    return (f"the time budget ({session.time_budget_s:.0f} s, --time-budget) was spent ({spent:.0f} s) before its "
+            "second look; a longer --time-budget gives it one")
+
+
 def second_look(session: Session, finished: list[StageRecord], state: LadderState, verdicts: Verdicts) -> None:
     for rejected in _second_look_candidates(finished):
         stage = comparing.stage_named(rejected.stage)
-        why_not = cannot_pay(rejected, _gained_since(finished, rejected), session.base_cfg.min_effect)
+        why_not = cannot_pay(rejected, _gained_since(finished, rejected), session.base_cfg.min_effect) \
+            or out_of_time(session)
         if why_not:
-            verdicts.add("second_look", {"stage": stage.name, **asdict(rejected.vs_previous),
+            first = asdict(rejected.vs_previous) if rejected.vs_previous else {}
+            verdicts.add("second_look", {"stage": stage.name, **first,
                                          "adopted": False, "not_retried": why_not, "text": f"not retried: {why_not}"})
             session.log(f"-- second look {stage.name}: not retried: {why_not}")
             continue

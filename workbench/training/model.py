@@ -181,7 +181,11 @@ class Checkpointed(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["inner"], name)
+            # Read through __dict__: while a copy or unpickling builds the object, there is no inner yet.
+            inner = self.__dict__.get("_modules", {}).get("inner")
+            if inner is None:
+                raise
+            return getattr(inner, name)
 
 
 def _wrap_resnet(model: nn.Module, picks: list[int]) -> list[str]:
