@@ -229,6 +229,17 @@ def test_clip_grad_norm_reaches_the_step(tmp_path):
     assert build(cfg.with_overrides(clip_grad_norm=0.0), log=lambda message: None).step.settings.clip_grad_norm is None
 
 
+def test_one_meta_pass_counts_the_flops_and_each_blocks_share(tmp_path):
+    from workbench.measure.executor import build
+
+    cfg = RunConfig(data="synthetic", model="resnet18", image_size=16, batch_size=4, synthetic_per_batch=16,
+                    device="cpu", data_dir=str(tmp_path))
+    notes = build(cfg, log=lambda message: None).notes
+    assert notes["flops_per_step"] > 0
+    shares = notes["block_activation_shares"]
+    assert len(shares) == 5 and abs(sum(shares) - 1) < 1e-3  # stem and layer1-4
+
+
 def test_each_compiled_build_compiles_afresh(tmp_path, monkeypatch):
     """In-process rounds must not reuse an earlier round's compiled code: compile time is its first compile."""
     import torch

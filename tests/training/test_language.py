@@ -105,6 +105,7 @@ def test_gpt_defaults_to_synthetic_tokens_and_names_seq_len_in_its_defaults_line
     ({"model": "resnet18", "data": "tokens"}, "holds tokens"),
     ({"data": "tokens:"}, "needs a path"),
     ({"model": "gpt", "seq_len": 0}, "seq_len=0 is too small"),
+    ({"model": "gpt", "loss_chunks": 0}, "loss_chunks=0 is too small"),
     ({"model": "gpt", "token_dtype": "int8"}, "token_dtype='int8'"),
     ({"checkpointing": "every:0"}, "every:K"),
     ({"attention": "sparse"}, "attention='sparse'"),

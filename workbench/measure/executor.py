@@ -150,8 +150,7 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     # the model sees, the same transform run on the CPU.
     on_cpu = device_transform(cfg, torch.device("cpu"))
     augment_on_cpu = (lambda b: (on_cpu(b[0]), b[1])) if on_cpu else None
-    flops = count_flops(make_model, cfg, data, loss_fn, augment_on_cpu, collate)
-    shares = activation_shares(make_model, cfg, data, loss_fn, augment_on_cpu, collate)
+    flops, shares = count_flops(make_model, cfg, data, loss_fn, augment_on_cpu, collate)
     if cfg.compile != "none":
         # A fresh start for dynamo's caches: in-process rounds (a model from Python) would otherwise reuse
         # an earlier round's compiled code, and the warm-up would report a compile of 0 s.
@@ -325,37 +324,29 @@ def real_batch(data, size: int, collate: Callable | None = None):
 
 
 def count_flops(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data, loss_fn, prepare=None,
-                collate: Callable | None = None) -> float:
+                collate: Callable | None = None) -> tuple[float, list[float] | None]:
     """FLOPs of one optimizer step of the plain eager model (before checkpointing adds recompute),
-    from a real batch of the data through the run's own loss.
+    from a real batch of the data through the run's own loss; and, from the same pass, each natural
+    block's share of the activations (model.block_activation_shares: what a selective checkpointing's
+    saving is predicted from; None without blocks).
 
     Counted on the meta device: no memory, no compute, and no fp32 pass that could run out of memory
     where the optimized stage would fit. A model that cannot live on meta is counted at batch 1 on
-    the CPU and scaled (FLOPs grow linearly with the batch).
+    the CPU and scaled (FLOPs grow linearly with the batch), without block shares.
     """
     try:
         batch = real_batch(data, cfg.effective_micro_batch, collate)
         batch = map_tensors(prepare(batch) if prepare else batch, lambda t: t.to("meta"))
         with torch.device("meta"):
-            return _step_flops(make_model(), batch, loss_fn) * cfg.accumulation_steps
+            model, counted = make_model(), []
+            shares = block_activation_shares(model, lambda: counted.append(_step_flops(model, batch, loss_fn)))
+            if not counted:  # no blocks: the shares' pass did not run
+                counted.append(_step_flops(model, batch, loss_fn))
+            return counted[0] * cfg.accumulation_steps, shares
     except Exception:  # a factory doing real work at construction (loading weights, say)
         one = real_batch(data, 1, collate)
         flops = _step_flops(make_model(), prepare(one) if prepare else one, loss_fn)
-        return flops * cfg.effective_micro_batch * cfg.accumulation_steps
-
-
-def activation_shares(make_model: Callable[[], torch.nn.Module], cfg: RunConfig, data, loss_fn, prepare=None,
-                      collate: Callable | None = None) -> list[float] | None:
-    """Each natural block's share of the kept activations, from a forward on the meta device (no memory,
-    no compute); None where the model cannot run there or has no blocks (the prediction then counts evenly)."""
-    try:
-        batch = real_batch(data, cfg.effective_micro_batch, collate)
-        batch = map_tensors(prepare(batch) if prepare else batch, lambda t: t.to("meta"))
-        with torch.device("meta"):
-            model = make_model()
-            return block_activation_shares(model, lambda: loss_fn(model, batch))
-    except Exception:  # a factory doing real work at construction, an op without a meta kernel
-        return None
+        return flops * cfg.effective_micro_batch * cfg.accumulation_steps, None
 
 
 def _step_flops(model: torch.nn.Module, batch, loss_fn) -> float:

@@ -28,8 +28,10 @@ def recommendations_section(view: RunView) -> list[str]:
     lines += [_tradeoff(r) for r in view.with_status("tradeoff")]
     lines += [f"- Fix `{r['stage']}` before relying on it: it failed with "
               f"`{r.get('error') or r.get('reason')}`." for r in view.with_status("failed")]
-    lines += [f"- `{r['stage']}` was skipped here ({r.get('reason')}); measure it on hardware where "
-              "it applies." for r in view.with_status("skipped")]
+    # Not "on other hardware": a stage skipped for the model or the data (channels_last without
+    # convolutions, image stages on tokens) would not apply on any.
+    lines += [f"- `{r['stage']}` was skipped here ({r.get('reason')}); it is measured where that no longer holds."
+              for r in view.with_status("skipped")]
     lines += [f"- `{r['stage']}` produced a non-finite loss: do not use it without loss scaling or a fix."
               for r in view.records if r.get("loss_finite") is False]
     return lines + _next_bottlenecks(view, final) + [""]

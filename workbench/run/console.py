@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+from workbench import stats
+
 
 def fmt(ratio: dict) -> str:
     high = ratio["ci95_high"]
@@ -27,7 +29,7 @@ def tokens(metrics: dict) -> str:
     per_sample = metrics.get("tokens_per_sample")
     if not per_sample:
         return ""
-    rate = {key: metrics["throughput"][key] * per_sample for key in ("median", "ci95_low", "ci95_high")}
+    rate = stats.scaled_rate(metrics["throughput"], per_sample)
     return f" = {rate['median']:,.0f} tokens/s [{rate['ci95_low']:,.0f}, {rate['ci95_high']:,.0f}]"
 
 

@@ -9,6 +9,7 @@ the mean next-token cross-entropy.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -36,8 +37,14 @@ def unwrapped(model: nn.Module) -> nn.Module:
 
 def takes_targets(model: nn.Module) -> bool:
     """Whether forward's second parameter is the targets (nanoGPT's forward(idx, targets=None))."""
+    return _forward_takes_targets(type(unwrapped(model)))
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_targets(kind: type) -> bool:
+    # Read once per class: the loss asks on every micro-batch of the timed step.
     try:
-        parameters = list(inspect.signature(unwrapped(model).forward).parameters.values())
+        parameters = list(inspect.signature(kind.forward).parameters.values())[1:]  # past self
     except (TypeError, ValueError):
         return False
     positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]

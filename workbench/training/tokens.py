@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from workbench.config import TOKEN_DTYPES as TOKEN_DTYPE_NAMES
 from workbench.errors import UsageError
 
-TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+TOKEN_DTYPES = {name: np.dtype(name) for name in TOKEN_DTYPE_NAMES}  # the names RunConfig accepts
 SYNTHETIC_VOCAB = 2048
 SYNTHETIC_TOKENS = 1 << 20          # 2 MiB of uint16: thousands of windows at the default seq_len
 SYNTHETIC_PHRASES, SYNTHETIC_PHRASE_LEN = 512, 8   # learnable within a phrase, uncertain across phrases
