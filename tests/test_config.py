@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 
 import pytest
 
@@ -163,6 +164,28 @@ def test_dataloader_uses_best_workers_and_pins_only_where_decided():
     assert (out.num_workers, out.persistent_workers, out.pin_memory) == (3, True, False)
     out = stages.dataloader(RunConfig(), _ctx(A100, best_workers=0))
     assert (out.num_workers, out.persistent_workers, out.pin_memory) == (0, False, True)
+
+
+def test_input_stages_are_skipped_where_the_loader_cannot_pay_for_them():
+    """Amdahl's bound: 11 ms of loading in a 960 ms step is at most 1.012x, under the 1.05x bar."""
+    cfg = RunConfig(batch_size=32)
+    slow_step = replace(_ctx(CPU_NO_BF16, best_workers=2), loader_s_per_sample=0.011 / 32, step_time_s=0.96)
+    for stage in (stages.dataloader, stages.batched_input):
+        with pytest.raises(StageSkipped, match=r"11 ms per batch .* 960 ms step is at most 1.012x, under the 1.05x bar"):
+            stage(cfg, slow_step)
+    fast_step = replace(slow_step, step_time_s=0.1)   # a tenth of the step: up to 1.12x, so measured
+    assert stages.dataloader(cfg, fast_step).num_workers == 2
+    assert stages.batched_input(cfg, fast_step).input_pipeline == "batched"
+    on_gpu = replace(_ctx(A100, best_workers=2), loader_s_per_sample=0.011 / 32, step_time_s=0.96)
+    assert stages.dataloader(cfg, on_gpu).pin_memory  # on CUDA the stage also pins the copies: no bound
+    unmeasured = _ctx(CPU_NO_BF16, best_workers=2)       # no sweep or no step time: nothing to judge on
+    assert stages.dataloader(cfg, unmeasured).num_workers == 2
+
+
+def test_the_loader_cost_is_the_sweeps_figure_with_no_workers():
+    from workbench.run.session import loader_cost
+    assert loader_cost({"workers_sweep_ms_per_batch": {"0": 11.36, "2": 7.71}}, 32) == pytest.approx(0.01136 / 32)
+    assert loader_cost({}, 32) is None
 
 
 def test_amp_uses_decided_dtype():

@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from workbench.measure.clocks import memory_parts_mb
-from workbench.memory_model import Parts, optimizer_state_mib, predict, processes_to_fit, sharded_peak
+from workbench.memory_model import BackwardProfile, Parts, optimizer_state_mib, predict, processes_to_fit, sharded_peak
 from workbench.training.model import build_optimizer, eight_bit_unavailable
 
 
@@ -92,3 +92,60 @@ def test_block_shares_come_from_a_forward_on_the_meta_device():
         shares = block_activation_shares(model, lambda: model(images))
     assert len(shares) == 5 and sum(shares) == pytest.approx(1.0)
     assert shares[1] > shares[2] > shares[3] > shares[4]  # each stage halves the side, doubles the channels
+
+
+# ResNet-50 at 96 px, bf16 + channels_last, batch 32 (2026-12-06, CPU): the measured breakdown, timeline
+# phases and block shares the backward walk starts from. Checkpointing all five blocks measured 476 MiB,
+# the first three 476 too: the peak moved late into backward, into layer1's recompute.
+WALKED_PARTS = Parts(weights=89.8, gradients=89.8, optimizer_state=179.5, activations=237.4, gradients_at_peak=46.2)
+WALKED_CONFIG = {"precision": "bf16", "batch_size": 32, "checkpointing": "none", "optimizer": "adam"}
+WALKED_METRICS = {"memory_timeline": {"phases": {
+    "forward": {"mib": 566.7, "by_category_mib": {"weights": 89.8, "optimizer_state": 179.5, "activations": 297.1}},
+    "backward": {"mib": 596.5, "by_category_mib": {}}, "optimizer_step": {"mib": 384.1, "by_category_mib": {}}}}}
+WALKED_DECISIONS = {"block_activation_shares": [0.0814, 0.3884, 0.2788, 0.1958, 0.0556],
+                    "block_parameter_shares": [0.0004, 0.0092, 0.0518, 0.3017, 0.636]}
+
+
+def walked(after: dict):
+    profile = BackwardProfile.of(WALKED_METRICS, WALKED_DECISIONS)
+    return predict(WALKED_PARTS, 596.5, WALKED_CONFIG, {**WALKED_CONFIG, **after}, profile=profile)
+
+
+def test_backward_walk_predicts_checkpointing_within_its_measured_saving():
+    everything, three = walked({"checkpointing": "blocks"}), walked({"checkpointing": "blocks:3"})
+    assert everything.saving_mib == pytest.approx(three.saving_mib)  # both peak in layer1's recompute
+    assert abs(everything.saving_mib / (596.5 - 476.3) - 1) < 0.15 and "walked block by block" in everything.basis
+    assert walked({"checkpointing": "blocks:2"}).peak_mib == pytest.approx(everything.peak_mib)  # so 2 suffice
+    assert walked({"checkpointing": "blocks:1"}).peak_mib > 560  # the stem alone: layer1 still keeps its own
+
+
+def test_the_walk_holds_each_blocks_gradients_and_activations_as_backward_reaches_it():
+    profile = BackwardProfile((0.5, 0.5), (0.5, 0.5), 100.0, {})
+    # nothing checkpointed: as the last block begins, both blocks' activations; as it ends, its gradients too
+    assert profile.backward_high(set(), 40.0) == pytest.approx(max(100.0, 20 + 50))
+    # the first checkpointed: it keeps nothing for the second's backward, and is recomputed in its own
+    assert profile.backward_high({0}, 40.0) == pytest.approx(max(50.0, 20 + 50, 40 + 0))
+
+
+def test_no_move_predicts_below_the_optimizer_steps_own_high():
+    lean = BackwardProfile.of({"memory_timeline": {"phases": {**WALKED_METRICS["memory_timeline"]["phases"],
+                                                              "optimizer_step": {"mib": 550.0}}}}, WALKED_DECISIONS)
+    prediction = predict(WALKED_PARTS, 596.5, WALKED_CONFIG, {**WALKED_CONFIG, "checkpointing": "blocks"}, profile=lean)
+    assert prediction.peak_mib == pytest.approx(550.0) and "optimizer step's own high" in prediction.basis
+
+
+def test_the_walk_needs_the_timeline_and_both_shares():
+    assert BackwardProfile.of({}, WALKED_DECISIONS) is None
+    assert BackwardProfile.of(WALKED_METRICS, {"block_activation_shares": [0.5, 0.5]}) is None
+    assert BackwardProfile.of(WALKED_METRICS, WALKED_DECISIONS).forward_activations == pytest.approx(297.4)
+
+
+def test_parameter_shares_count_tied_weights_once():
+    from workbench.training.model import block_parameter_shares
+
+    with torch.device("meta"):
+        resnet = block_parameter_shares(torchvision.models.resnet50(num_classes=10))
+    assert len(resnet) == 5 and resnet[4] > 0.6 and 0.99 < sum(resnet) < 1.0  # the fc head is outside
+    tied = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    tied[1].weight = tied[0].weight
+    assert block_parameter_shares(tied) == pytest.approx([20 / 24, 4 / 24])

@@ -8,7 +8,13 @@ activations and the rest = the measured peak minus those). Each move acts on one
   autocast's cached low-precision weight copies (half the weights, kept for the whole step); and
   while the later micro-batches run, every gradient is already allocated, where one batch's peak
   (mid-backward) held only part of them (the memory timeline says how much);
-- checkpointing the blocks keeps their inputs and one block's recompute: about half of them;
+- checkpointing the blocks keeps their inputs and one block's recompute. Where the step's memory
+  timeline and each block's shares of the activations and parameters are known, the backward pass is
+  walked block by block (BackwardProfile): while backward runs through block j, every later block's
+  gradients are allocated, and the activations of block j (recomputed if checkpointed) and of every
+  earlier block that kept its own. Checkpointing moves the peak late into backward, where nearly every
+  gradient exists and the first, widest blocks are recomputed, so a CNN saves less than its share of
+  the activations. Without those figures, about half of the activations;
 - another optimizer changes the state to what its own tensors need, counted exactly from the
   parameters' shapes (`optimizer_state_mib`, recorded by the measuring process);
 - sharding over N processes (FSDP) divides weights, gradients and state by N.
@@ -100,9 +106,55 @@ class Prediction:
     basis: str   # which parts move, and by how much: said in the report beside the measurement
 
 
+@dataclass(frozen=True)
+class BackwardProfile:
+    """What walking the backward pass block by block needs, all measured on the basis configuration:
+    each natural block's share of the activations and of the parameters (forward order), the
+    activations held as the forward ends, and the highest total of each step part (the timeline's
+    phases: forward, backward, optimizer_step) in MiB."""
+
+    activation_shares: tuple[float, ...]
+    parameter_shares: tuple[float, ...]
+    forward_activations: float
+    phase_peaks: Mapping[str, float]
+
+    @classmethod
+    def of(cls, metrics: Mapping, decisions: Mapping) -> "BackwardProfile | None":
+        """From a stage's metrics and decisions; None where the timeline or either share is missing. The
+        forward's activations are its peak less what is told by identity (weights, gradients, optimizer
+        state): torch's own labels miss a compiled graph's activations."""
+        activation, parameter = decisions.get("block_activation_shares"), decisions.get("block_parameter_shares")
+        phases = ((metrics.get("memory_timeline") or {}).get("phases")) or {}
+        forward = phases.get("forward")
+        if not activation or not parameter or len(activation) != len(parameter) or not forward:
+            return None
+        held = forward.get("by_category_mib") or {}
+        known = sum(held.get(name, 0.0) for name in ("weights", "gradients", "optimizer_state"))
+        return cls(tuple(activation), tuple(parameter), max(0.0, forward["mib"] - known),
+                   {name: phase["mib"] for name, phase in phases.items()})
+
+    def backward_high(self, picked: set[int], gradients: float, scale: float = 1.0) -> float:
+        """The most gradients and activations held at once while backward runs through the blocks, last
+        to first, with the blocks `picked` checkpointed (activations scaled by `scale`: bf16, micro-batches).
+        As block j's backward begins, the gradients of every later block and of the parameters outside
+        the blocks (a head, embeddings: reached first) exist, with block j's activations (recomputed if
+        checkpointed) and those of each earlier block that kept its own; as it ends, block j's gradients
+        are added and its activations freed."""
+        activations, shares = self.forward_activations * scale, self.activation_shares
+        outside = max(0.0, 1.0 - sum(self.parameter_shares))
+        high = 0.0
+        for j in range(len(shares)):
+            kept_before = activations * sum(shares[i] for i in range(j) if i not in picked)
+            later = outside + sum(self.parameter_shares[j + 1:])
+            begins = gradients * later + kept_before + activations * shares[j]
+            ends = gradients * (later + self.parameter_shares[j]) + kept_before
+            high = max(high, begins, ends)
+        return high
+
+
 def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
             state_by_kind: Mapping[str, float] | None = None, world: int = 1, blocks: int | None = None,
-            block_shares: tuple[float, ...] | None = None) -> Prediction:
+            block_shares: tuple[float, ...] | None = None, profile: BackwardProfile | None = None) -> Prediction:
     """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak,
     per process of `world` (state_by_kind: each optimizer's whole state, unsharded)."""
     activations, basis = parts.activations, []
@@ -120,19 +172,44 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
                      + (f" but autocast's weight copies ({cached:.0f} MiB)" if cached else "")
                      + (f"; +{late_gradients:.0f} MiB of gradients already allocated in the later micro-batches"
                         if late_gradients else ""))
+    walked = 0.0
     if before.get("checkpointing", "none") == "none" and after.get("checkpointing", "none") != "none":
-        share, how = _checkpointed_share(after["checkpointing"], blocks, block_shares)
-        activations *= 1 - CHECKPOINT_ACTIVATION_SAVING * share
-        basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING * share:.2g}"
-                     + (f" ({after['checkpointing']} of {blocks}: {how})" if share < 0.999 else ""))
+        if profile is not None:
+            walked = _walked_saving(profile, parts, after["checkpointing"], activations / parts.activations
+                                    if parts.activations else 1.0, basis)
+        else:
+            share, how = _checkpointed_share(after["checkpointing"], blocks, block_shares)
+            activations *= 1 - CHECKPOINT_ACTIVATION_SAVING * share
+            basis.append(f"checkpointed blocks: activations x{1 - CHECKPOINT_ACTIVATION_SAVING * share:.2g}"
+                         + (f" ({after['checkpointing']} of {blocks}: {how})" if share < 0.999 else ""))
     state = _state(parts, before, after, state_by_kind, world, basis)
     replicated = parts.weights + parts.gradients
     if before.get("sharding", "none") != "fsdp" and after.get("sharding") == "fsdp" and world > 1:
         replicated /= world
         basis.append(f"weights and gradients sharded over {world} processes (one block gathered at a time: not counted)")
     saving = ((parts.activations - activations) + (parts.optimizer_state - state)
-              + (parts.weights + parts.gradients - replicated) - late_gradients)
-    return Prediction(peak_mib - saving, saving, "; ".join(basis) or "no part changes")
+              + (parts.weights + parts.gradients - replicated) - late_gradients + walked)
+    predicted = peak_mib - saving
+    step_high = (profile.phase_peaks.get("optimizer_step") if profile is not None else None) or 0.0
+    if step_high > predicted and state == parts.optimizer_state and replicated == parts.weights + parts.gradients:
+        # No move here touches what the optimizer step holds (weights, every gradient, the state): its
+        # measured high stays, whatever forward and backward save.
+        basis.append(f"the optimizer step's own high ({step_high:.0f} MiB) stays")
+        predicted, saving = step_high, peak_mib - step_high
+    return Prediction(predicted, saving, "; ".join(basis) or "no part changes")
+
+
+def _walked_saving(profile: BackwardProfile, parts: Parts, mode: str, scale: float, basis: list[str]) -> float:
+    """What checkpointing `mode` saves at the peak, by the backward walk: the basis's high (nothing
+    checkpointed) against the checkpointed one, both modelled, so what the walk leaves out cancels."""
+    count = len(profile.activation_shares)
+    picked = set(checkpoint_picks(mode, count))
+    plain = profile.backward_high(set(), parts.gradients, scale)
+    checkpointed = profile.backward_high(picked, parts.gradients, scale)
+    basis.append(f"checkpointed {len(picked)} of {count} blocks: backward walked block by block, its high "
+                 f"{plain:.0f} -> {checkpointed:.0f} MiB of gradients and activations (the activations "
+                 f"{profile.forward_activations * scale:.0f} MiB at the forward's end, shared by the blocks' measured shares)")
+    return plain - checkpointed
 
 
 def _state(parts: Parts, before: Mapping, after: Mapping, state_by_kind: Mapping[str, float] | None, world: int,
@@ -160,6 +237,7 @@ class Basis:
     state_by_kind: Mapping[str, float]
     blocks: int | None = None
     block_shares: tuple[float, ...] | None = None   # each block's share of the kept activations
+    profile: BackwardProfile | None = None
 
     @classmethod
     def of(cls, doc: Mapping) -> "Basis | None":
@@ -171,11 +249,12 @@ class Basis:
         decisions = doc.get("decisions") or {}
         shares = decisions.get("block_activation_shares")
         return cls(parts, metrics["peak_memory_mb"], doc["config"], metrics.get("optimizer_state_mib_by_kind") or {},
-                   decisions.get("natural_blocks"), tuple(shares) if shares else None)
+                   decisions.get("natural_blocks"), tuple(shares) if shares else None,
+                   BackwardProfile.of(metrics, decisions))
 
     def predict(self, after: Mapping, world: int = 1) -> Prediction:
         return predict(self.parts, self.peak_mib, self.config, after, self.state_by_kind, world, self.blocks,
-                       self.block_shares)
+                       self.block_shares, self.profile)
 
 
 def _checkpointed_share(mode: str, blocks: int | None, shares: tuple[float, ...] | None = None) -> tuple[float, str]:

@@ -40,6 +40,9 @@ def test_identity_beats_torchs_labels_and_the_peak_is_named():
     regions = [("forward", 0.5, 4.0), ("backward", 4.0, 7.0), ("optimizer_step", 7.0, 9.5)]
     summary = timeline.summarize(times, sizes, list(timeline.CATEGORIES), regions)
     assert summary["peak"]["mib"] * 2**20 == 400 and summary["peak"]["during"] == "backward"
+    phases = {name: round(p["mib"] * 2**20) for name, p in summary["phases"].items()}
+    assert phases == {"forward": 350, "backward": 400, "optimizer_step": 400}
+    assert summary["phases"]["forward"]["by_category_mib"]["activations"] * 2**20 == 50
     assert timeline.region_at(9.8, regions) == "after optimizer_step"
 
 

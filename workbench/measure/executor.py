@@ -28,8 +28,8 @@ from workbench.training import host_memory
 from workbench.training.batched_input import DeviceAugment
 from workbench.training.jpeg_input import DecodeAugment, check_jpeg_folder, collate_encoded, read_encoded
 from workbench.errors import StageSkipped, UsageError
-from workbench.training.model import (apply_all, block_activation_shares, build_model, build_optimizer,
-                                      natural_block_count, natural_blocks)
+from workbench.training.model import (apply_all, block_activation_shares, block_parameter_shares, build_model,
+                                      build_optimizer, natural_block_count, natural_blocks)
 from workbench.training.language import language_model_loss, next_token_correct
 from workbench.progress import Progress, stderr_log
 from workbench.results import (CUDA_SNAPSHOT_FILE, MEASURED_CONTEXT_FILE, MEMORY_TIMELINE_FILE, per_rank,
@@ -157,10 +157,12 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
         torch._dynamo.reset()
     rss_before_model = clocks.current_rss_mb()
     eager = make_model()
+    parameter_shares = block_parameter_shares(eager)  # before apply_all wraps the blocks
     model, notes = apply_all(eager, cfg.memory_format, cfg.checkpointing, cfg.compile, device,
                              distribute=lambda m: distributed.wrap(m, device, dist, cfg.sharding, natural_blocks(m)))
     notes.update(flops_per_step=flops, rss_before_model_mb=rss_before_model, **file_notes,
                  **({"block_activation_shares": [round(s, 4) for s in shares]} if shares else {}),
+                 **({"block_parameter_shares": [round(s, 4) for s in parameter_shares]} if parameter_shares else {}),
                  **token_notes(eager, cfg, spec.tokens_per_sample))
     allocator = host_memory.in_effect()
     if allocator:
@@ -460,7 +462,7 @@ def _memory_views(built: Built, trace_dir: Path, progress: Progress) -> dict:
     finally:
         built.step.annotate = False
     path = write_text_atomic(trace_dir / per_rank(MEMORY_TIMELINE_FILE, rank, world), json.dumps(summary))
-    views = {"file": str(path), "peak": summary["peak"]}
+    views = {"file": str(path), "peak": summary["peak"], "phases": summary["phases"]}
     if built.device.type == "cuda":
         views["cuda_snapshot"] = str(cuda_snapshot(one_step, trace_dir / per_rank(CUDA_SNAPSHOT_FILE, rank, world)))
     return views

@@ -111,9 +111,9 @@ def _peak(record: StageRecord) -> float | None:
 def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRecord]) -> None:
     """Meet the budget: measure moves while the configuration is over it, then choose (see the module)."""
     budget_mib = session.memory_budget_mib
-    unconstrained = frontier.fastest(frontier.points_from(r.doc for r in finished))
     before = (state.cfg, list(state.applied), state.result)
     current = _current(session, state, finished)
+    unconstrained = _unconstrained(finished, current)
     fits_already = current if current is not None and _peak(current) <= budget_mib else None
     while current is not None and _peak(current) > budget_mib:
         records = _measure_moves(session, state, current)
@@ -132,6 +132,15 @@ def fit(session, state: LadderState, verdicts: Verdicts, finished: list[StageRec
         # Nothing fits: the final configuration stays the speed phases' (the moves adopted on the way
         # were steps of a search, not an answer); the report says what would fit.
         state.cfg, state.applied, state.result = before
+
+
+def _unconstrained(finished: list[StageRecord], current: StageRecord | None) -> frontier.Point | None:
+    """What the run would answer without a budget: the speed phases' own configuration (a stage they did
+    not keep is not faster by their rule, however its point estimate reads); the fastest point where
+    that one has none."""
+    points = frontier.points_from(r.doc for r in finished)
+    own = next((p for p in points if current is not None and p.name == current.stage), None)
+    return own or frontier.fastest(points)
 
 
 def _current(session, state: LadderState, finished: list[StageRecord]) -> StageRecord | None:
@@ -162,7 +171,7 @@ def _measure_moves(session, state: LadderState, current: StageRecord) -> list[St
                   session.base_cfg.allow_optimizer_change)
     session.log(f"-- memory budget: {current.stage} peaks at {metrics['peak_memory_mb']:.0f} MiB, over the "
                 f"{session.memory_budget_mib:.0f} MiB budget; largest part: {parts.largest()}; trying "
-                + (", ".join(f"{m.name} (predicted {m.prediction.peak_mib:.0f} MiB)" for m in found) or "nothing: no move applies"))
+                + (", ".join(f"{m.name} (predicted {m.prediction.peak_mib:.0f} MiB)" for m in found) or "nothing: no move applies or is predicted to lower it"))
     return [_measure(session, state, current, move) for move in found]
 
 

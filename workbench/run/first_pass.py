@@ -63,7 +63,8 @@ def next_stage(pending: list[Stage], findings: list[dict], order: str) -> tuple[
 def context_on(session: Session, record: StageRecord | None) -> StageContext:
     """The session's stage context, with what was measured on the configuration a stage builds on."""
     metrics = (record.doc.get("metrics") or {}) if record is not None else {}
-    return replace(session.context, host_cpu=metrics.get("host_cpu"))
+    step = (metrics.get("step_time_s") or {}).get("median") if isinstance(metrics.get("step_time_s"), dict) else None
+    return replace(session.context, host_cpu=metrics.get("host_cpu"), step_time_s=step)
 
 
 def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> StageRecord:

@@ -62,9 +62,19 @@ def out_of_time(session: Session) -> str | None:
             "second look; a longer --time-budget gives it one")
 
 
+def _still_skipped(session: Session, stage, state: LadderState) -> bool:
+    """Whether a stage the pass skipped would be skipped again (or change nothing) on the final configuration."""
+    try:
+        return stage.apply(state.cfg, first_pass.context_on(session, state.result)) == state.cfg
+    except StageSkipped:
+        return True
+
+
 def second_look(session: Session, finished: list[StageRecord], state: LadderState, verdicts: Verdicts) -> None:
     for rejected in _second_look_candidates(finished):
         stage = comparing.stage_named(rejected.stage)
+        if rejected.status == "skipped" and _still_skipped(session, stage, state):
+            continue  # still below its gate, or skipped for another reason: nothing new to say
         why_not = cannot_pay(rejected, _gained_since(finished, rejected), session.base_cfg.min_effect) \
             or out_of_time(session)
         if why_not:
@@ -77,8 +87,6 @@ def second_look(session: Session, finished: list[StageRecord], state: LadderStat
         try:  # a stage the pass measured passed its gate then; one it skipped on the gate meets it again
             cfg = stage.apply(state.cfg, first_pass.context_on(session, state.result) if gated else session.context)
         except StageSkipped as skipped:
-            if gated:  # still below its gate on the final configuration: nothing new to say
-                continue
             first = asdict(rejected.vs_previous) if rejected.vs_previous else {}
             verdicts.add("second_look", {"stage": stage.name, **first, "adopted": False, "not_retried": str(skipped),
                                          "text": f"not retried: {skipped}"})

@@ -194,6 +194,13 @@ def start(cfg: RunConfig, mode: str = "ladder", *, resume: bool = False, isolate
     return session
 
 
+def loader_cost(worker_notes: dict, batch_size: int) -> float | None:
+    """Seconds per sample the loader costs the training process with no workers (the sweep's figure at
+    num_workers=0, taken at the run's batch size); None where no sweep ran."""
+    ms_per_batch = (worker_notes.get("workers_sweep_ms_per_batch") or {}).get("0")
+    return ms_per_batch / 1000 / batch_size if ms_per_batch and batch_size else None
+
+
 def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, load_warning, sweep_workers,
             log, model_factory, dataset, isolate, resume, stages, nproc) -> Session:
     """The measured decisions (worker sweep, peak FLOP/s), announced; the Session that holds them."""
@@ -203,7 +210,8 @@ def _settle(cfg, mode, run_dir, profiles_dir, facts, caps, data, description, lo
                  "tensor_cores": str(caps.tensor_cores), "tf32": str(caps.tf32), "pin_memory": str(caps.pin_memory),
                  "threads": f"{threads} intra-op threads of {facts.cpu_cores} usable cores", **worker_notes,
                  **({"machine_load": load_warning} if load_warning else {})}
-    context = StageContext(facts.type, caps, best_workers, own_processes=isolate, capability=facts.capability)
+    context = StageContext(facts.type, caps, best_workers, own_processes=isolate, capability=facts.capability,
+                           loader_s_per_sample=loader_cost(worker_notes, cfg.batch_size))
     session = Session(cfg, mode, run_dir, profiles_dir, context, environment.describe(facts, threads), description,
                       peaks.measure(facts, caps, max(1, threads // nproc)), isolate, resume, model_factory, dataset, log, decisions,
                       stages or [], nproc)

@@ -45,6 +45,10 @@ class StageContext:
     # What the model's first batch showed (training/model.first_batch_facts): convolutions, natural blocks,
     # attention; empty for a model from Python, which no stage then skips on.
     model_facts: Mapping = field(default_factory=dict)
+    # What the loader costs the training process per sample with no workers (the start-up sweep), and
+    # the step time of the configuration a stage builds on: how much an input stage could take off.
+    loader_s_per_sample: float | None = None
+    step_time_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ class Stage:
     kind: str          # speed stages are kept or rejected; memory stages are trade-offs
     summary: str
     apply: Callable[[RunConfig, StageContext], RunConfig]
-    # Skipped on a figure measured on the configuration it builds on (StageContext.host_cpu): worth
+    # Skipped on a figure measured on the configuration it builds on (host_cpu, step_time_s): worth
     # another look where the final configuration's own figures pass (a larger batch faults more).
     gated: bool = False
     # Run only when named in --stages (a trade-off most runs need not pay for), and what it changes
@@ -66,7 +70,24 @@ def baseline(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return cfg
 
 
+def _loader_can_pay(cfg: RunConfig, ctx: StageContext, what: str) -> None:
+    """An input stage can at most take the loader's own time off the step (Amdahl's bound). On a CPU,
+    where it has nothing else to change (no pinned copies), a bound under the keep bar means measuring
+    it could only end in 'no significant change': skipped on the figure, and looked at again on the
+    final configuration, whose shorter step leaves the loader a larger share."""
+    if ctx.device_type != "cpu" or not ctx.loader_s_per_sample or not ctx.step_time_s:
+        return
+    load = ctx.loader_s_per_sample * cfg.batch_size
+    ceiling = ctx.step_time_s / (ctx.step_time_s - load) if ctx.step_time_s > load else float("inf")
+    if ceiling < 1 + cfg.min_effect:
+        raise StageSkipped(f"{what} can at most take the loader's own time off the step: "
+                           f"{load * 1000:.0f} ms per batch with no workers (the start-up sweep) against a "
+                           f"{ctx.step_time_s * 1000:.0f} ms step is at most {ceiling:.3f}x, under the "
+                           f"{1 + cfg.min_effect:.2f}x bar")
+
+
 def dataloader(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    _loader_can_pay(cfg, ctx, "more DataLoader workers")
     workers = ctx.best_workers
     return cfg.with_overrides(num_workers=workers, persistent_workers=workers > 0,
                               pin_memory=ctx.capabilities.pin_memory)
@@ -79,6 +100,7 @@ def _images_only(cfg: RunConfig, what: str) -> None:
 
 def batched_input(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     _images_only(cfg, "the batched pipeline (crop, flip and normalize on the device)")
+    _loader_can_pay(cfg, ctx, "the batched pipeline")
     return cfg.with_overrides(input_pipeline="batched")
 
 
@@ -269,9 +291,9 @@ def batch_size(cfg: RunConfig, ctx: StageContext) -> RunConfig:
 STAGES: tuple[Stage, ...] = (
     Stage("baseline", REFERENCE, "num_workers=0, no pinning, fp32, eager, NCHW: the reference", baseline),
     Stage("dataloader", SPEED, "DataLoader workers chosen by a measured sweep, persistent workers, "
-          "pin_memory + non_blocking copies on CUDA", dataloader),
+          "pin_memory + non_blocking copies on CUDA", dataloader, gated=True),
     Stage("batched_input", SPEED, "uint8 batches copied once, crop/flip/normalize as batched tensor ops "
-          "on the device instead of per-sample PIL in the DataLoader", batched_input),
+          "on the device instead of per-sample PIL in the DataLoader", batched_input, gated=True),
     Stage("tf32", SPEED, "TF32 matmuls and convolutions (Ampere+ GPUs only)", tf32),
     Stage("amp", SPEED, "autocast to bf16 (or fp16 + GradScaler on pre-Ampere GPUs); on a CPU only "
           "with native bf16", amp),

@@ -10,6 +10,7 @@ plottable size and its peak named by the step region it falls in (forward, backw
 """
 from __future__ import annotations
 
+import bisect
 from typing import Sequence
 
 from workbench.trace.regions import COMPUTE_PARTS
@@ -86,7 +87,7 @@ def summarize(times_us: Sequence[float], sizes: Sequence[Sequence[float]], categ
     timeline (sizes[i]: bytes per category at times_us[i]) and the step's regions (name, start, end, µs)."""
     if not times_us:
         return {"times_ms": [], "categories": list(categories), "sizes_mib": [[] for _ in categories],
-                "regions": [], "peak": None}
+                "regions": [], "peak": None, "phases": {}}
     start = times_us[0]
     totals = [sum(row) for row in sizes]
     peak = max(range(len(totals)), key=totals.__getitem__)
@@ -96,8 +97,30 @@ def summarize(times_us: Sequence[float], sizes: Sequence[Sequence[float]], categ
             "regions": [{"name": name, "start_ms": (a - start) / 1000, "end_ms": (b - start) / 1000}
                         for name, a, b in regions],
             "peak": {"mib": totals[peak] / MIB, "at_ms": (times_us[peak] - start) / 1000,
-                     "during": region_at(times_us[peak], regions),
-                     "by_category_mib": {name: sizes[peak][c] / MIB for c, name in enumerate(categories) if sizes[peak][c]}}}
+                     "during": region_at(times_us[peak], regions), "by_category_mib": _named(sizes[peak], categories)},
+            "phases": phase_peaks(times_us, sizes, totals, categories, regions)}
+
+
+def _named(row: Sequence[float], categories: Sequence[str]) -> dict:
+    return {name: row[c] / MIB for c, name in enumerate(categories) if row[c]}
+
+
+def phase_peaks(times_us: Sequence[float], sizes: Sequence[Sequence[float]], totals: Sequence[float],
+                categories: Sequence[str], regions: Sequence[tuple[str, float, float]]) -> dict:
+    """Each step part's own highest point (over all its regions: accumulated micro-batches have one
+    forward each), by category: a memory move changes each part differently (more micro-batches shrink
+    forward and backward, not the optimizer step), so the model predicts each part, then their maximum."""
+    found: dict = {}
+    for name, a, b in regions:
+        if name not in COMPUTE_PARTS:
+            continue
+        # What was held as it began counts too: the last point before it is in effect at its start.
+        inside = range(max(0, bisect.bisect_left(times_us, a) - 1), bisect.bisect_right(times_us, b))
+        if inside:
+            top = max(inside, key=totals.__getitem__)
+            if name not in found or totals[top] / MIB > found[name]["mib"]:
+                found[name] = {"mib": totals[top] / MIB, "by_category_mib": _named(sizes[top], categories)}
+    return found
 
 
 def _kept_indices(count: int, peak: int) -> list[int]:

@@ -333,6 +333,24 @@ def block_activation_shares(model: nn.Module, run_forward) -> list[float] | None
     return [size / total for size in sizes] if total else None
 
 
+def block_parameter_shares(model: nn.Module) -> list[float] | None:
+    """Each natural block's share of the trainable parameters (what is left is outside the blocks: a
+    head, embeddings); with the activation shares, the memory model walks backward block by block,
+    whose gradients appear as it goes. None without blocks. Counts shapes only: meta models too."""
+    parts = _block_parts(model)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not parts or not total:
+        return None
+    # A parameter shared by several modules (tied weights) is counted once, in the first block holding it.
+    seen: set[int] = set()
+    sizes = []
+    for modules in parts:
+        own = [p for m in modules for p in m.parameters() if p.requires_grad and id(p) not in seen]
+        seen.update(id(p) for p in own)
+        sizes.append(sum({id(p): p.numel() for p in own}.values()))
+    return [size / total for size in sizes]
+
+
 def natural_blocks(model: nn.Module) -> list[nn.Module]:
     """The model's natural blocks as modules (after any checkpoint wrapping): FSDP shards each on its own."""
     if isinstance(model, models.ResNet):
