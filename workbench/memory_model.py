@@ -16,7 +16,9 @@ activations and the rest = the measured peak minus those). Each move acts on one
   gradient exists and the first, widest blocks are recomputed, so a CNN saves less than its share of
   the activations. Without those figures, about half of the activations;
 - another optimizer changes the state to what its own tensors need, counted exactly from the
-  parameters' shapes (`optimizer_state_mib`, recorded by the measuring process);
+  parameters' shapes (`optimizer_state_mib`, recorded by the measuring process), and its step's own
+  temporaries where they are known (`step_temporaries_mib`): a smaller state can move the peak into
+  the optimizer step, where every gradient is allocated;
 - sharding over N processes (FSDP) divides weights, gradients and state by N.
 Torch-free: shapes are tuples, sizes MiB.
 """
@@ -94,6 +96,22 @@ def _state_bytes(shape: tuple[int, ...], kind: str) -> int:
     raise ValueError(f"unknown optimizer kind {kind!r}; known: {', '.join(OPTIMIZER_KINDS)}")
 
 
+# bitsandbytes' 8-bit step on a CPU (0.50.2) works one tensor at a time in fp32: both states dequantized
+# and three more temporaries, five fp32 copies of the largest parameter at its height (measured on
+# ResNet-18/50, MobileNetV2 and two MLPs: 45, 45, 7.8, 320 and 80 MiB, each exactly 5x). On CUDA its
+# kernels update the 8-bit states in place (not measured here).
+EIGHT_BIT_CPU_COPIES = 5
+
+
+def step_temporaries_mib(shapes: list[tuple[int, ...]], device_type: str) -> dict[str, float]:
+    """The optimizer step's own temporaries at its height, in MiB, for the optimizers whose figure is
+    known on this device; another optimizer's are taken as the measured configuration's own."""
+    largest = max((math.prod(shape) for shape in shapes), default=0) * 4 / MIB
+    if device_type != "cpu":
+        return {}
+    return {kind: EIGHT_BIT_CPU_COPIES * largest for kind in EIGHT_BIT_KINDS}
+
+
 def optimizer_state_mib(shapes: list[tuple[int, ...]]) -> dict[str, float]:
     """The state every known optimizer would keep for these parameters, in MiB (recorded per stage)."""
     return {kind: optimizer_state_bytes(shapes, kind) / MIB for kind in OPTIMIZER_KINDS}
@@ -117,6 +135,8 @@ class BackwardProfile:
     parameter_shares: tuple[float, ...]
     forward_activations: float
     phase_peaks: Mapping[str, float]
+    held_at_peak: float | None = None   # the gradients and activations the measured peak held
+    step_temporaries: float = 0.0       # what the optimizer step's high held besides weights, gradients, state
 
     @classmethod
     def of(cls, metrics: Mapping, decisions: Mapping) -> "BackwardProfile | None":
@@ -130,8 +150,10 @@ class BackwardProfile:
             return None
         held = forward.get("by_category_mib") or {}
         known = sum(held.get(name, 0.0) for name in ("weights", "gradients", "optimizer_state"))
+        at_peak = ((metrics.get("memory_timeline") or {}).get("peak") or {}).get("by_category_mib") or {}
+        peak_held = at_peak.get("gradients", 0.0) + at_peak.get("activations", 0.0) if at_peak else None
         return cls(tuple(activation), tuple(parameter), max(0.0, forward["mib"] - known),
-                   {name: phase["mib"] for name, phase in phases.items()})
+                   {name: phase["mib"] for name, phase in phases.items()}, peak_held, _temporaries(phases))
 
     def backward_high(self, picked: set[int], gradients: float, scale: float = 1.0) -> float:
         """The most gradients and activations held at once while backward runs through the blocks, last
@@ -154,7 +176,8 @@ class BackwardProfile:
 
 def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
             state_by_kind: Mapping[str, float] | None = None, world: int = 1, blocks: int | None = None,
-            block_shares: tuple[float, ...] | None = None, profile: BackwardProfile | None = None) -> Prediction:
+            block_shares: tuple[float, ...] | None = None, profile: BackwardProfile | None = None,
+            step_temporaries: Mapping[str, float] | None = None) -> Prediction:
     """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak,
     per process of `world` (state_by_kind: each optimizer's whole state, unsharded)."""
     activations, basis = parts.activations, []
@@ -190,25 +213,53 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
     saving = ((parts.activations - activations) + (parts.optimizer_state - state)
               + (parts.weights + parts.gradients - replicated) - late_gradients + walked)
     predicted = peak_mib - saving
-    step_high = (profile.phase_peaks.get("optimizer_step") if profile is not None else None) or 0.0
-    if step_high > predicted and state == parts.optimizer_state and replicated == parts.weights + parts.gradients:
-        # No move here touches what the optimizer step holds (weights, every gradient, the state): its
-        # measured high stays, whatever forward and backward save.
-        basis.append(f"the optimizer step's own high ({step_high:.0f} MiB) stays")
+    sharded = replicated != parts.weights + parts.gradients or (world > 1 and after.get("sharding", "none") != "none")
+    optimizer_changed = after.get("optimizer") != before.get("optimizer")
+    step_high = 0.0 if sharded else _step_high(profile, parts, state, after.get("optimizer"), step_temporaries,
+                                               optimizer_changed, basis)
+    if step_high > predicted:
+        # Forward and backward may save more, but the optimizer step holds the weights, every gradient,
+        # the state and its own temporaries: its high is the floor (measured, or with another optimizer's state).
+        basis.append(f"the optimizer step's high ({step_high:.0f} MiB) is the peak")
         predicted, saving = step_high, peak_mib - step_high
     return Prediction(predicted, saving, "; ".join(basis) or "no part changes")
 
 
+def _temporaries(phases: Mapping) -> float:
+    step = (phases.get("optimizer_step") or {}).get("by_category_mib") or {}
+    return step.get("temporaries", 0.0) + step.get("other", 0.0)
+
+
+def _step_high(profile: BackwardProfile | None, parts: Parts, state: float, kind: str | None,
+               step_temporaries: Mapping[str, float] | None, changed: bool, basis: list[str]) -> float:
+    """The optimizer step's high under the predicted state: the measured one, with the state (and, where
+    the new optimizer's are known, the step's temporaries) replaced. 0 where no timeline was measured."""
+    measured = (profile.phase_peaks.get("optimizer_step") if profile is not None else None) or 0.0
+    if not measured or not changed:
+        return measured
+    temporaries = (step_temporaries or {}).get(kind)
+    high = measured - parts.optimizer_state + state
+    if temporaries is not None:
+        high += temporaries - profile.step_temporaries
+        basis.append(f"its step's temporaries {temporaries:.0f} MiB (five fp32 copies of the largest parameter) "
+                     f"instead of {profile.step_temporaries:.0f}: the step's high {high:.0f} MiB")
+    return high
+
+
 def _walked_saving(profile: BackwardProfile, parts: Parts, mode: str, scale: float, basis: list[str]) -> float:
-    """What checkpointing `mode` saves at the peak, by the backward walk: the basis's high (nothing
-    checkpointed) against the checkpointed one, both modelled, so what the walk leaves out cancels."""
+    """What checkpointing `mode` saves at the peak, by the backward walk: the gradients and activations
+    the measured peak held against the walk's high with the blocks checkpointed (the rest at the peak,
+    backward's temporaries, stays). Where another move scales the activations too, the walk's own high
+    without checkpointing stands in for the measured one."""
     count = len(profile.activation_shares)
     picked = set(checkpoint_picks(mode, count))
-    plain = profile.backward_high(set(), parts.gradients, scale)
+    measured = profile.held_at_peak is not None and scale == 1.0
+    plain = profile.held_at_peak if measured else profile.backward_high(set(), parts.gradients, scale)
     checkpointed = profile.backward_high(picked, parts.gradients, scale)
-    basis.append(f"checkpointed {len(picked)} of {count} blocks: backward walked block by block, its high "
-                 f"{plain:.0f} -> {checkpointed:.0f} MiB of gradients and activations (the activations "
-                 f"{profile.forward_activations * scale:.0f} MiB at the forward's end, shared by the blocks' measured shares)")
+    basis.append(f"checkpointed {len(picked)} of {count} blocks, backward walked block by block: gradients and "
+                 f"activations {plain:.0f} MiB at the {'measured' if measured else 'modelled'} peak -> at most "
+                 f"{checkpointed:.0f} (the forward's {profile.forward_activations * scale:.0f} MiB of activations "
+                 "shared by the blocks' measured shares)")
     return plain - checkpointed
 
 
@@ -238,6 +289,7 @@ class Basis:
     blocks: int | None = None
     block_shares: tuple[float, ...] | None = None   # each block's share of the kept activations
     profile: BackwardProfile | None = None
+    step_temporaries: Mapping[str, float] | None = None   # each optimizer's step temporaries, where known
 
     @classmethod
     def of(cls, doc: Mapping) -> "Basis | None":
@@ -250,11 +302,11 @@ class Basis:
         shares = decisions.get("block_activation_shares")
         return cls(parts, metrics["peak_memory_mb"], doc["config"], metrics.get("optimizer_state_mib_by_kind") or {},
                    decisions.get("natural_blocks"), tuple(shares) if shares else None,
-                   BackwardProfile.of(metrics, decisions))
+                   BackwardProfile.of(metrics, decisions), metrics.get("optimizer_step_temporaries_mib_by_kind"))
 
     def predict(self, after: Mapping, world: int = 1) -> Prediction:
         return predict(self.parts, self.peak_mib, self.config, after, self.state_by_kind, world, self.blocks,
-                       self.block_shares, self.profile)
+                       self.block_shares, self.profile, self.step_temporaries)
 
 
 def _checkpointed_share(mode: str, blocks: int | None, shares: tuple[float, ...] | None = None) -> tuple[float, str]:

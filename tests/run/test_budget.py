@@ -135,6 +135,9 @@ def test_a_final_configuration_that_fits_stays_though_a_rejected_one_reads_faste
     measuring(monkeypatch, {}, calls, saved)
     budget.fit(s, state, book, finished)
     assert calls == [] and book.doc["memory_budget"]["chosen"] == "amp" and state.applied == ["amp"]
+    # and what a budget costs is said against that configuration, not against the rejected one
+    assert book.doc["memory_budget"]["unconstrained_best"] == "amp" and "1.00x of the unconstrained best (amp)" in \
+        book.doc["memory_budget"]["text"]
 
 
 def test_when_nothing_fits_the_lowest_peak_is_built_on(tmp_path, monkeypatch):
