@@ -7,7 +7,9 @@ activations and the rest = the measured peak minus those). Each move acts on one
 - k accumulated micro-batches keep the activations of one micro-batch (1/k of them), but not of
   autocast's cached low-precision weight copies (half the weights, kept for the whole step); and
   while the later micro-batches run, every gradient is already allocated, where one batch's peak
-  (mid-backward) held only part of them (the memory timeline says how much);
+  (mid-backward) held only part of them (the memory timeline says how much), and adding each new
+  gradient into its predecessor holds two copies of a parameter: where the activations are small,
+  that is the floor;
 - checkpointing the blocks keeps their inputs and one block's recompute. Where the step's memory
   timeline and each block's shares of the activations and parameters are known, the backward pass is
   walked block by block (BackwardProfile): while backward runs through block j, every later block's
@@ -103,13 +105,24 @@ def _state_bytes(shape: tuple[int, ...], kind: str) -> int:
 EIGHT_BIT_CPU_COPIES = 5
 
 
+# Accumulating into an existing gradient: the new one is computed beside it, then added: two fp32
+# copies of a parameter at once, the largest one the highest (ResNet-18, 16 micro-batches of 2 at 32 px:
+# 18.9 MiB over every gradient, its largest parameter 9 MiB). It shows where the micro-batch's own
+# activations are smaller.
+ACCUMULATION_COPIES = 2
+
+
+def largest_parameter_mib(shapes: list[tuple[int, ...]]) -> float:
+    """The largest parameter's fp32 size: what per-tensor temporaries scale with."""
+    return max((math.prod(shape) for shape in shapes), default=0) * 4 / MIB
+
+
 def step_temporaries_mib(shapes: list[tuple[int, ...]], device_type: str) -> dict[str, float]:
     """The optimizer step's own temporaries at its height, in MiB, for the optimizers whose figure is
     known on this device; another optimizer's are taken as the measured configuration's own."""
-    largest = max((math.prod(shape) for shape in shapes), default=0) * 4 / MIB
     if device_type != "cpu":
         return {}
-    return {kind: EIGHT_BIT_CPU_COPIES * largest for kind in EIGHT_BIT_KINDS}
+    return {kind: EIGHT_BIT_CPU_COPIES * largest_parameter_mib(shapes) for kind in EIGHT_BIT_KINDS}
 
 
 def optimizer_state_mib(shapes: list[tuple[int, ...]]) -> dict[str, float]:
@@ -177,7 +190,7 @@ class BackwardProfile:
 def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
             state_by_kind: Mapping[str, float] | None = None, world: int = 1, blocks: int | None = None,
             block_shares: tuple[float, ...] | None = None, profile: BackwardProfile | None = None,
-            step_temporaries: Mapping[str, float] | None = None) -> Prediction:
+            step_temporaries: Mapping[str, float] | None = None, largest_parameter: float | None = None) -> Prediction:
     """The peak of configuration `after` (a RunConfig dict), from `before`'s measured parts and peak,
     per process of `world` (state_by_kind: each optimizer's whole state, unsharded)."""
     activations, basis = parts.activations, []
@@ -185,12 +198,14 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
         activations *= 1 - AMP_ACTIVATION_SAVING
         basis.append(f"{after['precision']} activations: x{1 - AMP_ACTIVATION_SAVING:g}")
     micro_before, micro_after = _micro(before), _micro(after)
-    late_gradients = 0.0
+    late_gradients = accumulating = 0.0
     if micro_after < micro_before:
         cached = parts.weights / 2 if after.get("precision") in ("bf16", "fp16") else 0.0
         activations = min(activations, cached) + max(0.0, activations - cached) * micro_after / micro_before
         if parts.gradients_at_peak is not None:
             late_gradients = max(0.0, parts.gradients - parts.gradients_at_peak)
+        if largest_parameter:  # the later micro-batches hold every gradient and, adding into one, a copy
+            accumulating = parts.weights + parts.gradients + parts.optimizer_state + ACCUMULATION_COPIES * largest_parameter
         basis.append(f"micro-batch {micro_before} -> {micro_after}: activations x{micro_after / micro_before:.2g}"
                      + (f" but autocast's weight copies ({cached:.0f} MiB)" if cached else "")
                      + (f"; +{late_gradients:.0f} MiB of gradients already allocated in the later micro-batches"
@@ -217,6 +232,10 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
     optimizer_changed = after.get("optimizer") != before.get("optimizer")
     step_high = 0.0 if sharded else _step_high(profile, parts, state, after.get("optimizer"), step_temporaries,
                                                optimizer_changed, basis)
+    if accumulating > predicted:
+        basis.append(f"the later micro-batches' floor: weights, every gradient, the state and two copies of the "
+                     f"largest parameter ({largest_parameter:.0f} MiB) as each new gradient is added, {accumulating:.0f} MiB")
+        predicted, saving = accumulating, peak_mib - accumulating
     if step_high > predicted:
         # Forward and backward may save more, but the optimizer step holds the weights, every gradient,
         # the state and its own temporaries: its high is the floor (measured, or with another optimizer's state).
@@ -290,6 +309,7 @@ class Basis:
     block_shares: tuple[float, ...] | None = None   # each block's share of the kept activations
     profile: BackwardProfile | None = None
     step_temporaries: Mapping[str, float] | None = None   # each optimizer's step temporaries, where known
+    largest_parameter: float | None = None                 # MiB, fp32
 
     @classmethod
     def of(cls, doc: Mapping) -> "Basis | None":
@@ -302,11 +322,12 @@ class Basis:
         shares = decisions.get("block_activation_shares")
         return cls(parts, metrics["peak_memory_mb"], doc["config"], metrics.get("optimizer_state_mib_by_kind") or {},
                    decisions.get("natural_blocks"), tuple(shares) if shares else None,
-                   BackwardProfile.of(metrics, decisions), metrics.get("optimizer_step_temporaries_mib_by_kind"))
+                   BackwardProfile.of(metrics, decisions), metrics.get("optimizer_step_temporaries_mib_by_kind"),
+                   metrics.get("largest_parameter_mib"))
 
     def predict(self, after: Mapping, world: int = 1) -> Prediction:
         return predict(self.parts, self.peak_mib, self.config, after, self.state_by_kind, world, self.blocks,
-                       self.block_shares, self.profile, self.step_temporaries)
+                       self.block_shares, self.profile, self.step_temporaries, self.largest_parameter)
 
 
 def _checkpointed_share(mode: str, blocks: int | None, shares: tuple[float, ...] | None = None) -> tuple[float, str]:

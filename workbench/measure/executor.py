@@ -393,7 +393,8 @@ def _memory(built: Built, window: "Window", rss_before_mb: float) -> dict:
             "memory_breakdown_mb": {**parts, "activations_and_other": activations},
             # What each optimizer's state would take here: the memory budget predicts a change of optimizer from it.
             "optimizer_state_mib_by_kind": memory_model.optimizer_state_mib(shapes),
-            "optimizer_step_temporaries_mib_by_kind": memory_model.step_temporaries_mib(shapes, built.device.type)}
+            "optimizer_step_temporaries_mib_by_kind": memory_model.step_temporaries_mib(shapes, built.device.type),
+            "largest_parameter_mib": memory_model.largest_parameter_mib(shapes)}
 
 
 def _compile_seconds(warmup_s: float, cfg: RunConfig, median_step_s: float) -> float | None:
