@@ -112,12 +112,13 @@ def test_stage_order_is_the_ladder():
     assert stages.STAGE_NAMES == ("baseline", "dataloader", "batched_input", "tf32", "amp", "decode_on_device",
                                   "attention_flash", "attention_efficient", "attention_cudnn", "attention_math",
                                   "channels_last", "fused_optimizer", "host_allocator", "accumulation", "checkpointing",
-                                  "chunked_loss", "optimizer_8bit", "adafactor", "zero1", "fsdp", "cuda_graphs", "compile", "batch_size")
+                                  "chunked_loss", "optimizer_8bit", "adafactor", "zero1", "fsdp", "optimizer_offload", "cuda_graphs",
+                                  "compile", "batch_size")
 
 
 def test_select_all_and_by_name_keeps_baseline_first_and_ladder_order():
     # the trade-offs few runs need (another optimizer, sharding) run only when named
-    opt_in = {"optimizer_8bit", "adafactor", "zero1", "fsdp", "attention_math"}
+    opt_in = {"optimizer_8bit", "adafactor", "zero1", "fsdp", "optimizer_offload", "attention_math"}
     assert [s.name for s in stages.select(None)] == [n for n in stages.STAGE_NAMES if n not in opt_in]
     assert [s.name for s in stages.select("compile, amp")] == ["baseline", "amp", "compile"]
     assert [s.name for s in stages.select("fsdp,adafactor")] == ["baseline", "adafactor", "fsdp"]

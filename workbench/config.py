@@ -106,6 +106,10 @@ class RunConfig:
         "with several processes (--nproc): none (DDP: each process holds every weight, gradient and optimizer "
         "state), zero1 (ZeroRedundancyOptimizer: the optimizer state sharded) or fsdp (FSDP2 fully_shard: "
         "weights, gradients and optimizer state sharded per block)"))
+    offload_optimizer: bool = field(default=False, metadata=_doc(
+        "keep the optimizer state (and fp32 copies of the weights it updates) in host memory and step on the "
+        "CPU: the device holds no optimizer state, at two copies of the weights across the bus a step (CUDA, "
+        "one process, not with fp16)"))
     checkpointing: str = field(default="none", metadata=_doc(
         "activation checkpointing: none, blocks (recompute each natural block of the model in backward), "
         "blocks:K (selective: only the first K blocks, which hold the largest activations in a CNN) or every:K "
@@ -253,6 +257,10 @@ def validate(cfg: RunConfig) -> None:
     _check_choice("input_pipeline", cfg.input_pipeline, INPUT_PIPELINES)
     _check_choice("order", cfg.order, ORDERS)
     _check_choice("sharding", cfg.sharding, SHARDINGS)
+    if cfg.offload_optimizer and (cfg.sharding != "none" or cfg.precision == "fp16"):
+        raise UsageError(f"offload_optimizer=True with sharding={cfg.sharding!r} and precision={cfg.precision!r} is not "
+                         "allowed; allowed: sharding='none' (one process's whole state) and fp32 or bf16 (fp16's "
+                         "gradient scaler steps a real optimizer)")
     _check_choice("token_dtype", cfg.token_dtype, TOKEN_DTYPES)
     _check_choice("attention", cfg.attention, ATTENTION_BACKENDS)
     if not 0 <= cfg.min_effect < 1:
@@ -366,3 +374,6 @@ def divisors(n: int) -> list[int]:
 def check_device_support(cfg: RunConfig, device_type: str) -> None:
     if cfg.precision == "fp16" and device_type == "cpu":
         raise UsageError("precision='fp16' is not supported on a CPU; allowed there: fp32, bf16")
+    if cfg.offload_optimizer and device_type != "cuda":
+        raise UsageError(f"offload_optimizer=True moves the optimizer state to host memory, where a {device_type} "
+                         "run keeps it already; allowed: on a CUDA device")

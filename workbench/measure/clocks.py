@@ -127,7 +127,10 @@ def memory_parts_mb(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     params = list(model.parameters())
     # ZeroRedundancyOptimizer keeps this process's shard of the state in its inner optimizer.
     inner = getattr(optimizer, "optim", optimizer)
-    state = [v for s in inner.state.values() for v in s.values()]
+    # Only what this process holds where the model is: a host-offloaded state is not the device's memory.
+    device = params[0].device if params else None
+    state = [v for s in inner.state.values() for v in s.values()
+             if not isinstance(v, torch.Tensor) or device is None or v.device == device]
     grads = [p.grad for p in params if p.grad is not None]
     # Gradients are freed by zero_grad(set_to_none=True); during backward they exist at full size.
     grad_bytes = tensor_bytes(grads) or tensor_bytes(p for p in params if p.requires_grad)

@@ -31,6 +31,7 @@ from workbench.errors import StageSkipped, UsageError
 from workbench.training.model import (apply_all, block_activation_shares, block_parameter_shares, build_model,
                                       build_optimizer, natural_block_count, natural_blocks)
 from workbench.training.language import language_model_loss, next_token_correct
+from workbench.training.offload import HostOffloaded
 from workbench.progress import Progress, stderr_log
 from workbench.results import (CUDA_SNAPSHOT_FILE, MEASURED_CONTEXT_FILE, MEMORY_TIMELINE_FILE, per_rank,
                                write_text_atomic)
@@ -167,8 +168,14 @@ def build(cfg: RunConfig, model_factory: Callable | None = None, dataset=None, l
     allocator = host_memory.in_effect()
     if allocator:
         notes["host_allocator_settings"] = allocator
+    if optimizer_factory is not None and cfg.offload_optimizer:
+        raise StageSkipped("offloading rebuilds the run's own optimizer over host copies of the weights; an optimizer "
+                           "passed from Python stays as it is, on the device")
     if optimizer_factory is not None:  # the user's own (weight-decay groups and all); the fused stage applies to it
         optimizer = fused_copy(optimizer_factory(eager)) if cfg.fused_optimizer else optimizer_factory(eager)
+    elif cfg.offload_optimizer:
+        optimizer = HostOffloaded(eager.parameters(), lambda params: build_optimizer(cfg.optimizer, params, cfg.lr,
+                                                                                     cfg.fused_optimizer))
     else:
         optimizer = distributed.optimizer_for(lambda params: build_optimizer(cfg.optimizer, params, cfg.lr, cfg.fused_optimizer),
                                               eager.parameters(), dist, cfg.sharding)

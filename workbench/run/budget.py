@@ -25,7 +25,8 @@ from workbench.memory_model import Basis, Parts, Prediction
 from workbench.run import comparing, stage_results
 from workbench.run.comparing import LadderState, Verdicts
 from workbench.run.record import StageRecord
-from workbench.run.stages import MEMORY, MEMORY_ROUNDS, Stage, StageContext, adafactor, fsdp, optimizer_8bit, zero1
+from workbench.run.stages import (MEMORY, MEMORY_ROUNDS, Stage, StageContext, adafactor, fsdp, optimizer_8bit,
+                                  optimizer_offload, zero1)
 
 PREFIX = "budget+"
 # The most micro-batches a budget splits a batch into: past this the step is mostly per-call overhead.
@@ -48,6 +49,7 @@ def moves(cfg: RunConfig, basis: Basis, ctx: StageContext, budget_mib: float, al
     found = [_amp(cfg, ctx), _accumulation(cfg, predict, budget_mib), _checkpointing(cfg),
              _selective_checkpointing(cfg, predict, basis.blocks, budget_mib)]
     found += [_applied(apply, cfg, ctx) for apply in (zero1, fsdp)]  # several processes only
+    found.append(_applied(optimizer_offload, cfg, ctx))                # CUDA only
     if allow_optimizer_change:
         found += [_applied(apply, cfg, ctx, frontier.OPTIMIZER_CHANGE) for apply in (optimizer_8bit, adafactor)]
     predicted = []
@@ -100,7 +102,10 @@ def _applied(apply, cfg: RunConfig, ctx: StageContext, changes: str = ""):
         changed = apply(cfg, ctx)
     except StageSkipped:
         return None
-    name = changed.optimizer if changes == frontier.OPTIMIZER_CHANGE else changed.sharding
+    if changes == frontier.OPTIMIZER_CHANGE:
+        name = changed.optimizer
+    else:
+        name = "offload" if changed.offload_optimizer != cfg.offload_optimizer else changed.sharding
     return name, changed, changes
 
 

@@ -244,6 +244,18 @@ def fsdp(cfg: RunConfig, ctx: StageContext) -> RunConfig:
     return _sharded(cfg, ctx, "fsdp")
 
 
+def optimizer_offload(cfg: RunConfig, ctx: StageContext) -> RunConfig:
+    if ctx.device_type != "cuda":
+        raise StageSkipped(f"on a {ctx.device_type} the optimizer state lives in host memory already: offloading it "
+                           "moves nothing (a CUDA device's memory is what it frees)")
+    if cfg.sharding != "none":
+        raise StageSkipped(f"sharding={cfg.sharding} splits the state over the processes already; offloading is for "
+                           "one process's whole state")
+    if cfg.precision == "fp16":
+        raise StageSkipped("fp16's gradient scaler steps a real optimizer on the device; offloading steps on the host")
+    return cfg.with_overrides(offload_optimizer=True)
+
+
 LOSS_CHUNKS = 4
 
 
@@ -335,6 +347,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("fsdp", MEMORY, "FSDP2 (fully_shard per block, then the root): weights, gradients and optimizer state "
           "sharded over the processes, each block's weights gathered as it runs (--nproc N; only when named "
           "in --stages or tried by --memory-budget)", fsdp, opt_in=True),
+    Stage("optimizer_offload", MEMORY, "the optimizer state in host memory, stepped on the CPU (ZeRO-Offload's idea "
+          "for one process): the device holds no state, at two copies of the weights across the bus a step "
+          "(CUDA; only when named in --stages or tried by --memory-budget)", optimizer_offload, opt_in=True),
     Stage("cuda_graphs", SPEED, "torch.compile mode=reduce-overhead: the step's kernels captured once in CUDA "
           "graphs and replayed, removing per-kernel launch overhead (CUDA only; first where the trace is "
           "launch-bound)", cuda_graphs),
