@@ -185,6 +185,7 @@ def test_a_final_configuration_leave_one_out_changed_is_measured_before_the_move
     assert calls[0] == "budget+start" and "budget+checkpointing" in calls[1:]
     start = saved[0]
     assert start["config"]["memory_format"] == "contiguous" and start["applied"] == ["amp", "budget+start"]
+    assert "memory_prediction" not in start  # a measurement of what the ladder holds, not a predicted move
     moved = next(d for d in saved if d["stage"] == "budget+checkpointing")
     assert moved["memory_prediction"]["builds_on"] == "budget+start" and moved["applied"] == ["amp", "budget+checkpointing"]
 

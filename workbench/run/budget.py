@@ -200,6 +200,8 @@ def _measure(session, state: LadderState, current: StageRecord, move: Move, name
     why = f"memory budget: {current.stage} is over it; predicted {move.prediction.peak_mib:.0f} MiB ({move.prediction.basis})"
     doc = stage_results.stage(session, stage, position, move.cfg, list(state.applied) + [name], comparison,
                               current.doc, state, why, started)
+    if move.name == "start":  # the configuration the ladder holds, measured: not a move, nothing was predicted
+        doc = {key: value for key, value in doc.items() if key != "memory_prediction"}
     peak = (doc.get("metrics") or {}).get("peak_memory_mb")
     doc = {**doc, "memory_budget": {"budget_mib": session.memory_budget_mib, "fits": fits(peak, session.memory_budget_mib),
                                     "out_of_memory": frontier.is_out_of_memory(doc.get("reason"))}}
