@@ -201,14 +201,12 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
         activations *= 1 - AMP_ACTIVATION_SAVING
         basis.append(f"{after['precision']} activations: x{1 - AMP_ACTIVATION_SAVING:g}")
     micro_before, micro_after = _micro(before), _micro(after)
-    late_gradients = accumulating = 0.0
+    late_gradients = 0.0
     if micro_after < micro_before:
         cached = parts.weights / 2 if after.get("precision") in ("bf16", "fp16") else 0.0
         activations = min(activations, cached) + max(0.0, activations - cached) * micro_after / micro_before
         if parts.gradients_at_peak is not None:
             late_gradients = max(0.0, parts.gradients - parts.gradients_at_peak)
-        if largest_parameter:  # the later micro-batches hold every gradient and, adding into one, a copy
-            accumulating = parts.weights + parts.gradients + parts.optimizer_state + ACCUMULATION_COPIES * largest_parameter
         basis.append(f"micro-batch {micro_before} -> {micro_after}: activations x{micro_after / micro_before:.2g}"
                      + (f" but autocast's weight copies ({cached:.0f} MiB)" if cached else "")
                      + (f"; +{late_gradients:.0f} MiB of gradients already allocated in the later micro-batches"
@@ -235,6 +233,9 @@ def predict(parts: Parts, peak_mib: float, before: Mapping, after: Mapping,
     state_changed = after.get("optimizer") != before.get("optimizer") or state != parts.optimizer_state
     step_high = 0.0 if sharded else _step_high(profile, parts, state, after.get("optimizer"), step_temporaries,
                                                state_changed, basis)
+    # The later micro-batches hold every gradient and, adding a new one into each, a copy beside it.
+    accumulating = (replicated + state + ACCUMULATION_COPIES * largest_parameter
+                    if micro_after < micro_before and largest_parameter else 0.0)
     if accumulating > predicted:
         basis.append(f"the later micro-batches' floor: weights, every gradient, the state and two copies of the "
                      f"largest parameter ({largest_parameter:.0f} MiB) as each new gradient is added, {accumulating:.0f} MiB")
@@ -263,8 +264,8 @@ def _step_high(profile: BackwardProfile | None, parts: Parts, state: float, kind
     high = measured - parts.optimizer_state + state
     if temporaries is not None:
         high += temporaries - profile.step_temporaries
-        basis.append(f"its step's temporaries {temporaries:.0f} MiB (five fp32 copies of the largest parameter) "
-                     f"instead of {profile.step_temporaries:.0f}: the step's high {high:.0f} MiB")
+        basis.append(f"{kind}'s step temporaries on this device {temporaries:.0f} MiB instead of "
+                     f"{profile.step_temporaries:.0f}: the step's high {high:.0f} MiB")
     return high
 
 

@@ -63,8 +63,9 @@ def next_stage(pending: list[Stage], findings: list[dict], order: str) -> tuple[
 def context_on(session: Session, record: StageRecord | None) -> StageContext:
     """The session's stage context, with what was measured on the configuration a stage builds on."""
     metrics = (record.doc.get("metrics") or {}) if record is not None else {}
-    step = (metrics.get("step_time_s") or {}).get("median") if isinstance(metrics.get("step_time_s"), dict) else None
-    return replace(session.context, host_cpu=metrics.get("host_cpu"), step_time_s=step)
+    step_time = metrics.get("step_time_s")  # pooled: {median, ...}
+    return replace(session.context, host_cpu=metrics.get("host_cpu"),
+                   step_time_s=step_time.get("median") if isinstance(step_time, dict) else None)
 
 
 def run_stage(session: Session, stage: Stage, state: LadderState, why: str) -> StageRecord:
