@@ -47,6 +47,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     (["--batch-size", "32", "--micro-batch-size", "5"], ["batch_size=32", "micro_batch_size=5", "1, 2, 4, 8, 16, 32"]),
     (["--precision", "fp16", "--device", "cpu"], ["precision='fp16'", "fp32, bf16"]),
     (["--precision", "fp8"], ["precision='fp8'", "fp32, bf16, fp16"]),
+    (["--offload-optimizer", "--device", "cpu"], ["offload_optimizer=True", "on a CUDA device"]),
+    (["--offload-optimizer", "--sharding", "zero1"], ["offload_optimizer=True", "sharding='zero1'", "allowed"]),
     (["--compile", "fast"], ["compile='fast'", "max-autotune"]),
     (["--batch-size", "abc"], ["--batch-size", "'abc'"]),
     (["--data", "imagefolder:/nonexistent/images"], ["/nonexistent/images", "one sub-folder per class"]),

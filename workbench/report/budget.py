@@ -9,7 +9,7 @@ from workbench import frontier
 from workbench.frontier import OUT_OF_MEMORY, Point
 from workbench.memory_budget import parse
 from workbench.report import plots
-from workbench.report.markdown import bullet, table
+from workbench.report.markdown import bullet, speedup_text, table, throughput_text
 from workbench.report.table import RunView, fmt
 from workbench.report.verdicts import load_verdicts
 
@@ -39,7 +39,7 @@ def first_lines(view: RunView) -> list[str]:
     text = entry.get("text") or _recomputed(view, found, budget_mib)
     over = [p for p in found if p.status == frontier.MEASURED and p.peak_mib > budget_mib]
     oom = [p for p in found if p.status == OUT_OF_MEMORY]
-    lines = [f"**{text}**", "",
+    lines = [f"**{text}**", ""] + _paired_headline(view, entry) + [
              bullet("Memory budget", entry.get("judged_on") or (view.run.get("decisions") or {}).get("memory_budget")
                     or f"{budget_mib:,.0f} MiB")]
     if over:
@@ -47,6 +47,16 @@ def first_lines(view: RunView) -> list[str]:
     if oom:
         lines.append(bullet("Out of memory", ", ".join(p.name for p in oom)))
     return lines + ["", f"![Memory/throughput frontier]({FRONTIER_NAME})", ""]
+
+
+def _paired_headline(view: RunView, entry: dict) -> list[str]:
+    """The chosen configuration's speed as the headline measured it, paired with the baseline in one time
+    window: the line above chains each stage's paired ratio, measured at the choice, before the headline."""
+    final = view.record("final")
+    if not entry.get("fits") or final is None or final.get("speedup_vs_baseline") is None:
+        return []
+    return [bullet("Paired with the baseline (the headline)", f"{speedup_text(final, 'speedup_vs_baseline')}, "
+                                                              f"{throughput_text(final)}")]
 
 
 def _recomputed(view: RunView, found: list[Point], budget_mib: float) -> str:
